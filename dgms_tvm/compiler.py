@@ -1,0 +1,88 @@
+"""The compile driver: imported model -> codebook lowering -> schedules -> TVM executable."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .frontend import ImportedModel
+from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
+from .schedules import apply_schedules, load_knobs
+from .targets import TargetProfile
+
+
+@dataclasses.dataclass
+class Lowered:
+    """A Relax module ready to build, and what the lowering did per layer."""
+
+    mod: tvm.IRModule
+    records: list[LayerRecord]
+
+
+def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True) -> Lowered:
+    """Run the codebook lowering (unless ``codebooks=False``: the FP32 baseline), then bind
+    the remaining weights as constants.
+
+    Parameters
+    ----------
+    imported : ImportedModel
+    bits : int, optional
+        Widest codebook accepted from weight values; layers declared by metadata use theirs.
+    codebooks : bool
+        False builds the same graph with every layer in FP32.
+    """
+    records: list[LayerRecord] = []
+    mod = imported.mod
+    if codebooks:
+        policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names)
+        mod = lower_codebook_layers(policy, records)(mod)
+    # Bind every weight: those the lowering replaced are no longer used and simply vanish.
+    binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
+    mod = relax.transform.BindParams("main", binds)(mod)
+    return Lowered(mod, records)
+
+
+def build(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None):
+    """Legalize and fuse the FP32 ops, apply the hand schedules, and compile.
+
+    Codebook kernels are marked opaque, so fusion leaves them whole and their schedule (from
+    ``schedules/<target>.json`` unless ``knobs`` is given) applies as written.
+
+    Returns
+    -------
+    tvm.relax.VMExecutable
+    """
+    target = profile.tvm_target()
+    knobs = knobs if knobs is not None else load_knobs(profile.name)
+    seq = tvm.transform.Sequential([
+        relax.transform.LegalizeOps(),
+        relax.transform.AnnotateTIROpPattern(),
+        relax.transform.FoldConstant(),
+        relax.transform.FuseOps(),
+        relax.transform.FuseTIR(),
+        relax.transform.DeadCodeElimination(),
+    ])
+    with target:
+        mod = seq(lowered.mod)
+    mod = apply_schedules(mod, knobs)
+    return tvm.compile(mod, target=target)
+
+
+def outputs_of(mod: tvm.IRModule) -> list[dict]:
+    """Output names, shapes and dtypes of ``main``."""
+    ty = mod["main"].ret_ty
+    tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
+    return [{"name": f"output{i}", "shape": [int(d) for d in t.shape], "dtype": t.dtype}
+            for i, t in enumerate(tys)]
+
+
+def run_local(executable, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run ``main`` of a host executable (or loaded library) on the CPU."""
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    out = vm["main"](*[tvm.runtime.tensor(np.ascontiguousarray(a)) for a in inputs])
+    if isinstance(out, tvm.runtime.Tensor):
+        return [out.numpy()]
+    return [o.numpy() for o in out]

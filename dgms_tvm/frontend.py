@@ -1,0 +1,186 @@
+"""Import a model into Relax: torch (``torch.export``) or ONNX, weights kept by name.
+
+Weights are imported as function parameters (not folded into the IR) so that the codebook
+lowering can name each layer and read DGMS metadata keyed by weight name; the compiler binds
+what is left as constants afterwards.
+
+DGMS metadata (written by the DGMS exporter, optional) is a JSON object::
+
+    {"format": "dgms-tvm/1", "layers": {"layer1.0.conv1.weight": {"bits": 4}, ...}}
+
+stored as the extra file ``dgms.json`` of a ``torch.export`` archive (``.pt2``) or as the
+ONNX ``metadata_props`` entry ``dgms``. Layers it names must be codebooks of that width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import warnings
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from .errors import UserError
+
+METADATA_KEY = "dgms"
+METADATA_FILE = "dgms.json"
+METADATA_FORMAT = "dgms-tvm/1"
+
+
+@dataclasses.dataclass
+class ImportedModel:
+    """A Relax module whose ``main`` takes the model inputs, then the weights.
+
+    Attributes
+    ----------
+    mod : tvm.IRModule
+    weights : dict
+        Relax parameter name -> value, for every parameter after the model inputs.
+    names : dict
+        Relax parameter name -> the weight's name in the source model.
+    declared : dict
+        Weight name -> bits, from DGMS metadata.
+    inputs : list of (name, shape, dtype)
+    source : str
+        What it was imported from (for the manifest).
+    """
+
+    mod: tvm.IRModule
+    weights: dict[str, np.ndarray]
+    names: dict[str, str]
+    declared: dict[str, int]
+    inputs: list[tuple[str, tuple[int, ...], str]]
+    source: str
+
+
+def metadata_json(layers: dict[str, int]) -> str:
+    """Serialise ``{weight name: bits}`` as DGMS metadata."""
+    return json.dumps({"format": METADATA_FORMAT,
+                       "layers": {k: {"bits": int(b)} for k, b in layers.items()}})
+
+
+def parse_metadata(text: str | bytes | None) -> dict[str, int]:
+    """``{weight name: bits}`` from DGMS metadata (empty when absent)."""
+    if not text:
+        return {}
+    try:
+        doc = json.loads(text)
+        if doc.get("format") != METADATA_FORMAT:
+            raise ValueError(f"unknown format {doc.get('format')!r}")
+        return {k: int(v["bits"]) for k, v in doc["layers"].items()}
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise UserError(f"bad DGMS metadata: {err}") from None
+
+
+def _split_params(mod: tvm.IRModule, source: str, names, declared) -> ImportedModel:
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
+    num_input = int(main.attrs["num_input"]) if "num_input" in main.attrs else 1
+    inputs, weights = [], {}
+    for i, p in enumerate(main.params):
+        if i < num_input:
+            inputs.append((p.name, tuple(int(d) for d in p.ty.shape), p.ty.dtype))
+        else:
+            weights[p.name] = params["main"][i - num_input].numpy()
+    return ImportedModel(mod, weights, {k: names.get(k, k) for k in weights}, declared,
+                         inputs, source)
+
+
+def from_exported_program(ep, declared: dict[str, int] | None = None,
+                          source: str = "torch.export") -> ImportedModel:
+    """Import a ``torch.export.ExportedProgram``."""
+    from tvm.relax.frontend.torch import from_exported_program as _import
+
+    try:
+        mod = _import(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+    except Exception as err:  # the frontend raises many kinds for ops it lacks
+        raise UserError(f"TVM cannot import this torch program: {err}".splitlines()[0]) from None
+    names = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs
+             if spec.target is not None}
+    return _split_params(mod, source, names, declared or {})
+
+
+def from_torch(model, example_inputs: tuple, declared=None) -> ImportedModel:
+    """``torch.export`` an eval-mode ``nn.Module`` and import it."""
+    import torch
+
+    with torch.no_grad():
+        ep = torch.export.export(model.eval(), tuple(example_inputs))
+    return from_exported_program(ep, declared, source=type(model).__name__)
+
+
+def load_pt2(path: Path) -> ImportedModel:
+    """Load a saved ``torch.export`` program (``torch.export.save``), metadata included."""
+    import torch
+
+    extra = {METADATA_FILE: ""}
+    try:
+        ep = torch.export.load(str(path), extra_files=extra)
+    except (RuntimeError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
+        raise UserError(f"{path}: not a readable torch.export program "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                        ) from None
+    return from_exported_program(ep, parse_metadata(extra[METADATA_FILE]), source=str(path))
+
+
+def load_onnx(path: Path) -> ImportedModel:
+    """Load an ONNX model; symbolic input dimensions are fixed to 1 (batch 1)."""
+    import onnx
+    from tvm.relax.frontend.onnx import from_onnx
+
+    try:
+        model = onnx.load(str(path))
+        onnx.checker.check_model(model)
+    except Exception as err:  # onnx raises DecodeError, ValidationError, ...
+        raise UserError(f"{path}: not a readable ONNX model "
+                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                        ) from None
+    meta = {p.key: p.value for p in model.metadata_props}
+    init = {t.name for t in model.graph.initializer}
+    shapes = {}
+    for inp in model.graph.input:
+        if inp.name in init:
+            continue
+        dims = inp.type.tensor_type.shape.dim
+        shapes[inp.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True,
+                            sanitize_input_names=False)
+    except Exception as err:
+        raise UserError(f"TVM cannot import {path}: {str(err).splitlines()[0]}") from None
+    return _split_params(mod, str(path), {}, parse_metadata(meta.get(METADATA_KEY)))
+
+
+def onnx_bytes(model, example_inputs: tuple, fold_batchnorm: bool = True,
+               metadata: dict[str, int] | None = None) -> bytes:
+    """Export a torch model to ONNX with the legacy exporter (the dynamo one needs onnxscript).
+
+    ``fold_batchnorm=True`` is the exporter's default (eval mode): BatchNorm is folded into the
+    preceding conv, which turns each output channel into a scaled copy of the codebook.
+    """
+    import onnx
+    import torch
+
+    buf = io.BytesIO()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            model.eval(), tuple(example_inputs), buf, dynamo=False, opset_version=17,
+            input_names=["input"], output_names=["output"],
+            training=torch.onnx.TrainingMode.EVAL if fold_batchnorm
+            else torch.onnx.TrainingMode.PRESERVE,
+            do_constant_folding=fold_batchnorm,
+        )
+    if not metadata:
+        return buf.getvalue()
+    proto = onnx.load_from_string(buf.getvalue())
+    entry = proto.metadata_props.add()
+    entry.key, entry.value = METADATA_KEY, metadata_json(metadata)
+    return proto.SerializeToString()

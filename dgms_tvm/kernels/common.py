@@ -1,0 +1,61 @@
+"""Pieces every codebook kernel shares: the index decode expression and tile choices."""
+
+from __future__ import annotations
+
+import tvm
+from tvm import te
+
+from ..format import check_bits
+
+#: Function attribute that marks a PrimFunc as a codebook kernel; its value is the kernel
+#: family ("cb_conv2d", "cb_dense"). Passes and schedules find kernels by this, never by name.
+KERNEL_ATTR = "dgms.kernel"
+#: Function attribute holding the kernel's specialisation (a JSON string of its spec).
+SPEC_ATTR = "dgms.spec"
+#: Relax's op pattern "opaque": keeps FuseOps from folding neighbours into a codebook kernel,
+#: so that its hand-written schedule applies to exactly the compute it was written for.
+OPAQUE = 8
+
+
+def i64(v: int):
+    """An int64 immediate: Relax call_tir callees use int64 shapes throughout."""
+    return tvm.tirx.IntImm("int64", int(v))
+
+
+def decode_index(packed: te.Tensor, row, k, bits: int):
+    """TIR expression of index ``k`` of row ``row`` in a packed ``uint8[O, row_bytes]`` buffer.
+
+    Follows the layout of :mod:`dgms_tvm.format`: an LSB-first bit stream per row. For widths
+    that divide 8 an index never leaves its byte; a 3-bit index may straddle two bytes, and
+    the second byte is read only when it does (so no read past the row's end).
+    """
+    bits = check_bits(bits)
+    mask = tvm.tirx.const((1 << bits) - 1, "int32")
+    if 8 % bits == 0:
+        per = 8 // bits
+        byte = packed[row, k // per].astype("int32")
+        if bits == 8:
+            return byte
+        shift = ((k % per) * bits).astype("int32")
+        return (byte >> shift) & mask
+    bit = k * bits
+    shift = (bit % 8).astype("int32")
+    lo = packed[row, bit // 8].astype("int32")
+    hi = tvm.tirx.if_then_else(
+        shift > 8 - bits, packed[row, bit // 8 + 1].astype("int32"), tvm.tirx.const(0, "int32")
+    )
+    return ((lo | (hi << 8)) >> shift) & mask
+
+
+def best_tile(extent: int, limit: int) -> int:
+    """Largest divisor of ``extent`` that is at most ``limit``.
+
+    Tiles divide their loop exactly, so no tail predicate blocks vectorisation.
+    """
+    limit = max(1, min(limit, extent))
+    return max(d for d in range(1, limit + 1) if extent % d == 0)
+
+
+def standalone(func: tvm.tirx.PrimFunc, name: str = "main") -> tvm.IRModule:
+    """A kernel as a module of its own, exported as ``name`` (for tests and tuning)."""
+    return tvm.IRModule({name: func.with_attr("global_symbol", name)})

@@ -1,0 +1,204 @@
+"""Relax pass: lower conv2d / matmul layers whose constant weight is a codebook.
+
+Before::
+
+    lv = R.nn.conv2d(x, p_layer1_conv_weight, strides=[1, 1], padding=[1, 1, 1, 1], ...)
+    lv8 = R.permute_dims(p_fc_weight, axes=[1, 0])
+    lv9 = R.matmul(lv7, lv8)
+
+After::
+
+    lv = R.call_tir(cls.cb_conv2d_n1_c64_..._b4, (x, packed_u8, codebook_f32), out_ty=...)
+    lv9 = R.call_tir(cls.cb_dense_m1_n10_k512_b4, (lv7, packed_u8, codebook_f32), out_ty=...)
+
+(plus a per-channel ``scale`` operand where the exporter folded BatchNorm into the weight).
+Everything else is left for TVM to lower. Each candidate layer gets a
+:class:`~dgms_tvm.passes.records.LayerRecord` saying what was done or why not.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+from tvm import relax
+from tvm.relax.expr_functor import PyExprMutator, mutator
+
+from ..detect import NotACodebook, find_codebook
+from ..kernels import conv2d as kconv
+from ..kernels import dense as kdense
+from .records import LayerRecord, LoweringPolicy
+
+_OP = {n: tvm.ir.Op.get(n) for n in ("relax.nn.conv2d", "relax.matmul", "relax.permute_dims")}
+#: Weighted ops we recognise but have no codebook kernel for: reported, left in FP32.
+_UNSUPPORTED = {tvm.ir.Op.get(f"relax.nn.{n}") for n in
+                ("conv1d", "conv3d", "conv1d_transpose", "conv2d_transpose")}
+
+
+def _static_shape(expr) -> tuple[int, ...] | None:
+    ty = expr.ty
+    if not isinstance(ty, relax.TensorType) or ty.shape is None or ty.dtype != "float32":
+        return None
+    try:
+        return tuple(int(d) for d in ty.shape)
+    except TypeError:  # symbolic dimension
+        return None
+
+
+def _float32_out(dtype) -> bool:
+    """Importers leave out_dtype unset (None / "" / void) or float32."""
+    return dtype is None or str(dtype) in ("", "void", "float32")
+
+
+@mutator
+class _Rewriter(PyExprMutator):
+    def __init__(self, mod, policy: LoweringPolicy, records: list[LayerRecord]):
+        super().__init__(mod)
+        self.policy, self.records, self.kernels = policy, records, {}
+        self.n_const = 0
+
+    # -- weights ---------------------------------------------------------------------------
+    def _weight(self, expr) -> tuple[str, np.ndarray] | None:
+        """(name, value) of a constant weight operand, or None when it is not constant."""
+        if isinstance(expr, relax.Var) and not isinstance(expr, relax.DataflowVar):
+            if expr.name in self.policy.weights:
+                return self.policy.display_name(expr.name), self.policy.weights[expr.name]
+        if isinstance(expr, relax.Var):
+            bound = self.lookup_binding(expr)
+            return None if bound is None else self._weight(bound)
+        if isinstance(expr, tvm.ir.GenericConst):
+            self.n_const += 1
+            return f"constant_{self.n_const}", expr.value.numpy()
+        return None
+
+    def _codebook(self, name: str, w: np.ndarray, record: LayerRecord):
+        bits = self.policy.declared.get(name)
+        try:
+            cw = find_codebook(w, bits if bits is not None else self.policy.bits)
+        except NotACodebook as err:
+            if bits is not None:  # declared a codebook layer: its values must agree
+                raise self.policy.error(f"layer {name} is declared {bits}-bit but has {err}")
+            record.reason = f"not a codebook: {err}"
+            return None
+        record.bits, record.sparsity = cw.bits, cw.sparsity()
+        record.codebook_entries = int(np.unique(cw.indices()).size)
+        record.scaled = cw.scale is not None
+        return cw
+
+    def _kernel(self, func_factory, spec):
+        if spec.name not in self.kernels:
+            self.kernels[spec.name] = self.builder_.add_func(func_factory(spec), spec.name)
+        return self.kernels[spec.name]
+
+    def _operands(self, x, cw):
+        consts = [relax.const(cw.packed, "uint8"), relax.const(cw.codebook, "float32")]
+        if cw.scale is not None:
+            consts.append(relax.const(cw.scale, "float32"))
+        return [x, *consts]
+
+    # -- ops -------------------------------------------------------------------------------
+    def visit_call_(self, call):
+        call = super().visit_call_(call)
+        if call.op == _OP["relax.nn.conv2d"]:
+            return self._conv2d(call)
+        if call.op == _OP["relax.matmul"]:
+            return self._matmul(call)
+        if call.op in _UNSUPPORTED and (w := self._weight(call.args[1])) is not None:
+            self.records.append(LayerRecord(w[0], call.op.name.split(".")[-1], w[1].shape,
+                                            reason="no codebook kernel for this op"))
+        return call
+
+    def _conv2d(self, call):
+        x, wexpr = call.args
+        w = self._weight(wexpr)
+        if w is None:
+            return call
+        name, value = w
+        rec = LayerRecord(name, "conv2d", value.shape)
+        self.records.append(rec)
+        a = call.attrs
+        xshape = _static_shape(x)
+        if (a.data_layout, a.kernel_layout, a.out_layout) != ("NCHW", "OIHW", "NCHW"):
+            rec.reason = f"layout {a.data_layout}/{a.kernel_layout} (only NCHW/OIHW)"
+            return call
+        if xshape is None or value.dtype != np.float32:
+            rec.reason = "input or weight is not a static-shape float32 tensor"
+            return call
+        if not _float32_out(a.out_dtype):
+            rec.reason = f"out_dtype {a.out_dtype}"
+            return call
+        cw = self._codebook(name, value, rec)
+        if cw is None:
+            return call
+        spec = kconv.Conv2dSpec(
+            *xshape, value.shape[0], tuple(value.shape[2:]),
+            stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
+            dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
+            bits=cw.bits, scaled=cw.scale is not None)
+        rec.kernel = spec.name
+        gv = self._kernel(kconv.compute, spec)
+        return relax.call_tir(gv, self._operands(x, cw), out_ty=relax.TensorType(
+            spec.out_shape, "float32"))
+
+    def _matmul(self, call):
+        x, wexpr = call.args
+        if isinstance(wexpr, relax.Var) and isinstance(self.lookup_binding(wexpr), relax.Call):
+            wexpr = self.lookup_binding(wexpr)
+        if isinstance(wexpr, relax.Call) and wexpr.op == _OP["relax.permute_dims"]:
+            axes = wexpr.attrs.axes
+            if axes is not None and [int(v) for v in axes] != [1, 0]:
+                return call
+            w = self._weight(wexpr.args[0])  # Linear: W[N, K]
+            if w is None:
+                return call
+            name, value = w
+        else:
+            w = self._weight(wexpr)  # MatMul with a constant B[K, N]
+            if w is None:
+                return call
+            name, value = w[0], w[1].T
+        rec = LayerRecord(name, "dense", value.shape)
+        self.records.append(rec)
+        xshape = _static_shape(x)
+        if value.ndim != 2 or xshape is None or value.dtype != np.float32 or not xshape:
+            rec.reason = "not a 2-D float32 weight with a static float32 input"
+            return call
+        if not _float32_out(call.attrs.out_dtype):
+            rec.reason = f"out_dtype {call.attrs.out_dtype}"
+            return call
+        cw = self._codebook(name, value, rec)
+        if cw is None:
+            return call
+        n, k = value.shape
+        m = int(np.prod(xshape[:-1]))
+        spec = kdense.DenseSpec(m, n, k, bits=cw.bits, scaled=cw.scale is not None)
+        rec.kernel = spec.name
+        gv = self._kernel(kdense.compute, spec)
+        x2 = x if len(xshape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
+        y = relax.call_tir(gv, self._operands(x2, cw),
+                           out_ty=relax.TensorType((m, n), "float32"))
+        if len(xshape) == 2:
+            return y
+        return relax.op.reshape(self.builder_.emit(y), (*xshape[:-1], n))
+
+
+def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
+    """Make the pass.
+
+    Parameters
+    ----------
+    policy : LoweringPolicy
+        Constant weights by parameter name, the requested bit width, the layers declared
+        quantized by metadata.
+    records : list of LayerRecord
+        Appended to: one record per conv2d / dense layer seen.
+    """
+
+    @tvm.transform.module_pass(opt_level=0, name="LowerCodebookLayers")
+    def transform(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
+        rw = _Rewriter(mod, policy, records)
+        for gv, func in mod.functions_items():
+            if isinstance(func, relax.Function):
+                rw.builder_.update_func(gv, rw.visit_expr(func))
+        return relax.transform.DeadCodeElimination()(rw.builder_.finalize())
+
+    return transform

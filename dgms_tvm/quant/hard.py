@@ -1,0 +1,87 @@
+"""DGMS-style hard quantisation: one k-means codebook per layer with the zero pinned.
+
+This is the initialisation step of DGMS (see ../shared/DGMS.md) applied as a final hard
+assignment, without the differentiable fine-tuning: K = 2**bits clusters over the layer's
+flat weights, the centre nearest 0 becomes exactly 0, every weight takes its nearest centre.
+The built-in models use it to get deterministic codebook weights without training.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..format import CodebookWeight, check_bits
+
+
+def kmeans_codebook(weight: np.ndarray, bits: int, iters: int = 30) -> CodebookWeight:
+    """1-D k-means of ``weight`` into ``2**bits`` centres, the one nearest 0 pinned to 0.
+
+    Deterministic: centres start at evenly spaced quantiles; Lloyd's iterations assign by
+    nearest centre (a sorted 1-D search).
+    """
+    bits = check_bits(bits)
+    w = np.asarray(weight, np.float64)
+    flat = w.ravel()
+    # Fit on an evenly strided sample of at most 2**16 weights (a 2.4M-weight layer would
+    # otherwise take seconds); every weight is then assigned to the fitted centres.
+    sample = flat[:: max(1, flat.size // 65536)]
+    k = min(1 << bits, np.unique(sample).size)
+    centres = np.quantile(sample, (np.arange(k) + 0.5) / k)
+    for _ in range(iters):
+        centres = np.unique(centres)
+        assign = _nearest(centres, sample)
+        sums = np.bincount(assign, sample, centres.size)
+        counts = np.bincount(assign, minlength=centres.size)
+        new = np.where(counts > 0, sums / np.maximum(counts, 1), centres)
+        if np.allclose(new, centres, rtol=0, atol=1e-12):
+            break
+        centres = new
+    centres = np.unique(centres)
+    centres[np.argmin(np.abs(centres))] = 0.0
+    assign = _nearest(centres, flat)
+    zero = int(np.flatnonzero(centres == 0.0)[0])
+    order = [zero] + [i for i in range(centres.size) if i != zero]  # entry 0 is the zero
+    remap = np.empty(centres.size, np.int64)
+    remap[order] = np.arange(centres.size)
+    return CodebookWeight.from_indices(remap[assign].reshape(w.shape[0], -1),
+                                       centres[order].astype(np.float32), bits, shape=w.shape)
+
+
+def _nearest(sorted_centres: np.ndarray, x: np.ndarray) -> np.ndarray:
+    mids = (sorted_centres[1:] + sorted_centres[:-1]) / 2
+    return np.searchsorted(mids, x)
+
+
+def hard_quantize(model, bits: int, skip=("first_conv", "linear")) -> dict[str, CodebookWeight]:
+    """Replace conv weights of ``model`` in place by their k-means codebook values.
+
+    Parameters
+    ----------
+    model : torch.nn.Module
+    bits : int
+    skip : tuple of str
+        ``"first_conv"`` keeps the first ``Conv2d`` in FP32 and ``"linear"`` every ``Linear``
+        (DGMS's defaults).
+
+    Returns
+    -------
+    dict
+        Weight name (``layer1.0.conv1.weight``) -> its :class:`CodebookWeight`.
+    """
+    import torch
+
+    out = {}
+    first = True
+    for name, mod in model.named_modules():
+        is_conv = isinstance(mod, torch.nn.Conv2d)
+        if not (is_conv or isinstance(mod, torch.nn.Linear)):
+            continue
+        keep = (is_conv and first and "first_conv" in skip) or (not is_conv and "linear" in skip)
+        first = first and not is_conv
+        if keep:
+            continue
+        cw = kmeans_codebook(mod.weight.detach().cpu().numpy(), bits)
+        with torch.no_grad():
+            mod.weight.copy_(torch.from_numpy(cw.dense()))
+        out[f"{name}.weight"] = cw
+    return out

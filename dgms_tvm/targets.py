@@ -1,0 +1,153 @@
+"""Target profiles: every CPU the project compiles for, as data.
+
+One registry, :data:`PROFILES`, maps a name to a :class:`TargetProfile`; CLI choices, the
+schedule files under ``schedules/`` and (later) tracker keys are all keyed by these names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+import shutil
+
+from .errors import UserError
+
+AARCH64_TRIPLE = "aarch64-linux-gnu"
+AARCH64_CXX = "aarch64-linux-gnu-g++"
+AARCH64_CXX_PACKAGE = "g++-aarch64-linux-gnu"
+
+
+@dataclasses.dataclass(frozen=True)
+class TargetProfile:
+    """A compilation target.
+
+    Attributes
+    ----------
+    name : str
+        Registry key, also the name of its schedule file ``schedules/<name>.json``.
+    description : str
+        One line for people (board examples).
+    triple, mcpu : str
+        LLVM target triple and CPU.
+    mattr : tuple of str
+        LLVM feature flags (``+neon``, ``+dotprod``, ...).
+    num_cores : int
+        Cores the generated code may use (MetaSchedule also needs it).
+    qemu_cpu : str or None
+        The ``QEMU_CPU`` model that emulates this core, for the emulated device.
+    """
+
+    name: str
+    description: str
+    triple: str
+    mcpu: str
+    mattr: tuple[str, ...]
+    num_cores: int
+    qemu_cpu: str | None = None
+
+    @property
+    def is_arm(self) -> bool:
+        return self.triple.startswith("aarch64")
+
+    @property
+    def has_dotprod(self) -> bool:
+        return "+dotprod" in self.mattr
+
+    def tvm_target(self):
+        """The ``tvm.target.Target`` (with an x86 host for cross builds)."""
+        from tvm.target import Target
+
+        spec = {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu,
+                "num-cores": self.num_cores}
+        if self.mattr:
+            spec["mattr"] = list(self.mattr)
+        if self.is_arm:
+            spec["host"] = {"kind": "llvm"}
+        return Target(spec)
+
+    def cross_compiler(self):
+        """``fcompile`` for ``export_library``: None for host builds, the aarch64 g++ otherwise.
+
+        Raises
+        ------
+        UserError
+            When the cross compiler is not installed (names the Debian package).
+        """
+        if not self.is_arm:
+            return None
+        if shutil.which(AARCH64_CXX) is None:
+            raise UserError(
+                f"cross compiler {AARCH64_CXX} not found: install the Debian package "
+                f"{AARCH64_CXX_PACKAGE} (apt-get install {AARCH64_CXX_PACKAGE}) or run "
+                "scripts/setup.sh"
+            )
+        from tvm.support import cc
+
+        return cc.cross_compiler(AARCH64_CXX, options=["-O2"])
+
+
+@functools.cache
+def _host_cpu() -> str:
+    """LLVM's name for this machine's CPU (LLVM 22 ignores ``-mcpu=native``)."""
+    import tvm
+
+    get = tvm.get_global_func("target.llvm_get_system_cpu", allow_missing=True)
+    name = get() if get is not None else ""
+    return name or "generic"
+
+
+def _host_profile() -> TargetProfile:
+    return TargetProfile(
+        name="x86",
+        description=f"this host ({_host_cpu()}, {os.cpu_count()} cores)",
+        triple="x86_64-linux-gnu",
+        mcpu=_host_cpu(),
+        mattr=(),
+        num_cores=os.cpu_count() or 1,
+    )
+
+
+_ARM = [
+    TargetProfile("cortex-a53", "Cortex-A53 (Raspberry Pi 3, ARMv8.0, in-order)",
+                  AARCH64_TRIPLE, "cortex-a53", ("+neon",), 4, "cortex-a53"),
+    TargetProfile("cortex-a55", "Cortex-A55 (little core of most phones, ARMv8.2 + dotprod)",
+                  AARCH64_TRIPLE, "cortex-a55", ("+neon", "+v8.2a", "+dotprod"), 4,
+                  "cortex-a55"),
+    TargetProfile("cortex-a72", "Cortex-A72 (Raspberry Pi 4, RK3399 big core, ARMv8.0)",
+                  AARCH64_TRIPLE, "cortex-a72", ("+neon",), 4, "cortex-a72"),
+    TargetProfile("cortex-a76", "Cortex-A76 (Raspberry Pi 5, ARMv8.2 + dotprod)",
+                  AARCH64_TRIPLE, "cortex-a76", ("+neon", "+v8.2a", "+dotprod"), 4,
+                  "cortex-a76"),
+    TargetProfile("neoverse-n1", "Neoverse-N1 (server sibling of Cortex-A76, + dotprod)",
+                  AARCH64_TRIPLE, "neoverse-n1", ("+neon", "+v8.2a", "+dotprod"), 4,
+                  "neoverse-n1"),
+]
+
+#: Name -> profile. ``x86`` is resolved lazily (it asks LLVM for the host CPU).
+PROFILES: dict[str, TargetProfile | None] = {"x86": None, **{p.name: p for p in _ARM}}
+
+#: Short names for common choices. ``arm`` is the Cortex-A72: ARMv8.0 code runs on every
+#: 64-bit Cortex-A, and it is the core of the most common board (Raspberry Pi 4).
+ALIASES = {"arm": "cortex-a72", "host": "x86"}
+
+
+def names() -> list[str]:
+    """Every accepted target name, aliases included."""
+    return [*PROFILES, *ALIASES]
+
+
+def get_profile(name: str) -> TargetProfile:
+    """Look up a target profile by name or alias.
+
+    Raises
+    ------
+    UserError
+        For an unknown name, listing the known ones.
+    """
+    key = ALIASES.get(name, name)
+    if key not in PROFILES:
+        raise UserError(f"unknown target {name!r}; known targets: {', '.join(names())}")
+    if key == "x86":
+        return _host_profile()
+    return PROFILES[key]
