@@ -75,7 +75,7 @@ def outputs_of(mod: tvm.IRModule) -> list[dict]:
     """Output names, shapes and dtypes of ``main``."""
     ty = mod["main"].ret_ty
     tys = list(ty.fields) if isinstance(ty, relax.TupleType) else [ty]
-    return [{"name": f"output{i}", "shape": [int(d) for d in t.shape], "dtype": t.dtype}
+    return [{"name": f"output{i}", "shape": [int(d) for d in t.shape], "dtype": str(t.dtype)}
             for i, t in enumerate(tys)]
 
 

@@ -84,7 +84,7 @@ def _split_params(mod: tvm.IRModule, source: str, names, declared) -> ImportedMo
     inputs, weights = [], {}
     for i, p in enumerate(main.params):
         if i < num_input:
-            inputs.append((p.name, tuple(int(d) for d in p.ty.shape), p.ty.dtype))
+            inputs.append((p.name, tuple(int(d) for d in p.ty.shape), str(p.ty.dtype)))
         else:
             weights[p.name] = params["main"][i - num_input].numpy()
     return ImportedModel(mod, weights, {k: names.get(k, k) for k in weights}, declared,
@@ -109,7 +109,8 @@ def from_torch(model, example_inputs: tuple, declared=None) -> ImportedModel:
     """``torch.export`` an eval-mode ``nn.Module`` and import it."""
     import torch
 
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch's own LeafSpec deprecation
         ep = torch.export.export(model.eval(), tuple(example_inputs))
     return from_exported_program(ep, declared, source=type(model).__name__)
 
@@ -120,7 +121,9 @@ def load_pt2(path: Path) -> ImportedModel:
 
     extra = {METADATA_FILE: ""}
     try:
-        ep = torch.export.load(str(path), extra_files=extra)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            ep = torch.export.load(str(path), extra_files=extra)
     except (RuntimeError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise UserError(f"{path}: not a readable torch.export program "
                         f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"

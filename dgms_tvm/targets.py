@@ -55,15 +55,17 @@ class TargetProfile:
         return "+dotprod" in self.mattr
 
     def tvm_target(self):
-        """The ``tvm.target.Target`` (with an x86 host for cross builds)."""
+        """The ``tvm.target.Target``.
+
+        No separate host: on a CPU target the VM's host-side code (shape functions, packed
+        calls) runs on the same core, so it must be compiled for the same triple.
+        """
         from tvm.target import Target
 
         spec = {"kind": "llvm", "mtriple": self.triple, "mcpu": self.mcpu,
                 "num-cores": self.num_cores}
         if self.mattr:
             spec["mattr"] = list(self.mattr)
-        if self.is_arm:
-            spec["host"] = {"kind": "llvm"}
         return Target(spec)
 
     def cross_compiler(self):

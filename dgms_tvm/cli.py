@@ -1,0 +1,25 @@
+"""Helpers shared by the thin CLIs in ``scripts/``."""
+
+from __future__ import annotations
+
+import functools
+import sys
+
+from .errors import UserError
+
+
+def one_line_errors(main):
+    """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2."""
+
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        try:
+            return main(argv) or 0
+        except UserError as err:
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            print("interrupted", file=sys.stderr)
+            return 130
+
+    return wrapper

@@ -1,0 +1,175 @@
+"""End-to-end entry points behind the CLIs: load a model, compile it to an artifact, run it."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import artifact, compiler, frontend, zoo
+from .errors import UserError
+from .format import FormatError, check_bits
+from .passes import LayerRecord
+from .targets import get_profile
+
+
+@dataclasses.dataclass
+class LoadedModel:
+    """An imported model and, for built-in ones, the torch model and an example input."""
+
+    imported: frontend.ImportedModel
+    name: str
+    torch_model: object = None
+    example_input: np.ndarray | None = None
+
+
+def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
+    """A built-in model name, a ``.onnx`` file or a ``.pt2`` (``torch.export.save``) file."""
+    if bits is not None:
+        try:
+            check_bits(bits)
+        except FormatError as err:
+            raise UserError(str(err)) from None
+    if spec in zoo.MODELS:
+        bits = 4 if bits is None else bits
+        built = zoo.build(spec, bits, seed)
+        declared = {name: cw.bits for name, cw in built.codebooks.items()}
+        imported = frontend.from_torch(built.model, (built.example_input,), declared)
+        imported.source = f"built-in {spec} (seed {seed}, {bits}-bit)"
+        return LoadedModel(imported, spec, built.model, built.example_input.numpy())
+    path = Path(spec)
+    if path.suffix not in (".onnx", ".pt2"):
+        if not path.exists():
+            raise UserError(f"model {spec!r} is neither a built-in model "
+                            f"({', '.join(zoo.MODELS)}) nor an existing .onnx / .pt2 file")
+        raise UserError(f"{spec}: unknown model file type (expected .onnx or .pt2)")
+    if not path.is_file():
+        raise UserError(f"model file {spec} not found")
+    load = frontend.load_onnx if path.suffix == ".onnx" else frontend.load_pt2
+    return LoadedModel(load(path), path.stem)
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
+                  fp32: bool = False, seed: int = 0, quiet: bool = False) -> dict:
+    """Compile ``model`` for ``target`` into the artifact folder ``output``.
+
+    Returns
+    -------
+    dict
+        The manifest written beside the library.
+    """
+    profile = get_profile(target)
+    fcompile = profile.cross_compiler()  # fail early when the cross compiler is missing
+    artifact.check_output_dir(output)
+    t0 = time.perf_counter()
+    _log(f"[1/4] importing {model}", quiet)
+    loaded = load_model(model, bits, seed)
+    _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
+    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
+    _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
+         f"({time.perf_counter() - t0:.1f} s)", quiet)
+    exe = compiler.build(lowered, profile)
+    _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
+    manifest = make_manifest(loaded, lowered, profile, bits, fp32)
+    with artifact.staging(output) as tmp:
+        kwargs = {"fcompile": fcompile} if fcompile is not None else {}
+        exe.export_library(str(tmp / artifact.LIBRARY), **kwargs)
+        artifact.write_manifest(tmp, manifest)
+    _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)
+    return manifest
+
+
+def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits, fp32) -> dict:
+    import tvm
+
+    imported = loaded.imported
+    layers = [r.to_json() for r in lowered.records]
+    dense_bytes = sum(int(np.prod(r.shape)) * 4 for r in lowered.records)
+    packed = sum(_packed_bytes(r) for r in lowered.records)
+    return {
+        "format": artifact.ARTIFACT_FORMAT,
+        "model": loaded.name,
+        "source": imported.source,
+        "bits": bits,
+        "codebook_lowering": not fp32,
+        "tvm_version": tvm.__version__,
+        "target": {
+            "name": profile.name, "triple": profile.triple, "mcpu": profile.mcpu,
+            "mattr": list(profile.mattr), "num_cores": profile.num_cores,
+            "tvm_target": str(profile.tvm_target()),
+        },
+        "library": artifact.LIBRARY,
+        "entry": "main",
+        "schedules": f"schedules/{profile.name}.json (hand-written)",
+        "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in imported.inputs],
+        "outputs": compiler.outputs_of(lowered.mod),
+        "layers": layers,
+        "summary": {
+            "layers_seen": len(layers),
+            "layers_lowered": sum(r.lowered for r in lowered.records),
+            "weight_bytes_fp32": dense_bytes,
+            "weight_bytes_codebook": packed,
+        },
+    }
+
+
+def _packed_bytes(r: LayerRecord) -> int:
+    n = int(np.prod(r.shape))
+    if not r.lowered:
+        return n * 4
+    out = r.shape[0]
+    from .format import row_bytes
+
+    return out * row_bytes(n // out, r.bits) + (4 << r.bits) + (4 * out if r.scaled else 0)
+
+
+def format_table(manifest: dict) -> str:
+    """The short table printed after a compile: what was lowered, what stayed FP32."""
+    rows = [("layer", "op", "shape", "bits", "used", "sparsity", "lowered to / why FP32")]
+    for r in manifest["layers"]:
+        rows.append((
+            r["name"], r["op"] + (" (scaled)" if r["scaled"] else ""),
+            "x".join(map(str, r["shape"])),
+            str(r["bits"] or "-"), str(r["codebook_entries"] or "-"),
+            f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "-",
+            r["kernel"] or "FP32: " + r["reason"].split(";")[0],
+        ))
+    widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()
+             for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    s = manifest["summary"]
+    lines.append(
+        f"{s['layers_lowered']} of {s['layers_seen']} conv2d/dense layers lowered to codebook "
+        f"kernels; weights {s['weight_bytes_fp32'] / 2**20:.2f} MiB FP32 -> "
+        f"{s['weight_bytes_codebook'] / 2**20:.2f} MiB; target {manifest['target']['name']}")
+    return "\n".join(lines)
+
+
+def run_artifact(folder: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
+    """Run an x86 artifact locally on ``inputs``."""
+    import tvm
+
+    manifest = artifact.read_manifest(folder)
+    tgt = manifest["target"]
+    if not tgt["triple"].startswith("x86_64"):
+        raise UserError(f"artifact {folder} is built for {tgt['name']} ({tgt['triple']}) and "
+                        "cannot run on this x86 host: ARM artifacts run on a device through "
+                        "TVM RPC (the RPC harness)")
+    specs = manifest["inputs"]
+    if len(inputs) != len(specs):
+        raise UserError(f"model takes {len(specs)} input(s), got {len(inputs)}")
+    for a, s in zip(inputs, specs, strict=True):
+        if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
+            raise UserError(f"input {s['name']} must be {s['dtype']}{s['shape']}, "
+                            f"got {a.dtype}{list(a.shape)}")
+    lib = tvm.runtime.load_module(str(Path(folder) / manifest["library"]))
+    return compiler.run_local(lib, inputs)

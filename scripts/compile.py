@@ -1,0 +1,47 @@
+#!/usr/bin/env python3
+"""Compile a DGMS model (built-in, .onnx or .pt2) into a deployable artifact folder."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dgms_tvm import targets, zoo  # noqa: E402
+from dgms_tvm.cli import one_line_errors  # noqa: E402
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="resnet18",
+                   help=f"built-in model ({', '.join(zoo.MODELS)}) or a .onnx / .pt2 file "
+                        "(default: resnet18)")
+    p.add_argument("--bits", type=int, default=None,
+                   help="codebook width: the built-in models are quantized at it (default 4); "
+                        "for files, the widest codebook accepted (default: any of 1,2,3,4,8)")
+    p.add_argument("--target", default="arm",
+                   help=f"target profile: {', '.join(targets.names())} (default: arm)")
+    p.add_argument("--output", type=Path, default=Path("out"), help="artifact folder (default out/)")
+    p.add_argument("--fp32", action="store_true",
+                   help="build the FP32 baseline: same graph, no codebook lowering")
+    p.add_argument("--seed", type=int, default=0, help="seed of the built-in model's weights")
+    p.add_argument("--quiet", action="store_true", help="no progress or table")
+    return p.parse_args(argv)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse(argv)
+    from dgms_tvm import pipeline
+
+    manifest = pipeline.compile_model(args.model, args.target, args.output, bits=args.bits,
+                                      fp32=args.fp32, seed=args.seed, quiet=args.quiet)
+    if not args.quiet:
+        print(pipeline.format_table(manifest))
+        print(f"artifact: {args.output}/{manifest['library']} + manifest.json")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# One-time set-up on a fresh Debian/Ubuntu machine, safe to re-run:
+#   1. system packages: the aarch64 cross toolchain (g++-aarch64-linux-gnu) and qemu-user;
+#   2. a virtual environment in .venv with the project and its pinned Python packages.
+# Re-running skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need+=(g++-aarch64-linux-gnu)
+command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
+if [ ${#need[@]} -gt 0 ]; then
+  sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  echo "setup: installing Debian packages: ${need[*]}"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# torch==2.13.0's CPU wheel is built for CPython 3.11.
+py="${PYTHON:-}"
+if [ -z "$py" ]; then
+  for cand in python3.11 python3; do
+    if command -v "$cand" >/dev/null 2>&1 && "$cand" -c 'import sys; sys.exit(sys.version_info[:2] != (3, 11))'; then
+      py="$cand"; break
+    fi
+  done
+fi
+[ -n "$py" ] || { echo "setup: error: Python 3.11 is required (torch 2.13.0 CPU wheel)" >&2; exit 1; }
+
+[ -x .venv/bin/python ] || "$py" -m venv .venv
+stamp=.venv/.dgms-tvm-installed
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "setup: installing Python packages into .venv (first time: a few minutes)"
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
+  echo "$want" > "$stamp"
+fi
+echo "setup: ready ($(.venv/bin/python -c 'import tvm, torch; print("tvm", tvm.__version__, "torch", torch.__version__)'))"

@@ -1,0 +1,35 @@
+"""Shared helpers. Relative error everywhere is max|got - want| / max|want|."""
+
+from __future__ import annotations
+
+import numpy as np
+import tvm
+
+from dgms_tvm.format import CodebookWeight
+from dgms_tvm.kernels.common import standalone
+from dgms_tvm.targets import get_profile
+
+
+def rel_err(got, want) -> float:
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
+
+def random_codebook_weight(rng, shape, bits, scaled=False, sparsity=0.3) -> CodebookWeight:
+    """A codebook weight with a zero share of about ``sparsity`` (DGMS's pinned zero)."""
+    k = 1 << bits
+    idx = rng.integers(1, k, size=shape) if k > 1 else np.zeros(shape, np.int64)
+    idx[rng.random(shape) < sparsity] = 0
+    cb = np.concatenate([[0.0], rng.normal(size=k - 1)]).astype(np.float32)
+    scale = (rng.random(shape[0]) + 0.5) * rng.choice([-1, 1], shape[0]) if scaled else None
+    return CodebookWeight.from_indices(idx, cb, bits, scale=scale)
+
+
+def run_kernel(func, args) -> np.ndarray:
+    """Build a kernel PrimFunc for this host, run it on ``args`` (output last), return output."""
+    lib = tvm.compile(standalone(func), target=get_profile("x86").tvm_target())
+    targs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
+    lib["main"](*targs)
+    return targs[-1].numpy()
+
+
