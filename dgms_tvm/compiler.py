@@ -8,6 +8,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from .errors import UserError
 from .frontend import ImportedModel
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
 from .schedules import apply_schedules, load_knobs
@@ -22,9 +23,9 @@ class Lowered:
     records: list[LayerRecord]
 
 
-def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True) -> Lowered:
-    """Run the codebook lowering (unless ``codebooks=False``: the FP32 baseline), then bind
-    the remaining weights as constants.
+def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
+          fp32_kernels: bool = True) -> Lowered:
+    """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
     ----------
@@ -32,13 +33,20 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     bits : int, optional
         Widest codebook accepted from weight values; layers declared by metadata use theirs.
     codebooks : bool
-        False builds the same graph with every layer in FP32.
+        False builds the FP32 baseline: the same graph, kernels and schedules, float weights.
+    fp32_kernels : bool
+        False leaves FP32 conv2d / dense layers to TVM's default lowering (untuned TVM).
     """
     records: list[LayerRecord] = []
     mod = imported.mod
-    if codebooks:
-        policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names)
+    if codebooks or fp32_kernels:
+        policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
+                                codebooks=codebooks, fp32_kernels=fp32_kernels)
         mod = lower_codebook_layers(policy, records)(mod)
+        errors = [r.error for r in records if r.error]
+        if errors:
+            more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+            raise UserError(errors[0] + more)
     # Bind every weight: those the lowering replaced are no longer used and simply vanish.
     binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
     mod = relax.transform.BindParams("main", binds)(mod)

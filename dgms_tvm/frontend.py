@@ -97,7 +97,9 @@ def from_exported_program(ep, declared: dict[str, int] | None = None,
     from tvm.relax.frontend.torch import from_exported_program as _import
 
     try:
-        mod = _import(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch's LeafSpec deprecation
+            mod = _import(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     except Exception as err:  # the frontend raises many kinds for ops it lacks
         raise UserError(f"TVM cannot import this torch program: {err}".splitlines()[0]) from None
     names = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs

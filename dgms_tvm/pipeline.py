@@ -140,7 +140,8 @@ def format_table(manifest: dict) -> str:
             "x".join(map(str, r["shape"])),
             str(r["bits"] or "-"), str(r["codebook_entries"] or "-"),
             f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "-",
-            r["kernel"] or "FP32: " + r["reason"].split(";")[0],
+            r["kernel"] or (f"FP32 ({r['fp32_kernel'] or 'TVM default'}): "
+                            + r["reason"].split(";")[0]),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip()

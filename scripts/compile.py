@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgms_tvm import targets, zoo  # noqa: E402
-from dgms_tvm.cli import one_line_errors  # noqa: E402
+from dgms_tvm import targets, zoo
+from dgms_tvm.cli import one_line_errors
 
 
 def parse(argv):
@@ -23,7 +23,8 @@ def parse(argv):
                         "for files, the widest codebook accepted (default: any of 1,2,3,4,8)")
     p.add_argument("--target", default="arm",
                    help=f"target profile: {', '.join(targets.names())} (default: arm)")
-    p.add_argument("--output", type=Path, default=Path("out"), help="artifact folder (default out/)")
+    p.add_argument("--output", type=Path, default=Path("out"),
+                   help="artifact folder (default out/)")
     p.add_argument("--fp32", action="store_true",
                    help="build the FP32 baseline: same graph, no codebook lowering")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in model's weights")

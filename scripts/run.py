@@ -9,8 +9,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgms_tvm.cli import one_line_errors  # noqa: E402
-from dgms_tvm.errors import UserError  # noqa: E402
+from dgms_tvm.cli import one_line_errors
+from dgms_tvm.errors import UserError
 
 
 def parse(argv):

@@ -3,7 +3,6 @@ import pytest
 
 from dgms_tvm.detect import NotACodebook, find_codebook
 from dgms_tvm.quant import kmeans_codebook
-
 from tests.helpers import random_codebook_weight
 
 

@@ -12,6 +12,10 @@ from ..format import check_bits
 KERNEL_ATTR = "dgms.kernel"
 #: Function attribute holding the kernel's specialisation (a JSON string of its spec).
 SPEC_ATTR = "dgms.spec"
+#: ``bits`` value meaning "the weight operand is the float32 weight itself": the FP32
+#: baseline runs through the same compute and schedule as the codebook kernels, so that a
+#: speedup measures the codebook and nothing else.
+FP32_WEIGHT = 32
 #: Relax's op pattern "opaque": keeps FuseOps from folding neighbours into a codebook kernel,
 #: so that its hand-written schedule applies to exactly the compute it was written for.
 OPAQUE = 8

@@ -5,7 +5,9 @@
 
 NCHW data, OIHW weight (the layouts both importers produce), any stride, padding, dilation
 and groups (depthwise included). The weight arrives as packed indices plus codebook in the
-layout of :mod:`dgms_tvm.format` and is decoded tile by tile inside the kernel.
+layout of :mod:`dgms_tvm.format` and is decoded tile by tile inside the kernel. With
+``bits=FP32_WEIGHT`` the weight operand is the float32 OIHW weight itself (the FP32 baseline,
+same compute and schedule).
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import tvm
 from tvm import te
 
 from ..format import row_bytes
-from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
 
 FAMILY = "cb_conv2d"
 
@@ -83,14 +85,17 @@ class Conv2dSpec:
     def name(self) -> str:
         """Kernel name carrying every specialised parameter."""
         s = self
-        return (f"{FAMILY}_n{s.batch}_c{s.in_channels}_h{s.height}_w{s.width}_o{s.out_channels}"
+        kind = "fp32_conv2d" if s.bits == FP32_WEIGHT else FAMILY
+        return (f"{kind}_n{s.batch}_c{s.in_channels}_h{s.height}_w{s.width}_o{s.out_channels}"
                 f"_k{s.kernel[0]}x{s.kernel[1]}_s{s.stride[0]}x{s.stride[1]}"
                 f"_p{'x'.join(map(str, s.padding))}_d{s.dilation[0]}x{s.dilation[1]}"
-                f"_g{s.groups}_b{s.bits}{'_scaled' if s.scaled else ''}")
+                f"_g{s.groups}" + ("" if s.bits == FP32_WEIGHT else
+                                   f"_b{s.bits}{'_scaled' if s.scaled else ''}"))
 
 
 def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
-    """The unscheduled PrimFunc ``(X, packed, codebook[, scale]) -> Y``.
+    """The unscheduled PrimFunc ``(X, packed, codebook[, scale]) -> Y`` (``(X, W) -> Y`` for
+    ``bits=FP32_WEIGHT``).
 
     Three blocks: ``pad`` (zero-padded input), ``decode`` (the weight tile, laid out
     ``[i, r, s, o]`` so that output channels are innermost and vectorise), ``conv``.
@@ -100,8 +105,13 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     pt, pl, pb, pr = s.padding
     hp, wp = s.height + pt + pb, s.width + pl + pr
     x = te.placeholder(tuple(map(i64, (s.batch, s.in_channels, s.height, s.width))), "float32", "X")
-    p = te.placeholder((i64(s.out_channels), i64(row_bytes(s.reduction, s.bits))), "uint8", "P")
-    cb = te.placeholder((i64(1 << s.bits),), "float32", "CB")
+    fp32 = s.bits == FP32_WEIGHT
+    if fp32:
+        p = te.placeholder(tuple(map(i64, s.weight_shape)), "float32", "W")
+    else:
+        p = te.placeholder((i64(s.out_channels), i64(row_bytes(s.reduction, s.bits))), "uint8",
+                           "P")
+        cb = te.placeholder((i64(1 << s.bits),), "float32", "CB")
     sc = te.placeholder((i64(s.out_channels),), "float32", "S") if s.scaled else None
 
     def pad_value(n, c, h, w):
@@ -111,6 +121,8 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     xp = te.compute(tuple(map(i64, (s.batch, s.in_channels, hp, wp))), pad_value, name="pad")
 
     def weight(i, r, q, o):
+        if fp32:
+            return p[o, i, r, q]
         w = cb[decode_index(p, o, (i * kh + r) * kw + q, s.bits)]
         return w * sc[o] if sc is not None else w
 
@@ -128,7 +140,7 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
         ),
         name="conv",
     )
-    args = [x, p, cb] + ([sc] if sc is not None else []) + [y]
+    args = [x, p] + ([] if fp32 else [cb]) + ([sc] if sc is not None else []) + [y]
     func = te.create_prim_func(args)
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
@@ -154,7 +166,8 @@ def reference(spec: Conv2dSpec, x, weight) -> np.ndarray:
             for q in range(s.kernel[1]):
                 patch = xs[:, :, r * dh: r * dh + sh * (oh - 1) + 1: sh,
                            q * dw: q * dw + sw * (ow - 1) + 1: sw]
-                out[:, g * s.ocg:(g + 1) * s.ocg] += np.einsum("nchw,oc->nohw", patch, ws[:, :, r, q])
+                out[:, g * s.ocg:(g + 1) * s.ocg] += np.einsum("nchw,oc->nohw", patch,
+                                                               ws[:, :, r, q])
     return out.astype(np.float32)
 
 

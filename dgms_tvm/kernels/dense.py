@@ -3,7 +3,8 @@
 ``Y[m, n] = sum_k X[m, k] * scale[n] * codebook[idx(n, k)]``: a ``matmul`` with a constant
 ``[K, N]`` operand, or a Linear layer's ``W[N, K]`` (the pass flattens leading batch axes of
 ``X`` into ``M``). The weight arrives as packed indices (one row per output feature ``n``)
-plus codebook, in the layout of :mod:`dgms_tvm.format`.
+plus codebook, in the layout of :mod:`dgms_tvm.format`. With ``bits=FP32_WEIGHT`` the
+weight operand is the float32 ``W[N, K]`` itself (the FP32 baseline, same compute and schedule).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import tvm
 from tvm import te
 
 from ..format import row_bytes
-from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
 
 FAMILY = "cb_dense"
 
@@ -42,23 +43,32 @@ class DenseSpec:
     @property
     def name(self) -> str:
         """Kernel name carrying every specialised parameter."""
+        if self.bits == FP32_WEIGHT:
+            return f"fp32_dense_m{self.m}_n{self.n}_k{self.k}"
         return (f"{FAMILY}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
                 f"{'_scaled' if self.scaled else ''}")
 
 
 def compute(spec: DenseSpec) -> tvm.tirx.PrimFunc:
-    """The unscheduled PrimFunc ``(X, packed, codebook[, scale]) -> Y``.
+    """The unscheduled PrimFunc ``(X, packed, codebook[, scale]) -> Y`` (``(X, W) -> Y`` for
+    ``bits=FP32_WEIGHT``).
 
     Two blocks: ``decode`` (the weight laid out ``[k, n]``, output features innermost so that
     they vectorise) and ``dense``.
     """
     s = spec
     x = te.placeholder((i64(s.m), i64(s.k)), "float32", "X")
-    p = te.placeholder((i64(s.n), i64(row_bytes(s.k, s.bits))), "uint8", "P")
-    cb = te.placeholder((i64(1 << s.bits),), "float32", "CB")
+    fp32 = s.bits == FP32_WEIGHT
+    if fp32:
+        p = te.placeholder((i64(s.n), i64(s.k)), "float32", "W")
+    else:
+        p = te.placeholder((i64(s.n), i64(row_bytes(s.k, s.bits))), "uint8", "P")
+        cb = te.placeholder((i64(1 << s.bits),), "float32", "CB")
     sc = te.placeholder((i64(s.n),), "float32", "S") if s.scaled else None
 
     def weight(k, n):
+        if fp32:
+            return p[n, k]
         w = cb[decode_index(p, n, k, s.bits)]
         return w * sc[n] if sc is not None else w
 
@@ -66,7 +76,7 @@ def compute(spec: DenseSpec) -> tvm.tirx.PrimFunc:
     rk = te.reduce_axis((i64(0), i64(s.k)), "rk")
     y = te.compute((i64(s.m), i64(s.n)),
                    lambda m, n: te.sum(x[m, rk] * wt[rk, n], axis=rk), name="dense")
-    args = [x, p, cb] + ([sc] if sc is not None else []) + [y]
+    args = [x, p] + ([] if fp32 else [cb]) + ([sc] if sc is not None else []) + [y]
     return te.create_prim_func(args).with_attrs({
         KERNEL_ATTR: FAMILY,
         SPEC_ATTR: json.dumps(dataclasses.asdict(s)),

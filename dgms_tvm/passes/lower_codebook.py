@@ -12,6 +12,9 @@ After::
     lv9 = R.call_tir(cls.cb_dense_m1_n10_k512_b4, (lv7, packed_u8, codebook_f32), out_ty=...)
 
 (plus a per-channel ``scale`` operand where the exporter folded BatchNorm into the weight).
+A conv2d / dense layer that is not a codebook runs through the same kernel and schedule with
+its float32 weight (``fp32_conv2d_...``), unless the policy says to leave it to TVM; so an FP32
+baseline built with ``codebooks=False`` differs from the codebook build only in the weights.
 Everything else is left for TVM to lower. Each candidate layer gets a
 :class:`~dgms_tvm.passes.records.LayerRecord` saying what was done or why not.
 """
@@ -26,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..detect import NotACodebook, find_codebook
 from ..kernels import conv2d as kconv
 from ..kernels import dense as kdense
+from ..kernels.common import FP32_WEIGHT
 from .records import LayerRecord, LoweringPolicy
 
 _OP = {n: tvm.ir.Op.get(n) for n in ("relax.nn.conv2d", "relax.matmul", "relax.permute_dims")}
@@ -71,13 +75,17 @@ class _Rewriter(PyExprMutator):
         return None
 
     def _codebook(self, name: str, w: np.ndarray, record: LayerRecord):
-        bits = self.policy.declared.get(name)
+        declared = self.policy.declared.get(name)
+        width = self.policy.bits
+        if declared is not None:
+            width = declared if width is None else min(declared, width)
         try:
-            cw = find_codebook(w, bits if bits is not None else self.policy.bits)
+            cw = find_codebook(w, width)
         except NotACodebook as err:
-            if bits is not None:  # declared a codebook layer: its values must agree
-                raise self.policy.error(f"layer {name} is declared {bits}-bit but has {err}")
             record.reason = f"not a codebook: {err}"
+            if declared is not None:  # declared a codebook layer: its values must agree
+                record.error = (f"layer {name} (declared {declared}-bit) is not a "
+                                f"{width}-bit codebook: {err}")
             return None
         record.bits, record.sparsity = cw.bits, cw.sparsity()
         record.codebook_entries = int(np.unique(cw.indices()).size)
@@ -89,11 +97,28 @@ class _Rewriter(PyExprMutator):
             self.kernels[spec.name] = self.builder_.add_func(func_factory(spec), spec.name)
         return self.kernels[spec.name]
 
-    def _operands(self, x, cw):
+    def _operands(self, x, cw, value):
+        if cw is None:
+            return [x, relax.const(np.ascontiguousarray(value), "float32")]
         consts = [relax.const(cw.packed, "uint8"), relax.const(cw.codebook, "float32")]
         if cw.scale is not None:
             consts.append(relax.const(cw.scale, "float32"))
         return [x, *consts]
+
+    def _weight_form(self, name, value, rec):
+        """The codebook of the layer, or None for its float32 weight; False: leave the op."""
+        cw = self._codebook(name, value, rec) if self.policy.codebooks else None
+        if not self.policy.codebooks:
+            rec.reason = "FP32 build"
+        if cw is None and (rec.error or not self.policy.fp32_kernels):
+            return False
+        return cw
+
+    def _note(self, rec, cw, spec):
+        if cw is None:
+            rec.fp32_kernel = spec.name
+        else:
+            rec.kernel = spec.name
 
     # -- ops -------------------------------------------------------------------------------
     def visit_call_(self, call):
@@ -126,17 +151,18 @@ class _Rewriter(PyExprMutator):
         if not _float32_out(a.out_dtype):
             rec.reason = f"out_dtype {a.out_dtype}"
             return call
-        cw = self._codebook(name, value, rec)
-        if cw is None:
+        cw = self._weight_form(name, value, rec)
+        if cw is False:
             return call
         spec = kconv.Conv2dSpec(
             *xshape, value.shape[0], tuple(value.shape[2:]),
             stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
             dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
-            bits=cw.bits, scaled=cw.scale is not None)
-        rec.kernel = spec.name
+            bits=FP32_WEIGHT if cw is None else cw.bits,
+            scaled=cw is not None and cw.scale is not None)
+        self._note(rec, cw, spec)
         gv = self._kernel(kconv.compute, spec)
-        return relax.call_tir(gv, self._operands(x, cw), out_ty=relax.TensorType(
+        return relax.call_tir(gv, self._operands(x, cw, value), out_ty=relax.TensorType(
             spec.out_shape, "float32"))
 
     def _matmul(self, call):
@@ -165,16 +191,17 @@ class _Rewriter(PyExprMutator):
         if not _float32_out(call.attrs.out_dtype):
             rec.reason = f"out_dtype {call.attrs.out_dtype}"
             return call
-        cw = self._codebook(name, value, rec)
-        if cw is None:
+        cw = self._weight_form(name, value, rec)
+        if cw is False:
             return call
         n, k = value.shape
         m = int(np.prod(xshape[:-1]))
-        spec = kdense.DenseSpec(m, n, k, bits=cw.bits, scaled=cw.scale is not None)
-        rec.kernel = spec.name
+        spec = kdense.DenseSpec(m, n, k, bits=FP32_WEIGHT if cw is None else cw.bits,
+                                scaled=cw is not None and cw.scale is not None)
+        self._note(rec, cw, spec)
         gv = self._kernel(kdense.compute, spec)
         x2 = x if len(xshape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
-        y = relax.call_tir(gv, self._operands(x2, cw),
+        y = relax.call_tir(gv, self._operands(x2, cw, value),
                            out_ty=relax.TensorType((m, n), "float32"))
         if len(xshape) == 2:
             return y
@@ -190,7 +217,10 @@ def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
         Constant weights by parameter name, the requested bit width, the layers declared
         quantized by metadata.
     records : list of LayerRecord
-        Appended to: one record per conv2d / dense layer seen.
+        Appended to: one record per conv2d / dense layer seen. A layer that metadata declares
+        quantized but whose values are no codebook of that width is left FP32 with ``error``
+        set: the caller decides (``compiler.lower`` refuses it). Exceptions cannot carry
+        their type through the pass infrastructure, hence a record and not a raise.
     """
 
     @tvm.transform.module_pass(opt_level=0, name="LowerCodebookLayers")

@@ -6,14 +6,14 @@ import dataclasses
 
 import numpy as np
 
-from ..errors import UserError
-
 
 @dataclasses.dataclass
 class LayerRecord:
     """One conv2d / dense layer the lowering looked at.
 
-    ``kernel`` is set when the layer was lowered; otherwise ``reason`` says why it stayed FP32.
+    ``kernel`` is set when the layer was lowered to a codebook kernel; otherwise ``reason``
+    says why it stayed FP32, and ``fp32_kernel`` names the float32 kernel it runs through
+    (None: left to TVM's own lowering).
     """
 
     name: str
@@ -24,7 +24,9 @@ class LayerRecord:
     sparsity: float | None = None
     scaled: bool = False
     kernel: str | None = None
+    fp32_kernel: str | None = None
     reason: str = ""
+    error: str = ""
 
     @property
     def lowered(self) -> bool:
@@ -46,22 +48,27 @@ class LoweringPolicy:
     weights : dict
         Relax parameter name -> constant weight value.
     bits : int or None
-        Widest codebook accepted from weight values (None: any supported width).
+        Widest codebook accepted (None: any supported width). Layers found from their values
+        alone that need more are left FP32; layers that metadata declares quantized must fit
+        (it "forces" the width on them).
     declared : dict
-        Layer name -> bits, for layers that metadata declares quantized: a mismatch there is
-        an error, not a skip.
+        Layer name -> bits, for layers that metadata declares quantized: a layer that is not a
+        codebook of that width (or of ``bits``, if narrower) is an error, not a skip.
     names : dict
         Relax parameter name -> the layer's own name (``layer1.0.conv1.weight``).
+    codebooks : bool
+        False for the FP32 baseline: no layer becomes a codebook kernel.
+    fp32_kernels : bool
+        Run layers that stay FP32 through the same kernels and schedules with their float32
+        weight (True), or leave them to TVM's default lowering (False).
     """
 
     weights: dict[str, np.ndarray]
     bits: int | None = None
     declared: dict[str, int] = dataclasses.field(default_factory=dict)
     names: dict[str, str] = dataclasses.field(default_factory=dict)
+    codebooks: bool = True
+    fp32_kernels: bool = True
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)
-
-    @staticmethod
-    def error(message: str) -> UserError:
-        return UserError(message)

@@ -31,7 +31,8 @@ class ZooEntry:
 MODELS = {
     e.name: e
     for e in [
-        ZooEntry("resnet18", lambda: ResNet18(1000), 224, 1000, "ResNet-18, 224x224, ImageNet head"),
+        ZooEntry("resnet18", lambda: ResNet18(1000), 224, 1000,
+                 "ResNet-18, 224x224, ImageNet head"),
         ZooEntry("mobilenetv2", lambda: MobileNetV2(1000), 224, 1000,
                  "MobileNetV2 1.0, 224x224, ImageNet head"),
         ZooEntry("resnet18-32", lambda: ResNet18(10, small=True), 32, 10,

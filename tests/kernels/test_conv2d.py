@@ -6,7 +6,7 @@ import pytest
 import tvm
 
 from dgms_tvm.kernels import conv2d
-from dgms_tvm.kernels.common import standalone
+from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
@@ -50,6 +50,20 @@ def test_conv2d_matches_oracle(spec, why, bits, rng):
     spec = dataclasses.replace(spec, bits=bits, scaled=scaled)
     cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=scaled)
     _check(spec, cw, rng, schedule=True)
+
+
+@pytest.mark.parametrize("spec,why", CASES, ids=[c[1] for c in CASES])
+def test_fp32_weight_variant_matches_oracle(spec, why, rng):
+    import dataclasses
+
+    spec = dataclasses.replace(spec, bits=FP32_WEIGHT)
+    w = rng.normal(size=spec.weight_shape).astype(np.float32)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    func = conv2d.schedule(conv2d.compute(spec), load_knobs("x86")["cb_conv2d"])
+    got = run_kernel(func, [x, w, np.zeros(spec.out_shape, np.float32)])
+    assert spec.name.startswith("fp32_conv2d_")
+    assert rel_err(got, conv2d.reference(spec, x, w)) < 1e-5
 
 
 @pytest.mark.parametrize("spec,why", CASES[:3] + CASES[5:6], ids=lambda c: str(c)[:20])

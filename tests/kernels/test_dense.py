@@ -5,7 +5,7 @@ import pytest
 import tvm
 
 from dgms_tvm.kernels import dense
-from dgms_tvm.kernels.common import standalone
+from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
@@ -29,6 +29,16 @@ def _check(spec, rng, schedule):
 @pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
 def test_dense_matches_oracle(m, n, k, bits, rng):
     _check(D(m, n, k, bits, scaled=bits == 3), rng, schedule=True)
+
+
+@pytest.mark.parametrize("m,n,k", SHAPES)
+def test_fp32_weight_variant_matches_oracle(m, n, k, rng):
+    spec = D(m, n, k, FP32_WEIGHT)
+    w = rng.normal(size=(n, k)).astype(np.float32)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    func = dense.schedule(dense.compute(spec), load_knobs("x86")["cb_dense"])
+    got = run_kernel(func, [x, w, np.zeros(spec.out_shape, np.float32)])
+    assert rel_err(got, dense.reference(spec, x, w)) < 1e-5
 
 
 @pytest.mark.parametrize("m,n,k", SHAPES[:3])

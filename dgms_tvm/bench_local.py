@@ -1,0 +1,115 @@
+"""Host benchmark: the FP32 build and the codebook build of one model, timed side by side in
+one run with the same pipeline and schedules (``scripts/bench_x86.py``)."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import numpy as np
+import tvm
+from tvm import relax
+
+from . import compiler
+from .pipeline import load_model
+from .targets import get_profile
+
+
+def time_vm(executable, inputs, repeat: int, number: int) -> list[float]:
+    """Per-call seconds of ``main``, one figure per repeat (``time_evaluator``).
+
+    A build slower than 0.5 s per call gets 3 repeats of 1 call, so that an untuned baseline
+    does not hold the benchmark for minutes.
+    """
+    vm = relax.VirtualMachine(executable, tvm.cpu())
+    args = [tvm.runtime.tensor(a) for a in inputs]
+    t0 = time.perf_counter()
+    vm["main"](*args)  # warm-up
+    if time.perf_counter() - t0 > 0.5:
+        repeat, number = min(repeat, 3), 1
+    res = vm.time_evaluator("main", tvm.cpu(), number=number, repeat=repeat)(*args)
+    return list(res.results)
+
+
+def time_onnxruntime(onnx_model: bytes, x: np.ndarray, repeat: int, number: int) -> list[float]:
+    """Per-call seconds of onnxruntime (CPU, all cores, full graph optimisation)."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    sess = ort.InferenceSession(onnx_model, opts, providers=["CPUExecutionProvider"])
+    feed = {sess.get_inputs()[0].name: x}
+    sess.run(None, feed)
+    out = []
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(number):
+            sess.run(None, feed)
+        out.append((time.perf_counter() - t0) / number)
+    return out
+
+
+def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int = 0) -> dict:
+    """Build FP32 and codebook variants for this host, check they agree, time both."""
+    profile = get_profile("x86")
+    loaded = load_model(model, bits, seed)
+    x = loaded.example_input
+    if x is None:
+        shape = loaded.imported.inputs[0][1]
+        x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    rows = {}
+    outs = {}
+    variants = (("fp32 TVM default", False, False), ("fp32 same kernels", False, True),
+                (f"codebook {bits}-bit", True, True))
+    for label, cb, fp32_kernels in variants:
+        t0 = time.perf_counter()
+        lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels)
+        exe = compiler.build(lowered, profile)
+        build_s = time.perf_counter() - t0
+        print(f"  built {label} in {build_s:.1f} s; timing", file=sys.stderr, flush=True)
+        outs[label] = compiler.run_local(exe, [x])[0]
+        secs = time_vm(exe, [x], repeat, number)
+        rows[label] = {"median_ms": 1e3 * float(np.median(secs)),
+                       "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
+                       "build_s": build_s,
+                       "lowered": sum(r.lowered for r in lowered.records)}
+    onnx_model = _onnx_of(loaded, model, x)
+    if onnx_model is not None:
+        secs = time_onnxruntime(onnx_model, x, repeat, number)
+        rows["onnxruntime fp32"] = {"median_ms": 1e3 * float(np.median(secs)),
+                                    "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
+                                    "build_s": 0.0, "lowered": 0}
+    a, *others = outs.values()
+    err = max(float(np.abs(a - b).max() / np.abs(a).max()) for b in others)
+    return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
+            "max_rel_err_between_builds": err}
+
+
+def _onnx_of(loaded, model: str, x) -> bytes | None:
+    """The model as ONNX (a built-in is exported; an .onnx file is read), else None."""
+    from pathlib import Path
+
+    from .frontend import onnx_bytes
+
+    if loaded.torch_model is not None:
+        import torch
+
+        return onnx_bytes(loaded.torch_model, (torch.from_numpy(x),))
+    return Path(model).read_bytes() if model.endswith(".onnx") else None
+
+
+def format_report(rep: dict) -> str:
+    lines = [f"{rep['model']} {rep['bits']}-bit on {rep['target']}, batch 1 "
+             f"(max rel err between builds {rep['max_rel_err_between_builds']:.1e})",
+             f"{'build':<20} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'lowered':>8}"]
+    for label, r in rep["rows"].items():
+        lines.append(f"{label:<20} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} "
+                     f"{r['max_ms']:>9.2f} {r['lowered']:>8}")
+    ms = {k: r["median_ms"] for k, r in rep["rows"].items()}
+    tvm_default, same, cbk = list(ms.values())[:3]
+    lines.append(f"codebook speedup: {same / cbk:.2f}x over FP32 with the same kernels and "
+                 f"schedules, {tvm_default / cbk:.2f}x over TVM's default FP32 lowering")
+    if "onnxruntime fp32" in ms:
+        lines.append(f"onnxruntime FP32 / codebook build time ratio: "
+                     f"{ms['onnxruntime fp32'] / cbk:.2f}x")
+    return "\n".join(lines)

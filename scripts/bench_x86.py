@@ -1,0 +1,38 @@
+#!/usr/bin/env python3
+"""Time the FP32 and the codebook build of a model on this host, side by side in one run."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dgms_tvm.cli import one_line_errors
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="resnet18", help="built-in model or .onnx/.pt2 file")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=10, help="timed repeats (median reported)")
+    p.add_argument("--number", type=int, default=5, help="calls per repeat")
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse(argv)
+    from dgms_tvm import bench_local
+
+    rep = bench_local.compare(args.model, args.bits, args.repeat, args.number)
+    print(bench_local.format_report(rep))
+    if args.json:
+        args.json.write_text(json.dumps(rep, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,201 @@
+"""The codebook lowering pass on small graphs: structure (which ops were replaced, by what)
+and numbers (equal to the un-rewritten model)."""
+
+import numpy as np
+import pytest
+import torch
+import tvm
+from torch import nn
+from tvm import relax
+
+from dgms_tvm import compiler, frontend
+from dgms_tvm.errors import UserError
+from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
+from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
+from dgms_tvm.quant import hard_quantize
+from dgms_tvm.targets import get_profile
+from tests.helpers import rel_err
+
+
+class Net(nn.Module):
+    """Every conv2d form the pass lowers, a Linear, and layers that must stay FP32."""
+
+    def __init__(self):
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1)  # first conv: stays FP32
+        self.bn = nn.BatchNorm2d(16)
+        self.conv = nn.Conv2d(16, 32, 3, stride=2, padding=1, bias=False)
+        self.dw = nn.Conv2d(32, 32, 3, padding=2, dilation=2, groups=32)
+        self.grouped = nn.Conv2d(32, 32, 3, padding=1, groups=4, bias=False)
+        self.same = nn.Conv2d(32, 32, 3, padding=1, groups=4, bias=False)  # same spec
+        self.fc = nn.Linear(32, 24)
+        self.head = nn.Linear(24, 10)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        x = self.dw(torch.relu(self.conv(x)))
+        x = self.same(self.grouped(x))
+        return self.head(torch.relu(self.fc(x.mean((2, 3)))))
+
+
+def _quantized_net(bits=4, seed=0):
+    torch.manual_seed(seed)
+    net = Net().eval()
+    with torch.no_grad():
+        net.bn.running_mean.uniform_(-0.2, 0.2)
+        net.bn.running_var.uniform_(0.5, 1.5)
+    cbs = hard_quantize(net, bits, skip=("first_conv",))  # quantize fc too, keep head ...
+    with torch.no_grad():  # ... then put the head back to FP32 values
+        net.head.weight.normal_()
+    cbs.pop("head.weight")
+    return net, cbs
+
+
+def _calls(mod):
+    """(op name or callee attrs) of every call in main, in order."""
+    out = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            v = b.value
+            if isinstance(v, relax.Call) and isinstance(v.op, tvm.ir.Op):
+                if v.op.name == "relax.call_tir":
+                    out.append(("call_tir", mod[v.args[0]]))
+                else:
+                    out.append((v.op.name, None))
+    return out
+
+
+def _lower(model, x, bits=4, declared=None):
+    imported = frontend.from_torch(model, (x,), declared)
+    return imported, compiler.lower(imported, bits)
+
+
+def test_structure_and_numbers():
+    net, cbs = _quantized_net()
+    x = torch.randn(1, 3, 12, 12)
+    imported, lowered = _lower(net, x)
+    calls = _calls(lowered.mod)
+    kernels = [f for op, f in calls if op == "call_tir"]
+    kinds = [(str(f.attrs[KERNEL_ATTR]), '"bits": 32' in str(f.attrs[SPEC_ATTR]))
+             for f in kernels]
+    # The FP32 stem conv and FP32 head run through the same kernels with float weights.
+    assert kinds == [("cb_conv2d", True)] + [("cb_conv2d", False)] * 4 + [
+        ("cb_dense", False), ("cb_dense", True)]
+    assert not [op for op, _ in calls if op in ("relax.nn.conv2d", "relax.matmul")]
+    # Identical layers share one kernel function.
+    names = {r.name: r.kernel for r in lowered.records}
+    assert names["grouped.weight"] == names["same.weight"]
+    assert len({r.kernel for r in lowered.records if r.lowered}) == 4
+    # Every weight the pass replaced is gone from the module.
+    assert all(p.name == "x" for p in lowered.mod["main"].params)
+    # Records say what was done and why not.
+    by_name = {r.name: r for r in lowered.records}
+    stem = by_name["stem.weight"]
+    assert not stem.lowered and "not a codebook" in stem.reason
+    assert stem.fp32_kernel.startswith("fp32_conv2d_")
+    assert by_name["dw.weight"].lowered and by_name["dw.weight"].bits == 4
+    assert by_name["fc.weight"].op == "dense"
+    assert by_name["conv.weight"].sparsity == pytest.approx(cbs["conv.weight"].sparsity())
+    # Numbers: equal to the un-rewritten model and to PyTorch.
+    target = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
+    want = net(x).detach().numpy()
+    assert rel_err(got, want) < 1e-4
+    # The FP32 baselines: same kernels with float weights, and TVM's own lowering.
+    for fp32_kernels in (True, False):
+        base = compiler.lower(imported, codebooks=False, fp32_kernels=fp32_kernels)
+        assert not any(r.lowered for r in base.records)
+        assert all(bool(r.fp32_kernel) == fp32_kernels for r in base.records)
+        got_base = compiler.run_local(compiler.build(base, target), [x.numpy()])[0]
+        assert rel_err(got, got_base) < 1e-4
+
+
+def test_fp32_layers_can_be_left_to_tvm():
+    net, _ = _quantized_net()
+    x = torch.randn(1, 3, 8, 8)
+    imported = frontend.from_torch(net, (x,))
+    lowered = compiler.lower(imported, 4, fp32_kernels=False)
+    ops = [op for op, _ in _calls(lowered.mod)]
+    assert ops.count("relax.nn.conv2d") == 1 and ops.count("relax.matmul") == 1
+    assert ops.count("call_tir") == 5
+
+
+class MatMulNet(nn.Module):
+    """``x @ B`` with a constant B[K, N] and a 3-D input (an ONNX MatMul's shape)."""
+
+    def __init__(self, b):
+        super().__init__()
+        self.b = nn.Parameter(torch.from_numpy(b))
+
+    def forward(self, x):
+        return torch.relu(x @ self.b)
+
+
+def test_matmul_with_constant_kn_weight_and_batched_input():
+    rng = np.random.default_rng(0)
+    cb = np.array([0, -1.5, -0.5, 0.25, 1.0, 2.0, 3.0, -3.0], np.float32)
+    b = cb[rng.integers(0, 8, size=(16, 12))]
+    net = MatMulNet(b)
+    x = torch.randn(2, 5, 16)
+    _, lowered = _lower(net, x, bits=3)
+    (rec,) = lowered.records
+    assert rec.lowered and rec.op == "dense" and tuple(rec.shape) == (12, 16) and rec.bits == 3
+    got = compiler.run_local(compiler.build(lowered, get_profile("x86")), [x.numpy()])[0]
+    assert got.shape == (2, 5, 12)
+    assert rel_err(got, net(x).detach().numpy()) < 1e-5
+
+
+def test_bits_limit_skips_undeclared_layers():
+    net, _ = _quantized_net(bits=4)
+    _, lowered = _lower(net, torch.randn(1, 3, 8, 8), bits=2)
+    assert not any(r.lowered for r in lowered.records)
+    assert any("more than 3 for 2 bits" in r.reason for r in lowered.records)
+
+
+def test_declared_layer_that_is_not_a_codebook_is_an_error():
+    net, _ = _quantized_net(bits=4)
+    with pytest.raises(UserError, match=r"stem.weight .declared 4-bit. is not a 4-bit codebook"):
+        _lower(net, torch.randn(1, 3, 8, 8), declared={"stem.weight": 4})
+
+
+def test_declared_width_is_enforced():
+    net, _ = _quantized_net(bits=4)
+    with pytest.raises(UserError, match=r"conv.weight .declared 2-bit. is not a 2-bit codebook"):
+        _lower(net, torch.randn(1, 3, 8, 8), declared={"conv.weight": 2})
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv1d(4, 4, 3)
+
+    def forward(self, x):
+        return self.conv(x)
+
+
+def test_unsupported_weighted_op_is_reported_and_kept():
+    net = Conv1dNet().eval()
+    with torch.no_grad():
+        net.conv.weight.copy_(torch.sign(net.conv.weight))  # a 2-value codebook
+    x = torch.randn(1, 4, 9)
+    _, lowered = _lower(net, x)
+    (rec,) = lowered.records
+    assert rec.op == "conv1d" and not rec.lowered and "no codebook kernel" in rec.reason
+    assert rec.fp32_kernel is None
+    got = compiler.run_local(compiler.build(lowered, get_profile("x86")), [x.numpy()])[0]
+    assert rel_err(got, net(x).detach().numpy()) < 1e-5
+
+
+def test_pass_on_constants_bound_in_the_ir():
+    # Weights folded into the IR as constants (no parameter names) are lowered too.
+    net, _ = _quantized_net()
+    x = torch.randn(1, 3, 8, 8)
+    imported = frontend.from_torch(net, (x,))
+    bound = relax.transform.BindParams(
+        "main", {k: tvm.runtime.tensor(v) for k, v in imported.weights.items()})(imported.mod)
+    records = []
+    mod = lower_codebook_layers(LoweringPolicy({}, 4), records)(bound)
+    assert sum(r.lowered for r in records) == 5
+    assert all(r.name.startswith("constant_") for r in records)
+    exe = compiler.build(compiler.Lowered(mod, records), get_profile("x86"))
+    assert rel_err(compiler.run_local(exe, [x.numpy()])[0], net(x).detach().numpy()) < 1e-4

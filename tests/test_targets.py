@@ -1,0 +1,38 @@
+import pytest
+
+from dgms_tvm import targets
+from dgms_tvm.errors import UserError
+from dgms_tvm.schedules import load_knobs
+
+
+def test_every_profile_builds_a_tvm_target_and_has_schedules():
+    for name in targets.PROFILES:
+        p = targets.get_profile(name)
+        t = p.tvm_target()
+        assert str(t.kind) == "llvm" and int(t.attrs["num-cores"]) == p.num_cores
+        assert set(load_knobs(name)) == {"cb_conv2d", "cb_dense"}
+
+
+@pytest.mark.parametrize("name,dotprod", [("cortex-a53", False), ("cortex-a55", True),
+                                          ("cortex-a72", False), ("cortex-a76", True),
+                                          ("neoverse-n1", True)])
+def test_arm_profiles(name, dotprod):
+    p = targets.get_profile(name)
+    assert p.is_arm and p.triple == "aarch64-linux-gnu" and "+neon" in p.mattr
+    assert p.has_dotprod == dotprod
+    assert bool(p.tvm_target().attrs["feature.has_dotprod"]) == dotprod
+    assert p.qemu_cpu == name
+
+
+def test_x86_detects_host_cpu_and_arm_alias():
+    x86 = targets.get_profile("x86")
+    assert not x86.is_arm and x86.mcpu not in ("", "native")
+    assert x86.cross_compiler() is None
+    assert targets.get_profile("arm") == targets.get_profile("cortex-a72")
+
+
+def test_unknown_target_lists_known_ones():
+    with pytest.raises(UserError) as err:
+        targets.get_profile("cortex-a999")
+    msg = str(err.value)
+    assert "\n" not in msg and all(n in msg for n in targets.names())
