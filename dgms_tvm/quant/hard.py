@@ -13,19 +13,17 @@ import numpy as np
 from ..format import CodebookWeight, check_bits
 
 
-def kmeans_codebook(weight: np.ndarray, bits: int, iters: int = 30) -> CodebookWeight:
-    """1-D k-means of ``weight`` into ``2**bits`` centres, the one nearest 0 pinned to 0.
+def kmeans_1d(flat: np.ndarray, k: int, iters: int = 30) -> tuple[np.ndarray, np.ndarray]:
+    """Deterministic 1-D k-means: (sorted centres, index of each value's nearest centre).
 
-    Deterministic: centres start at evenly spaced quantiles; Lloyd's iterations assign by
-    nearest centre (a sorted 1-D search).
+    Centres start at evenly spaced quantiles of an evenly strided sample of at most 2**16
+    values (a 2.4M-weight layer would otherwise take seconds); Lloyd's iterations assign by
+    nearest centre; every value is then assigned to the fitted centres. Fewer centres come
+    back when the data has fewer distinct values.
     """
-    bits = check_bits(bits)
-    w = np.asarray(weight, np.float64)
-    flat = w.ravel()
-    # Fit on an evenly strided sample of at most 2**16 weights (a 2.4M-weight layer would
-    # otherwise take seconds); every weight is then assigned to the fitted centres.
+    flat = np.asarray(flat, np.float64).ravel()
     sample = flat[:: max(1, flat.size // 65536)]
-    k = min(1 << bits, np.unique(sample).size)
+    k = min(k, np.unique(sample).size)
     centres = np.quantile(sample, (np.arange(k) + 0.5) / k)
     for _ in range(iters):
         centres = np.unique(centres)
@@ -37,8 +35,17 @@ def kmeans_codebook(weight: np.ndarray, bits: int, iters: int = 30) -> CodebookW
             break
         centres = new
     centres = np.unique(centres)
+    return centres, _nearest(centres, flat)
+
+
+def kmeans_codebook(weight: np.ndarray, bits: int, iters: int = 30) -> CodebookWeight:
+    """1-D k-means of ``weight`` into ``2**bits`` centres, the one nearest 0 pinned to 0,
+    every weight at its nearest centre."""
+    bits = check_bits(bits)
+    w = np.asarray(weight, np.float64)
+    centres, _ = kmeans_1d(w, 1 << bits, iters)
     centres[np.argmin(np.abs(centres))] = 0.0
-    assign = _nearest(centres, flat)
+    assign = _nearest(centres, w.ravel())
     zero = int(np.flatnonzero(centres == 0.0)[0])
     order = [zero] + [i for i in range(centres.size) if i != zero]  # entry 0 is the zero
     remap = np.empty(centres.size, np.int64)

@@ -13,6 +13,7 @@ from collections.abc import Callable
 
 from ..errors import UserError
 from ..format import CodebookWeight, check_bits
+from .digitnet import DigitNet
 from .mobilenet import MobileNetV2
 from .resnet import ResNet18
 
@@ -26,6 +27,7 @@ class ZooEntry:
     image_size: int
     num_classes: int
     description: str
+    in_channels: int = 3
 
 
 MODELS = {
@@ -39,6 +41,8 @@ MODELS = {
                  "ResNet-18, 32x32 (CIFAR stem), 10 classes: for tests"),
         ZooEntry("mobilenetv2-32", lambda: MobileNetV2(10, small=True), 32, 10,
                  "MobileNetV2 1.0, 32x32, 10 classes: for tests"),
+        ZooEntry("digitnet", lambda: DigitNet(10), 8, 10,
+                 "small CNN for the 8x8 handwritten digits (1 channel)", in_channels=1),
     ]
 }
 
@@ -52,6 +56,14 @@ class BuiltModel:
     bits: int | None
 
 
+def get_entry(name: str) -> ZooEntry:
+    """The registry entry of a built-in model (UserError listing them if unknown)."""
+    if name not in MODELS:
+        raise UserError(f"unknown built-in model {name!r}; built-in models: {', '.join(MODELS)} "
+                        "(or give a .onnx / .pt2 file)")
+    return MODELS[name]
+
+
 def build(name: str, bits: int | None = 4, seed: int = 0) -> BuiltModel:
     """Build a built-in model, hard-quantized at ``bits`` (None: FP32).
 
@@ -62,9 +74,7 @@ def build(name: str, bits: int | None = 4, seed: int = 0) -> BuiltModel:
     """
     import torch
 
-    if name not in MODELS:
-        raise UserError(f"unknown built-in model {name!r}; built-in models: {', '.join(MODELS)} "
-                        "(or give a .onnx / .pt2 file)")
+    entry = get_entry(name)
     if bits is not None:
         from ..format import FormatError
 
@@ -72,7 +82,6 @@ def build(name: str, bits: int | None = 4, seed: int = 0) -> BuiltModel:
             check_bits(bits)
         except FormatError as err:
             raise UserError(str(err)) from None
-    entry = MODELS[name]
     torch.manual_seed(seed)
     model = entry.build()
     gen = torch.Generator().manual_seed(seed + 1)
@@ -92,5 +101,5 @@ def build(name: str, bits: int | None = 4, seed: int = 0) -> BuiltModel:
         from ..quant import hard_quantize
 
         codebooks = hard_quantize(model, bits)
-    x = torch.randn(1, 3, entry.image_size, entry.image_size, generator=gen)
+    x = torch.randn(1, entry.in_channels, entry.image_size, entry.image_size, generator=gen)
     return BuiltModel(model, x, codebooks, entry, bits)
