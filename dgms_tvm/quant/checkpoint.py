@@ -18,6 +18,7 @@ from torch import nn
 from ..errors import UserError
 from .convert import convert
 
+
 def _state_dict(checkpoint) -> dict[str, torch.Tensor]:
     if isinstance(checkpoint, dict) and isinstance(checkpoint.get("state_dict"), dict):
         checkpoint = checkpoint["state_dict"]
