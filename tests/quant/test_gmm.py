@@ -107,8 +107,8 @@ def test_kmeans_init_follows_dgms():
     g.init_kmeans(w)
     assert g.means()[0] == 0 and len(set(g.mu.tolist())) == 15
     pis = torch.cat([g.pi_zero, g.pi_k])
-    assert float(pis.sum()) == pytest.approx(1.0, abs=1e-5)
-    assert float(g.temperature) == pytest.approx(0.01)
+    assert pis.sum().item() == pytest.approx(1.0, abs=1e-5)
+    assert g.temperature.item() == pytest.approx(0.01)
     assert (g.sigma > 0).all()
     g.init_kmeans(w, empirical=True)
     assert torch.allclose(g.sigma, torch.full_like(g.sigma, 0.01))
