@@ -155,16 +155,31 @@ def format_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def run_artifact(folder: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
-    """Run an x86 artifact locally on ``inputs``."""
+def run_artifact(folder: Path, inputs: list[np.ndarray], tracker: str | None = None,
+                 key: str | None = None, timeout: float = 120.0) -> list[np.ndarray]:
+    """Run an artifact on ``inputs``: x86 ones here, aarch64 ones on a device from a tracker
+    (``tracker``/``key``; by default the emulated devices started by scripts/device.py, under
+    the artifact's target name)."""
     import tvm
 
     manifest = artifact.read_manifest(folder)
     tgt = manifest["target"]
+    _check_inputs(manifest, inputs)
     if not tgt["triple"].startswith("x86_64"):
-        raise UserError(f"artifact {folder} is built for {tgt['name']} ({tgt['triple']}) and "
-                        "cannot run on this x86 host: ARM artifacts run on a device through "
-                        "TVM RPC (the RPC harness)")
+        from .device.client import Tracker, default_tracker, parse_tracker, run_remote
+
+        trk = Tracker(*parse_tracker(tracker)) if tracker else default_tracker()
+        if not trk.reachable():
+            raise UserError(f"artifact {folder} is built for {tgt['name']} ({tgt['triple']}): "
+                            f"it runs on a device through a TVM tracker, and tracker {trk} is "
+                            f"unreachable (start emulated devices with: scripts/device.py "
+                            f"start --cpu {tgt['name']}, or give --tracker HOST:PORT)")
+        return run_remote(Path(folder), inputs, trk, key or tgt["name"], timeout)
+    lib = tvm.runtime.load_module(str(Path(folder) / manifest["library"]))
+    return compiler.run_local(lib, inputs)
+
+
+def _check_inputs(manifest: dict, inputs: list[np.ndarray]) -> None:
     specs = manifest["inputs"]
     if len(inputs) != len(specs):
         raise UserError(f"model takes {len(specs)} input(s), got {len(inputs)}")
@@ -172,5 +187,3 @@ def run_artifact(folder: Path, inputs: list[np.ndarray]) -> list[np.ndarray]:
         if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
             raise UserError(f"input {s['name']} must be {s['dtype']}{s['shape']}, "
                             f"got {a.dtype}{list(a.shape)}")
-    lib = tvm.runtime.load_module(str(Path(folder) / manifest["library"]))
-    return compiler.run_local(lib, inputs)

@@ -1,5 +1,6 @@
 #!/usr/bin/env python3
-"""Run an x86 artifact locally: inputs from .npy (one input) or .npz (several, in order)."""
+"""Run an artifact: x86 ones here, aarch64 ones on a device through a TVM tracker.
+Inputs from .npy (one input) or .npz (several, in order)."""
 
 from __future__ import annotations
 
@@ -19,6 +20,9 @@ def parse(argv):
     p.add_argument("--input", type=Path, required=True, help=".npy, or .npz for several inputs")
     p.add_argument("--output", type=Path, required=True,
                    help=".npy for the first output (.npz: every output)")
+    p.add_argument("--tracker", help="HOST:PORT for aarch64 artifacts (default: the devices "
+                                     "scripts/device.py started, else $TVM_TRACKER_HOST:PORT)")
+    p.add_argument("--key", help="device key (default: the artifact's target name)")
     return p.parse_args(argv)
 
 
@@ -43,7 +47,8 @@ def main(argv=None):
 
     from dgms_tvm import pipeline
 
-    outputs = pipeline.run_artifact(args.artifact, load_inputs(args.input))
+    outputs = pipeline.run_artifact(args.artifact, load_inputs(args.input), args.tracker,
+                                    args.key)
     if args.output.suffix == ".npz":
         np.savez(args.output, *outputs)
     else:

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine, safe to re-run:
 #   1. system packages: the aarch64 cross toolchain (g++-aarch64-linux-gnu) and qemu-user;
-#   2. a virtual environment in .venv with the project and its pinned Python packages.
+#   2. a virtual environment in .venv with the project and its pinned Python packages;
+#   3. the aarch64 sysroot the emulated Cortex-A devices run in (Debian arm64 packages and
+#      PyPI aarch64 wheels, unpacked, never installed; adds dpkg's arm64 architecture).
 # Re-running skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -36,4 +38,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev]'
   echo "$want" > "$stamp"
 fi
+# The aarch64 sysroot of the emulated Cortex-A device (built once, cached in .cache/device).
+.venv/bin/python -c 'from dgms_tvm.device.sysroot import ensure_sysroot; ensure_sysroot(log=lambda m: print("setup:", m))'
 echo "setup: ready ($(.venv/bin/python -c 'import tvm, torch; print("tvm", tvm.__version__, "torch", torch.__version__)'))"

@@ -1,0 +1,1 @@
+"""The RPC harness: an emulated Cortex-A device behind a real TVM tracker, and its client."""

@@ -1,0 +1,208 @@
+"""Start, inspect and stop a TVM RPC tracker and emulated Cortex-A devices behind it.
+
+``start`` uses a tracker already listening at the address (a user's board farm) or starts
+one on loopback; then it starts a supervisor that runs N qemu-emulated RPC servers registered
+under a key (by default the CPU name). Everything started is recorded in
+``.cache/device/state.json`` so that ``stop`` stops exactly that, by process group.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from ..targets import get_profile
+from .client import Tracker, parse_tracker
+from .sysroot import ensure_sysroot, run_dir
+
+REGISTER_TIMEOUT_S = 240.0
+
+
+def state_path() -> Path:
+    return run_dir() / "state.json"
+
+
+def _load_state() -> list[dict]:
+    try:
+        return json.loads(state_path().read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return []
+
+
+def _save_state(entries: list[dict]) -> None:
+    state_path().parent.mkdir(parents=True, exist_ok=True)
+    state_path().write_text(json.dumps(entries, indent=2) + "\n")
+
+
+def _free_port(start: int, span: int = 200) -> int:
+    for port in range(start, start + span):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+                return port
+            except OSError:
+                continue
+    raise UserError(f"no free port in {start}..{start + span}")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def start_tracker(host: str = "127.0.0.1", port: int | None = None) -> dict:
+    """Start a tracker on loopback in a session of its own; wait until it answers."""
+    port = port or _free_port(9190)
+    log = run_dir() / "tracker.log"
+    log.parent.mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tvm.exec.rpc_tracker", "--host", host, "--port", str(port),
+         "--port-end", str(port + 1), "--silent"],
+        stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise UserError(f"the tracker exited at start (see {log})")
+        try:
+            Tracker(host, port).summary()
+            return {"kind": "tracker", "pid": proc.pid, "host": host, "port": port}
+        except UserError:
+            time.sleep(0.3)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise UserError(f"the tracker did not answer on {host}:{port} within 30 s")
+
+
+def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None = None,
+          threads: int = 1, log=print, wait: bool = True) -> dict:
+    """Start ``count`` emulated ``cpu`` devices (and a tracker if none answers).
+
+    Returns
+    -------
+    dict
+        ``{"tracker": "HOST:PORT", "key": KEY}``.
+    """
+    profile = get_profile(cpu)
+    if not profile.is_arm or profile.qemu_cpu is None:
+        raise UserError(f"{cpu} is not an emulated Cortex-A profile")
+    if count < 1:
+        raise UserError("--count must be at least 1")
+    key = key or profile.name
+    sysroot = ensure_sysroot(log=log)
+    entries = _load_state()
+    host, port = parse_tracker(tracker) if tracker else ("127.0.0.1", None)
+    ours = next((e for e in entries if e["kind"] == "tracker" and _alive(e["pid"])), None)
+    if port is None and ours is not None:
+        host, port = ours["host"], ours["port"]
+    if port is None or not Tracker(host, port).reachable():
+        if tracker and host not in ("127.0.0.1", "localhost"):
+            raise UserError(f"tracker {host}:{port} is unreachable")
+        entry = start_tracker(host, port)
+        entries.append(entry)
+        host, port = entry["host"], entry["port"]
+        log(f"started a tracker on {host}:{port}")
+    taken = {e["port_base"] + i for e in entries if e["kind"] == "supervisor"
+             for i in range(e["count"])}
+    base = _free_port(max([9090, *[p + 1 for p in taken]]))
+    sup_log = run_dir() / "events.log"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dgms_tvm.device.supervisor", "--tracker", f"{host}:{port}",
+         "--key", key, "--cpu", profile.qemu_cpu, "--count", str(count),
+         "--port-base", str(base), "--guest-python", str(sysroot.python),
+         "--runtime-extra", str(sysroot.runtime_extra), "--threads", str(threads),
+         "--log", str(sup_log)],
+        stdout=open(run_dir() / "supervisor.log", "a"), stderr=subprocess.STDOUT,
+        start_new_session=True)
+    entries.append({"kind": "supervisor", "pid": proc.pid, "key": key, "cpu": cpu,
+                    "count": count, "port_base": base, "tracker": f"{host}:{port}"})
+    _save_state(entries)
+    log(f"starting {count} emulated {cpu} device(s) under key {key!r} "
+        f"(tracker {host}:{port}); events in {sup_log}")
+    if wait:
+        wait_for_devices(Tracker(host, port), key, count, proc)
+    return {"tracker": f"{host}:{port}", "key": key}
+
+
+def wait_for_devices(tracker: Tracker, key: str, count: int, proc=None,
+                     timeout: float = REGISTER_TIMEOUT_S) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise UserError(f"the device supervisor exited (see {run_dir()})")
+        if tracker.free(key) >= count:
+            return
+        time.sleep(1.0)
+    raise UserError(f"{count} device(s) under key {key!r} did not register within "
+                    f"{timeout:.0f} s (logs in {run_dir()})")
+
+
+def stop(log=print) -> int:
+    """Stop everything ``start`` started (supervisors first, then trackers). Returns how
+    many process groups were stopped."""
+    entries = _load_state()
+    n = 0
+    for kind in ("supervisor", "tracker"):
+        for e in entries:
+            if e["kind"] != kind or not _alive(e["pid"]):
+                continue
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(e["pid"], signal.SIGTERM)
+            deadline = time.monotonic() + 15
+            while _alive(e["pid"]) and time.monotonic() < deadline:
+                _reap(e["pid"])
+                time.sleep(0.2)
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(e["pid"], signal.SIGKILL)
+            _reap(e["pid"])
+            n += 1
+    state_path().unlink(missing_ok=True)
+    log(f"stopped {n} process group(s)")
+    return n
+
+
+def _reap(pid: int) -> None:
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pid, os.WNOHANG)
+
+
+def status() -> str:
+    """The tracker's queue (per key: total, free, pending) and what ``start`` started."""
+    entries = _load_state()
+    trackers = {e["tracker"] for e in entries if e["kind"] == "supervisor"}
+    trackers |= {f"{e['host']}:{e['port']}" for e in entries if e["kind"] == "tracker"}
+    env = os.environ.get("TVM_TRACKER_HOST")
+    if env:
+        trackers.add(f"{env}:{os.environ.get('TVM_TRACKER_PORT', '9190')}")
+    if not trackers:
+        return "nothing started (scripts/device.py start --cpu cortex-a72)"
+    lines = []
+    for addr in sorted(trackers):
+        t = Tracker(*parse_tracker(addr))
+        if not t.reachable():
+            lines.append(f"tracker {addr}: unreachable")
+            continue
+        summary = t.summary()
+        servers = [s.get("key", "") for s in summary["server_info"]]
+        lines.append(f"tracker {addr}")
+        lines.append(f"  {'key':<16}{'total':>6}{'free':>6}{'pending':>9}")
+        for key, q in sorted(summary["queue_info"].items()):
+            total = servers.count(f"server:{key}")
+            lines.append(f"  {key:<16}{total:>6}{q['free']:>6}{q['pending']:>9}")
+    for e in entries:
+        state = "running" if _alive(e["pid"]) else "dead"
+        what = (f"{e['count']} x {e['cpu']} under key {e['key']}" if e["kind"] == "supervisor"
+                else f"tracker {e['host']}:{e['port']}")
+        lines.append(f"started here: {e['kind']} pid {e['pid']} ({what}): {state}")
+    return "\n".join(lines)

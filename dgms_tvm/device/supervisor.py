@@ -1,0 +1,120 @@
+"""Supervisor of N emulated devices: starts TVM RPC servers under qemu and restarts the dead.
+
+Run by :mod:`dgms_tvm.device.manager` as ``python -m dgms_tvm.device.supervisor ...`` in a
+session of its own. Each server runs in its own process group (TVM's server forks a child per
+session that outlives its parent), so a stop kills whole groups. A server that exits (a
+crashed kernel, a killed process) is restarted and the event is logged; so is one that stays
+missing from the tracker for ``--grace`` seconds while its process lives (a crashed session
+child can leave the parent alive but unregistered).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def _log(path: Path, msg: str) -> None:
+    with open(path, "a") as f:
+        f.write(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {msg}\n")
+
+
+def _registered_ports(host: str, port: int) -> set[int] | None:
+    """Ports of servers the tracker knows, or None if it cannot be asked."""
+    try:
+        from tvm import rpc
+
+        info = rpc.connect_tracker(host, port).summary()["server_info"]
+        return {int(s["addr"][1]) for s in info if "addr" in s}
+    except Exception:  # tracker briefly busy or gone: ask again next round
+        return None
+
+
+class Device:
+    def __init__(self, args, index: int):
+        self.args, self.index = args, index
+        self.port = args.port_base + index
+        self.proc: subprocess.Popen | None = None
+        self.missing_since: float | None = None
+
+    def start(self) -> None:
+        a = self.args
+        env = dict(os.environ, QEMU_CPU=a.cpu, TVM_NUM_THREADS=str(a.threads))
+        cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
+               "--key", a.key, "--host", "127.0.0.1", "--port", str(self.port),
+               "--port-end", str(self.port + 1), "--load-library", a.runtime_extra]
+        log = open(Path(a.log).with_name(f"device-{a.key}-{self.index}.log"), "a")
+        self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+        self.missing_since = None
+
+    def kill(self) -> None:
+        if self.proc is not None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            self.proc.wait()
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser()
+    p.add_argument("--tracker", required=True)
+    p.add_argument("--key", required=True)
+    p.add_argument("--cpu", required=True)
+    p.add_argument("--count", type=int, default=1)
+    p.add_argument("--port-base", type=int, required=True)
+    p.add_argument("--guest-python", required=True)
+    p.add_argument("--runtime-extra", required=True)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--log", required=True)
+    p.add_argument("--grace", type=float, default=90.0)
+    args = p.parse_args(argv)
+    host, port = args.tracker.rsplit(":", 1)
+    devices = [Device(args, i) for i in range(args.count)]
+    stopping = False
+
+    def stop(*_):
+        nonlocal stopping
+        stopping = True
+
+    signal.signal(signal.SIGTERM, stop)
+    signal.signal(signal.SIGINT, stop)
+    for d in devices:
+        d.start()
+    _log(Path(args.log), f"supervisor {os.getpid()}: started {args.count} {args.cpu} "
+                         f"device(s) under key {args.key}")
+    started = time.monotonic()
+    while not stopping:
+        time.sleep(1.0)
+        ports = _registered_ports(host, int(port)) if time.monotonic() - started > 60 else None
+        for d in devices:
+            code = d.proc.poll()
+            if code is not None:
+                _log(Path(args.log), f"device {args.key}#{d.index} (port {d.port}) exited with "
+                                     f"code {code}; restarting")
+                d.kill()
+                d.start()
+                continue
+            if ports is None or d.port in ports:
+                d.missing_since = None
+            elif d.missing_since is None:
+                d.missing_since = time.monotonic()
+            elif time.monotonic() - d.missing_since > args.grace:
+                _log(Path(args.log), f"device {args.key}#{d.index} (port {d.port}) alive but "
+                                     f"unregistered for {args.grace:.0f} s; restarting")
+                d.kill()
+                d.start()
+    for d in devices:
+        d.kill()
+    _log(Path(args.log), f"supervisor {os.getpid()}: stopped")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,141 @@
+"""The RPC harness end to end: a tracker and an emulated Cortex-A72 started in the test
+session itself; ARM kernels and a whole model run on it and match their oracles; faults give
+clear errors; a killed device is restarted; stop leaves no process behind."""
+
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+import tvm
+
+from dgms_tvm import pipeline, zoo
+from dgms_tvm.device import client, manager
+from dgms_tvm.errors import UserError
+from dgms_tvm.kernels import conv2d, dense
+from dgms_tvm.kernels.common import standalone
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, rel_err
+
+CPU = "cortex-a72"
+
+
+@pytest.fixture(scope="module")
+def device(tmp_path_factory):
+    run = tmp_path_factory.mktemp("devices")
+    old = os.environ.get("DGMS_TVM_RUN_DIR")
+    os.environ["DGMS_TVM_RUN_DIR"] = str(run)
+    info = manager.start(CPU, count=1, log=lambda *_: None)
+    tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
+    yield tracker, run
+    pids = [e["pid"] for e in manager._load_state()]
+    groups = set(pids)
+    members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) in groups]
+    assert members, "the started processes were not found"
+    manager.stop(log=lambda *_: None)
+    time.sleep(0.5)
+    left = [p for p in members if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not left, f"processes left behind after stop: {left}"
+    assert not tracker.reachable()
+    if old is None:
+        os.environ.pop("DGMS_TVM_RUN_DIR")
+    else:
+        os.environ["DGMS_TVM_RUN_DIR"] = old
+
+
+def _pgid(pid):
+    try:
+        return os.getpgid(pid)
+    except ProcessLookupError:
+        return None
+
+
+def _run_kernel_remote(tracker, func, args, tmp_path):
+    profile = get_profile(CPU)
+    lib = tvm.compile(standalone(func), target=profile.tvm_target())
+    path = tmp_path / "kernel.so"
+    lib.export_library(str(path), fcompile=profile.cross_compiler())
+    sess = tracker.request(CPU, timeout=120)
+    sess.upload(str(path))
+    rlib = sess.load_module("kernel.so")
+    dev = sess.cpu()
+    targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
+    rlib["main"](*targs)
+    return targs[-1].numpy()
+
+
+@pytest.mark.parametrize("bits,scaled", [(3, True), (4, False)])
+def test_conv2d_kernels_run_on_the_emulated_core(device, bits, scaled, tmp_path, rng):
+    tracker, _ = device
+    for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=bits,
+                                   scaled=scaled),
+                 conv2d.Conv2dSpec(1, 16, 8, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), groups=16,
+                                   bits=bits, scaled=scaled)):
+        cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=scaled)
+        x = rng.normal(size=(1, 16, spec.height, spec.width)).astype(np.float32)
+        func = conv2d.schedule(conv2d.compute(spec), load_knobs(CPU)["cb_conv2d"])
+        args = [x, cw.packed, cw.codebook] + ([cw.scale] if scaled else [])
+        got = _run_kernel_remote(tracker, func, [*args, np.zeros(spec.out_shape, np.float32)],
+                                 tmp_path)
+        assert rel_err(got, conv2d.reference(spec, x, cw.dense())) < 1e-5, spec.name
+
+
+def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
+    tracker, _ = device
+    spec = dense.DenseSpec(2, 48, 100, bits=2)
+    cw = random_codebook_weight(rng, spec.weight_shape, 2)
+    x = rng.normal(size=(2, 100)).astype(np.float32)
+    func = dense.schedule(dense.compute(spec), load_knobs(CPU)["cb_dense"])
+    got = _run_kernel_remote(tracker, func, [x, cw.packed, cw.codebook,
+                                             np.zeros(spec.out_shape, np.float32)], tmp_path)
+    assert rel_err(got, dense.reference(spec, x, cw.dense())) < 1e-5
+
+
+@pytest.fixture(scope="module")
+def arm_model(tmp_path_factory):
+    out = tmp_path_factory.mktemp("arm") / "art"
+    pipeline.compile_model("resnet18-32", CPU, out, bits=4, quiet=True)
+    built = zoo.build("resnet18-32", 4, seed=0)
+    return out, built.example_input.numpy(), built.model(built.example_input).detach().numpy()
+
+
+def test_whole_model_runs_on_the_emulated_device(device, arm_model):
+    tracker, _ = device
+    folder, x, want = arm_model
+    (got,) = pipeline.run_artifact(folder, [x], tracker=str(tracker))
+    assert rel_err(got, want) < 1e-4
+
+
+def test_faults_give_clear_errors(device, arm_model, tmp_path):
+    tracker, _ = device
+    folder, x, _ = arm_model
+    with pytest.raises(UserError, match=r"no device registered under key 'board-x'.*cortex-a72"):
+        pipeline.run_artifact(folder, [x], tracker=str(tracker), key="board-x")
+    with pytest.raises(UserError, match=r"tracker 127\.0\.0\.1:1 is unreachable"):
+        pipeline.run_artifact(folder, [x], tracker="127.0.0.1:1")
+    a76 = tmp_path / "a76"
+    pipeline.compile_model("digitnet", "cortex-a76", a76, bits=4, quiet=True)
+    with pytest.raises(UserError, match=r"uses \+dotprod, \+v8.2a, which the cortex-a72"):
+        pipeline.run_artifact(a76, [np.zeros((1, 1, 8, 8), np.float32)],
+                              tracker=str(tracker), key=CPU)
+
+
+def test_killed_device_is_restarted_and_logged(device, arm_model):
+    tracker, run = device
+    (sup,) = [e for e in manager._load_state() if e["kind"] == "supervisor"]
+    servers = [c for c in psutil.Process(sup["pid"]).children() if "qemu" in " ".join(
+        c.cmdline())]
+    assert servers
+    os.killpg(servers[0].pid, 9)
+    manager.wait_for_devices(tracker, CPU, 1, timeout=180)
+    deadline = time.time() + 30
+    while "restarting" not in (run / "events.log").read_text() and time.time() < deadline:
+        time.sleep(0.5)
+    assert "exited with code" in (run / "events.log").read_text()
+    # The restarted device serves again.
+    manager.wait_for_devices(tracker, CPU, 1, timeout=180)
+    folder, x, want = arm_model
+    (got,) = pipeline.run_artifact(folder, [x], tracker=str(tracker), timeout=180)
+    assert rel_err(got, want) < 1e-4
