@@ -90,12 +90,17 @@ def test_arm_artifact_is_an_aarch64_library(arm_artifact):
         assert f"__tvm_ffi_{kernel}" in syms
 
 
-def test_run_refuses_arm_artifact(arm_artifact, tmp_path, capsys):
+def test_run_arm_artifact_without_a_tracker(arm_artifact, tmp_path, capsys, monkeypatch):
+    # No devices started here and the default tracker address unreachable.
+    monkeypatch.setenv("DGMS_TVM_RUN_DIR", str(tmp_path))
+    monkeypatch.setenv("TVM_TRACKER_HOST", "127.0.0.1")
+    monkeypatch.setenv("TVM_TRACKER_PORT", "1")
     np.save(tmp_path / "x.npy", np.zeros((1, 3, 32, 32), np.float32))
     code, err = _cli(run_cli.main, ["--artifact", str(arm_artifact), "--input",
                                     str(tmp_path / "x.npy"), "--output",
                                     str(tmp_path / "y.npy")], capsys)
-    assert code == 2 and len(err) == 1 and "RPC" in err[0] and "cortex-a72" in err[0]
+    assert code == 2 and len(err) == 1 and "tracker 127.0.0.1:1 is unreachable" in err[0]
+    assert "scripts/device.py start --cpu cortex-a72" in err[0]
     assert not (tmp_path / "y.npy").exists()
 
 
