@@ -122,6 +122,25 @@ def test_faults_give_clear_errors(device, arm_model, tmp_path):
                               tracker=str(tracker), key=CPU)
 
 
+def test_bench_report_from_the_emulated_device(device, tmp_path):
+    import json
+
+    from dgms_tvm import bench_device
+
+    tracker, _ = device
+    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3)
+    files = {p.name for p in tmp_path.iterdir()}
+    assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
+    doc = json.loads((tmp_path / "report.json").read_text())
+    assert [r["label"] for r in doc["rows"]] == ["FP32", "DGMS 4-bit"]
+    assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
+               for r in doc["rows"])
+    assert doc["rows"][1]["lowered"] == 3 and doc["size_ratio"] > 4
+    assert doc["max_rel_err_vs_fp32"] < 1e-4
+    assert "emulation times, not ARM speed" in (tmp_path / "report.md").read_text()
+    assert rep["speedup_time"] == pytest.approx(doc["speedup_time"])
+
+
 def test_killed_device_is_restarted_and_logged(device, arm_model):
     tracker, run = device
     (sup,) = [e for e in manager._load_state() if e["kind"] == "supervisor"]

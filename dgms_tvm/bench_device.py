@@ -1,0 +1,159 @@
+"""FP32 vs DGMS on a Cortex-A device from a TVM tracker, side by side from one run.
+
+Both builds go through the same pipeline, kernels and schedules; the FP32 build holds the
+same (quantized) weight values in float32, so it is also the reference the DGMS outputs are
+checked against. Latency comes from ``time_evaluator`` on the device. On an emulated device
+that time is emulation time, not an ARM speed measure: the report says so.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from . import artifact, pipeline
+from .device.client import Tracker, check_compatible
+from .errors import UserError
+from .targets import get_profile
+
+
+@dataclasses.dataclass
+class Row:
+    label: str
+    median_ms: float
+    min_ms: float
+    max_ms: float
+    library_bytes: int
+    weight_bytes: int
+    lowered: int
+
+
+def _log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+def _time_remote(sess, folder: Path, x: np.ndarray, repeat: int, number: int):
+    import tvm
+    from tvm import relax
+
+    manifest = artifact.read_manifest(folder)
+    lib = folder / manifest["library"]
+    remote_name = f"{folder.name}-{lib.name}"
+    sess.upload(str(lib), remote_name)
+    dev = sess.cpu()
+    vm = relax.VirtualMachine(sess.load_module(remote_name), dev)
+    arg = tvm.runtime.tensor(x, dev)
+    out = vm["main"](arg)
+    out = (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
+    res = vm.time_evaluator("main", dev, number=number, repeat=repeat)(arg)
+    return out, [1e3 * s for s in res.results], manifest
+
+
+def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
+        output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
+        emulated: bool = True) -> dict:
+    """Compile both builds, run them on one device session, write the report files."""
+    profile = get_profile(target)
+    if not profile.is_arm:
+        raise UserError(f"bench runs on a Cortex-A device; {target} is not one "
+                        "(use scripts/bench_x86.py for this host)")
+    key = key or profile.name
+    if not tracker.reachable():
+        raise UserError(f"tracker {tracker} is unreachable (start emulated devices with: "
+                        f"scripts/device.py start --cpu {profile.name})")
+    output.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    builds = {"FP32": True, f"DGMS {bits}-bit": False}
+    folders = {}
+    for i, (label, fp32) in enumerate(builds.items(), 1):
+        _log(f"[{i}/4] compiling {label} for {profile.name}")
+        folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
+        pipeline.compile_model(model, target, folder, bits=bits, fp32=fp32, seed=seed,
+                               quiet=True)
+        check_compatible(artifact.read_manifest(folder), key)
+        folders[label] = folder
+    loaded = pipeline.load_model(model, bits, seed)
+    x = loaded.example_input
+    if x is None:
+        shape = loaded.imported.inputs[0][1]
+        x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    _log(f"[3/4] requesting a device under key {key!r} from tracker {tracker}")
+    sess = tracker.request(key, timeout=300)
+    rows, outs = [], {}
+    for label, folder in folders.items():
+        _log(f"[4/4] timing {label} on the device ({repeat} repeats x {number} calls)")
+        try:
+            out, ms, manifest = _time_remote(sess, folder, x, repeat, number)
+        except Exception as err:
+            raise UserError(f"the run of {label} on device {key!r} failed (did the device "
+                            f"crash? see its log): {str(err).splitlines()[0]}") from None
+        outs[label] = out
+        s = manifest["summary"]
+        rows.append(Row(label, float(np.median(ms)), min(ms), max(ms),
+                        (folder / manifest["library"]).stat().st_size,
+                        s["weight_bytes_codebook"], s["layers_lowered"]))
+    ref, got = outs.values()
+    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    if err > 1e-4:
+        raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative")
+    report = {
+        "model": model, "bits": bits, "target": profile.name, "device_key": key,
+        "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
+        "max_rel_err_vs_fp32": err, "seconds": time.perf_counter() - t0,
+        "rows": [dataclasses.asdict(r) for r in rows],
+        "speedup_time": rows[0].median_ms / rows[1].median_ms,
+        "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
+    }
+    write_report(report, output)
+    return report
+
+
+def format_markdown(rep: dict) -> str:
+    lines = [f"# {rep['model']} {rep['bits']}-bit vs FP32 on {rep['target']} "
+             f"(device key `{rep['device_key']}`, tracker {rep['tracker']})", "",
+             "| build | median ms | min ms | max ms | weights MiB | library MiB | lowered |",
+             "|---|---|---|---|---|---|---|"]
+    for r in rep["rows"]:
+        lines.append(f"| {r['label']} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+                     f"{r['max_ms']:.2f} | {r['weight_bytes'] / 2**20:.2f} | "
+                     f"{r['library_bytes'] / 2**20:.2f} | {r['lowered']} |")
+    lines += ["", f"- time ratio FP32 / DGMS: **{rep['speedup_time']:.2f}x**; weight size "
+                  f"ratio {rep['size_ratio']:.2f}x",
+              f"- DGMS outputs vs FP32 reference: max relative error "
+              f"{rep['max_rel_err_vs_fp32']:.1e}",
+              f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
+    if rep["emulated"]:
+        lines.append("- **Emulated device (QEMU user mode)**: these are emulation times, not "
+                     "ARM speed. QEMU runs FP32 code about 3x slower per instruction than "
+                     "integer code, so time ratios are biased. Dynamic instruction counts "
+                     "(the noise-free ARM proxy) are not measured by this version yet.")
+    return "\n".join(lines) + "\n"
+
+
+def write_report(rep: dict, output: Path) -> None:
+    (output / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
+    (output / "report.md").write_text(format_markdown(rep))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [r["label"] for r in rep["rows"]]
+    med = np.array([r["median_ms"] for r in rep["rows"]])
+    lo = med - np.array([r["min_ms"] for r in rep["rows"]])
+    hi = np.array([r["max_ms"] for r in rep["rows"]]) - med
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    ax.barh(labels, med, xerr=[lo, hi], color=["#888888", "#1f77b4"], capsize=4)
+    ax.set_xlabel("latency per inference, ms (median, min-max)"
+                  + (" - emulated" if rep["emulated"] else ""))
+    ax.set_title(f"{rep['model']} on {rep['target']}: FP32 / DGMS = "
+                 f"{rep['speedup_time']:.2f}x", fontsize=10)
+    ax.invert_yaxis()
+    fig.tight_layout()
+    fig.savefig(output / "report.png", dpi=120)
+    plt.close(fig)

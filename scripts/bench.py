@@ -1,0 +1,61 @@
+#!/usr/bin/env python3
+"""FP32 vs DGMS build of a model on a Cortex-A device from a TVM tracker, side by side.
+
+By default the device is a local emulated one (started here if none runs, stopped after);
+give --tracker HOST:PORT --key KEY for a real board. Writes report.json, report.md and
+report.png into --output and prints the table."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dgms_tvm.cli import one_line_errors
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--target", default="cortex-a72")
+    p.add_argument("--tracker", help="HOST:PORT (default: local emulated devices)")
+    p.add_argument("--key", help="device key (default: the target name)")
+    p.add_argument("--output", type=Path, default=Path("bench-out"))
+    p.add_argument("--repeat", type=int, default=5)
+    p.add_argument("--number", type=int, default=1)
+    return p.parse_args(argv)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse(argv)
+    from dgms_tvm import bench_device
+    from dgms_tvm.device import client, manager
+
+    started = False
+    if args.tracker:
+        tracker = client.Tracker(*client.parse_tracker(args.tracker))
+        emulated = False
+    else:
+        tracker = client.default_tracker()
+        key = args.key or args.target
+        if not tracker.reachable() or key not in tracker.summary()["queue_info"]:
+            info = manager.start(args.target, 1, log=lambda m: print(m, file=sys.stderr))
+            tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
+            started = True
+        emulated = True
+    try:
+        rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
+                               args.output, args.repeat, args.number, emulated=emulated)
+    finally:
+        if started:
+            manager.stop(log=lambda m: print(m, file=sys.stderr))
+    print(bench_device.format_markdown(rep))
+    print(f"report: {args.output}/report.md, report.json, report.png")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
