@@ -40,4 +40,6 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
 fi
 # The aarch64 sysroot of the emulated Cortex-A device (built once, cached in .cache/device).
 .venv/bin/python -c 'from dgms_tvm.device.sysroot import ensure_sysroot; ensure_sysroot(log=lambda m: print("setup:", m))'
+# The TCG plugin that counts the emulated device's instructions (built once, cached).
+.venv/bin/python -c 'from dgms_tvm.device.insn import ensure_plugin; ensure_plugin(log=lambda m: print("setup:", m))'
 echo "setup: ready ($(.venv/bin/python -c 'import tvm, torch; print("tvm", tvm.__version__, "torch", torch.__version__)'))"

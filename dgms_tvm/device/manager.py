@@ -21,6 +21,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..targets import get_profile
 from .client import Tracker, parse_tracker
+from .insn import ensure_plugin
 from .sysroot import ensure_sysroot, run_dir
 
 REGISTER_TIMEOUT_S = 240.0
@@ -101,6 +102,11 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
         raise UserError("--count must be at least 1")
     key = key or profile.name
     sysroot = ensure_sysroot(log=log)
+    try:
+        plugin = ensure_plugin(log=log)
+    except UserError as err:
+        log(f"warning: no instruction counts on these devices ({err})")
+        plugin = None
     entries = _load_state()
     host, port = parse_tracker(tracker) if tracker else ("127.0.0.1", None)
     ours = next((e for e in entries if e["kind"] == "tracker" and _alive(e["pid"])), None)
@@ -122,11 +128,12 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
          "--key", key, "--cpu", profile.qemu_cpu, "--count", str(count),
          "--port-base", str(base), "--guest-python", str(sysroot.python),
          "--runtime-extra", str(sysroot.runtime_extra), "--threads", str(threads),
-         "--log", str(sup_log)],
+         "--log", str(sup_log), *(["--plugin", str(plugin)] if plugin else [])],
         stdout=open(run_dir() / "supervisor.log", "a"), stderr=subprocess.STDOUT,
         start_new_session=True)
     entries.append({"kind": "supervisor", "pid": proc.pid, "key": key, "cpu": cpu,
-                    "count": count, "port_base": base, "tracker": f"{host}:{port}"})
+                    "count": count, "port_base": base, "tracker": f"{host}:{port}",
+                    "instruction_counts": plugin is not None})
     _save_state(entries)
     log(f"starting {count} emulated {cpu} device(s) under key {key!r} "
         f"(tracker {host}:{port}); events in {sup_log}")

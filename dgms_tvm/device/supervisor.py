@@ -45,6 +45,12 @@ class Device:
     def start(self) -> None:
         a = self.args
         env = dict(os.environ, QEMU_CPU=a.cpu, TVM_NUM_THREADS=str(a.threads))
+        if a.plugin:
+            # Instruction counts of this device (see dgms_tvm.device.insn); a fresh file per
+            # start, so tokens of a dead process cannot be read back.
+            counts = Path(a.log).with_name(f"insn-{a.key}-{self.index}.txt")
+            counts.unlink(missing_ok=True)
+            env["QEMU_PLUGIN"] = f"{a.plugin},out={counts}"
         cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
                "--key", a.key, "--host", "127.0.0.1", "--port", str(self.port),
                "--port-end", str(self.port + 1), "--load-library", a.runtime_extra]
@@ -74,6 +80,7 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--log", required=True)
     p.add_argument("--grace", type=float, default=90.0)
+    p.add_argument("--plugin", help="instruction-count TCG plugin (.so)")
     args = p.parse_args(argv)
     host, port = args.tracker.rsplit(":", 1)
     devices = [Device(args, i) for i in range(args.count)]

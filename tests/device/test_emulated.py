@@ -139,6 +139,32 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     assert doc["max_rel_err_vs_fp32"] < 1e-4
     assert "emulation times, not ARM speed" in (tmp_path / "report.md").read_text()
     assert rep["speedup_time"] == pytest.approx(doc["speedup_time"])
+    assert all(r["minstr"] > 0 for r in doc["rows"])
+    assert doc["instruction_ratio"] == pytest.approx(
+        doc["rows"][0]["minstr"] / doc["rows"][1]["minstr"])
+
+
+def test_instruction_counts_are_stable_within_a_process(device, arm_model, tmp_path):
+    import tvm
+    from tvm import relax
+
+    from dgms_tvm.device.insn import Counter
+
+    tracker, _ = device
+    folder, x, _ = arm_model
+    sess = tracker.request(CPU, timeout=120)
+    counter = Counter(sess, get_profile(CPU), CPU, tmp_path)
+    sess.upload(str(folder / "model.so"), "m.so")
+    dev = sess.cpu()
+    vm = relax.VirtualMachine(sess.load_module("m.so"), dev)
+    arg = tvm.runtime.tensor(x, dev)
+
+    def evaluator(n):
+        return lambda: vm.time_evaluator("main", dev, number=n, repeat=1)(arg)
+
+    a, b = counter.per_call(evaluator), counter.per_call(evaluator)
+    assert a > 1e6
+    assert abs(a - b) / a < 1e-3
 
 
 def test_killed_device_is_restarted_and_logged(device, arm_model):

@@ -1,0 +1,143 @@
+"""Dynamic instruction counts on the emulated device: the noise-free ARM speed proxy.
+
+The devices run under a TCG plugin of ours (``insn_plugin.c``), built by the set-up against
+``qemu-plugin.h`` from Debian's qemu source package (Debian ships no plugin header). The
+plugin counts every guest instruction and logs the running count when the guest closes a
+marker descriptor. A tiny aarch64 module (one TIR function calling ``close``) is uploaded to
+the device to place markers around a run, so counts are taken inside the serving process:
+
+    per call = (count over n2 calls - count over n1 calls) / (n2 - n1)
+
+which cancels the RPC and timer overheads around the calls.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import secrets
+import shutil
+import subprocess
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import UserError
+from .sysroot import cache_dir, run_dir
+
+MARKER_BASE = 0x44470000
+PLUGIN_SOURCE = Path(__file__).with_name("insn_plugin.c")
+
+
+def plugin_path() -> Path:
+    return cache_dir() / "plugin" / "libdgmsinsn.so"
+
+
+def _deb_src_enabled() -> bool:
+    out = subprocess.run(["apt-get", "indextargets", "--format", "$(CREATED_BY)"],
+                         capture_output=True, text=True).stdout
+    return "Sources" in out
+
+
+def _enable_deb_src() -> None:
+    """Add deb-src entries mirroring the machine's own Debian sources, then update."""
+    src = Path("/etc/apt/sources.list.d/debian.sources")
+    if not src.exists():
+        raise UserError("no deb-src entry and no /etc/apt/sources.list.d/debian.sources to "
+                        "derive one from: add a deb-src line for Debian, then re-run setup")
+    text = src.read_text().replace("Types: deb\n", "Types: deb-src\n")
+    Path("/etc/apt/sources.list.d/dgms-tvm-deb-src.sources").write_text(text)
+    subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
+
+
+def ensure_plugin(log=print) -> Path:
+    """Build the instruction-count plugin if missing; return its path."""
+    out = plugin_path()
+    stamp = out.with_suffix(".src")
+    if out.exists() and stamp.exists() and stamp.read_text() == PLUGIN_SOURCE.read_text():
+        return out
+    if shutil.which("gcc") is None:
+        raise UserError("gcc not found: it builds the instruction-count plugin")
+    log("building the qemu instruction-count plugin (qemu-plugin.h from Debian's qemu source)")
+    if os.geteuid() == 0 and not _deb_src_enabled():
+        _enable_deb_src()
+    with tempfile.TemporaryDirectory() as tmp:
+        proc = subprocess.run(["apt-get", "source", "--download-only", "-q", "qemu"], cwd=tmp,
+                              capture_output=True, text=True)
+        origs = glob.glob(f"{tmp}/qemu_*.orig.tar.*")
+        if proc.returncode or not origs:
+            raise UserError("could not download Debian's qemu source (apt-get source qemu): "
+                            + ((proc.stderr or "").strip().splitlines() or ["no output"])[-1])
+        with tarfile.open(origs[0]) as tf:
+            member = next(m for m in tf.getmembers()
+                          if m.name.endswith("include/qemu/qemu-plugin.h"))
+            member.name = "qemu-plugin.h"
+            tf.extract(member, tmp, filter="data")
+        out.parent.mkdir(parents=True, exist_ok=True)
+        build = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{tmp}", "-o", str(out),
+                                str(PLUGIN_SOURCE)], capture_output=True, text=True)
+        if build.returncode:
+            raise UserError(f"building the plugin failed: {build.stderr.strip()[:200]}")
+    stamp.write_text(PLUGIN_SOURCE.read_text())
+    return out
+
+
+def counts_file(key: str, index: int) -> Path:
+    return run_dir() / f"insn-{key}-{index}.txt"
+
+
+def marker_library(profile, folder: Path) -> Path:
+    """An aarch64 module exporting ``dgms_marker(token)``: ``close(MARKER_BASE + token)``."""
+    import tvm
+    from tvm.script import tirx as T
+
+    @T.prim_func
+    def dgms_marker(token: T.int32):
+        T.evaluate(T.call_extern("int32", "close", token + MARKER_BASE))
+
+    path = folder / "dgms_marker.so"
+    if not path.exists():
+        lib = tvm.compile(tvm.IRModule({"dgms_marker": dgms_marker.with_attr(
+            "global_symbol", "dgms_marker")}), target=profile.tvm_target())
+        lib.export_library(str(path), fcompile=profile.cross_compiler())
+    return path
+
+
+class Counter:
+    """Instruction counts of remote calls on one emulated-device session."""
+
+    def __init__(self, sess, profile, key: str, workdir: Path):
+        self.key = key
+        lib = marker_library(profile, workdir)
+        sess.upload(str(lib), "dgms_marker.so")
+        self._mark = sess.load_module("dgms_marker.so")["dgms_marker"]
+
+    def _read(self, token: int, timeout: float = 10.0) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for f in glob.glob(str(run_dir() / f"insn-{self.key}-*.txt")):
+                for line in Path(f).read_text().splitlines():
+                    tok, _, count = line.partition(" ")
+                    if tok == str(token):
+                        return int(count)
+            time.sleep(0.05)
+        raise UserError(f"no instruction count logged on device {self.key!r}: start it with "
+                        "instruction counting (scripts/device.py start)")
+
+    def between(self, fn) -> int:
+        """Instructions the device executed while ``fn()`` ran (plus fixed RPC overhead)."""
+        a, b = secrets.randbelow(0xFFFF), secrets.randbelow(0xFFFF)
+        while b == a:
+            b = secrets.randbelow(0xFFFF)
+        self._mark(a)
+        fn()
+        self._mark(b)
+        return self._read(b) - self._read(a)
+
+    def per_call(self, evaluator_factory, n1: int = 1, n2: int = 3) -> float:
+        """Instructions per call: counts over ``n1`` and ``n2`` calls of a remote
+        ``time_evaluator`` (``evaluator_factory(number)``), differenced."""
+        c1 = self.between(evaluator_factory(n1))
+        c2 = self.between(evaluator_factory(n2))
+        return (c2 - c1) / (n2 - n1)
