@@ -61,7 +61,7 @@ def _time_remote(sess, folder: Path, x: np.ndarray, repeat: int, number: int, co
 
 def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
-        emulated: bool = True, counting: bool = True) -> dict:
+        emulated: bool = True, counting: bool = True, peers: bool = True) -> dict:
     """Compile both builds, run them on one device session, write the report files."""
     profile = get_profile(target)
     if not profile.is_arm:
@@ -111,6 +111,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
     if err > 1e-4:
         raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative")
+    if emulated and peers:
+        rows += _peer_rows(loaded, model, x, profile, repeat, ref, output)
     report = {
         "model": model, "bits": bits, "target": profile.name, "device_key": key,
         "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
@@ -118,10 +120,37 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "rows": [dataclasses.asdict(r) for r in rows],
         "speedup_time": rows[0].median_ms / rows[1].median_ms,
         "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
+        "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counter else None,
     }
     write_report(report, output)
     return report
+
+
+def _peer_rows(loaded, model, x, profile, repeat, ref, output) -> list[Row]:
+    """onnxruntime FP32 and static int8 on the same emulated core, in the same run."""
+    from .bench_local import _onnx_of
+    from .device import peer
+
+    fp32 = _onnx_of(loaded, model, x)
+    if fp32 is None:
+        _log("  (no ONNX form of this model: no onnxruntime peer rows)")
+        return []
+    rows = []
+    for label, onnx_model in (("onnxruntime FP32 (peer)", fp32),
+                              ("onnxruntime int8 (peer)", None)):
+        _log(f"  peer: {label} on the emulated {profile.name}")
+        if onnx_model is None:
+            onnx_model = peer.quantize_int8(fp32, x)
+        res = peer.run_onnxruntime(onnx_model, x, profile, repeat=repeat, workdir=output)
+        if "FP32" in label:
+            e = float(np.abs(res["output"] - ref).max() / max(np.abs(ref).max(), 1e-30))
+            if e > 1e-3:
+                raise UserError(f"onnxruntime FP32 disagrees with our FP32 build by {e:.1e}")
+        ms = res["ms"]
+        rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), len(onnx_model),
+                        len(onnx_model), 0, res["minstr"]))
+    return rows
 
 
 def format_markdown(rep: dict) -> str:
@@ -136,6 +165,11 @@ def format_markdown(rep: dict) -> str:
                      f"{r['max_ms']:.2f} | {r['weight_bytes'] / 2**20:.2f} | "
                      f"{r['library_bytes'] / 2**20:.2f} | {r['lowered']} |")
     lines.append("")
+    peers = [r for r in rep["rows"][2:] if r["minstr"]]
+    if peers and rep["rows"][1]["minstr"]:
+        dgms = rep["rows"][1]["minstr"]
+        lines.append("- peer rows: " + "; ".join(
+            f"{r['label']} / DGMS instructions = {r['minstr'] / dgms:.2f}x" for r in peers))
     if rep["instruction_ratio"] is not None:
         lines.append(f"- **instruction-count ratio FP32 / DGMS: "
                      f"{rep['instruction_ratio']:.2f}x** "
@@ -162,13 +196,17 @@ def write_report(rep: dict, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [r["label"] for r in rep["rows"]]
-    med = np.array([r["median_ms"] for r in rep["rows"]])
-    lo = med - np.array([r["min_ms"] for r in rep["rows"]])
-    hi = np.array([r["max_ms"] for r in rep["rows"]]) - med
-    fig, ax = plt.subplots(figsize=(6, 3.2))
-    ax.barh(labels, med, xerr=[lo, hi], color=["#888888", "#1f77b4"], capsize=4)
-    ax.set_xlabel("latency per inference, ms (median, min-max)"
-                  + (" - emulated" if rep["emulated"] else ""))
+    colors = ["#888888", "#1f77b4", "#e39c4b", "#c0504d"][: len(labels)]
+    fig, ax = plt.subplots(figsize=(7, 0.7 * len(labels) + 1.6))
+    if rep["instruction_ratio"]:
+        ax.barh(labels, [r["minstr"] for r in rep["rows"]], color=colors)
+        ax.set_xlabel("M aarch64 instructions per inference (emulated core, one thread)")
+    else:
+        med = np.array([r["median_ms"] for r in rep["rows"]])
+        lo = med - np.array([r["min_ms"] for r in rep["rows"]])
+        hi = np.array([r["max_ms"] for r in rep["rows"]]) - med
+        ax.barh(labels, med, xerr=[lo, hi], color=colors, capsize=4)
+        ax.set_xlabel("latency per inference, ms (median, min-max)")
     ratio = (f"instructions FP32 / DGMS = {rep['instruction_ratio']:.2f}x"
              if rep["instruction_ratio"] else f"time FP32 / DGMS = {rep['speedup_time']:.2f}x")
     ax.set_title(f"{rep['model']} on {rep['target']}: {ratio}", fontsize=10)

@@ -39,6 +39,7 @@ DEBIAN_PACKAGES = (
 ).split()
 #: PyPI aarch64 wheels for the guest (the device needs TVM's runtime only).
 WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "ml_dtypes",
+          "onnxruntime==1.32.0",  # the peer measured beside us on the same emulated core
           "typing_extensions", "psutil", "cloudpickle")
 #: Parts of the TVM wheel a runtime-only device does not need (about 260 MB).
 TRIM = ("tvm/lib/libtvm_compiler.so", "tvm/lib/libtvm_runtime_cuda.so", "tvm/3rdparty",

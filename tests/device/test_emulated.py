@@ -132,7 +132,8 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     files = {p.name for p in tmp_path.iterdir()}
     assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
     doc = json.loads((tmp_path / "report.json").read_text())
-    assert [r["label"] for r in doc["rows"]] == ["FP32", "DGMS 4-bit"]
+    assert [r["label"] for r in doc["rows"]] == ["FP32", "DGMS 4-bit", "onnxruntime FP32 (peer)",
+                                                 "onnxruntime int8 (peer)"]
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
                for r in doc["rows"])
     assert doc["rows"][1]["lowered"] == 3 and doc["size_ratio"] > 4
