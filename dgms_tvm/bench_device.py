@@ -129,10 +129,9 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
 
 def _peer_rows(loaded, model, x, profile, repeat, ref, output) -> list[Row]:
     """onnxruntime FP32 and static int8 on the same emulated core, in the same run."""
-    from .bench_local import _onnx_of
     from .device import peer
 
-    fp32 = _onnx_of(loaded, model, x)
+    fp32 = pipeline.onnx_of(loaded, model, x)
     if fp32 is None:
         _log("  (no ONNX form of this model: no onnxruntime peer rows)")
         return []

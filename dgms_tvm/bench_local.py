@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 from . import compiler
-from .pipeline import load_model
+from .pipeline import load_model, onnx_of
 from .targets import get_profile
 
 
@@ -73,7 +73,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                        "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
                        "build_s": build_s,
                        "lowered": sum(r.lowered for r in lowered.records)}
-    onnx_model = _onnx_of(loaded, model, x)
+    onnx_model = onnx_of(loaded, model, x)
     if onnx_model is not None:
         secs = time_onnxruntime(onnx_model, x, repeat, number)
         rows["onnxruntime fp32"] = {"median_ms": 1e3 * float(np.median(secs)),
@@ -83,19 +83,6 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     err = max(float(np.abs(a - b).max() / np.abs(a).max()) for b in others)
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
             "max_rel_err_between_builds": err}
-
-
-def _onnx_of(loaded, model: str, x) -> bytes | None:
-    """The model as ONNX (a built-in is exported; an .onnx file is read), else None."""
-    from pathlib import Path
-
-    from .frontend import onnx_bytes
-
-    if loaded.torch_model is not None:
-        import torch
-
-        return onnx_bytes(loaded.torch_model, (torch.from_numpy(x),))
-    return Path(model).read_bytes() if model.endswith(".onnx") else None
 
 
 def format_report(rep: dict) -> str:

@@ -52,6 +52,17 @@ def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
     return LoadedModel(load(path), path.stem)
 
 
+def onnx_of(loaded: LoadedModel, model: str, x) -> bytes | None:
+    """The model as ONNX (a built-in is exported; an .onnx file is read), else None."""
+    from .frontend import onnx_bytes
+
+    if loaded.torch_model is not None:
+        import torch
+
+        return onnx_bytes(loaded.torch_model, (torch.from_numpy(x),))
+    return Path(model).read_bytes() if model.endswith(".onnx") else None
+
+
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
         print(msg, file=sys.stderr, flush=True)
