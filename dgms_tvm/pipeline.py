@@ -12,7 +12,6 @@ import numpy as np
 from . import artifact, compiler, frontend, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
-from .passes import LayerRecord
 from .targets import get_profile
 
 
@@ -104,7 +103,8 @@ def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits,
     imported = loaded.imported
     layers = [r.to_json() for r in lowered.records]
     dense_bytes = sum(int(np.prod(r.shape)) * 4 for r in lowered.records)
-    packed = sum(_packed_bytes(r) for r in lowered.records)
+    packed = sum(r.packed_bytes if r.lowered else int(np.prod(r.shape)) * 4
+                 for r in lowered.records)
     return {
         "format": artifact.ARTIFACT_FORMAT,
         "model": loaded.name,
@@ -130,16 +130,6 @@ def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits,
             "weight_bytes_codebook": packed,
         },
     }
-
-
-def _packed_bytes(r: LayerRecord) -> int:
-    n = int(np.prod(r.shape))
-    if not r.lowered:
-        return n * 4
-    out = r.shape[0]
-    from .format import row_bytes
-
-    return out * row_bytes(n // out, r.bits) + (4 << r.bits) + (4 * out if r.scaled else 0)
 
 
 def format_table(manifest: dict) -> str:

@@ -90,6 +90,7 @@ class _Rewriter(PyExprMutator):
         record.bits, record.sparsity = cw.bits, cw.sparsity()
         record.codebook_entries = int(np.unique(cw.indices()).size)
         record.scaled = cw.scale is not None
+        record.packed_bytes = cw.nbytes
         return cw
 
     def _kernel(self, func_factory, spec):

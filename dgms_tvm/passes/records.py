@@ -25,6 +25,7 @@ class LayerRecord:
     scaled: bool = False
     kernel: str | None = None
     fp32_kernel: str | None = None
+    packed_bytes: int | None = None  # storage of the lowered form (CodebookWeight.nbytes)
     reason: str = ""
     error: str = ""
 
