@@ -73,20 +73,17 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                         f"scripts/device.py start --cpu {profile.name})")
     output.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    loaded = pipeline.load_model(model, bits, seed)  # once, for both builds
+    x = loaded.example(seed)
     builds = {"FP32": True, f"DGMS {bits}-bit": False}
     folders = {}
     for i, (label, fp32) in enumerate(builds.items(), 1):
         _log(f"[{i}/4] compiling {label} for {profile.name}")
         folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
         pipeline.compile_model(model, target, folder, bits=bits, fp32=fp32, seed=seed,
-                               quiet=True)
+                               quiet=True, loaded=loaded)
         check_compatible(artifact.read_manifest(folder), key)
         folders[label] = folder
-    loaded = pipeline.load_model(model, bits, seed)
-    x = loaded.example_input
-    if x is None:
-        shape = loaded.imported.inputs[0][1]
-        x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
     _log(f"[3/4] requesting a device under key {key!r} from tracker {tracker}")
     sess = tracker.request(key, timeout=300)
     counter = None
@@ -108,7 +105,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                         (folder / manifest["library"]).stat().st_size,
                         s["weight_bytes_codebook"], s["layers_lowered"], minstr))
     ref, got = outs.values()
-    err = float(np.abs(got - ref).max() / max(np.abs(ref).max(), 1e-30))
+    err = pipeline.rel_err(got, ref)
     if err > 1e-4:
         raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative")
     if emulated and peers:
@@ -143,7 +140,7 @@ def _peer_rows(loaded, model, x, profile, repeat, ref, output) -> list[Row]:
             onnx_model = peer.quantize_int8(fp32, x)
         res = peer.run_onnxruntime(onnx_model, x, profile, repeat=repeat, workdir=output)
         if "FP32" in label:
-            e = float(np.abs(res["output"] - ref).max() / max(np.abs(ref).max(), 1e-30))
+            e = pipeline.rel_err(res["output"], ref)
             if e > 1e-3:
                 raise UserError(f"onnxruntime FP32 disagrees with our FP32 build by {e:.1e}")
         ms = res["ms"]

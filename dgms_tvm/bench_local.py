@@ -11,7 +11,7 @@ import tvm
 from tvm import relax
 
 from . import compiler
-from .pipeline import load_model, onnx_of
+from .pipeline import load_model, onnx_of, rel_err
 from .targets import get_profile
 
 
@@ -53,10 +53,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     """Build FP32 and codebook variants for this host, check they agree, time both."""
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)
-    x = loaded.example_input
-    if x is None:
-        shape = loaded.imported.inputs[0][1]
-        x = np.random.default_rng(seed).normal(size=shape).astype(np.float32)
+    x = loaded.example(seed)
     rows = {}
     outs = {}
     variants = (("fp32 TVM default", False, False), ("fp32 same kernels", False, True),
@@ -80,7 +77,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                                     "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
                                     "build_s": 0.0, "lowered": 0}
     a, *others = outs.values()
-    err = max(float(np.abs(a - b).max() / np.abs(a).max()) for b in others)
+    err = max(rel_err(b, a) for b in others)
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
             "max_rel_err_between_builds": err}
 

@@ -77,6 +77,10 @@ def parse_metadata(text: str | bytes | None) -> dict[str, int]:
         raise UserError(f"bad DGMS metadata: {err}") from None
 
 
+def _first_line(err: BaseException) -> str:
+    return str(err).splitlines()[0] if str(err) else type(err).__name__
+
+
 def _split_params(mod: tvm.IRModule, source: str, names, declared) -> ImportedModel:
     mod, params = relax.frontend.detach_params(mod)
     main = mod["main"]
@@ -101,7 +105,7 @@ def from_exported_program(ep, declared: dict[str, int] | None = None,
             warnings.simplefilter("ignore", FutureWarning)  # torch's LeafSpec deprecation
             mod = _import(ep, keep_params_as_input=True, unwrap_unit_return_tuple=True)
     except Exception as err:  # the frontend raises many kinds for ops it lacks
-        raise UserError(f"TVM cannot import this torch program: {err}".splitlines()[0]) from None
+        raise UserError(f"TVM cannot import this torch program: {_first_line(err)}") from None
     names = {spec.arg.name: spec.target for spec in ep.graph_signature.input_specs
              if spec.target is not None}
     return _split_params(mod, source, names, declared or {})
@@ -128,7 +132,7 @@ def load_pt2(path: Path) -> ImportedModel:
             ep = torch.export.load(str(path), extra_files=extra)
     except (RuntimeError, ValueError, zipfile.BadZipFile, EOFError, KeyError) as err:
         raise UserError(f"{path}: not a readable torch.export program "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                        f"({_first_line(err)})"
                         ) from None
     return from_exported_program(ep, parse_metadata(extra[METADATA_FILE]), source=str(path))
 
@@ -143,7 +147,7 @@ def load_onnx(path: Path) -> ImportedModel:
         onnx.checker.check_model(model)
     except Exception as err:  # onnx raises DecodeError, ValidationError, ...
         raise UserError(f"{path}: not a readable ONNX model "
-                        f"({str(err).splitlines()[0] if str(err) else type(err).__name__})"
+                        f"({_first_line(err)})"
                         ) from None
     meta = {p.key: p.value for p in model.metadata_props}
     init = {t.name for t in model.graph.initializer}
@@ -159,7 +163,7 @@ def load_onnx(path: Path) -> ImportedModel:
             mod = from_onnx(model, shape_dict=shapes, keep_params_in_input=True,
                             sanitize_input_names=False)
     except Exception as err:
-        raise UserError(f"TVM cannot import {path}: {str(err).splitlines()[0]}") from None
+        raise UserError(f"TVM cannot import {path}: {_first_line(err)}") from None
     return _split_params(mod, str(path), {}, parse_metadata(meta.get(METADATA_KEY)))
 
 

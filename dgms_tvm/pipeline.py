@@ -24,6 +24,19 @@ class LoadedModel:
     torch_model: object = None
     example_input: np.ndarray | None = None
 
+    def example(self, seed: int = 0) -> np.ndarray:
+        """The built-in model's example input, else a seeded normal one of the input shape."""
+        if self.example_input is not None:
+            return self.example_input
+        _, shape, dtype = self.imported.inputs[0]
+        return np.random.default_rng(seed).normal(size=shape).astype(dtype)
+
+
+def rel_err(got, want) -> float:
+    """max|got - want| / max|want|: how every comparison in the project is stated."""
+    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
+    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
+
 
 def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
     """A built-in model name, a ``.onnx`` file or a ``.pt2`` (``torch.export.save``) file."""
@@ -68,8 +81,10 @@ def _log(msg: str, quiet: bool) -> None:
 
 
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
-                  fp32: bool = False, seed: int = 0, quiet: bool = False) -> dict:
-    """Compile ``model`` for ``target`` into the artifact folder ``output``.
+                  fp32: bool = False, seed: int = 0, quiet: bool = False,
+                  loaded: LoadedModel | None = None) -> dict:
+    """Compile ``model`` for ``target`` into the artifact folder ``output`` (``loaded``: the
+    model already loaded, so that several builds of one model import it once).
 
     Returns
     -------
@@ -81,7 +96,7 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     artifact.check_output_dir(output)
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
-    loaded = load_model(model, bits, seed)
+    loaded = loaded or load_model(model, bits, seed)
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "

@@ -7,12 +7,8 @@ import tvm
 
 from dgms_tvm.format import CodebookWeight
 from dgms_tvm.kernels.common import standalone
+from dgms_tvm.pipeline import rel_err  # noqa: F401  (the tests' comparisons)
 from dgms_tvm.targets import get_profile
-
-
-def rel_err(got, want) -> float:
-    got, want = np.asarray(got, np.float64), np.asarray(want, np.float64)
-    return float(np.abs(got - want).max() / max(np.abs(want).max(), 1e-30))
 
 
 def random_codebook_weight(rng, shape, bits, scaled=False, sparsity=0.3) -> CodebookWeight:
