@@ -10,13 +10,15 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import queue
 import sys
+import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
-from . import artifact, pipeline
+from . import artifact, compiler, pipeline
 from .device.client import Tracker, check_compatible
 from .errors import UserError
 from .targets import get_profile
@@ -34,35 +36,189 @@ class Row:
     minstr: float | None = None  # M aarch64 instructions per inference (emulated device)
 
 
+@dataclasses.dataclass
+class Job:
+    """One unit of device work; the pool hands jobs to whichever device is free."""
+
+    label: str
+    kind: str  # "model" | "kernel" | "peer"
+    build: str
+    path: Path | None = None  # library to upload (model / kernel jobs)
+    name: str | None = None  # kernel name (kernel jobs)
+    result: dict | None = None
+
+
 def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _time_remote(sess, folder: Path, x: np.ndarray, repeat: int, number: int, counter=None):
+SMALL_KERNEL = 2e6  # instructions; the serving process adds a few thousand around any call
+
+
+class _Device:
+    """One session on a device from the tracker, with its uploaded modules cached."""
+
+    def __init__(self, tracker: Tracker, key: str, profile, workdir: Path, counting: bool,
+                 timeout: float):
+        self.sess = tracker.request(key, timeout=timeout)
+        self.dev = self.sess.cpu()
+        self.modules: dict[Path, object] = {}
+        self.counter = None
+        if counting:
+            from .device.insn import Counter
+
+            self.counter = Counter(self.sess, profile, key, workdir)
+
+    def close(self) -> None:
+        """Give the device back to the tracker now (the session ends when freed)."""
+        import gc
+
+        self.modules.clear()
+        self.counter = None
+        self.sess = self.dev = None
+        gc.collect()
+
+    def module(self, path: Path):
+        if path not in self.modules:
+            remote = f"{path.parent.name}-{path.name}"
+            self.sess.upload(str(path), remote)
+            self.modules[path] = self.sess.load_module(remote)
+        return self.modules[path]
+
+    def measure(self, make_eval, repeat: int, number: int):
+        """Times (ms) and, when counting, M instructions per call of one remote function;
+        ``make_eval(number, repeat)`` gives its ``time_evaluator``."""
+        if self.counter is None:
+            res = make_eval(number, repeat)()
+            return [1e3 * s for s in res.results], None
+        times: list[float] = []
+
+        def factory(n):
+            def call():
+                times.append(1e3 * make_eval(n, 1)().mean)
+            return call
+
+        per_call = self.counter.per_call(factory, 1, 2)
+        if per_call < SMALL_KERNEL:  # small: average over more calls, above the RPC noise
+            per_call = self.counter.per_call(factory, 1, 1 + min(100, int(
+                SMALL_KERNEL / max(per_call, 1e4))))
+        return times[-1:], 1e-6 * per_call
+
+
+def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) -> dict:
     import tvm
     from tvm import relax
 
-    manifest = artifact.read_manifest(folder)
-    lib = folder / manifest["library"]
-    remote_name = f"{folder.name}-{lib.name}"
-    sess.upload(str(lib), remote_name)
-    dev = sess.cpu()
-    vm = relax.VirtualMachine(sess.load_module(remote_name), dev)
-    arg = tvm.runtime.tensor(x, dev)
+    vm = relax.VirtualMachine(dev.module(job.path), dev.dev)
+    arg = tvm.runtime.tensor(x, dev.dev)
     out = vm["main"](arg)
     out = (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
-    res = vm.time_evaluator("main", dev, number=number, repeat=repeat)(arg)
+    res = vm.time_evaluator("main", dev.dev, number=number, repeat=repeat)(arg)
+    ms = [1e3 * s for s in res.results]
     minstr = None
-    if counter is not None:
-        minstr = 1e-6 * counter.per_call(
-            lambda n: lambda: vm.time_evaluator("main", dev, number=n, repeat=1)(arg))
-    return out, [1e3 * s for s in res.results], manifest, minstr
+    if dev.counter is not None:
+        def make_eval(n, r):
+            ev = vm.time_evaluator("main", dev.dev, number=n, repeat=r)
+            return lambda: ev(arg)
+
+        _, minstr = dev.measure(make_eval, 1, 1)
+    return {"output": out, "ms": ms, "minstr": minstr}
+
+
+def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
+    import tvm
+    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
+
+    rng = np.random.default_rng(0)
+    args = []
+    for info in ArgInfo.from_prim_func(func):
+        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
+        a = (rng.integers(0, 256, shape).astype(dtype) if "int" in dtype
+             else rng.normal(size=shape).astype(dtype))
+        args.append(tvm.runtime.tensor(a, dev.dev))
+    rmod = dev.module(job.path)
+
+    def make_eval(n, r):
+        ev = rmod.time_evaluator(job.name, dev.dev, number=n, repeat=r)
+        return lambda: ev(*args)
+
+    ms, minstr = dev.measure(make_eval, repeat, number)
+    return {"ms": ms, "minstr": minstr}
+
+
+def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, workdir: Path,
+              counting: bool, workers: int, timeout: float = 300.0) -> None:
+    """Run ``jobs`` on up to ``workers`` devices under ``key`` at once (each worker holds one
+    tracker session). A job whose device dies is retried once on a fresh session (the
+    supervisor restarts emulated devices); a second failure stops the run with a clear error."""
+    from tqdm import tqdm
+
+    todo = queue.Queue()
+    for j in jobs:
+        todo.put(j)
+    failed: list[UserError] = []
+    lock = threading.Lock()
+    bar = tqdm(total=len(jobs), desc=f"device jobs ({workers} device(s) under {key})",
+               file=sys.stderr, leave=False)
+
+    def worker():
+        dev = None
+        try:
+            while not failed:
+                try:
+                    job = todo.get_nowait()
+                except queue.Empty:
+                    return
+                for attempt in (1, 2):
+                    try:
+                        if dev is None and job.kind != "peer":
+                            dev = _Device(tracker, key, profile, workdir, counting, timeout)
+                        job.result = run_one(job, dev)
+                        break
+                    except UserError as err:
+                        failed.append(err)
+                        return
+                    except Exception as err:  # the device or its session died
+                        if dev is not None:
+                            dev.close()
+                        dev = None
+                        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                        if attempt == 2:
+                            failed.append(UserError(
+                                f"{job.label} failed twice on devices under key {key!r} "
+                                f"(the device died? see its log): {first}"))
+                            return
+                        tqdm.write(f"  {job.label}: device lost ({first[:80]}); retrying "
+                                   "once on a fresh device", file=sys.stderr)
+                with lock:
+                    bar.update(1)
+        finally:
+            if dev is not None:
+                dev.close()
+
+    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
+    for th in threads:
+        th.start()
+    for th in threads:
+        th.join()
+    bar.close()
+    if failed:
+        raise failed[0]
+
+
+def device_count(tracker: Tracker, key: str) -> int:
+    """Devices free under ``key`` now (at least 1: a busy farm is waited for)."""
+    return max(1, tracker.free(key))
 
 
 def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
-        emulated: bool = True, counting: bool = True, peers: bool = True) -> dict:
-    """Compile both builds, run them on one device session, write the report files."""
+        emulated: bool = True, counting: bool = True, peers: bool = True,
+        per_layer: bool = True, workers: int | None = None) -> dict:
+    """Compile both builds, run them (and their kernels one by one) on every free device
+    under the key, write the report files."""
+    import tvm
+
     profile = get_profile(target)
     if not profile.is_arm:
         raise UserError(f"bench runs on a Cortex-A device; {target} is not one "
@@ -75,78 +231,110 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     t0 = time.perf_counter()
     loaded = pipeline.load_model(model, bits, seed)  # once, for both builds
     x = loaded.example(seed)
-    builds = {"FP32": True, f"DGMS {bits}-bit": False}
-    folders = {}
-    for i, (label, fp32) in enumerate(builds.items(), 1):
-        _log(f"[{i}/4] compiling {label} for {profile.name}")
+    labels = {"FP32": True, f"DGMS {bits}-bit": False}
+    builds, folders, sites, funcs, jobs = {}, {}, {}, {}, []
+    for i, (label, fp32) in enumerate(labels.items(), 1):
+        _log(f"[{i}/3] compiling {label} for {profile.name}")
         folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
-        pipeline.compile_model(model, target, folder, bits=bits, fp32=fp32, seed=seed,
-                               quiet=True, loaded=loaded)
-        check_compatible(artifact.read_manifest(folder), key)
-        folders[label] = folder
-    _log(f"[3/4] requesting a device under key {key!r} from tracker {tracker}")
-    sess = tracker.request(key, timeout=300)
-    counter = None
-    if emulated and counting:
-        from .device.insn import Counter
+        artifact.check_output_dir(folder)
+        b = pipeline.build_model(loaded, profile, bits, fp32)
+        pipeline.write_artifact(b, profile, folder)
+        check_compatible(b.manifest, key)
+        builds[label], folders[label] = b, folder
+        jobs.append(Job(f"{label} model", "model", label, folder / b.manifest["library"]))
+        if per_layer:
+            sites[label] = compiler.call_sites(b.module)
+            kmod = compiler.kernel_module(b.module)
+            kpath = folder / "kernels.so"
+            tvm.compile(kmod, target=profile.tvm_target()).export_library(
+                str(kpath), fcompile=profile.cross_compiler())
+            for name in dict.fromkeys(sites[label]):
+                funcs[(label, name)] = kmod[name]
+                jobs.append(Job(f"{label} kernel {name}", "kernel", label, kpath, name))
+    onnx_fp32 = pipeline.onnx_of(loaded, model, x) if emulated and peers else None
+    if emulated and peers and onnx_fp32 is None:
+        _log("  (no ONNX form of this model: no onnxruntime peer rows)")
+    if onnx_fp32 is not None:
+        jobs[2:2] = [Job(PEERS[0], "peer", PEERS[0]), Job(PEERS[1], "peer", PEERS[1])]
+    workers = workers or device_count(tracker, key)
+    _log(f"[3/3] running {len(jobs)} jobs on {workers} device(s) under key {key!r} from "
+         f"tracker {tracker}")
 
-        counter = Counter(sess, profile, key, output)
+    def run_one(job: Job, dev: _Device | None) -> dict:
+        if job.kind == "model":
+            return _model_job(job, dev, x, repeat, number)
+        if job.kind == "kernel":
+            return _kernel_job(job, dev, funcs[(job.build, job.name)], repeat, number)
+        return _peer(job.label, onnx_fp32, x, profile, repeat, output)
+
+    _run_jobs(jobs, run_one, tracker, key, profile, output, emulated and counting, workers)
+    by = {(j.kind, j.build, j.name): j.result for j in jobs}
     rows, outs = [], {}
-    for label, folder in folders.items():
-        _log(f"[4/4] timing {label} on the device ({repeat} repeats x {number} calls)")
-        try:
-            out, ms, manifest, minstr = _time_remote(sess, folder, x, repeat, number, counter)
-        except Exception as err:
-            raise UserError(f"the run of {label} on device {key!r} failed (did the device "
-                            f"crash? see its log): {str(err).splitlines()[0]}") from None
-        outs[label] = out
-        s = manifest["summary"]
-        rows.append(Row(label, float(np.median(ms)), min(ms), max(ms),
-                        (folder / manifest["library"]).stat().st_size,
-                        s["weight_bytes_codebook"], s["layers_lowered"], minstr))
+    for label, b in builds.items():
+        res = by[("model", label, None)]
+        outs[label] = res["output"]
+        s = b.manifest["summary"]
+        rows.append(Row(label, float(np.median(res["ms"])), min(res["ms"]), max(res["ms"]),
+                        (folders[label] / b.manifest["library"]).stat().st_size,
+                        s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"]))
     ref, got = outs.values()
     err = pipeline.rel_err(got, ref)
     if err > 1e-4:
         raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative")
-    if emulated and peers:
-        rows += _peer_rows(loaded, model, x, profile, repeat, ref, output)
+    for label in PEERS if onnx_fp32 is not None else ():
+        res = by[("peer", label, None)]
+        if "FP32" in label and pipeline.rel_err(res["output"], ref) > 1e-3:
+            raise UserError("onnxruntime FP32 disagrees with our FP32 build by "
+                            f"{pipeline.rel_err(res['output'], ref):.1e}")
+        ms = res["ms"]
+        rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), res["bytes"],
+                        res["bytes"], 0, res["minstr"]))
+    counted = rows[0].minstr is not None
     report = {
         "model": model, "bits": bits, "target": profile.name, "device_key": key,
         "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
+        "devices": workers,
         "max_rel_err_vs_fp32": err, "seconds": time.perf_counter() - t0,
         "rows": [dataclasses.asdict(r) for r in rows],
         "speedup_time": rows[0].median_ms / rows[1].median_ms,
         "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
         "threads": 1 if emulated else None,
-        "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counter else None,
+        "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
+        "layers": _layers(sites, by, builds) if per_layer else [],
     }
     write_report(report, output)
     return report
 
 
-def _peer_rows(loaded, model, x, profile, repeat, ref, output) -> list[Row]:
-    """onnxruntime FP32 and static int8 on the same emulated core, in the same run."""
+PEERS = ("onnxruntime FP32 (peer)", "onnxruntime int8 (peer)")
+
+
+def _peer(label, fp32, x, profile, repeat, output) -> dict:
+    """onnxruntime FP32 or static int8 on the same emulated core, in the same run (a local
+    guest process: it needs no device session)."""
     from .device import peer
 
-    fp32 = pipeline.onnx_of(loaded, model, x)
-    if fp32 is None:
-        _log("  (no ONNX form of this model: no onnxruntime peer rows)")
-        return []
-    rows = []
-    for label, onnx_model in (("onnxruntime FP32 (peer)", fp32),
-                              ("onnxruntime int8 (peer)", None)):
-        _log(f"  peer: {label} on the emulated {profile.name}")
-        if onnx_model is None:
-            onnx_model = peer.quantize_int8(fp32, x)
-        res = peer.run_onnxruntime(onnx_model, x, profile, repeat=repeat, workdir=output)
-        if "FP32" in label:
-            e = pipeline.rel_err(res["output"], ref)
-            if e > 1e-3:
-                raise UserError(f"onnxruntime FP32 disagrees with our FP32 build by {e:.1e}")
-        ms = res["ms"]
-        rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), len(onnx_model),
-                        len(onnx_model), 0, res["minstr"]))
-    return rows
+    model = fp32 if "FP32" in label else peer.quantize_int8(fp32, x)
+    res = peer.run_onnxruntime(model, x, profile, repeat=repeat, workdir=output)
+    return dict(res, bytes=len(model))
+
+
+def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
+    """Per call site of ``main`` (the same graph in both builds, so sites pair by position):
+    each build's kernel and its time / instructions per call."""
+    labels = list(sites)
+    n = len(sites[labels[0]])
+    if any(len(sites[lb]) != n for lb in labels):  # not the same graph: list them apart
+        return [{"index": i, lb: {"kernel": name, **_strip(by[("kernel", lb, name)])}}
+                for lb in labels for i, name in enumerate(sites[lb])]
+    return [{"index": i, **{lb: {"kernel": sites[lb][i],
+                                 **_strip(by[("kernel", lb, sites[lb][i])])}
+                            for lb in labels}} for i in range(n)]
+
+
+def _strip(res: dict) -> dict:
+    ms = res["ms"]
+    return {"median_ms": float(np.median(ms)), "minstr": res["minstr"]}
 
 
 def format_markdown(rep: dict) -> str:
@@ -176,11 +364,44 @@ def format_markdown(rep: dict) -> str:
               f"- DGMS outputs vs FP32 reference: max relative error "
               f"{rep['max_rel_err_vs_fp32']:.1e}",
               f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
+    lines.append(f"- run on {rep.get('devices', 1)} device(s) under the key at once "
+                 f"({rep['seconds']:.0f} s in all, compile included)")
     if rep["emulated"]:
         lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
                      "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "
                      "integer code, so time ratios are biased): a side column only.")
+    lines += _layer_lines(rep)
     return "\n".join(lines) + "\n"
+
+
+def _layer_lines(rep: dict) -> list[str]:
+    layers = rep.get("layers") or []
+    if not layers:
+        return []
+    labels = [r["label"] for r in rep["rows"][:2]]
+    if not all(lb in layers[0] for lb in labels):
+        return []
+    counted = layers[0][labels[0]]["minstr"] is not None
+    unit = "M instr" if counted else "ms"
+    key = "minstr" if counted else "median_ms"
+    lines = ["", f"## Per layer: every kernel call of `main`, run alone on the device "
+             f"({'instructions per call' if counted else 'median time per call'})", "",
+             f"| # | {labels[0]} kernel | {labels[1]} kernel | {labels[0]} {unit} | "
+             f"{labels[1]} {unit} | {labels[0]} / {labels[1]} |", "|---|---|---|---|---|---|"]
+    tot = [0.0, 0.0]
+    for layer in layers:
+        a, b = layer[labels[0]], layer[labels[1]]
+        tot[0] += a[key]
+        tot[1] += b[key]
+        ratio = a[key] / b[key] if b[key] else float("nan")
+        lines.append(f"| {layer['index']} | `{a['kernel']}` | `{b['kernel']}` | "
+                     f"{a[key]:.3f} | {b[key]:.3f} | {ratio:.2f}x |")
+    whole = [rep["rows"][i]["minstr" if counted else "median_ms"] for i in (0, 1)]
+    lines.append(f"| sum | | | {tot[0]:.2f} | {tot[1]:.2f} | {tot[0] / tot[1]:.2f}x |")
+    lines += ["", f"- the kernels run alone add up to {tot[0] / whole[0]:.0%} ({labels[0]}) "
+              f"and {tot[1] / whole[1]:.0%} ({labels[1]}) of the whole-model figure; the rest "
+              "is the VM, allocation and the call overhead"]
+    return lines
 
 
 def write_report(rep: dict, output: Path) -> None:
@@ -193,7 +414,22 @@ def write_report(rep: dict, output: Path) -> None:
 
     labels = [r["label"] for r in rep["rows"]]
     colors = ["#888888", "#1f77b4", "#e39c4b", "#c0504d"][: len(labels)]
-    fig, ax = plt.subplots(figsize=(7, 0.7 * len(labels) + 1.6))
+    layers = rep.get("layers") or []
+    pair = all(lb in layers[0] for lb in labels[:2]) if layers else False
+    if pair:
+        fig, (ax, lax) = plt.subplots(2, 1, figsize=(9, 0.7 * len(labels) + 5.6),
+                                      gridspec_kw={"height_ratios": [1, 1.6]})
+        key = "minstr" if layers[0][labels[0]]["minstr"] is not None else "median_ms"
+        idx = np.arange(len(layers))
+        for k, lb in enumerate(labels[:2]):
+            lax.bar(idx + (k - 0.5) * 0.4, [layer[lb][key] for layer in layers], 0.4,
+                    label=lb, color=colors[k])
+        lax.set_xlabel("kernel call in execution order (#)")
+        lax.set_ylabel("M instructions per call" if key == "minstr" else "ms per call")
+        lax.legend(fontsize=8)
+        lax.set_title("per layer", fontsize=9)
+    else:
+        fig, ax = plt.subplots(figsize=(7, 0.7 * len(labels) + 1.6))
     if rep["instruction_ratio"]:
         ax.barh(labels, [r["minstr"] for r in rep["rows"]], color=colors)
         ax.set_xlabel("M aarch64 instructions per inference (emulated core, one thread)")

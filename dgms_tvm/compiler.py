@@ -53,15 +53,12 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     return Lowered(mod, records)
 
 
-def build(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None):
-    """Legalize and fuse the FP32 ops, apply the hand schedules, and compile.
+def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None) -> tvm.IRModule:
+    """Legalize and fuse the FP32 ops and apply the hand schedules: the module ``build``
+    compiles (its PrimFuncs are what runs, one per call site of ``main``).
 
     Codebook kernels are marked opaque, so fusion leaves them whole and their schedule (from
     ``schedules/<target>.json`` unless ``knobs`` is given) applies as written.
-
-    Returns
-    -------
-    tvm.relax.VMExecutable
     """
     target = profile.tvm_target()
     knobs = knobs if knobs is not None else load_knobs(profile.name)
@@ -75,8 +72,38 @@ def build(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None):
     ])
     with target:
         mod = seq(lowered.mod)
-    mod = apply_schedules(mod, knobs)
-    return tvm.compile(mod, target=target)
+    return apply_schedules(mod, knobs)
+
+
+def build(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None):
+    """``prepare`` then compile for the profile's target.
+
+    Returns
+    -------
+    tvm.relax.VMExecutable
+    """
+    return tvm.compile(prepare(lowered, profile, knobs), target=profile.tvm_target())
+
+
+def call_sites(mod: tvm.IRModule) -> list[str]:
+    """Names of the PrimFuncs ``main`` calls, one per ``call_tir``, in execution order."""
+    call_tir = tvm.ir.Op.get("relax.call_tir")
+    names: list[str] = []
+
+    def visit(expr):
+        if isinstance(expr, relax.Call) and expr.op.same_as(call_tir):
+            names.append(expr.args[0].name_hint)
+
+    relax.analysis.post_order_visit(mod["main"].body, visit)
+    return names
+
+
+def kernel_module(mod: tvm.IRModule) -> tvm.IRModule:
+    """The PrimFuncs of a prepared module alone, each exported under its own name (to run and
+    measure them one by one)."""
+    return tvm.IRModule({gv: f.with_attr("global_symbol", gv.name_hint)
+                         for gv, f in mod.functions_items()
+                         if isinstance(f, tvm.tirx.PrimFunc)})
 
 
 def outputs_of(mod: tvm.IRModule) -> list[dict]:

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import tvm
 
 from . import artifact, compiler, frontend, zoo
 from .errors import UserError
@@ -80,6 +81,39 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+@dataclasses.dataclass
+class Build:
+    """One build of a model for a target: the lowering records, the prepared module (its
+    PrimFuncs are the kernels that run), the executable and its manifest."""
+
+    lowered: compiler.Lowered
+    module: object
+    executable: object
+    manifest: dict
+
+
+def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
+                quiet: bool = True, t0: float | None = None) -> Build:
+    """Lower, schedule and compile an imported model for ``profile``."""
+    t0 = t0 or time.perf_counter()
+    _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
+    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
+    _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
+         f"({time.perf_counter() - t0:.1f} s)", quiet)
+    module = compiler.prepare(lowered, profile)
+    exe = tvm.compile(module, target=profile.tvm_target())
+    return Build(lowered, module, exe, make_manifest(loaded, lowered, profile, bits, fp32))
+
+
+def write_artifact(build: Build, profile, output: Path) -> None:
+    """The library and its manifest into the artifact folder ``output``, atomically."""
+    fcompile = profile.cross_compiler()
+    with artifact.staging(output) as tmp:
+        kwargs = {"fcompile": fcompile} if fcompile is not None else {}
+        build.executable.export_library(str(tmp / artifact.LIBRARY), **kwargs)
+        artifact.write_manifest(tmp, build.manifest)
+
+
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
                   fp32: bool = False, seed: int = 0, quiet: bool = False,
                   loaded: LoadedModel | None = None) -> dict:
@@ -92,24 +126,16 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
         The manifest written beside the library.
     """
     profile = get_profile(target)
-    fcompile = profile.cross_compiler()  # fail early when the cross compiler is missing
+    profile.cross_compiler()  # fail early when the cross compiler is missing
     artifact.check_output_dir(output)
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
     loaded = loaded or load_model(model, bits, seed)
-    _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
-    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
-    _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
-         f"({time.perf_counter() - t0:.1f} s)", quiet)
-    exe = compiler.build(lowered, profile)
+    build = build_model(loaded, profile, bits, fp32, quiet, t0)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
-    manifest = make_manifest(loaded, lowered, profile, bits, fp32)
-    with artifact.staging(output) as tmp:
-        kwargs = {"fcompile": fcompile} if fcompile is not None else {}
-        exe.export_library(str(tmp / artifact.LIBRARY), **kwargs)
-        artifact.write_manifest(tmp, manifest)
+    write_artifact(build, profile, output)
     _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)
-    return manifest
+    return build.manifest
 
 
 def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits, fp32) -> dict:

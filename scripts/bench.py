@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
 """FP32 vs DGMS build of a model on a Cortex-A device from a TVM tracker, side by side.
 
-By default the device is a local emulated one (started here if none runs, stopped after);
-give --tracker HOST:PORT --key KEY for a real board. Writes report.json, report.md and
-report.png into --output and prints the table."""
+By default the devices are local emulated ones (--devices of them started here if none runs
+under the key, stopped after); give --tracker HOST:PORT --key KEY for real boards. The jobs
+(both whole models, every kernel alone, the onnxruntime peers) spread over every free device
+under the key. Writes report.json, report.md and report.png into --output and prints the
+tables."""
 
 from __future__ import annotations
 
@@ -26,6 +28,10 @@ def parse(argv):
     p.add_argument("--output", type=Path, default=Path("bench-out"))
     p.add_argument("--repeat", type=int, default=5)
     p.add_argument("--number", type=int, default=1)
+    p.add_argument("--devices", type=int, default=2,
+                   help="emulated devices to start when none runs (default 2)")
+    p.add_argument("--no-per-layer", action="store_true",
+                   help="skip the per-layer breakdown (each kernel run alone)")
     return p.parse_args(argv)
 
 
@@ -43,13 +49,15 @@ def main(argv=None):
         tracker = client.default_tracker()
         key = args.key or args.target
         if not tracker.reachable() or key not in tracker.summary()["queue_info"]:
-            info = manager.start(args.target, 1, log=lambda m: print(m, file=sys.stderr))
+            info = manager.start(args.target, args.devices,
+                                 log=lambda m: print(m, file=sys.stderr))
             tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
             started = True
         emulated = True
     try:
         rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
-                               args.output, args.repeat, args.number, emulated=emulated)
+                               args.output, args.repeat, args.number, emulated=emulated,
+                               per_layer=not args.no_per_layer)
     finally:
         if started:
             manager.stop(log=lambda m: print(m, file=sys.stderr))

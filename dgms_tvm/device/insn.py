@@ -27,6 +27,7 @@ from ..errors import UserError
 from .sysroot import cache_dir, run_dir
 
 MARKER_BASE = 0x44470000
+MARKER_SPAN = 0x10000  # as the plugin's range
 PLUGIN_SOURCE = Path(__file__).with_name("insn_plugin.c")
 
 
@@ -105,35 +106,65 @@ def marker_library(profile, folder: Path) -> Path:
 
 
 class Counter:
-    """Instruction counts of remote calls on one emulated-device session."""
+    """Instruction counts of remote calls on one emulated-device session.
+
+    Several devices (and sessions) may log under one key at once, each to its own file; the
+    first marker tells which file is this session's, and later markers are read from that
+    file only, with tokens in sequence so that none repeats within the session."""
 
     def __init__(self, sess, profile, key: str, workdir: Path):
         self.key = key
+        # Counts logged before this session (earlier runs) are not ours: read past them.
+        self._start = {f: os.path.getsize(f) for f in self._files()}
         lib = marker_library(profile, workdir)
         sess.upload(str(lib), "dgms_marker.so")
         self._mark = sess.load_module("dgms_marker.so")["dgms_marker"]
+        self._file: str | None = None
+        self._token = secrets.randbelow(MARKER_SPAN)
+        while self._file is None:  # two sessions may pick the same first token: pick again
+            tok = self._next()
+            self._mark(tok)
+            hits = self._find(tok)
+            if len(hits) == 1:
+                self._file = hits[0][0]
 
-    def _read(self, token: int, timeout: float = 10.0) -> int:
+    def _files(self) -> list[str]:
+        return glob.glob(str(run_dir() / f"insn-{self.key}-*.txt"))
+
+    def _next(self) -> int:
+        self._token = (self._token + 1) % MARKER_SPAN
+        return self._token
+
+    def _lines(self, f: str) -> list[str]:
+        with open(f, "rb") as fh:
+            start = self._start.get(f, 0)
+            fh.seek(start if start <= os.path.getsize(f) else 0)
+            return fh.read().decode(errors="replace").splitlines()
+
+    def _find(self, token: int, timeout: float = 10.0) -> list[tuple[str, int]]:
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            for f in glob.glob(str(run_dir() / f"insn-{self.key}-*.txt")):
-                for line in Path(f).read_text().splitlines():
+        while True:
+            hits = []
+            for f in [self._file] if self._file else self._files():
+                for line in self._lines(f):
                     tok, _, count = line.partition(" ")
                     if tok == str(token):
-                        return int(count)
+                        hits.append((f, int(count)))
+            if hits or time.monotonic() > deadline:
+                break
             time.sleep(0.05)
-        raise UserError(f"no instruction count logged on device {self.key!r}: start it with "
-                        "instruction counting (scripts/device.py start)")
+        if not hits:
+            raise UserError(f"no instruction count logged on device {self.key!r}: start it "
+                            "with instruction counting (scripts/device.py start)")
+        return hits
 
     def between(self, fn) -> int:
         """Instructions the device executed while ``fn()`` ran (plus fixed RPC overhead)."""
-        a, b = secrets.randbelow(0xFFFF), secrets.randbelow(0xFFFF)
-        while b == a:
-            b = secrets.randbelow(0xFFFF)
+        a, b = self._next(), self._next()
         self._mark(a)
         fn()
         self._mark(b)
-        return self._read(b) - self._read(a)
+        return self._find(b)[-1][1] - self._find(a)[-1][1]
 
     def per_call(self, evaluator_factory, n1: int = 1, n2: int = 3) -> float:
         """Instructions per call: counts over ``n1`` and ``n2`` calls of a remote

@@ -27,7 +27,7 @@ def device(tmp_path_factory):
     run = tmp_path_factory.mktemp("devices")
     old = os.environ.get("DGMS_TVM_RUN_DIR")
     os.environ["DGMS_TVM_RUN_DIR"] = str(run)
-    info = manager.start(CPU, count=1, log=lambda *_: None)
+    info = manager.start(CPU, count=2, log=lambda *_: None)  # two devices under one key
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
     yield tracker, run
     pids = [e["pid"] for e in manager._load_state()]
@@ -143,6 +143,61 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     assert all(r["minstr"] > 0 for r in doc["rows"])
     assert doc["instruction_ratio"] == pytest.approx(
         doc["rows"][0]["minstr"] / doc["rows"][1]["minstr"])
+    # The jobs spread over both devices under the key: each device's counter log holds the
+    # markers of the jobs it ran.
+    assert doc["devices"] == 2
+    _, run = device
+    logs = sorted(run.glob(f"insn-{CPU}-*.txt"))
+    assert len(logs) == 2 and all(len(f.read_text().splitlines()) >= 4 for f in logs)
+    # Per layer: one row per kernel call of main, both builds, with counts that add up to
+    # most of the whole-model figure.
+    layers = doc["layers"]
+    assert len(layers) >= 10
+    for i, label in enumerate(["FP32", "DGMS 4-bit"]):
+        assert all(layer[label]["minstr"] > 0 for layer in layers)
+        total = sum(layer[label]["minstr"] for layer in layers)
+        assert 0.7 < total / doc["rows"][i]["minstr"] < 1.05
+    assert sum("cb_conv2d" in layer["DGMS 4-bit"]["kernel"] for layer in layers) == 3
+    assert "## Per layer" in (tmp_path / "report.md").read_text()
+
+
+def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeypatch):
+    from dgms_tvm import bench_device
+
+    tracker, _ = device
+    real = bench_device._model_job
+    killed = []
+
+    def dying(job, dev, *args):
+        if not killed:  # the device dies under the first job: every qemu server is killed
+            (sup,) = [e for e in manager._load_state() if e["kind"] == "supervisor"]
+            for c in psutil.Process(sup["pid"]).children():
+                if "qemu" in " ".join(c.cmdline()):
+                    os.killpg(c.pid, 9)
+                    killed.append(c.pid)
+        return real(job, dev, *args)
+
+    monkeypatch.setattr(bench_device, "_model_job", dying)
+    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
+                           peers=False, per_layer=False)
+    assert killed and rep["max_rel_err_vs_fp32"] < 1e-4
+    assert all(r["minstr"] > 0 for r in rep["rows"])
+    manager.wait_for_devices(tracker, CPU, 2, timeout=180)
+
+
+def test_bench_gives_a_clear_error_when_the_retry_fails_too(device, tmp_path, monkeypatch):
+    from dgms_tvm import bench_device
+
+    tracker, _ = device
+
+    def broken(job, dev, *args):
+        raise RuntimeError("Socket closed")
+
+    monkeypatch.setattr(bench_device, "_model_job", broken)
+    with pytest.raises(UserError, match="failed twice on devices under key"):
+        bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
+                         peers=False, per_layer=False)
+    manager.wait_for_devices(tracker, CPU, 2, timeout=60)  # sessions given back
 
 
 def test_instruction_counts_are_stable_within_a_process(device, arm_model, tmp_path):
