@@ -214,7 +214,8 @@ def device_count(tracker: Tracker, key: str) -> int:
 def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
         emulated: bool = True, counting: bool = True, peers: bool = True,
-        per_layer: bool = True, workers: int | None = None) -> dict:
+        per_layer: bool = True, workers: int | None = None,
+        tuning_logs: Path | None = None) -> dict:
     """Compile both builds, run them (and their kernels one by one) on every free device
     under the key, write the report files."""
     import tvm
@@ -237,7 +238,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         _log(f"[{i}/3] compiling {label} for {profile.name}")
         folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
         artifact.check_output_dir(folder)
-        b = pipeline.build_model(loaded, profile, bits, fp32)
+        b = pipeline.build_model(loaded, profile, bits, fp32, tuning_logs=tuning_logs)
         pipeline.write_artifact(b, profile, folder)
         check_compatible(b.manifest, key)
         builds[label], folders[label] = b, folder
@@ -301,6 +302,10 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
         "layers": _layers(sites, by, builds) if per_layer else [],
+        "tuning": {label: {"logs": b.manifest["tuning"]["logs"],
+                           "tuned_kernels": b.manifest["tuning"]["tuned"],
+                           "kernels": len(b.manifest["tuning"]["kernels"])}
+                   for label, b in builds.items()},
     }
     write_report(report, output)
     return report
@@ -364,6 +369,10 @@ def format_markdown(rep: dict) -> str:
               f"- DGMS outputs vs FP32 reference: max relative error "
               f"{rep['max_rel_err_vs_fp32']:.1e}",
               f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
+    for label, t in (rep.get("tuning") or {}).items():
+        lines.append(f"- {label}: " + (f"{t['tuned_kernels']} of {t['kernels']} kernels from "
+                                        f"tuning logs {t['logs']}" if t["logs"] else
+                                        "hand schedules (no tuning logs for this target)"))
     lines.append(f"- run on {rep.get('devices', 1)} device(s) under the key at once "
                  f"({rep['seconds']:.0f} s in all, compile included)")
     if rep["emulated"]:

@@ -49,19 +49,31 @@ def time_onnxruntime(onnx_model: bytes, x: np.ndarray, repeat: int, number: int)
     return out
 
 
-def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int = 0) -> dict:
-    """Build FP32 and codebook variants for this host, check they agree, time both."""
+def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int = 0,
+            tuning_logs=None) -> dict:
+    """Build FP32 and codebook variants for this host (hand schedules, and tuned ones when
+    ``tuning_logs`` holds records for the model), check they agree, time them all."""
+    from . import tuning
+
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)
     x = loaded.example(seed)
     rows = {}
     outs = {}
-    variants = (("fp32 TVM default", False, False), ("fp32 same kernels", False, True),
-                (f"codebook {bits}-bit", True, True))
-    for label, cb, fp32_kernels in variants:
+    db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
+                                  log=lambda m: print(m, file=sys.stderr))
+    variants = [("fp32 TVM default", False, False, None), ("fp32 same kernels", False, True,
+                                                           None),
+                (f"codebook {bits}-bit", True, True, None)]
+    if db is not None:
+        variants += [("fp32 tuned", False, True, db), (f"codebook {bits}-bit tuned", True, True,
+                                                       db)]
+    for label, cb, fp32_kernels, database in variants:
         t0 = time.perf_counter()
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels)
-        exe = compiler.build(lowered, profile)
+        applied: dict = {}
+        exe = tvm.compile(compiler.prepare(lowered, profile, database=database,
+                                           applied=applied), target=profile.tvm_target())
         build_s = time.perf_counter() - t0
         print(f"  built {label} in {build_s:.1f} s; timing", file=sys.stderr, flush=True)
         outs[label] = compiler.run_local(exe, [x])[0]
@@ -69,26 +81,28 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
         rows[label] = {"median_ms": 1e3 * float(np.median(secs)),
                        "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
                        "build_s": build_s,
-                       "lowered": sum(r.lowered for r in lowered.records)}
+                       "lowered": sum(r.lowered for r in lowered.records),
+                       "tuned_kernels": sum(v == "tuned" for v in applied.values())}
     onnx_model = onnx_of(loaded, model, x)
     if onnx_model is not None:
         secs = time_onnxruntime(onnx_model, x, repeat, number)
         rows["onnxruntime fp32"] = {"median_ms": 1e3 * float(np.median(secs)),
                                     "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
-                                    "build_s": 0.0, "lowered": 0}
+                                    "build_s": 0.0, "lowered": 0, "tuned_kernels": 0}
     a, *others = outs.values()
     err = max(rel_err(b, a) for b in others)
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
-            "max_rel_err_between_builds": err}
+            "max_rel_err_between_builds": err, "tuning_logs": str(folder) if db else None}
 
 
 def format_report(rep: dict) -> str:
     lines = [f"{rep['model']} {rep['bits']}-bit on {rep['target']}, batch 1 "
              f"(max rel err between builds {rep['max_rel_err_between_builds']:.1e})",
-             f"{'build':<20} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'lowered':>8}"]
+             f"{'build':<24} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'lowered':>8} "
+             f"{'tuned':>6}"]
     for label, r in rep["rows"].items():
-        lines.append(f"{label:<20} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} "
-                     f"{r['max_ms']:>9.2f} {r['lowered']:>8}")
+        lines.append(f"{label:<24} {r['median_ms']:>10.2f} {r['min_ms']:>9.2f} "
+                     f"{r['max_ms']:>9.2f} {r['lowered']:>8} {r['tuned_kernels']:>6}")
     ms = {k: r["median_ms"] for k, r in rep["rows"].items()}
     tvm_default, same, cbk = list(ms.values())[:3]
     lines.append(f"codebook speedup: {same / cbk:.2f}x over FP32 with the same kernels and "
@@ -96,4 +110,11 @@ def format_report(rep: dict) -> str:
     if "onnxruntime fp32" in ms:
         lines.append(f"onnxruntime FP32 / codebook build time ratio: "
                      f"{ms['onnxruntime fp32'] / cbk:.2f}x")
+    if "fp32 tuned" in ms:
+        tuned_cb = ms[f"codebook {rep['bits']}-bit tuned"]
+        lines.append(f"tuned vs hand: FP32 {same / ms['fp32 tuned']:.2f}x, codebook "
+                     f"{cbk / tuned_cb:.2f}x faster (logs {rep['tuning_logs']})")
+        if "onnxruntime fp32" in ms:
+            lines.append(f"tuned TVM FP32 / onnxruntime FP32 time: "
+                         f"{ms['fp32 tuned'] / ms['onnxruntime fp32']:.2f}x (goal: at most 1.5x)")
     return "\n".join(lines)

@@ -23,3 +23,18 @@ def one_line_errors(main):
             return 130
 
     return wrapper
+
+
+def logs_root(text: str | None):
+    """``--tuning-logs``: a folder (relative ones from the project root when they do not
+    exist here), or ``none``."""
+    from pathlib import Path
+
+    if text is None or text.lower() == "none":
+        return None
+    path = Path(text)
+    if not path.exists() and not path.is_absolute():
+        root = Path(__file__).resolve().parent.parent / path
+        if root.exists():
+            return root
+    return path

@@ -53,12 +53,17 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     return Lowered(mod, records)
 
 
-def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None) -> tvm.IRModule:
-    """Legalize and fuse the FP32 ops and apply the hand schedules: the module ``build``
+def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
+            schedule: bool = True, database=None,
+            applied: dict | None = None) -> tvm.IRModule:
+    """Legalize and fuse the FP32 ops and schedule the kernels: the module ``build``
     compiles (its PrimFuncs are what runs, one per call site of ``main``).
 
     Codebook kernels are marked opaque, so fusion leaves them whole and their schedule (from
-    ``schedules/<target>.json`` unless ``knobs`` is given) applies as written.
+    ``schedules/<target>.json`` unless ``knobs`` is given) applies as written. With a tuning
+    ``database``, every kernel it holds a record for gets the tuned schedule instead;
+    ``applied`` then receives {kernel name: "tuned" | "hand" | "default"}. ``schedule=False``
+    stops before any schedule (the tuner's tasks).
     """
     target = profile.tvm_target()
     knobs = knobs if knobs is not None else load_knobs(profile.name)
@@ -72,6 +77,15 @@ def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None)
     ])
     with target:
         mod = seq(lowered.mod)
+    if not schedule:
+        return mod
+    if database is not None:
+        from .tuning import apply_database
+
+        mod, how = apply_database(mod, database, target, knobs)
+        if applied is not None:
+            applied.update(how)
+        return mod
     return apply_schedules(mod, knobs)
 
 

@@ -93,16 +93,35 @@ class Build:
 
 
 def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
-                quiet: bool = True, t0: float | None = None) -> Build:
-    """Lower, schedule and compile an imported model for ``profile``."""
+                quiet: bool = True, t0: float | None = None,
+                tuning_logs: Path | None = None) -> Build:
+    """Lower, schedule and compile an imported model for ``profile``; kernels with a record
+    in the matching tuning logs under ``tuning_logs`` get their tuned schedule."""
+    from . import tuning
+
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
          f"({time.perf_counter() - t0:.1f} s)", quiet)
-    module = compiler.prepare(lowered, profile)
+    db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
+                                  log=lambda m: _log(m, False))
+    applied: dict[str, str] = {}
+    module = compiler.prepare(lowered, profile, database=db, applied=applied)
     exe = tvm.compile(module, target=profile.tvm_target())
-    return Build(lowered, module, exe, make_manifest(loaded, lowered, profile, bits, fp32))
+    manifest = make_manifest(loaded, lowered, profile, bits, fp32)
+    tuned = sorted(k for k, v in applied.items() if v == "tuned")
+    manifest["tuning"] = {"logs": str(folder) if db is not None else None,
+                          "kernels": applied, "tuned": len(tuned)}
+    if db is not None:
+        manifest["schedules"] = (f"tuned records from {folder} ({len(tuned)} of "
+                                 f"{len(applied)} kernels); hand-written "
+                                 f"schedules/{profile.name}.json for the rest")
+        _log(f"      tuning logs {folder}: {len(tuned)} of {len(applied)} kernels tuned", quiet)
+        if not tuned:
+            _log(f"warning: no record in {folder} matches a kernel of this build (logs of "
+                 "another model or version?); it is built untuned", False)
+    return Build(lowered, module, exe, manifest)
 
 
 def write_artifact(build: Build, profile, output: Path) -> None:
@@ -116,9 +135,11 @@ def write_artifact(build: Build, profile, output: Path) -> None:
 
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
                   fp32: bool = False, seed: int = 0, quiet: bool = False,
-                  loaded: LoadedModel | None = None) -> dict:
+                  loaded: LoadedModel | None = None,
+                  tuning_logs: Path | None = None) -> dict:
     """Compile ``model`` for ``target`` into the artifact folder ``output`` (``loaded``: the
-    model already loaded, so that several builds of one model import it once).
+    model already loaded, so that several builds of one model import it once;
+    ``tuning_logs``: the root of the tuning logs to apply, None for none).
 
     Returns
     -------
@@ -131,7 +152,7 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
     loaded = loaded or load_model(model, bits, seed)
-    build = build_model(loaded, profile, bits, fp32, quiet, t0)
+    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
     write_artifact(build, profile, output)
     _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)

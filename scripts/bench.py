@@ -15,7 +15,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgms_tvm.cli import one_line_errors
+from dgms_tvm.cli import logs_root, one_line_errors
 
 
 def parse(argv):
@@ -30,6 +30,8 @@ def parse(argv):
     p.add_argument("--number", type=int, default=1)
     p.add_argument("--devices", type=int, default=2,
                    help="emulated devices to start when none runs (default 2)")
+    p.add_argument("--tuning-logs", default="tuning_logs",
+                   help="root of the tuning logs to apply, or 'none' (default tuning_logs/)")
     p.add_argument("--no-per-layer", action="store_true",
                    help="skip the per-layer breakdown (each kernel run alone)")
     return p.parse_args(argv)
@@ -57,7 +59,8 @@ def main(argv=None):
     try:
         rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
                                args.output, args.repeat, args.number, emulated=emulated,
-                               per_layer=not args.no_per_layer)
+                               per_layer=not args.no_per_layer,
+                               tuning_logs=logs_root(args.tuning_logs))
     finally:
         if started:
             manager.stop(log=lambda m: print(m, file=sys.stderr))

@@ -10,7 +10,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgms_tvm.cli import one_line_errors
+from dgms_tvm.cli import logs_root, one_line_errors
 
 
 def parse(argv):
@@ -20,6 +20,9 @@ def parse(argv):
     p.add_argument("--repeat", type=int, default=10, help="timed repeats (median reported)")
     p.add_argument("--number", type=int, default=5, help="calls per repeat")
     p.add_argument("--json", type=Path, help="also write the figures here")
+    p.add_argument("--tuning-logs", default="tuning_logs",
+                   help="root of the tuning logs (tuned rows when they hold this model), "
+                        "or 'none'")
     return p.parse_args(argv)
 
 
@@ -28,7 +31,8 @@ def main(argv=None):
     args = parse(argv)
     from dgms_tvm import bench_local
 
-    rep = bench_local.compare(args.model, args.bits, args.repeat, args.number)
+    rep = bench_local.compare(args.model, args.bits, args.repeat, args.number,
+                              tuning_logs=logs_root(args.tuning_logs))
     print(bench_local.format_report(rep))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")

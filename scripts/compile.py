@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm import targets, zoo
-from dgms_tvm.cli import one_line_errors
+from dgms_tvm.cli import logs_root, one_line_errors
 
 
 def parse(argv):
@@ -28,6 +28,9 @@ def parse(argv):
     p.add_argument("--fp32", action="store_true",
                    help="build the FP32 baseline: same graph, no codebook lowering")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in model's weights")
+    p.add_argument("--tuning-logs", default="tuning_logs",
+                   help="root of the tuning logs to apply (<root>/<target>/<model>-w<bits>/), "
+                        "or 'none' for the hand schedules only (default tuning_logs/)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)
 
@@ -38,7 +41,8 @@ def main(argv=None):
     from dgms_tvm import pipeline
 
     manifest = pipeline.compile_model(args.model, args.target, args.output, bits=args.bits,
-                                      fp32=args.fp32, seed=args.seed, quiet=args.quiet)
+                                      fp32=args.fp32, seed=args.seed, quiet=args.quiet,
+                                      tuning_logs=logs_root(args.tuning_logs))
     if not args.quiet:
         print(pipeline.format_table(manifest))
         print(f"artifact: {args.output}/{manifest['library']} + manifest.json")

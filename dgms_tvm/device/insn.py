@@ -112,11 +112,13 @@ class Counter:
     first marker tells which file is this session's, and later markers are read from that
     file only, with tokens in sequence so that none repeats within the session."""
 
-    def __init__(self, sess, profile, key: str, workdir: Path):
+    ENV_KEY, ENV_LIB = "DGMS_COUNT_KEY", "DGMS_COUNT_MARKER"
+
+    def __init__(self, sess, profile, key: str, workdir: Path | None, lib: Path | None = None):
         self.key = key
         # Counts logged before this session (earlier runs) are not ours: read past them.
         self._start = {f: os.path.getsize(f) for f in self._files()}
-        lib = marker_library(profile, workdir)
+        lib = lib or marker_library(profile, workdir)
         sess.upload(str(lib), "dgms_marker.so")
         self._mark = sess.load_module("dgms_marker.so")["dgms_marker"]
         self._file: str | None = None
@@ -127,6 +129,18 @@ class Counter:
             hits = self._find(tok)
             if len(hits) == 1:
                 self._file = hits[0][0]
+
+    @classmethod
+    def prepare_env(cls, profile, key: str, workdir: Path) -> None:
+        """Build the marker library and say where it is (and the device key) in the
+        environment, for processes that will count (MetaSchedule's runner workers)."""
+        Path(workdir).mkdir(parents=True, exist_ok=True)
+        os.environ[cls.ENV_LIB] = str(marker_library(profile, Path(workdir)))
+        os.environ[cls.ENV_KEY] = key
+
+    @classmethod
+    def from_env(cls, sess) -> Counter:
+        return cls(sess, None, os.environ[cls.ENV_KEY], None, lib=Path(os.environ[cls.ENV_LIB]))
 
     def _files(self) -> list[str]:
         return glob.glob(str(run_dir() / f"insn-{self.key}-*.txt"))

@@ -63,3 +63,43 @@ def best_tile(extent: int, limit: int) -> int:
 def standalone(func: tvm.tirx.PrimFunc, name: str = "main") -> tvm.IRModule:
     """A kernel as a module of its own, exported as ``name`` (for tests and tuning)."""
     return tvm.IRModule({name: func.with_attr("global_symbol", name)})
+
+
+class Tiler:
+    """The tile decisions of a hand schedule, fixed or sampled.
+
+    ``sample=False`` is the hand schedule as written. ``sample=True`` turns it into a
+    MetaSchedule design space: every tile size becomes a ``sample_perfect_tile`` decision
+    whose initial value is the hand knob, and vectorisation / unrolling are left to the
+    tuner's postprocessors (root-block annotations), which is what its mutators can change.
+    In that mode nothing may depend on a loop count that a sampled tile changes.
+    """
+
+    def __init__(self, sch, sample: bool = False):
+        self.sch, self.sample = sch, sample
+
+    def split(self, loop, extent: int, tile: int, max_inner: int = 64):
+        if not self.sample:
+            return self.sch.split(loop, [None, tile])
+        factors = self.sch.sample_perfect_tile(loop, n=2, max_innermost_factor=max(tile,
+                                                                                    max_inner),
+                                               decision=[extent // tile, tile])
+        return self.sch.split(loop, factors)
+
+    def vectorize(self, *get_loop):
+        """Vectorise loops (given as thunks: in the sampled space their lookup would depend
+        on the sampled tiles, so it is not made)."""
+        if not self.sample:
+            for get in get_loop:
+                self.sch.vectorize(get())
+
+    def finish(self, block, loop) -> None:
+        """Split off the accumulator initialisation (hand) or annotate the root for the
+        tuner's vectorise / unroll postprocessors (sampled; they also split it)."""
+        if not self.sample:
+            self.sch.decompose_reduction(block, loop)
+            return
+        root = self.sch.get_sblock("root")
+        self.sch.annotate(root, "meta_schedule.vectorize", 64)
+        unroll = self.sch.sample_categorical([0, 16, 64], [1 / 3] * 3, decision=0)
+        self.sch.annotate(root, "meta_schedule.unroll_explicit", unroll)

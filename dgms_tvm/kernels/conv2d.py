@@ -20,7 +20,16 @@ import tvm
 from tvm import te
 
 from ..format import row_bytes
-from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .common import (
+    FP32_WEIGHT,
+    KERNEL_ATTR,
+    OPAQUE,
+    SPEC_ATTR,
+    Tiler,
+    best_tile,
+    decode_index,
+    i64,
+)
 
 FAMILY = "cb_conv2d"
 
@@ -177,8 +186,15 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     Knobs: ``oc_tile`` (output channels per vector tile), ``ow_tile`` (output columns per
     register tile), ``dw_ow_tile`` (columns per vector in the depthwise/grouped variant).
     """
-    spec = Conv2dSpec(**_spec_from(func))
     sch = tvm.s_tir.Schedule(func)
+    apply(sch, knobs)
+    return sch.mod["main"]
+
+
+def apply(sch, knobs: dict, sample: bool = False) -> None:
+    """The schedule's steps on ``sch`` (``sample``: as a tuning design space, see Tiler)."""
+    spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
+    tile = Tiler(sch, sample)
     conv, dec, pad = sch.get_sblock("conv"), sch.get_sblock("decode"), sch.get_sblock("pad")
     n, o, yy, xx, ri, rr, rq = sch.get_loops(conv)
     # Step 1. Pad once up front, in parallel over channels: the inner loops then read a
@@ -191,8 +207,8 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
         # and each input value is broadcast.
         ot = best_tile(spec.ocg if spec.groups > 1 else spec.out_channels, knobs["oc_tile"])
         xt = best_tile(spec.out_w, knobs["ow_tile"])
-        oo, oi = sch.split(o, [None, ot])
-        xo, xi = sch.split(xx, [None, xt])
+        oo, oi = tile.split(o, spec.out_channels, ot)
+        xo, xi = tile.split(xx, spec.out_w, xt, 8)
         sch.reorder(n, oo, yy, xo, ri, rr, rq, xi, oi)
         acc = sch.cache_write(conv, 0, "local")
         sch.reverse_compute_at(acc, xo)
@@ -201,25 +217,22 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
         sch.compute_at(dec, oo)
         sch.parallel(sch.fuse(n, oo))
         sch.unroll(xi)
-        sch.vectorize(oi)
-        sch.vectorize(sch.get_loops(dec)[-1])
-        sch.vectorize(sch.get_loops(acc)[-1])
+        tile.vectorize(lambda: oi, lambda: sch.get_loops(dec)[-1],
+                       lambda: sch.get_loops(acc)[-1])
     else:
         # Step 2b. Depthwise / narrow groups: channels do not share inputs, so vectorise
         # along output columns instead, one channel at a time.
         xt = best_tile(spec.out_w, knobs["dw_ow_tile"])
-        xo, xi = sch.split(xx, [None, xt])
+        xo, xi = tile.split(xx, spec.out_w, xt, 16)
         sch.reorder(n, o, yy, xo, ri, rr, rq, xi)
         acc = sch.cache_write(conv, 0, "local")
         sch.reverse_compute_at(acc, xo)
         sch.compute_at(dec, o)
         sch.parallel(sch.fuse(n, o))
-        sch.vectorize(xi)
-        sch.vectorize(sch.get_loops(acc)[-1])
+        tile.vectorize(lambda: xi, lambda: sch.get_loops(acc)[-1])
     # Step 4. Split off the accumulator initialisation last (see tvm-notes: parallel after
     # decompose_reduction is rejected).
-    sch.decompose_reduction(conv, ri)
-    return sch.mod["main"]
+    tile.finish(conv, ri)
 
 
 def _spec_from(func: tvm.tirx.PrimFunc) -> dict:

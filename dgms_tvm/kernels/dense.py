@@ -17,7 +17,16 @@ import tvm
 from tvm import te
 
 from ..format import row_bytes
-from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .common import (
+    FP32_WEIGHT,
+    KERNEL_ATTR,
+    OPAQUE,
+    SPEC_ATTR,
+    Tiler,
+    best_tile,
+    decode_index,
+    i64,
+)
 
 FAMILY = "cb_dense"
 
@@ -96,8 +105,15 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     Knobs: ``n_tile`` (output features per vector tile), ``m_tile`` (rows per register
     tile), ``k_unroll``.
     """
-    spec = DenseSpec(**json.loads(str(func.attrs[SPEC_ATTR])))
     sch = tvm.s_tir.Schedule(func)
+    apply(sch, knobs)
+    return sch.mod["main"]
+
+
+def apply(sch, knobs: dict, sample: bool = False) -> None:
+    """The schedule's steps on ``sch`` (``sample``: as a tuning design space, see Tiler)."""
+    spec = DenseSpec(**json.loads(str(sch.mod["main"].attrs[SPEC_ATTR])))
+    tile = Tiler(sch, sample)
     dense, dec = sch.get_sblock("dense"), sch.get_sblock("decode")
     m, n, k = sch.get_loops(dense)
     # Step 1. Tile output features into vectors and rows into a register tile:
@@ -105,9 +121,9 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     nt = best_tile(spec.n, knobs["n_tile"])
     mt = best_tile(spec.m, knobs["m_tile"])
     kt = best_tile(spec.k, knobs["k_unroll"])
-    no, ni = sch.split(n, [None, nt])
-    mo, mi = sch.split(m, [None, mt])
-    ko, ki = sch.split(k, [None, kt])
+    no, ni = tile.split(n, spec.n, nt)
+    mo, mi = tile.split(m, spec.m, mt, 8)
+    ko, ki = tile.split(k, spec.k, kt, 16)
     sch.reorder(no, mo, ko, ki, mi, ni)
     acc = sch.cache_write(dense, 0, "local")
     sch.reverse_compute_at(acc, mo)
@@ -116,9 +132,6 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     sch.parallel(no)
     sch.unroll(ki)
     sch.unroll(mi)
-    sch.vectorize(ni)
-    sch.vectorize(sch.get_loops(dec)[-1])
-    sch.vectorize(sch.get_loops(acc)[-1])
+    tile.vectorize(lambda: ni, lambda: sch.get_loops(dec)[-1], lambda: sch.get_loops(acc)[-1])
     # Step 3. Accumulator initialisation split off last.
-    sch.decompose_reduction(dense, ko)
-    return sch.mod["main"]
+    tile.finish(dense, ko)

@@ -1,0 +1,84 @@
+#!/usr/bin/env python3
+"""Tune a model's kernels (its DGMS build and its FP32 baseline) with MetaSchedule and the
+XGBoost cost model; records go to <tuning-logs>/<target>/<model>-w<bits>/.
+
+x86 is measured here (wall time). An ARM target is measured on devices from a tracker: the
+local emulated ones by default (started here if none runs under the key, stopped after),
+by their instruction counts unless --measure time; a real board with --tracker/--key (time).
+Killed at any point, the logs stay loadable, and the same command resumes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dgms_tvm.cli import one_line_errors
+
+
+def parse(argv):
+    from dgms_tvm.tuning import DEFAULT_LOGS
+
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", default="resnet18")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--target", default="x86")
+    p.add_argument("--trials", type=int, default=2000,
+                   help="trials over all tasks of both builds (spread by work per task)")
+    p.add_argument("--per-iter", type=int, default=16, help="candidates per search round")
+    p.add_argument("--tracker", help="HOST:PORT of real boards (default: local emulated)")
+    p.add_argument("--key", help="device key (default: the target name)")
+    p.add_argument("--devices", type=int, default=2,
+                   help="emulated devices to start when none runs (default 2)")
+    p.add_argument("--measure", choices=("time", "instructions"),
+                   help="default: instructions on emulated devices, else time")
+    p.add_argument("--tuning-logs", type=Path, default=DEFAULT_LOGS)
+    p.add_argument("--seed", type=int, default=0)
+    return p.parse_args(argv)
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse(argv)
+    from dgms_tvm import pipeline, tuning
+    from dgms_tvm.device import client, manager
+    from dgms_tvm.device.sysroot import cache_dir
+    from dgms_tvm.targets import get_profile
+
+    profile = get_profile(args.target)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    tracker, key, started, workers, measure = None, None, False, 1, args.measure or "time"
+    if profile.is_arm:
+        key = args.key or profile.name
+        if args.tracker:
+            tracker = client.Tracker(*client.parse_tracker(args.tracker))
+            if not tracker.reachable():
+                tracker.summary()  # one-line error when unreachable
+        else:
+            measure = args.measure or "instructions"
+            tracker = client.default_tracker()
+            if not tracker.reachable() or key not in tracker.summary()["queue_info"]:
+                info = manager.start(profile.name, args.devices, log=log)
+                tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
+                started = True
+        workers = max(1, tracker.free(key))
+    try:
+        loaded = pipeline.load_model(args.model, args.bits, args.seed)
+        m = tuning.make_measure(profile, measure, tracker, key, workers,
+                                cache_dir() / "tuning")
+        log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
+            f"trials, measured by {m.name} on {m.device}")
+        meta = tuning.tune(loaded, args.model, args.bits, profile, args.trials, m,
+                           args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log)
+    finally:
+        if started:
+            manager.stop(log=log)
+    folder = tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)
+    print(f"{meta['total_trials']} trials in the logs ({meta['seconds']:.0f} s of tuning in "
+          f"all): {folder}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""MetaSchedule tuning on this host: a tiny run writes records that compile applies (the
+applied kernel is the tuned one and matches the oracle), a killed run leaves a database that
+loads and resumes, and corrupt or mismatched logs give a warning and an untuned build."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import tvm
+import tvm_ffi
+
+from dgms_tvm import pipeline, tuning
+from dgms_tvm.kernels import dense
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, rel_err, run_kernel
+
+SPEC = dense.DenseSpec(2, 32, 64, bits=4)
+REPO = Path(__file__).resolve().parent.parent
+
+
+def dense_task(spec=SPEC) -> tuning.Task:
+    func = dense.compute(spec)
+    return tuning.Task(spec.name, func, 1, 2.0 * spec.m * spec.n * spec.k, ["DGMS 4-bit"],
+                       dense.FAMILY)
+
+
+@pytest.fixture(scope="module")
+def tuned(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("logs")
+    profile = get_profile("x86")
+    db = tuning.open_database(folder, create=True)
+    measure = tuning.make_measure(profile, "time")
+    done, costs, hand = tuning.tune_task(db, dense_task(), 4, profile.tvm_target(),
+                                         load_knobs("x86"), measure,
+                                         tmp_path_factory.mktemp("work"), per_iter=4)
+    return folder, done, costs, hand
+
+
+def test_tiny_run_writes_records_that_compile_applies(tuned, rng):
+    folder, done, costs, hand = tuned
+    assert done == 4 and costs and hand is not None
+    assert costs[0] <= hand  # the hand schedule is in the database: the best is no worse
+    assert all((folder / f).exists() for f in tuning.DB_FILES)
+    db = tuning.open_database(folder)
+    func = dense.compute(SPEC)
+    mod, how = tuning.apply_database(tvm.IRModule({"k": func}), db,
+                                     get_profile("x86").tvm_target(), load_knobs("x86"))
+    assert how == {"k": "tuned"}
+    applied = mod["k"]
+    assert not tvm_ffi.structural_equal(applied, func)  # not the untuned function
+    assert applied.attrs["tirx.is_scheduled"]
+    cw = random_codebook_weight(rng, SPEC.weight_shape, SPEC.bits)
+    x = rng.normal(size=(SPEC.m, SPEC.k)).astype(np.float32)
+    got = run_kernel(applied, [x, cw.packed, cw.codebook, np.zeros(SPEC.out_shape,
+                                                                   np.float32)])
+    assert rel_err(got, dense.reference(SPEC, x, cw.dense())) < 1e-5
+
+
+def test_kernels_without_a_record_keep_their_hand_schedule(tuned):
+    folder = tuned[0]
+    other = dense.compute(dense.DenseSpec(1, 16, 48, bits=2))
+    mod, how = tuning.apply_database(tvm.IRModule({"o": other}), tuning.open_database(folder),
+                                     get_profile("x86").tvm_target(), load_knobs("x86"))
+    assert how == {"o": "hand"}
+    hand = dense.schedule(other, load_knobs("x86")["cb_dense"])
+    assert tvm_ffi.structural_equal(mod["o"], hand)
+
+
+CHILD = """
+import sys
+from pathlib import Path
+from dgms_tvm import tuning
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.test_tuning import dense_task
+p = get_profile("x86")
+db = tuning.open_database(Path(sys.argv[1]), create=True)
+tuning.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
+                 tuning.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
+"""
+
+
+def test_killed_run_leaves_a_loadable_database_and_resumes(tmp_path):
+    logs, work = tmp_path / "logs", tmp_path / "work"
+    work.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", CHILD, str(logs), str(work)], cwd=REPO,
+                            start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    records = logs / tuning.DB_FILES[1]
+    deadline = time.time() + 300
+    while time.time() < deadline and proc.poll() is None:
+        if records.exists() and len(records.read_text().splitlines()) >= 5:
+            break
+        time.sleep(0.5)
+    assert proc.poll() is None, "the tuning run ended before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    # A record cut in half by the kill is dropped on load, nothing else.
+    with open(records, "a") as f:
+        f.write('[0, [["torn')
+    db = tuning.open_database(logs)
+    done, costs = tuning.records_of(db, dense_task())
+    assert 5 <= done < 64 and costs
+    profile = get_profile("x86")
+    done2, _, hand = tuning.tune_task(db, dense_task(), done + 4, profile.tvm_target(),
+                                      load_knobs("x86"), tuning.make_measure(profile, "time"),
+                                      work, per_iter=4)
+    assert done2 == done + 4  # resumed: four more trials, not a fresh start
+    assert hand is None  # the hand schedule was measured by the first run already
+
+
+@pytest.fixture(scope="module")
+def digitnet():
+    return pipeline.load_model("digitnet", 4, 0)
+
+
+def _compile(digitnet, logs, tmp_path, capsys):
+    out = tmp_path / "art"
+    manifest = pipeline.compile_model("digitnet", "x86", out, 4, loaded=digitnet, quiet=True,
+                                      tuning_logs=logs)
+    x = digitnet.example(0)
+    (got,) = pipeline.run_artifact(out, [x])
+    import torch
+
+    want = digitnet.torch_model(torch.from_numpy(x)).detach().numpy()
+    assert rel_err(got, want) < 1e-4
+    return manifest, capsys.readouterr().err
+
+
+def test_corrupt_logs_warn_and_build_untuned(digitnet, tmp_path, capsys):
+    folder = tuning.log_dir(tmp_path / "logs", "x86", "digitnet", 4)
+    folder.mkdir(parents=True)
+    for name in tuning.DB_FILES:
+        (folder / name).write_text('["not", "a workload"]\n')
+    manifest, err = _compile(digitnet, tmp_path / "logs", tmp_path, capsys)
+    assert "warning: tuning logs in" in err and "do not load" in err
+    assert manifest["tuning"]["logs"] is None and manifest["tuning"]["tuned"] == 0
+
+
+def test_mismatched_logs_warn_and_build_untuned(digitnet, tuned, tmp_path, capsys):
+    folder = tuning.log_dir(tmp_path / "logs", "x86", "digitnet", 4)
+    folder.mkdir(parents=True)
+    for name in tuning.DB_FILES:  # records of another kernel, filed under digitnet
+        (folder / name).write_bytes((tuned[0] / name).read_bytes())
+    manifest, err = _compile(digitnet, tmp_path / "logs", tmp_path, capsys)
+    assert "no record" in err and "matches a kernel of this build" in err
+    assert manifest["tuning"]["tuned"] == 0
+    assert set(manifest["tuning"]["kernels"].values()) <= {"hand", "default"}
+
+
+def test_task_extraction_covers_both_builds(digitnet):
+    tasks = tuning.extract_tasks(digitnet, get_profile("x86"), 4)
+    names = [t.name for t in tasks]
+    assert any(n.startswith("cb_conv2d") for n in names)
+    assert any(n.startswith("fp32_conv2d") and "c32" in n for n in names)  # FP32 baseline
+    assert sum(t.family is not None for t in tasks) >= 6
+    plan = tuning.budgets(tasks, 100, 8)
+    assert all(b == 0 for t, b in zip(tasks, plan, strict=True) if t.flops == 0)
+    assert all(b >= 8 for t, b in zip(tasks, plan, strict=True) if t.flops > 0)
+
+
+def test_measure_choice_errors():
+    from dgms_tvm.errors import UserError
+
+    with pytest.raises(UserError, match="emulated device only"):
+        tuning.make_measure(get_profile("x86"), "instructions")
+    with pytest.raises(UserError, match="needs devices"):
+        tuning.make_measure(get_profile("cortex-a72"), "time")
+    with pytest.raises(UserError, match="unknown measure"):
+        tuning.make_measure(get_profile("x86"), "joules")
+
+
+def test_meta_says_what_measured(tmp_path):
+    profile = get_profile("x86")
+    m = tuning.make_measure(profile, "time")
+    meta = tuning._meta("digitnet", 4, profile, m, 10, 1.0, [])
+    assert meta["measure"] == "time" and meta["run_secs_unit"] == "seconds"
+    json.dumps(meta)
