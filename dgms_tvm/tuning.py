@@ -465,6 +465,12 @@ def tune_task(db, task: Task, budget: int, target, knobs: dict, measure: Measure
         done, costs = records_of(db, task)
     left = max(0, budget - done)
     if left:
+        # MetaSchedule's logger set-up names every handler already on its logger and fails
+        # on an unnamed one (as a test runner's capture handler is): leave those out.
+        import logging
+
+        lg = logging.getLogger("tvm.s_tir.meta_schedule")
+        lg.handlers = [h for h in lg.handlers if h.get_name()]
         with target:
             ms.tune_tir(mod=task.workload(), target=target, work_dir=str(work),
                         max_trials_global=left, num_trials_per_iter=min(per_iter, left),
