@@ -183,3 +183,24 @@ def test_meta_says_what_measured(tmp_path):
     meta = tuning._meta("digitnet", 4, profile, m, 10, 1.0, [])
     assert meta["measure"] == "time" and meta["run_secs_unit"] == "seconds"
     json.dumps(meta)
+
+
+def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
+    from tvm import te
+
+    a = te.placeholder((64, 64), name="a")
+    b = te.compute((64, 64), lambda i, j: te.max(a[i, j] * 2.0, 0.0), name="b")
+    func = te.create_prim_func([a, b])
+    task = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None)
+    profile = get_profile("x86")
+    db = tuning.open_database(tmp_path / "logs", create=True)
+    done, costs, base = tuning.tune_task(db, task, 3, profile.tvm_target(), load_knobs("x86"),
+                                         tuning.make_measure(profile, "time"), tmp_path,
+                                         per_iter=2)
+    assert base is not None and done >= 1 and costs[0] <= base
+    mod, how = tuning.apply_database(tvm.IRModule({"r": func}), db, profile.tvm_target(),
+                                     load_knobs("x86"))
+    assert how == {"r": "tuned"}
+    x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
+    got = run_kernel(mod["r"], [x, np.zeros((64, 64), np.float32)])
+    assert rel_err(got, np.maximum(2 * x, 0)) < 1e-6
