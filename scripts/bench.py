@@ -48,13 +48,8 @@ def main(argv=None):
         tracker = client.Tracker(*client.parse_tracker(args.tracker))
         emulated = False
     else:
-        tracker = client.default_tracker()
-        key = args.key or args.target
-        if not tracker.reachable() or key not in tracker.summary()["queue_info"]:
-            info = manager.start(args.target, args.devices,
-                                 log=lambda m: print(m, file=sys.stderr))
-            tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
-            started = True
+        tracker, started = manager.ensure_local(args.target, args.devices, args.key,
+                                                log=lambda m: print(m, file=sys.stderr))
         emulated = True
     try:
         rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,

@@ -58,11 +58,7 @@ def main(argv=None):
                 tracker.summary()  # one-line error when unreachable
         else:
             measure = args.measure or "instructions"
-            tracker = client.default_tracker()
-            if not tracker.reachable() or key not in tracker.summary()["queue_info"]:
-                info = manager.start(profile.name, args.devices, log=log)
-                tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
-                started = True
+            tracker, started = manager.ensure_local(profile.name, args.devices, key, log=log)
         workers = max(1, tracker.free(key))
     try:
         loaded = pipeline.load_model(args.model, args.bits, args.seed)

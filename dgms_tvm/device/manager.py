@@ -213,3 +213,22 @@ def status() -> str:
                 else f"tracker {e['host']}:{e['port']}")
         lines.append(f"started here: {e['kind']} pid {e['pid']} ({what}): {state}")
     return "\n".join(lines)
+
+
+def ensure_local(cpu: str, count: int, key: str | None = None, log=print):
+    """The local tracker when it already serves ``key``, else ``count`` emulated ``cpu``
+    devices started now (with a tracker if none answers).
+
+    Returns
+    -------
+    (Tracker, bool)
+        The tracker, and whether devices were started here (the caller stops them).
+    """
+    from .client import default_tracker
+
+    key = key or get_profile(cpu).name
+    tracker = default_tracker()
+    if tracker.reachable() and key in tracker.summary()["queue_info"]:
+        return tracker, False
+    info = start(cpu, count, key=key, log=log)
+    return Tracker(*parse_tracker(info["tracker"])), True
