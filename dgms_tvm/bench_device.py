@@ -215,7 +215,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
         emulated: bool = True, counting: bool = True, peers: bool = True,
         per_layer: bool = True, workers: int | None = None,
-        tuning_logs: Path | None = None) -> dict:
+        tuning_logs: Path | None = None, strategy: str = "auto") -> dict:
     """Compile both builds, run them (and their kernels one by one) on every free device
     under the key, write the report files."""
     import tvm
@@ -238,7 +238,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         _log(f"[{i}/3] compiling {label} for {profile.name}")
         folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
         artifact.check_output_dir(folder)
-        b = pipeline.build_model(loaded, profile, bits, fp32, tuning_logs=tuning_logs)
+        b = pipeline.build_model(loaded, profile, bits, fp32, tuning_logs=tuning_logs,
+                                 strategy=strategy)
         pipeline.write_artifact(b, profile, folder)
         check_compatible(b.manifest, key)
         builds[label], folders[label] = b, folder
@@ -302,6 +303,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
         "layers": _layers(sites, by, builds) if per_layer else [],
+        "strategy": builds[f"DGMS {bits}-bit"].manifest.get("strategy"),
         "tuning": {label: {"logs": b.manifest["tuning"]["logs"],
                            "tuned_kernels": b.manifest["tuning"]["tuned"],
                            "kernels": len(b.manifest["tuning"]["kernels"])}
@@ -326,15 +328,36 @@ def _peer(label, fp32, x, profile, repeat, output) -> dict:
 
 def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
     """Per call site of ``main`` (the same graph in both builds, so sites pair by position):
-    each build's kernel and its time / instructions per call."""
+    each build's kernel and its time / instructions per call. An int8 layer's input
+    quantization (its own kernel, just before it) counts in that layer's row."""
     labels = list(sites)
-    n = len(sites[labels[0]])
-    if any(len(sites[lb]) != n for lb in labels):  # not the same graph: list them apart
-        return [{"index": i, lb: {"kernel": name, **_strip(by[("kernel", lb, name)])}}
-                for lb in labels for i, name in enumerate(sites[lb])]
-    return [{"index": i, **{lb: {"kernel": sites[lb][i],
-                                 **_strip(by[("kernel", lb, sites[lb][i])])}
-                            for lb in labels}} for i in range(n)]
+    groups = {lb: _group(sites[lb]) for lb in labels}
+    n = len(groups[labels[0]])
+    if any(len(groups[lb]) != n for lb in labels):  # not the same graph: list them apart
+        return [{"index": i, lb: _entry(g, lb, by)}
+                for lb in labels for i, g in enumerate(groups[lb])]
+    return [{"index": i, **{lb: _entry(groups[lb][i], lb, by) for lb in labels}}
+            for i in range(n)]
+
+
+def _group(names: list[str]) -> list[list[str]]:
+    """Call sites as layers: a quantize kernel joins the site after it."""
+    from .kernels.int8 import QUANT_FAMILY
+
+    out, pending = [], []
+    for name in names:
+        pending.append(name)
+        if not name.startswith(QUANT_FAMILY):
+            out.append(pending)
+            pending = []
+    return out + ([pending] if pending else [])
+
+
+def _entry(names: list[str], label: str, by: dict) -> dict:
+    parts = [_strip(by[("kernel", label, nm)]) for nm in names]
+    mi = [p["minstr"] for p in parts]
+    return {"kernel": " + ".join(names), "median_ms": sum(p["median_ms"] for p in parts),
+            "minstr": None if None in mi else sum(mi)}
 
 
 def _strip(res: dict) -> dict:
@@ -369,6 +392,11 @@ def format_markdown(rep: dict) -> str:
               f"- DGMS outputs vs FP32 reference: max relative error "
               f"{rep['max_rel_err_vs_fp32']:.1e}",
               f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
+    if rep.get("strategy"):
+        st = rep["strategy"]
+        lines.append(f"- DGMS strategy {st['requested']} -> {st['resolved']} ("
+                     + ", ".join(f"{n} conv layers {k}" for k, n in st["layers"].items() if n)
+                     + ")")
     for label, t in (rep.get("tuning") or {}).items():
         lines.append(f"- {label}: " + (f"{t['tuned_kernels']} of {t['kernels']} kernels from "
                                         f"tuning logs {t['logs']}" if t["logs"] else

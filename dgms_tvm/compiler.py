@@ -24,7 +24,7 @@ class Lowered:
 
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
-          fp32_kernels: bool = True) -> Lowered:
+          fp32_kernels: bool = True, strategy: str = "exact") -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
@@ -36,12 +36,15 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
         False builds the FP32 baseline: the same graph, kernels and schedules, float weights.
     fp32_kernels : bool
         False leaves FP32 conv2d / dense layers to TVM's default lowering (untuned TVM).
+    strategy : str
+        ``exact`` or ``int8`` for the codebook conv2d layers (see :func:`resolve_strategy`).
     """
     records: list[LayerRecord] = []
     mod = imported.mod
     if codebooks or fp32_kernels:
         policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
-                                codebooks=codebooks, fp32_kernels=fp32_kernels)
+                                codebooks=codebooks, fp32_kernels=fp32_kernels,
+                                strategy=strategy)
         mod = lower_codebook_layers(policy, records)(mod)
         errors = [r.error for r in records if r.error]
         if errors:
@@ -51,6 +54,25 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
     mod = relax.transform.BindParams("main", binds)(mod)
     return Lowered(mod, records)
+
+
+#: ``--strategy`` values. ``lut`` (activation lookup tables) is not built yet.
+STRATEGIES = ("auto", "exact", "int8")
+
+
+def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None = None) -> str:
+    """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
+    ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
+    16 multiply-adds per instruction against 4 for an FP32 ``fmla``), ``exact`` elsewhere (the
+    int8 kernel's generic vector code has no such advantage). Layers the int8 kernel cannot
+    take stay exact either way; the manifest says per layer what it got."""
+    if requested not in STRATEGIES:
+        raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)}; "
+                        "lut is not built yet)")
+    if requested != "auto":
+        return requested
+    knobs = knobs if knobs is not None else load_knobs(profile.name)
+    return "int8" if knobs["q8_conv2d"].get("dot") == "sdot" else "exact"
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,

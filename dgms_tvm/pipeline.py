@@ -94,14 +94,17 @@ class Build:
 
 def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                 quiet: bool = True, t0: float | None = None,
-                tuning_logs: Path | None = None) -> Build:
+                tuning_logs: Path | None = None, strategy: str = "auto") -> Build:
     """Lower, schedule and compile an imported model for ``profile``; kernels with a record
-    in the matching tuning logs under ``tuning_logs`` get their tuned schedule."""
+    in the matching tuning logs under ``tuning_logs`` get their tuned schedule. ``strategy``:
+    see :func:`compiler.resolve_strategy` (the FP32 build has no codebook layer to apply it
+    to)."""
     from . import tuning
 
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
-    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
+    resolved = compiler.resolve_strategy(strategy, profile)
+    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
          f"({time.perf_counter() - t0:.1f} s)", quiet)
     db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
@@ -110,6 +113,9 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     module = compiler.prepare(lowered, profile, database=db, applied=applied)
     exe = tvm.compile(module, target=profile.tvm_target())
     manifest = make_manifest(loaded, lowered, profile, bits, fp32)
+    if not fp32:
+        manifest["strategy"] = {"requested": strategy, "resolved": resolved, "layers": {
+            s: sum(r.strategy == s for r in lowered.records) for s in ("exact", "int8")}}
     tuned = sorted(k for k, v in applied.items() if v == "tuned")
     manifest["tuning"] = {"logs": str(folder) if db is not None else None,
                           "kernels": applied, "tuned": len(tuned)}
@@ -136,7 +142,7 @@ def write_artifact(build: Build, profile, output: Path) -> None:
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
                   fp32: bool = False, seed: int = 0, quiet: bool = False,
                   loaded: LoadedModel | None = None,
-                  tuning_logs: Path | None = None) -> dict:
+                  tuning_logs: Path | None = None, strategy: str = "auto") -> dict:
     """Compile ``model`` for ``target`` into the artifact folder ``output`` (``loaded``: the
     model already loaded, so that several builds of one model import it once;
     ``tuning_logs``: the root of the tuning logs to apply, None for none).
@@ -152,7 +158,8 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
     loaded = loaded or load_model(model, bits, seed)
-    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs)
+    compiler.resolve_strategy(strategy, profile)  # a bad value fails before the import
+    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
     write_artifact(build, profile, output)
     _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)
@@ -215,6 +222,10 @@ def format_table(manifest: dict) -> str:
         f"{s['layers_lowered']} of {s['layers_seen']} conv2d/dense layers lowered to codebook "
         f"kernels; weights {s['weight_bytes_fp32'] / 2**20:.2f} MiB FP32 -> "
         f"{s['weight_bytes_codebook'] / 2**20:.2f} MiB; target {manifest['target']['name']}")
+    if "strategy" in manifest:
+        st = manifest["strategy"]
+        lines.append(f"strategy {st['requested']} -> {st['resolved']}: " + ", ".join(
+            f"{n} layers {k}" for k, n in st["layers"].items() if n))
     return "\n".join(lines)
 
 

@@ -34,6 +34,9 @@ def parse(argv):
                    help="root of the tuning logs to apply, or 'none' (default tuning_logs/)")
     p.add_argument("--no-per-layer", action="store_true",
                    help="skip the per-layer breakdown (each kernel run alone)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
+                   help="the DGMS build's codebook conv2d arithmetic (see compile.py; "
+                        "default auto)")
     return p.parse_args(argv)
 
 
@@ -55,7 +58,8 @@ def main(argv=None):
         rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
                                args.output, args.repeat, args.number, emulated=emulated,
                                per_layer=not args.no_per_layer,
-                               tuning_logs=logs_root(args.tuning_logs))
+                               tuning_logs=logs_root(args.tuning_logs),
+                               strategy=args.strategy)
     finally:
         if started:
             manager.stop(log=lambda m: print(m, file=sys.stderr))

@@ -31,6 +31,11 @@ def parse(argv):
     p.add_argument("--tuning-logs", default="tuning_logs",
                    help="root of the tuning logs to apply (<root>/<target>/<model>-w<bits>/), "
                         "or 'none' for the hand schedules only (default tuning_logs/)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
+                   help="codebook conv2d arithmetic: exact (float32 activations, matches "
+                        "PyTorch), int8 (activations quantized per tensor, int32 sums; sdot "
+                        "on dotprod cores), or auto: int8 where the core has sdot, else exact "
+                        "(default auto; the manifest says what each layer got)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)
 
@@ -42,7 +47,8 @@ def main(argv=None):
 
     manifest = pipeline.compile_model(args.model, args.target, args.output, bits=args.bits,
                                       fp32=args.fp32, seed=args.seed, quiet=args.quiet,
-                                      tuning_logs=logs_root(args.tuning_logs))
+                                      tuning_logs=logs_root(args.tuning_logs),
+                                      strategy=args.strategy)
     if not args.quiet:
         print(pipeline.format_table(manifest))
         print(f"artifact: {args.output}/{manifest['library']} + manifest.json")

@@ -29,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..detect import NotACodebook, find_codebook
 from ..kernels import conv2d as kconv
 from ..kernels import dense as kdense
+from ..kernels import int8 as kint8
 from ..kernels.common import FP32_WEIGHT
 from .records import LayerRecord, LoweringPolicy
 
@@ -162,9 +163,32 @@ class _Rewriter(PyExprMutator):
             bits=FP32_WEIGHT if cw is None else cw.bits,
             scaled=cw is not None and cw.scale is not None)
         self._note(rec, cw, spec)
+        out_ty = relax.TensorType(spec.out_shape, "float32")
+        if cw is not None:
+            rec.strategy = "exact"
+            if self.policy.strategy == "int8":
+                why = kint8.supports(spec)
+                if not why:
+                    return self._int8_conv2d(x, cw, spec, rec, out_ty)
+                rec.reason = f"exact: {why}"
         gv = self._kernel(kconv.compute, spec)
-        return relax.call_tir(gv, self._operands(x, cw, value), out_ty=relax.TensorType(
-            spec.out_shape, "float32"))
+        return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
+
+    def _int8_conv2d(self, x, cw, spec, rec, out_ty):
+        """Quantize the input (its own kernel), then the int8 conv (see kernels.int8)."""
+        rec.strategy, rec.kernel = "int8", kint8.name(spec)
+        qs = kint8.QuantSpec.of(spec)
+        if qs.name not in self.kernels:
+            self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs), qs.name)
+        if rec.kernel not in self.kernels:
+            self.kernels[rec.kernel] = self.builder_.add_func(kint8.compute(spec), rec.kernel)
+        q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
+            relax.TensorType(qs.out_shape, "int8"), relax.TensorType((1,), "float32")]))
+        qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+        args = [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1),
+                relax.const(cw.packed, "uint8"), relax.const(qcb, "int8"),
+                relax.const(d, "float32")]
+        return relax.call_tir(self.kernels[rec.kernel], args, out_ty=out_ty)
 
     def _matmul(self, call):
         x, wexpr = call.args
@@ -200,6 +224,8 @@ class _Rewriter(PyExprMutator):
         spec = kdense.DenseSpec(m, n, k, bits=FP32_WEIGHT if cw is None else cw.bits,
                                 scaled=cw is not None and cw.scale is not None)
         self._note(rec, cw, spec)
+        if cw is not None:
+            rec.strategy = "exact"  # no int8 dense kernel yet
         gv = self._kernel(kdense.compute, spec)
         x2 = x if len(xshape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
         y = relax.call_tir(gv, self._operands(x2, cw, value),

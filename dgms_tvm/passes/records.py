@@ -26,6 +26,7 @@ class LayerRecord:
     kernel: str | None = None
     fp32_kernel: str | None = None
     packed_bytes: int | None = None  # storage of the lowered form (CodebookWeight.nbytes)
+    strategy: str | None = None  # "exact" or "int8" for a lowered layer
     reason: str = ""
     error: str = ""
 
@@ -62,6 +63,11 @@ class LoweringPolicy:
     fp32_kernels : bool
         Run layers that stay FP32 through the same kernels and schedules with their float32
         weight (True), or leave them to TVM's default lowering (False).
+    strategy : str
+        ``exact`` (float32 activations, weights decoded to float32) or ``int8`` (activations
+        quantized per tensor at run time, int8 codebook, int32 sums: ``kernels.int8``) for
+        every codebook conv2d that the int8 kernel takes; the rest stay exact, and the record
+        says why.
     """
 
     weights: dict[str, np.ndarray]
@@ -70,6 +76,7 @@ class LoweringPolicy:
     names: dict[str, str] = dataclasses.field(default_factory=dict)
     codebooks: bool = True
     fp32_kernels: bool = True
+    strategy: str = "exact"
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)

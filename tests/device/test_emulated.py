@@ -13,13 +13,14 @@ import tvm
 from dgms_tvm import pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import conv2d, dense
+from dgms_tvm.kernels import conv2d, dense, int8
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
 
 CPU = "cortex-a72"
+DOTPROD = "neoverse-n1"
 
 
 @pytest.fixture(scope="module")
@@ -28,6 +29,8 @@ def device(tmp_path_factory):
     old = os.environ.get("DGMS_TVM_RUN_DIR")
     os.environ["DGMS_TVM_RUN_DIR"] = str(run)
     info = manager.start(CPU, count=2, log=lambda *_: None)  # two devices under one key
+    # ... and a dotprod core under its own key, for the sdot kernels.
+    manager.start(DOTPROD, count=1, tracker=info["tracker"], log=lambda *_: None)
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
     yield tracker, run
     pids = [e["pid"] for e in manager._load_state()]
@@ -52,18 +55,31 @@ def _pgid(pid):
         return None
 
 
-def _run_kernel_remote(tracker, func, args, tmp_path):
-    profile = get_profile(CPU)
-    lib = tvm.compile(standalone(func), target=profile.tvm_target())
-    path = tmp_path / "kernel.so"
+def _run_kernel_remote(tracker, func, args, tmp_path, cpu=CPU):
+    return _run_kernels_remote(tracker, [(func, args)], tmp_path, cpu)[-1]
+
+
+def _run_kernels_remote(tracker, calls, tmp_path, cpu=CPU):
+    """Run kernels one after the other on one device of ``cpu``; an argument may be
+    ``(i, j)``: output ``j`` of call ``i``, left on the device. Returns each call's last
+    output."""
+    profile = get_profile(cpu)
+    mod = tvm.IRModule({f"k{i}": f.with_attr("global_symbol", f"k{i}")
+                        for i, (f, _) in enumerate(calls)})
+    lib = tvm.compile(mod, target=profile.tvm_target())
+    path = tmp_path / f"kernels-{cpu}.so"
     lib.export_library(str(path), fcompile=profile.cross_compiler())
-    sess = tracker.request(CPU, timeout=120)
+    sess = tracker.request(cpu, timeout=120)
     sess.upload(str(path))
-    rlib = sess.load_module("kernel.so")
+    rlib = sess.load_module(path.name)
     dev = sess.cpu()
-    targs = [tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
-    rlib["main"](*targs)
-    return targs[-1].numpy()
+    done = []
+    for i, (_, args) in enumerate(calls):
+        targs = [done[a[0]][a[1]] if isinstance(a, tuple) else
+                 tvm.runtime.tensor(np.ascontiguousarray(a), dev) for a in args]
+        rlib[f"k{i}"](*targs)
+        done.append(targs)
+    return [t[-1].numpy() for t in done]
 
 
 @pytest.mark.parametrize("bits,scaled", [(3, True), (4, False)])
@@ -91,6 +107,27 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     got = _run_kernel_remote(tracker, func, [x, cw.packed, cw.codebook,
                                              np.zeros(spec.out_shape, np.float32)], tmp_path)
     assert rel_err(got, dense.reference(spec, x, cw.dense())) < 1e-5
+
+
+@pytest.mark.parametrize("cpu", [CPU, DOTPROD])
+def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
+    """Quantize + int8 conv: sdot on the dotprod core, NEON integer code on the other."""
+    tracker, _ = device
+    knobs = load_knobs(cpu)["q8_conv2d"]
+    assert (knobs["dot"] == "sdot") == (cpu == DOTPROD)
+    for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4,
+                                   scaled=True),
+                 conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=2)):
+        cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
+        q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+        x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
+        qs = int8.QuantSpec.of(spec)
+        calls = [(int8.quant_schedule(int8.quant_compute(qs), {}),
+                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)]),
+                 (int8.schedule(int8.compute(spec), knobs),
+                  [(0, 1), (0, 2), cw.packed, q, d, np.zeros(spec.out_shape, np.float32)])]
+        got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
+        assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6, spec.name
 
 
 @pytest.fixture(scope="module")

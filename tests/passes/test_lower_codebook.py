@@ -199,3 +199,33 @@ def test_pass_on_constants_bound_in_the_ir():
     assert all(r.name.startswith("constant_") for r in records)
     exe = compiler.build(compiler.Lowered(mod, records), get_profile("x86"))
     assert rel_err(compiler.run_local(exe, [x.numpy()])[0], net(x).detach().numpy()) < 1e-4
+
+
+def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
+    net, _ = _quantized_net()
+    x = torch.randn(1, 3, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    exact = compiler.lower(imported, 4)
+    lowered = compiler.lower(imported, 4, strategy="int8")
+    by_name = {r.name: r for r in lowered.records}
+    assert by_name["conv.weight"].strategy == "int8"
+    assert by_name["conv.weight"].kernel.startswith("q8_conv2d_")
+    for name in ("dw.weight", "grouped.weight"):
+        assert by_name[name].strategy == "exact" and "groups" in by_name[name].reason
+    assert by_name["fc.weight"].strategy == "exact"
+    assert by_name["stem.weight"].strategy is None  # not a codebook: FP32
+    families = [str(f.attrs[KERNEL_ATTR]) for op, f in _calls(lowered.mod) if op == "call_tir"]
+    assert families[:3] == ["cb_conv2d", "q8_quant", "q8_conv2d"]
+    target = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
+    want = compiler.run_local(compiler.build(exact, target), [x.numpy()])[0]
+    assert 0 < rel_err(got, want) < 0.05  # int8 rounding: close, not equal
+
+
+def test_strategy_choice():
+    n1, a72 = get_profile("neoverse-n1"), get_profile("cortex-a72")
+    assert compiler.resolve_strategy("auto", n1) == "int8"  # sdot
+    assert compiler.resolve_strategy("auto", a72) == "exact"
+    assert compiler.resolve_strategy("int8", a72) == "int8"
+    with pytest.raises(UserError, match="unknown strategy 'lut'"):
+        compiler.resolve_strategy("lut", n1)

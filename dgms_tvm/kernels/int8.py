@@ -1,0 +1,285 @@
+"""The int8 strategy of a codebook conv2d: compute, NumPy oracle and hand-written schedule.
+
+Weights: the layer's codebook becomes int8 entries ``q = round(codebook / s_cb)`` with
+``s_cb = max|codebook| / 127`` (entry 0 stays exactly 0), and the per-channel factor
+``D[o] = s_cb * scale[o]`` (``scale`` is the folded BatchNorm, 1 without one) is applied to
+the output, so one 2^b-entry table serves every channel. The packed indices are the same
+operand the exact kernel reads.
+
+Activations: quantized symmetrically per tensor at run time (``s_x = max|X| / 127``, no
+calibration set to get wrong), rounded to nearest-even, into a zero-padded, channel-innermost
+``int8[N, Hp, Wp, C4]`` copy (``C4``: channels rounded up to 4).
+
+Arithmetic: int8 x int8 products summed in int32 over ``(r, s, c)``, four channels by four
+outputs at a time: one ``sdot`` per 16 products on cores with dotprod (TVM's own
+``dot_4x4_i8i8s32_sdot`` tensor intrinsic), the generic vectorised form elsewhere; then
+``Y = float(acc) * s_x * D[o]``.
+
+Only ``groups == 1`` layers with output channels in multiples of 4 take this strategy (the
+pass keeps the others exact).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+
+import numpy as np
+import tvm
+from tvm import te
+
+from ..format import row_bytes
+from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .conv2d import Conv2dSpec, _spec_from
+from .conv2d import reference as conv_reference
+
+FAMILY = "q8_conv2d"
+QUANT_FAMILY = "q8_quant"
+#: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
+TINY = np.float32(1e-30)
+
+
+def supports(spec: Conv2dSpec) -> str:
+    """Empty when the int8 strategy can take ``spec``, else why not."""
+    if spec.groups != 1:
+        return "grouped / depthwise conv (int8 strategy needs groups == 1)"
+    if spec.out_channels % 4:
+        return f"{spec.out_channels} output channels (int8 strategy needs a multiple of 4)"
+    return ""
+
+
+def name(spec: Conv2dSpec) -> str:
+    return FAMILY + spec.name[len("cb_conv2d"):]
+
+
+def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
+                      out_channels: int) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codebook entries, float32 per-channel output factor ``D``)."""
+    cb = np.asarray(codebook, np.float64)
+    top = float(np.abs(cb).max())
+    s_cb = top / 127 if top > 0 else 1.0
+    q = np.clip(np.rint(cb / s_cb), -127, 127).astype(np.int8)
+    d = np.full(out_channels, s_cb) * (1.0 if scale is None else np.asarray(scale, np.float64))
+    return q, d.astype(np.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class QuantSpec:
+    """The activation quantization in front of an int8 conv2d: input shape and padding."""
+
+    batch: int
+    channels: int
+    height: int
+    width: int
+    padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+
+    @classmethod
+    def of(cls, spec: Conv2dSpec) -> QuantSpec:
+        return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding))
+
+    @property
+    def c4(self) -> int:
+        return (self.channels + 3) // 4 * 4
+
+    @property
+    def out_shape(self) -> tuple[int, int, int, int]:
+        pt, pl, pb, pr = self.padding
+        return (self.batch, self.height + pt + pb, self.width + pl + pr, self.c4)
+
+    @property
+    def name(self) -> str:
+        return (f"{QUANT_FAMILY}_n{self.batch}_c{self.channels}_h{self.height}_w{self.width}"
+                f"_p{'x'.join(map(str, self.padding))}")
+
+
+def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``X -> (Xq, s_x)``: ``Xq`` is X quantized symmetrically per tensor into a
+    zero-padded, channel-innermost ``int8[N, Hp, Wp, C4]``; ``s_x = max|X| / 127``.
+
+    A kernel of its own (not a block of the conv) so that the conv reads ``s_x`` as an input
+    and can dequantize each register tile where it is computed.
+    """
+    s = spec
+    pt, pl, _, _ = s.padding
+    x = te.placeholder(tuple(map(i64, (s.batch, s.channels, s.height, s.width))), "float32",
+                       "X")
+    an, ac, ah, aw = (te.reduce_axis((i64(0), i64(e)), f"a{v}")
+                      for v, e in zip("nchw", (s.batch, s.channels, s.height, s.width)))
+    amax = te.compute((i64(1),), lambda _: te.max(te.abs(x[an, ac, ah, aw]),
+                                                  axis=[an, ac, ah, aw]), name="amax")
+
+    def level():  # max|X| with the all-zero guard
+        return tvm.tirx.max(amax[0], tvm.tirx.const(float(TINY), "float32"))
+
+    def quant(n, h, w, c):
+        inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width,
+                              c < s.channels)
+        v = tvm.tirx.round(x[n, c, h - pt, w - pl] * (tvm.tirx.const(127.0, "float32") / level()))
+        v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0)
+        return tvm.tirx.if_then_else(inside, v.astype("int8"), tvm.tirx.const(0, "int8"))
+
+    xq = te.compute(tuple(map(i64, s.out_shape)), quant, name="quant")
+    sx = te.compute((i64(1),), lambda i: level() / tvm.tirx.const(127.0, "float32"), name="scale")
+    func = te.create_prim_func([x, xq, sx])
+    return func.with_attrs({
+        KERNEL_ATTR: QUANT_FAMILY,
+        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        "op_pattern": OPAQUE,
+        "tirx.noalias": True,
+    }).without_attr("global_symbol")
+
+
+def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
+    """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D) -> Y`` (``Xq``, ``s_x``
+    from :func:`quant_compute`).
+
+    Blocks: ``decode`` (the weight as int8 ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``: the 4x4
+    tiles ``sdot`` takes), ``acc`` (int32 sums, NCHW) and ``dequant``.
+    """
+    s = spec
+    if supports(s):
+        raise ValueError(supports(s))
+    kh, kw = s.kernel
+    qs = QuantSpec.of(s)
+    c4 = qs.c4
+    xq = te.placeholder(tuple(map(i64, qs.out_shape)), "int8", "Xq")
+    sx = te.placeholder((i64(1),), "float32", "SX")
+    p = te.placeholder((i64(s.out_channels), i64(row_bytes(s.reduction, s.bits))), "uint8", "P")
+    qcb = te.placeholder((i64(1 << s.bits),), "int8", "Q")
+    d = te.placeholder((i64(s.out_channels),), "float32", "D")
+
+    def weight(oo, r, q, cb, o4, cc):
+        c = cb * 4 + cc
+        k = (c * kh + r) * kw + q
+        return tvm.tirx.if_then_else(c < s.in_channels,
+                                     qcb[decode_index(p, oo * 4 + o4, k, s.bits)],
+                                     tvm.tirx.const(0, "int8"))
+
+    wq = te.compute(tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // 4, 4, 4))), weight,
+                    name="decode")
+    rr = te.reduce_axis((i64(0), i64(kh)), "rr")
+    rq = te.reduce_axis((i64(0), i64(kw)), "rq")
+    rb = te.reduce_axis((i64(0), i64(c4 // 4)), "rb")
+    rc = te.reduce_axis((i64(0), i64(4)), "rc")
+    (sh, sw), (dh, dw) = s.stride, s.dilation
+    acc = te.compute(
+        tuple(map(i64, s.out_shape)),
+        lambda n, o, yy, xx: te.sum(
+            xq[n, yy * sh + rr * dh, xx * sw + rq * dw, rb * 4 + rc].astype("int32")
+            * wq[o // 4, rr, rq, rb, o % 4, rc].astype("int32"),
+            axis=[rr, rq, rb, rc]),
+        name="acc")
+    y = te.compute(tuple(map(i64, s.out_shape)),
+                   lambda n, o, yy, xx: acc[n, o, yy, xx].astype("float32") * sx[0] * d[o],
+                   name="dequant")
+    func = te.create_prim_func([xq, sx, p, qcb, d, y])
+    return func.with_attrs({
+        KERNEL_ATTR: FAMILY,
+        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        "op_pattern": OPAQUE,
+        "tirx.noalias": True,
+    }).without_attr("global_symbol")
+
+
+def quantize_input(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """The kernel's activation quantization in NumPy: (int8 values, scale ``s_x``)."""
+    x = np.asarray(x, np.float32)
+    level = np.maximum(np.abs(x).max(), TINY).astype(np.float32)
+    inv = np.float32(127.0) / level
+    v = np.clip(np.rint(x * inv), -127, 127)
+    return v.astype(np.int8), np.float32(level / np.float32(127.0))
+
+
+def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
+    """NumPy oracle of the int8 strategy: the same quantization, exact integer sums."""
+    xq, sx = quantize_input(x)
+    w = np.asarray(q_codebook)[np.asarray(indices)].astype(np.float64)
+    acc = conv_reference(spec, xq, w)  # exact sums, rounded to float32 as the kernel does
+    return (acc * sx * np.asarray(d, np.float32)[None, :, None, None])
+
+
+def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
+    """(columns, 4-channel blocks) of the register tile: the divisors of the output width and
+    channel count (up to ``ow_tile`` / ``oc_blocks``) with the fewest instructions per
+    ``sdot`` (one weight load per block, one input broadcast per column) whose accumulators,
+    inputs and one weight vector fit in ``registers``."""
+    best, cost = (1, 1), float("inf")
+    for xt in (d for d in range(1, knobs["ow_tile"] + 1) if spec.out_w % d == 0):
+        for ob in (d for d in range(1, knobs["oc_blocks"] + 1)
+                   if (spec.out_channels // 4) % d == 0):
+            if xt * ob + xt + 1 > knobs["registers"] - 2:
+                continue
+            c = (xt + ob + xt * ob) / (xt * ob)
+            if c < cost - 1e-9:
+                best, cost = (xt, ob), c
+    return best
+
+
+def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    """Hand-written CPU schedule; ``knobs`` come from ``schedules/<target>.json``.
+
+    Knobs: ``oc_blocks`` / ``ow_tile`` (the largest register tile in 4-channel blocks / output
+    columns, see :func:`register_tile`), ``registers`` (vector registers), ``dot`` (``sdot``: the dotprod instruction; ``none``: generic vector code).
+    """
+    sch = tvm.s_tir.Schedule(func)
+    apply(sch, knobs)
+    return sch.mod["main"]
+
+
+def apply(sch, knobs: dict, sample: bool = False) -> None:
+    """The schedule's steps on ``sch`` (no sampled form yet: tuning leaves int8 kernels to
+    this hand schedule)."""
+    spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
+    dec, acc, deq = sch.get_sblock("decode"), sch.get_sblock("acc"), sch.get_sblock("dequant")
+    # Step 1. Register tile: ow_tile columns x 4*oc_blocks channels, summed 4 channels at a
+    # time (the innermost 4x4 is one sdot: 4 outputs x 4 input channels;
+    # its intrinsic: .intrin).
+    n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
+    xt, ob = register_tile(spec, knobs)
+    oo, oi, o4 = sch.split(o, [None, ob, 4])
+    xo, xi = sch.split(xx, [None, xt])
+    sdot = knobs.get("dot") == "sdot"
+    # Without sdot the 4 channels are the vector lanes, summed over the 4 inputs.
+    inner = (o4, rc) if sdot else (rc, o4)
+    sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, *inner)
+    # Step 2. Accumulate in a local tile laid out channel-innermost (what sdot writes), and
+    # dequantize it straight from there.
+    local = sch.cache_write(acc, 0, "local")
+    sch.compute_inline(local)
+    sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
+    sch.reverse_compute_at(deq, xo)
+    # Step 3. Decode the int8 weight tile once per output-channel tile (one lookup per weight
+    # per call).
+    sch.compute_at(dec, oo)
+    sch.parallel(sch.fuse(n, oo))
+    sch.unroll(oi)
+    sch.unroll(xi)
+    if sdot:
+        from .intrin import sdot_4x4
+
+        init = sch.decompose_reduction(acc, rr)
+        sch.vectorize(sch.get_loops(init)[-1])
+        sch.tensorize(o4, sdot_4x4())
+    else:
+        sch.unroll(rc)
+        sch.vectorize(o4)
+        sch.decompose_reduction(acc, rr)
+    del sample
+
+
+def quant_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    sch = tvm.s_tir.Schedule(func)
+    quant_apply(sch, knobs)
+    return sch.mod["main"]
+
+
+def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
+    """Quantize in parallel over rows; max|X| is one serial pass."""
+    qn, qh, _, _ = sch.get_loops(sch.get_sblock("quant"))
+    sch.parallel(sch.fuse(qn, qh))
+    del knobs, sample
+
+
+#: The quantize kernel's entry in the family table (``kernels.FAMILIES``).
+QUANT = types.SimpleNamespace(FAMILY=QUANT_FAMILY, schedule=quant_schedule, apply=quant_apply)

@@ -1,0 +1,119 @@
+"""The int8 strategy of the codebook conv2d (kernels.int8): its NumPy oracle against the
+exact conv, the kernels (quantize + int8 conv) against the oracle on the host, scheduled and
+unscheduled, and the sdot form built for a dotprod core. Running on emulated cores: see
+tests/device/test_emulated.py."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import tvm
+
+from dgms_tvm.kernels import conv2d, int8
+from dgms_tvm.kernels.common import standalone
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, rel_err, run_kernel
+
+S = conv2d.Conv2dSpec
+CASES = [
+    (S(1, 16, 10, 10, 32, (3, 3), padding=(1, 1, 1, 1)), "3x3 same"),
+    (S(1, 16, 9, 11, 24, (3, 3), (2, 2), (1, 1, 1, 1)), "stride 2, odd sizes"),
+    (S(2, 8, 8, 8, 16, (1, 1)), "1x1, batch 2"),
+    (S(1, 8, 9, 9, 8, (1, 1), (2, 2)), "1x1 stride 2"),
+    (S(1, 8, 12, 12, 8, (3, 3), (1, 1), (2, 2, 2, 2), (2, 2)), "dilation 2"),
+    (S(1, 6, 11, 9, 12, (3, 3), (2, 1), (1, 0, 2, 1), (2, 1)), "6 channels (padded to 8), "
+     "asymmetric padding, mixed stride and dilation"),
+    (S(1, 3, 15, 15, 8, (5, 5), (3, 3), (2, 2, 2, 2)), "3 channels, 5x5 stride 3"),
+    (S(1, 16, 7, 7, 64, (3, 3), (1, 1), (1, 1, 1, 1)), "7 wide, 64 channels"),
+]
+
+
+def _weights(spec, rng):
+    cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
+    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+    return cw, q, d
+
+
+def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel):
+    """Quantize kernel then int8 conv kernel (hand-scheduled with ``knobs``, else
+    unscheduled)."""
+    qs = int8.QuantSpec.of(spec)
+    qf, cf = int8.quant_compute(qs), int8.compute(spec)
+    if knobs is not None:
+        qf, cf = int8.quant_schedule(qf, {}), int8.schedule(cf, knobs)
+    lib = tvm.compile(standalone(qf), target=get_profile("x86").tvm_target())
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    return run(cf, [xq.numpy(), sx.numpy(), cw.packed, q, d, np.zeros(spec.out_shape,
+                                                                       np.float32)])
+
+
+@pytest.mark.parametrize("spec,why", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4, 8])
+def test_int8_conv2d_matches_its_oracle(spec, why, bits, rng):
+    spec = dataclasses.replace(spec, bits=bits, scaled=bits in (3, 4))
+    cw, q, d = _weights(spec, rng)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    want = int8.reference(spec, x, cw.indices(), q, d)
+    got = run_int8(spec, x, cw, q, d, load_knobs("x86")["q8_conv2d"])
+    assert got.shape == want.shape
+    assert rel_err(got, want) < 1e-6, spec.name
+    # ... and the oracle is the exact conv up to the int8 rounding of inputs and codebook.
+    assert rel_err(want, conv2d.reference(spec, x, cw.dense())) < 0.03
+
+
+@pytest.mark.parametrize("spec,why", CASES[:3], ids=[c[1] for c in CASES[:3]])
+def test_unscheduled_int8_conv2d_matches_its_oracle(spec, why, rng):
+    cw, q, d = _weights(spec, rng)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    assert rel_err(run_int8(spec, x, cw, q, d), int8.reference(spec, x, cw.indices(), q, d)) \
+        < 1e-6
+
+
+def test_quantization_details(rng):
+    # The codebook's zero stays exactly zero; the largest entry maps to +-127.
+    cb = np.array([0.0, -0.2, 0.1, 0.8], np.float32)
+    q, d = int8.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
+    assert q.dtype == np.int8 and q[0] == 0 and q[3] == 127 and q[1] == -32
+    np.testing.assert_allclose(d, [2 * 0.8 / 127, -0.8 / 127], rtol=1e-6)
+    # Inputs round to nearest even, as the kernel's round does.
+    xq, sx = int8.quantize_input(np.array([1.0, 0.5 / 127 * 3, -1.0], np.float32))
+    assert list(xq) == [127, 2, -127] and sx == np.float32(1 / 127)
+    # An all-zero input quantizes to zero instead of dividing by zero.
+    spec = CASES[0][0]
+    cw, q, d = _weights(spec, rng)
+    x = np.zeros((1, 16, 10, 10), np.float32)
+    got = run_int8(spec, x, cw, q, d, load_knobs("x86")["q8_conv2d"])
+    assert np.all(got == 0) and np.all(np.isfinite(got))
+
+
+def test_layers_the_int8_kernel_does_not_take():
+    assert "groups" in int8.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "multiple of 4" in int8.supports(S(1, 16, 8, 8, 10, (1, 1)))
+    with pytest.raises(ValueError):
+        int8.compute(S(1, 16, 8, 8, 10, (1, 1)))
+
+
+def test_register_tile_fits_the_registers():
+    knobs = load_knobs("neoverse-n1")["q8_conv2d"]
+    for spec, _ in CASES:
+        xt, ob = int8.register_tile(spec, knobs)
+        assert spec.out_w % xt == 0 and (spec.out_channels // 4) % ob == 0
+        assert xt * ob + xt + 1 <= knobs["registers"] - 2
+    assert int8.register_tile(S(1, 64, 56, 56, 64, (3, 3), padding=(1, 1, 1, 1)),
+                              knobs) == (4, 4)
+    assert int8.register_tile(S(1, 64, 9, 9, 512, (3, 3)), knobs) == (7, 2)
+
+
+@pytest.mark.parametrize("target,sdot", [("neoverse-n1", True), ("cortex-a55", True),
+                                         ("cortex-a72", False)])
+def test_int8_kernel_builds_for_aarch64(target, sdot):
+    knobs = load_knobs(target)["q8_conv2d"]
+    func = int8.schedule(int8.compute(CASES[0][0]), knobs)
+    lib = tvm.compile(standalone(func), target=get_profile(target).tvm_target())
+    asm = lib.mod.inspect_source("s")
+    assert ("sdot\t" in asm) == sdot
