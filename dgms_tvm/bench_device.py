@@ -281,8 +281,14 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                         s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"]))
     ref, got = outs.values()
     err = pipeline.rel_err(got, ref)
-    if err > 1e-4:
-        raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative")
+    int8_layers = (builds[f"DGMS {bits}-bit"].manifest.get("strategy") or {}).get(
+        "layers", {}).get("int8", 0)
+    # Exact layers match the FP32 build (the same weight values) to rounding; int8 layers
+    # round activations and codebook to 8 bits, so only a gross difference is an error.
+    limit = 0.25 if int8_layers else 1e-4
+    if err > limit:
+        raise UserError(f"DGMS outputs differ from the FP32 reference by {err:.2e} relative "
+                        f"(limit {limit:g})")
     for label in PEERS if onnx_fp32 is not None else ():
         res = by[("peer", label, None)]
         if "FP32" in label and pipeline.rel_err(res["output"], ref) > 1e-3:
@@ -296,7 +302,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "model": model, "bits": bits, "target": profile.name, "device_key": key,
         "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
         "devices": workers,
-        "max_rel_err_vs_fp32": err, "seconds": time.perf_counter() - t0,
+        "max_rel_err_vs_fp32": err,
+        "top1_agrees_with_fp32": bool(np.array_equal(np.argmax(got, -1), np.argmax(ref, -1))), "seconds": time.perf_counter() - t0,
         "rows": [dataclasses.asdict(r) for r in rows],
         "speedup_time": rows[0].median_ms / rows[1].median_ms,
         "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
@@ -390,7 +397,8 @@ def format_markdown(rep: dict) -> str:
     lines += [f"- time ratio FP32 / DGMS: {rep['speedup_time']:.2f}x; weight size "
               f"ratio {rep['size_ratio']:.2f}x",
               f"- DGMS outputs vs FP32 reference: max relative error "
-              f"{rep['max_rel_err_vs_fp32']:.1e}",
+              f"{rep['max_rel_err_vs_fp32']:.1e}; top-1 "
+              f"{'agrees' if rep.get('top1_agrees_with_fp32') else 'DIFFERS'}",
               f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
     if rep.get("strategy"):
         st = rep["strategy"]

@@ -46,7 +46,7 @@ def main(argv=None):
     from dgms_tvm import bench_device
     from dgms_tvm.device import client, manager
 
-    started = False
+    started = []
     if args.tracker:
         tracker = client.Tracker(*client.parse_tracker(args.tracker))
         emulated = False
@@ -62,7 +62,7 @@ def main(argv=None):
                                strategy=args.strategy)
     finally:
         if started:
-            manager.stop(log=lambda m: print(m, file=sys.stderr))
+            manager.stop(log=lambda m: print(m, file=sys.stderr), pids=started)
     print(bench_device.format_markdown(rep))
     print(f"report: {args.output}/report.md, report.json, report.png")
 

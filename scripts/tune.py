@@ -49,7 +49,7 @@ def main(argv=None):
 
     profile = get_profile(args.target)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    tracker, key, started, workers, measure = None, None, False, 1, args.measure or "time"
+    tracker, key, started, workers, measure = None, None, [], 1, args.measure or "time"
     if profile.is_arm:
         key = args.key or profile.name
         if args.tracker:
@@ -70,7 +70,7 @@ def main(argv=None):
                            args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log)
     finally:
         if started:
-            manager.stop(log=log)
+            manager.stop(log=log, pids=started)
     folder = tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)
     print(f"{meta['total_trials']} trials in the logs ({meta['seconds']:.0f} s of tuning in "
           f"all): {folder}")

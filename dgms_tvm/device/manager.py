@@ -93,7 +93,8 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
     Returns
     -------
     dict
-        ``{"tracker": "HOST:PORT", "key": KEY}``.
+        ``{"tracker": "HOST:PORT", "key": KEY, "pids": [...]}`` (``pids``: the process groups
+        this call started, for ``stop(pids=...)``).
     """
     profile = get_profile(cpu)
     if not profile.is_arm or profile.qemu_cpu is None:
@@ -108,6 +109,7 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
         log(f"warning: no instruction counts on these devices ({err})")
         plugin = None
     entries = _load_state()
+    pids = []
     host, port = parse_tracker(tracker) if tracker else ("127.0.0.1", None)
     ours = next((e for e in entries if e["kind"] == "tracker" and _alive(e["pid"])), None)
     if port is None and ours is not None:
@@ -117,6 +119,7 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
             raise UserError(f"tracker {host}:{port} is unreachable")
         entry = start_tracker(host, port)
         entries.append(entry)
+        pids.append(entry["pid"])
         host, port = entry["host"], entry["port"]
         log(f"started a tracker on {host}:{port}")
     taken = {e["port_base"] + i for e in entries if e["kind"] == "supervisor"
@@ -134,12 +137,13 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
     entries.append({"kind": "supervisor", "pid": proc.pid, "key": key, "cpu": cpu,
                     "count": count, "port_base": base, "tracker": f"{host}:{port}",
                     "instruction_counts": plugin is not None})
+    pids.append(proc.pid)
     _save_state(entries)
     log(f"starting {count} emulated {cpu} device(s) under key {key!r} "
         f"(tracker {host}:{port}); events in {sup_log}")
     if wait:
         wait_for_devices(Tracker(host, port), key, count, proc)
-    return {"tracker": f"{host}:{port}", "key": key}
+    return {"tracker": f"{host}:{port}", "key": key, "pids": pids}
 
 
 def wait_for_devices(tracker: Tracker, key: str, count: int, proc=None,
@@ -155,13 +159,21 @@ def wait_for_devices(tracker: Tracker, key: str, count: int, proc=None,
                     f"{timeout:.0f} s (logs in {run_dir()})")
 
 
-def stop(log=print) -> int:
-    """Stop everything ``start`` started (supervisors first, then trackers). Returns how
-    many process groups were stopped."""
+def stop(log=print, pids=None) -> int:
+    """Stop everything ``start`` started (supervisors first, then trackers), or only the
+    process groups ``pids`` (what one ``start`` call started: a run that started devices
+    stops its own and leaves those of other runs, and a tracker they still use, alone).
+    Returns how many process groups were stopped."""
     entries = _load_state()
+    chosen = entries if pids is None else [e for e in entries if e["pid"] in set(pids)]
+    rest = [e for e in entries if e not in chosen]
+    in_use = {e["tracker"] for e in rest if e["kind"] == "supervisor" and _alive(e["pid"])}
+    chosen = [e for e in chosen if e["kind"] != "tracker"
+              or f"{e['host']}:{e['port']}" not in in_use]
+    rest = [e for e in entries if e not in chosen]
     n = 0
     for kind in ("supervisor", "tracker"):
-        for e in entries:
+        for e in chosen:
             if e["kind"] != kind or not _alive(e["pid"]):
                 continue
             with contextlib.suppress(ProcessLookupError):
@@ -174,7 +186,10 @@ def stop(log=print) -> int:
                 os.killpg(e["pid"], signal.SIGKILL)
             _reap(e["pid"])
             n += 1
-    state_path().unlink(missing_ok=True)
+    if rest:
+        _save_state(rest)
+    else:
+        state_path().unlink(missing_ok=True)
     log(f"stopped {n} process group(s)")
     return n
 
@@ -221,14 +236,15 @@ def ensure_local(cpu: str, count: int, key: str | None = None, log=print):
 
     Returns
     -------
-    (Tracker, bool)
-        The tracker, and whether devices were started here (the caller stops them).
+    (Tracker, list)
+        The tracker, and the process groups started here (the caller stops them with
+        ``stop(pids=...)``; empty when nothing was started).
     """
     from .client import default_tracker
 
     key = key or get_profile(cpu).name
     tracker = default_tracker()
     if tracker.reachable() and key in tracker.summary()["queue_info"]:
-        return tracker, False
+        return tracker, []
     info = start(cpu, count, key=key, log=log)
-    return Tracker(*parse_tracker(info["tracker"])), True
+    return Tracker(*parse_tracker(info["tracker"])), info["pids"]

@@ -5,6 +5,6 @@ from .common import KERNEL_ATTR, SPEC_ATTR
 
 #: Kernel family (the value of the ``dgms.kernel`` function attribute) -> its module.
 FAMILIES = {conv2d.FAMILY: conv2d, dense.FAMILY: dense, int8.FAMILY: int8,
-            int8.QUANT_FAMILY: int8.QUANT}
+            int8.QUANT_FAMILY: int8.QUANT, int8.DECODE_FAMILY: int8.DECODE}
 
 __all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "conv2d", "dense", "int8"]

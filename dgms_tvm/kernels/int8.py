@@ -28,6 +28,7 @@ import types
 import numpy as np
 import tvm
 from tvm import te
+from tvm.script import tirx as T
 
 from ..format import row_bytes
 from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
@@ -36,6 +37,9 @@ from .conv2d import reference as conv_reference
 
 FAMILY = "q8_conv2d"
 QUANT_FAMILY = "q8_quant"
+DECODE_FAMILY = "q8_decode"
+#: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
+PREDECODED_ATTR = "dgms.predecoded"
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
 TINY = np.float32(1e-30)
 
@@ -49,8 +53,8 @@ def supports(spec: Conv2dSpec) -> str:
     return ""
 
 
-def name(spec: Conv2dSpec) -> str:
-    return FAMILY + spec.name[len("cb_conv2d"):]
+def name(spec: Conv2dSpec, predecoded: bool = False) -> str:
+    return FAMILY + spec.name[len("cb_conv2d"):] + ("_pre" if predecoded else "")
 
 
 def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
@@ -130,7 +134,134 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
     }).without_attr("global_symbol")
 
 
-def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
+@dataclasses.dataclass(frozen=True)
+class DecodeSpec:
+    """The weight decode of an int8 conv2d: indices re-packed in the order the conv reads
+    them, ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``, in chunks of ``16 * 8/bits`` indices: byte
+    ``j`` of a chunk holds indices ``j, 16 + j, 32 + j, ...`` (lowest bits first), so that
+    one shift-and-mask of 16 bytes gives 16 consecutive indices and one table lookup (``tbl``)
+    their 16 int8 weights."""
+
+    out_channels: int
+    in_channels: int
+    kernel: tuple[int, int]
+    bits: int
+
+    @classmethod
+    def of(cls, spec: Conv2dSpec) -> DecodeSpec:
+        return cls(spec.out_channels, spec.in_channels, tuple(spec.kernel), spec.bits)
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        kh, kw = self.kernel
+        return (self.out_channels // 4, kh, kw, (self.in_channels + 3) // 4, 4, 4)
+
+    @property
+    def total(self) -> int:
+        return int(np.prod(self.shape))
+
+    @property
+    def chunk(self) -> int:
+        return 16 * (8 // self.bits)
+
+    @property
+    def nbytes(self) -> int:
+        return self.total * self.bits // 8
+
+    def supported(self) -> bool:
+        """Widths whose indices never straddle a byte and fit one 16-entry table."""
+        return self.bits in (1, 2, 4) and self.total % self.chunk == 0
+
+    @property
+    def name(self) -> str:
+        kh, kw = self.kernel
+        return (f"{DECODE_FAMILY}_o{self.out_channels}_c{self.in_channels}_k{kh}x{kw}"
+                f"_b{self.bits}")
+
+
+def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
+    """The ``uint8[nbytes]`` operand of the decode kernel from ``indices[O, C, kh, kw]``."""
+    o, c = spec.out_channels, spec.in_channels
+    kh, kw = spec.kernel
+    c4 = spec.shape[3] * 4
+    full = np.zeros((o, c4, kh, kw), np.uint8)  # padded channels: index 0 (the zero)
+    full[:, :c] = indices
+    # [O/4, 4, C4/4, 4, kh, kw] -> [O/4, kh, kw, C4/4, 4 (o), 4 (c)]
+    lay = full.reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3).reshape(-1)
+    per = 8 // spec.bits
+    lay = lay.reshape(-1, per, 16).astype(np.uint16)  # [chunk, s, j]
+    packed = np.zeros(lay.shape[::2], np.uint16)
+    for sft in range(per):
+        packed |= lay[:, sft, :] << (sft * spec.bits)
+    return packed.astype(np.uint8).reshape(-1)
+
+
+def decode_compute(spec: DecodeSpec, lookup: str = "scalar") -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(packed, q_codebook16, s_x) -> W`` (``W``: int8 in the conv's order).
+
+    ``lookup="tbl"``: 16 weights per NEON ``tbl`` (aarch64 only); ``scalar``: one table load
+    per weight, any target. ``s_x`` is not read: it makes the call depend on the input, so
+    that Relax's FoldConstant does not decode the weight at compile time (that would ship it
+    as int8, twice the size of 4-bit indices).
+    """
+    bits, per, chunk = spec.bits, 8 // spec.bits, spec.chunk
+    nchunks, mask = spec.total // chunk, (1 << bits) - 1
+    shape = tuple(T.int64(v) for v in spec.shape)
+    total, nbytes = T.int64(spec.total), T.int64(spec.nbytes)
+
+    if lookup == "tbl":
+        @T.prim_func(private=True)
+        def func(p: T.handle, q: T.handle, sx: T.handle, w: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            P = T.match_buffer(p, (nbytes,), "uint8")
+            Q = T.match_buffer(q, (T.int64(16),), "int8")
+            SX = T.match_buffer(sx, (T.int64(1),), "float32")  # noqa: F841 (see docstring)
+            W = T.match_buffer(w, shape, "int8")
+            Wf = T.decl_buffer((total,), "int8", data=W.data)
+            table = Q[T.ramp(T.int64(0), 1, 16)]
+            for i in T.parallel(T.int64(nchunks)):
+                b = P[T.ramp(i * 16, 1, 16)]
+                for s in T.unroll(per):
+                    idx = T.bitwise_and(T.shift_right(b, T.Broadcast(T.uint8(s * bits), 16)),
+                                        T.Broadcast(T.uint8(mask), 16))
+                    Wf[T.ramp(i * chunk + s * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                        "int8x16", "llvm.aarch64.neon.tbl1", table,
+                        T.reinterpret("int8x16", idx))
+    else:
+        @T.prim_func(private=True)
+        def func(p: T.handle, q: T.handle, sx: T.handle, w: T.handle):
+            T.func_attr({"tirx.noalias": True})
+            P = T.match_buffer(p, (nbytes,), "uint8")
+            Q = T.match_buffer(q, (T.int64(16),), "int8")
+            SX = T.match_buffer(sx, (T.int64(1),), "float32")  # noqa: F841 (see docstring)
+            W = T.match_buffer(w, shape, "int8")
+            Wf = T.decl_buffer((total,), "int8", data=W.data)
+            for i in T.parallel(T.int64(nchunks)):
+                for s, j in T.grid(per, 16):
+                    Wf[i * chunk + s * 16 + j] = Q[T.Cast("int32", T.bitwise_and(
+                        T.shift_right(P[i * 16 + j], T.uint8(s * bits)), T.uint8(mask)))]
+    return func.with_attrs({
+        KERNEL_ATTR: DECODE_FAMILY,
+        SPEC_ATTR: json.dumps(dataclasses.asdict(spec)),
+        "op_pattern": OPAQUE,
+    })
+
+
+def decode_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    """The decode is written as loops, not blocks: its schedule picks the lookup."""
+    d = json.loads(str(func.attrs[SPEC_ATTR]))
+    d["kernel"] = tuple(d["kernel"])
+    return decode_compute(DecodeSpec(**d), knobs.get("lookup", "scalar"))
+
+
+def q16(q_codebook: np.ndarray) -> np.ndarray:
+    """The int8 codebook padded to the 16 entries of a table lookup."""
+    out = np.zeros(16, np.int8)
+    out[:len(q_codebook)] = q_codebook
+    return out
+
+
+def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D) -> Y`` (``Xq``, ``s_x``
     from :func:`quant_compute`).
 
@@ -145,19 +276,25 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     c4 = qs.c4
     xq = te.placeholder(tuple(map(i64, qs.out_shape)), "int8", "Xq")
     sx = te.placeholder((i64(1),), "float32", "SX")
-    p = te.placeholder((i64(s.out_channels), i64(row_bytes(s.reduction, s.bits))), "uint8", "P")
-    qcb = te.placeholder((i64(1 << s.bits),), "int8", "Q")
     d = te.placeholder((i64(s.out_channels),), "float32", "D")
+    wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // 4, 4, 4)))
+    if predecoded:
+        wq = te.placeholder(wshape, "int8", "W")
+        weights = [wq]
+    else:
+        p = te.placeholder((i64(s.out_channels), i64(row_bytes(s.reduction, s.bits))), "uint8",
+                           "P")
+        qcb = te.placeholder((i64(1 << s.bits),), "int8", "Q")
+        weights = [p, qcb]
 
-    def weight(oo, r, q, cb, o4, cc):
-        c = cb * 4 + cc
-        k = (c * kh + r) * kw + q
-        return tvm.tirx.if_then_else(c < s.in_channels,
-                                     qcb[decode_index(p, oo * 4 + o4, k, s.bits)],
-                                     tvm.tirx.const(0, "int8"))
+        def weight(oo, r, q, cb, o4, cc):
+            c = cb * 4 + cc
+            k = (c * kh + r) * kw + q
+            return tvm.tirx.if_then_else(c < s.in_channels,
+                                         qcb[decode_index(p, oo * 4 + o4, k, s.bits)],
+                                         tvm.tirx.const(0, "int8"))
 
-    wq = te.compute(tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // 4, 4, 4))), weight,
-                    name="decode")
+        wq = te.compute(wshape, weight, name="decode")
     rr = te.reduce_axis((i64(0), i64(kh)), "rr")
     rq = te.reduce_axis((i64(0), i64(kw)), "rq")
     rb = te.reduce_axis((i64(0), i64(c4 // 4)), "rb")
@@ -173,10 +310,11 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     y = te.compute(tuple(map(i64, s.out_shape)),
                    lambda n, o, yy, xx: acc[n, o, yy, xx].astype("float32") * sx[0] * d[o],
                    name="dequant")
-    func = te.create_prim_func([xq, sx, p, qcb, d, y])
+    func = te.create_prim_func([xq, sx, *weights, d, y])
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
         SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        PREDECODED_ATTR: int(predecoded),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")
@@ -231,7 +369,9 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     """The schedule's steps on ``sch`` (no sampled form yet: tuning leaves int8 kernels to
     this hand schedule)."""
     spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
-    dec, acc, deq = sch.get_sblock("decode"), sch.get_sblock("acc"), sch.get_sblock("dequant")
+    func = sch.mod["main"]
+    predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
+    acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
     # Step 1. Register tile: ow_tile columns x 4*oc_blocks channels, summed 4 channels at a
     # time (the innermost 4x4 is one sdot: 4 outputs x 4 input channels;
     # its intrinsic: .intrin).
@@ -251,7 +391,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.reverse_compute_at(deq, xo)
     # Step 3. Decode the int8 weight tile once per output-channel tile (one lookup per weight
     # per call).
-    sch.compute_at(dec, oo)
+    if not predecoded:
+        sch.compute_at(sch.get_sblock("decode"), oo)
     sch.parallel(sch.fuse(n, oo))
     sch.unroll(oi)
     sch.unroll(xi)
@@ -281,5 +422,6 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
     del knobs, sample
 
 
-#: The quantize kernel's entry in the family table (``kernels.FAMILIES``).
+#: The quantize and decode kernels' entries in the family table (``kernels.FAMILIES``).
 QUANT = types.SimpleNamespace(FAMILY=QUANT_FAMILY, schedule=quant_schedule, apply=quant_apply)
+DECODE = types.SimpleNamespace(FAMILY=DECODE_FAMILY, schedule=decode_schedule, apply=None)

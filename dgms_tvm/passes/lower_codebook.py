@@ -175,20 +175,36 @@ class _Rewriter(PyExprMutator):
         return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
 
     def _int8_conv2d(self, x, cw, spec, rec, out_ty):
-        """Quantize the input (its own kernel), then the int8 conv (see kernels.int8)."""
-        rec.strategy, rec.kernel = "int8", kint8.name(spec)
+        """Quantize the input, decode the weight (kernels of their own where they can), then the
+        int8 conv (see kernels.int8)."""
+        rec.strategy = "int8"
+        rec.kernel = kint8.name(spec, predecoded=kint8.DecodeSpec.of(spec).supported())
         qs = kint8.QuantSpec.of(spec)
         if qs.name not in self.kernels:
             self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs), qs.name)
-        if rec.kernel not in self.kernels:
-            self.kernels[rec.kernel] = self.builder_.add_func(kint8.compute(spec), rec.kernel)
         q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
             relax.TensorType(qs.out_shape, "int8"), relax.TensorType((1,), "float32")]))
         qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
-        args = [relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1),
-                relax.const(cw.packed, "uint8"), relax.const(qcb, "int8"),
-                relax.const(d, "float32")]
-        return relax.call_tir(self.kernels[rec.kernel], args, out_ty=out_ty)
+        xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
+        ds = kint8.DecodeSpec.of(spec)
+        if ds.supported():  # weights decoded 16 at a time by a kernel of their own
+            if ds.name not in self.kernels:
+                self.kernels[ds.name] = self.builder_.add_func(kint8.decode_compute(ds),
+                                                               ds.name)
+            w = self.builder_.emit(relax.call_tir(
+                self.kernels[ds.name], [relax.const(kint8.pack_for_decode(ds, cw.indices()),
+                                                    "uint8"),
+                                        relax.const(kint8.q16(qcb), "int8"), sx],
+                out_ty=relax.TensorType(ds.shape, "int8")))
+            weights = [w]
+        else:  # decoded inside the conv, one lookup per weight
+            weights = [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")]
+        if rec.kernel not in self.kernels:
+            self.kernels[rec.kernel] = self.builder_.add_func(
+                kint8.compute(spec, predecoded=len(weights) == 1), rec.kernel)
+        return relax.call_tir(self.kernels[rec.kernel], [xq, sx, *weights,
+                                                         relax.const(d, "float32")],
+                              out_ty=out_ty)
 
     def _matmul(self, call):
         x, wexpr = call.args

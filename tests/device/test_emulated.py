@@ -111,21 +111,30 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
 
 @pytest.mark.parametrize("cpu", [CPU, DOTPROD])
 def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
-    """Quantize + int8 conv: sdot on the dotprod core, NEON integer code on the other."""
+    """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core, NEON integer code on
+    the other."""
     tracker, _ = device
     knobs = load_knobs(cpu)["q8_conv2d"]
     assert (knobs["dot"] == "sdot") == (cpu == DOTPROD)
     for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4,
                                    scaled=True),
-                 conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=2)):
+                 conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3)):
         cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
         q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        qs = int8.QuantSpec.of(spec)
+        qs, ds = int8.QuantSpec.of(spec), int8.DecodeSpec.of(spec)
         calls = [(int8.quant_schedule(int8.quant_compute(qs), {}),
-                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)]),
-                 (int8.schedule(int8.compute(spec), knobs),
-                  [(0, 1), (0, 2), cw.packed, q, d, np.zeros(spec.out_shape, np.float32)])]
+                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
+        if ds.supported():  # 4-bit: the NEON tbl decode kernel, then the conv
+            assert load_knobs(cpu)["q8_decode"]["lookup"] == "tbl"
+            calls.append((int8.decode_schedule(int8.decode_compute(ds), load_knobs(cpu)[
+                "q8_decode"]), [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
+                                np.zeros(ds.shape, np.int8)]))
+            weights = [(1, 3)]
+        else:  # 3-bit: decoded inside the conv
+            weights = [cw.packed, q]
+        calls.append((int8.schedule(int8.compute(spec, predecoded=ds.supported()), knobs),
+                      [(0, 1), (0, 2), *weights, d, np.zeros(spec.out_shape, np.float32)]))
         got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
         assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6, spec.name
 

@@ -91,6 +91,52 @@ def test_quantization_details(rng):
     assert np.all(got == 0) and np.all(np.isfinite(got))
 
 
+@pytest.mark.parametrize("bits,shape", [(4, (64, 64, 3, 3)), (2, (16, 3, 7, 7)),
+                                        (1, (32, 8, 1, 1))])
+def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
+    o, c, kh, kw = shape
+    ds = int8.DecodeSpec(o, c, (kh, kw), bits)
+    assert ds.supported()
+    idx = rng.integers(0, 1 << bits, size=shape)
+    q = np.concatenate([[0], rng.integers(-127, 128, size=(1 << bits) - 1)]).astype(np.int8)
+    lib = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
+    w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
+    lib["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
+                tvm.runtime.tensor(int8.q16(q)), tvm.runtime.tensor(np.zeros(1, np.float32)), w)
+    c4 = ds.shape[3] * 4
+    full = np.zeros((o, c4, kh, kw), np.int64)
+    full[:, :c] = idx
+    want = q[full].reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3)
+    np.testing.assert_array_equal(w.numpy(), want)
+    # The NEON form: one tbl per 16 weights.
+    lib = tvm.compile(standalone(int8.decode_compute(ds, "tbl")),
+                      target=get_profile("cortex-a72").tvm_target())
+    assert "tbl\t" in lib.mod.inspect_source("s")
+    # The conv reading the decoded weight equals the one decoding inside.
+    spec = S(1, c, 6, 6, o, (kh, kw), padding=(kh // 2,) * 4, bits=bits)
+    x = rng.normal(size=(1, c, 6, 6)).astype(np.float32)
+    d = (rng.random(o) + 0.5).astype(np.float32)
+    cw = random_codebook_weight(rng, spec.weight_shape, bits)
+    qs = int8.QuantSpec.of(spec)
+    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=get_profile("x86").tvm_target())
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    ql["main"](tvm.runtime.tensor(x), xq, sx)
+    knobs = load_knobs("x86")["q8_conv2d"]
+    inside = run_kernel(int8.schedule(int8.compute(spec), knobs),
+                        [xq.numpy(), sx.numpy(), cw.packed, q, d,
+                         np.zeros(spec.out_shape, np.float32)])
+    hl = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
+    w2 = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
+    hl["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, cw.indices())),
+               tvm.runtime.tensor(int8.q16(q)), sx, w2)
+    pre = run_kernel(int8.schedule(int8.compute(spec, predecoded=True), knobs),
+                     [xq.numpy(), sx.numpy(), w2.numpy(), d,
+                      np.zeros(spec.out_shape, np.float32)])
+    np.testing.assert_array_equal(pre, inside)
+    assert rel_err(pre, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6
+
+
 def test_layers_the_int8_kernel_does_not_take():
     assert "groups" in int8.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
     assert "multiple of 4" in int8.supports(S(1, 16, 8, 8, 10, (1, 1)))

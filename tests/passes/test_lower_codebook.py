@@ -215,7 +215,7 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     assert by_name["fc.weight"].strategy == "exact"
     assert by_name["stem.weight"].strategy is None  # not a codebook: FP32
     families = [str(f.attrs[KERNEL_ATTR]) for op, f in _calls(lowered.mod) if op == "call_tir"]
-    assert families[:3] == ["cb_conv2d", "q8_quant", "q8_conv2d"]
+    assert families[:4] == ["cb_conv2d", "q8_quant", "q8_decode", "q8_conv2d"]
     target = get_profile("x86")
     got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
     want = compiler.run_local(compiler.build(exact, target), [x.numpy()])[0]
