@@ -117,13 +117,18 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
         return tvm.tirx.max(amax[0], tvm.tirx.const(float(TINY), "float32"))
 
     def quant(n, h, w, c):
-        inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width,
-                              c < s.channels)
-        v = tvm.tirx.round(x[n, c, h - pt, w - pl] * (tvm.tirx.const(127.0, "float32") / level()))
-        v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0)
-        return tvm.tirx.if_then_else(inside, v.astype("int8"), tvm.tirx.const(0, "int8"))
+        v = tvm.tirx.round(x[n, c, h, w] * (tvm.tirx.const(127.0, "float32") / level()))
+        v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0).astype("int8")
+        if s.c4 == s.channels:
+            return v
+        return tvm.tirx.if_then_else(c < s.channels, v, tvm.tirx.const(0, "int8"))
 
-    xq = te.compute(tuple(map(i64, s.out_shape)), quant, name="quant")
+    def pad(n, h, w, c):
+        inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width)
+        return tvm.tirx.if_then_else(inside, q[n, h - pt, w - pl, c], tvm.tirx.const(0, "int8"))
+
+    q = te.compute(tuple(map(i64, (s.batch, s.height, s.width, s.c4))), quant, name="quant")
+    xq = te.compute(tuple(map(i64, s.out_shape)), pad, name="pad")
     sx = te.compute((i64(1),), lambda i: level() / tvm.tirx.const(127.0, "float32"), name="scale")
     func = te.create_prim_func([x, xq, sx])
     return func.with_attrs({
@@ -416,9 +421,29 @@ def quant_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 
 def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
-    """Quantize in parallel over rows; max|X| is one serial pass."""
-    qn, qh, _, _ = sch.get_loops(sch.get_sblock("quant"))
-    sch.parallel(sch.fuse(qn, qh))
+    """max|X| in vector lanes (rfactor), quantize along rows (contiguous reads), then pad in
+    channel vectors."""
+    spec = QuantSpec(**{k: tuple(v) if k == "padding" else v
+                        for k, v in json.loads(str(sch.mod["main"].attrs[SPEC_ATTR])).items()})
+    amax = sch.get_sblock("amax")
+    _, _, _, ah, aw = sch.get_loops(amax)
+    hw = spec.height * spec.width
+    lanes = max(v for v in (1, 2, 4, 8, 16) if hw % v == 0)  # along contiguous rows
+    if lanes >= 4:
+        _, inner = sch.split(sch.fuse(ah, aw), [None, lanes])
+        rf = sch.rfactor(inner, 0)
+        sch.vectorize(sch.get_loops(rf)[-1])
+    qb = sch.get_sblock("quant")
+    n, h, w, c = sch.get_loops(qb)
+    sch.reorder(n, h, c, w)
+    sch.parallel(sch.fuse(n, h))
+    wo, wi = sch.split(w, [None, best_tile(spec.width, 8)])
+    sch.vectorize(wi)
+    pb = sch.get_sblock("pad")
+    n, h, w, c = sch.get_loops(pb)
+    sch.parallel(sch.fuse(n, h))
+    _, ci = sch.split(c, [None, best_tile(spec.c4, 16)])
+    sch.vectorize(ci)
     del knobs, sample
 
 
