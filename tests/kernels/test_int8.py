@@ -163,3 +163,22 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
     lib = tvm.compile(standalone(func), target=get_profile(target).tvm_target())
     asm = lib.mod.inspect_source("s")
     assert ("sdot\t" in asm) == sdot
+
+
+@pytest.mark.parametrize("qs", [int8.QuantSpec(1, 64, 16, 16, (1, 1, 1, 1)),
+                                int8.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
+                                int8.QuantSpec(2, 6, 7, 7)], ids=str)
+def test_quantize_kernel_layout_and_values(qs, rng):
+    """Xq: quantized, channels innermost and padded to 4, zero border; s_x exact."""
+    lib = tvm.compile(standalone(int8.quant_schedule(int8.quant_compute(qs), {})),
+                      target=get_profile("x86").tvm_target())
+    x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    want_q, want_sx = int8.quantize_input(x)
+    pt, pl, _, _ = qs.padding
+    want = np.zeros(qs.out_shape, np.int8)
+    want[:, pt:pt + qs.height, pl:pl + qs.width, :qs.channels] = want_q.transpose(0, 2, 3, 1)
+    np.testing.assert_array_equal(xq.numpy(), want)
+    assert sx.numpy()[0] == want_sx
