@@ -336,7 +336,8 @@ def _peer(label, fp32, x, profile, repeat, output) -> dict:
 def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
     """Per call site of ``main`` (the same graph in both builds, so sites pair by position):
     each build's kernel and its time / instructions per call. An int8 layer's input
-    quantization (its own kernel, just before it) counts in that layer's row."""
+    quantization and weight decode (kernels of their own, just before it) count in that
+    layer's row."""
     labels = list(sites)
     groups = {lb: _group(sites[lb]) for lb in labels}
     n = len(groups[labels[0]])
@@ -348,13 +349,14 @@ def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
 
 
 def _group(names: list[str]) -> list[list[str]]:
-    """Call sites as layers: a quantize kernel joins the site after it."""
-    from .kernels.int8 import QUANT_FAMILY
+    """Call sites as layers: an int8 layer's quantize and decode kernels join the site
+    after them."""
+    from .kernels.int8 import DECODE_FAMILY, QUANT_FAMILY
 
     out, pending = [], []
     for name in names:
         pending.append(name)
-        if not name.startswith(QUANT_FAMILY):
+        if not name.startswith((QUANT_FAMILY, DECODE_FAMILY)):
             out.append(pending)
             pending = []
     return out + ([pending] if pending else [])

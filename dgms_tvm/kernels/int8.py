@@ -223,15 +223,16 @@ def decode_compute(spec: DecodeSpec, lookup: str = "scalar") -> tvm.tirx.PrimFun
             SX = T.match_buffer(sx, (T.int64(1),), "float32")  # noqa: F841 (see docstring)
             W = T.match_buffer(w, shape, "int8")
             Wf = T.decl_buffer((total,), "int8", data=W.data)
-            table = Q[T.ramp(T.int64(0), 1, 16)]
+            # (Expressions inline: a name bound here would become a buffer allocated per
+            # iteration.)
             for i in T.parallel(T.int64(nchunks)):
-                b = P[T.ramp(i * 16, 1, 16)]
                 for s in T.unroll(per):
-                    idx = T.bitwise_and(T.shift_right(b, T.Broadcast(T.uint8(s * bits), 16)),
-                                        T.Broadcast(T.uint8(mask), 16))
                     Wf[T.ramp(i * chunk + s * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        "int8x16", "llvm.aarch64.neon.tbl1", table,
-                        T.reinterpret("int8x16", idx))
+                        "int8x16", "llvm.aarch64.neon.tbl1", Q[T.ramp(T.int64(0), 1, 16)],
+                        T.reinterpret("int8x16", T.bitwise_and(
+                            T.shift_right(P[T.ramp(i * 16, 1, 16)],
+                                          T.Broadcast(T.uint8(s * bits), 16)),
+                            T.Broadcast(T.uint8(mask), 16))))
     else:
         @T.prim_func(private=True)
         def func(p: T.handle, q: T.handle, sx: T.handle, w: T.handle):
