@@ -230,6 +230,13 @@ def status() -> str:
     return "\n".join(lines)
 
 
+def serving(tracker: Tracker, key: str) -> int:
+    """How many devices are registered under ``key`` (a key stays in the tracker's queue
+    after its devices are gone, so its presence there says nothing)."""
+    servers = [s.get("key", "") for s in tracker.summary()["server_info"]]
+    return servers.count(f"server:{key}")
+
+
 def ensure_local(cpu: str, count: int, key: str | None = None, log=print):
     """The local tracker when it already serves ``key``, else ``count`` emulated ``cpu``
     devices started now (with a tracker if none answers).
@@ -244,7 +251,7 @@ def ensure_local(cpu: str, count: int, key: str | None = None, log=print):
 
     key = key or get_profile(cpu).name
     tracker = default_tracker()
-    if tracker.reachable() and key in tracker.summary()["queue_info"]:
+    if tracker.reachable() and serving(tracker, key):
         return tracker, []
     info = start(cpu, count, key=key, log=log)
     return Tracker(*parse_tracker(info["tracker"])), info["pids"]

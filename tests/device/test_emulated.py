@@ -109,6 +109,12 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     assert rel_err(got, dense.reference(spec, x, cw.dense())) < 1e-5
 
 
+def test_devices_serving_under_a_key_are_counted(device):
+    tracker, _ = device
+    assert manager.serving(tracker, CPU) == 2 and manager.serving(tracker, DOTPROD) == 1
+    assert manager.serving(tracker, "no-such-key") == 0
+
+
 @pytest.mark.parametrize("cpu", [CPU, DOTPROD])
 def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
     """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core, NEON integer code on
