@@ -1,0 +1,129 @@
+#!/usr/bin/env python3
+"""Accuracy of the int8 strategy against the exact one, side by side in one run: top-1
+agreement and output difference on seeded random inputs of a built-in model, and on the
+digits test set for a digitnet trained and DGMS-quantized here. Both builds run on this host
+(the int8 arithmetic is the same on every target: integer sums are exact).
+
+Goal (issue "Fast codebook kernels"): top-1 agreement of at least 99 %."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from dgms_tvm.cli import one_line_errors
+
+GOAL = 0.99
+
+
+def parse(argv):
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--model", nargs="+", default=["resnet18", "mobilenetv2"],
+                   help="built-in models for the random-input rows")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--inputs", type=int, default=256, help="random inputs per model")
+    p.add_argument("--no-digits", action="store_true", help="skip the trained digitnet row")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", type=Path, help="also write the figures here")
+    return p.parse_args(argv)
+
+
+def _builds(imported, bits):
+    from dgms_tvm import compiler
+    from dgms_tvm.targets import get_profile
+
+    host = get_profile("x86")
+    out = {}
+    for strategy in ("exact", "int8"):
+        lowered = compiler.lower(imported, bits, strategy=strategy)
+        out[strategy] = (compiler.build(lowered, host),
+                         sum(r.strategy == "int8" for r in lowered.records))
+    return out
+
+
+def _compare(builds, inputs, labels=None) -> dict:
+    import numpy as np
+
+    from dgms_tvm import compiler, pipeline
+
+    agree, errs, right = 0, [], {"exact": 0, "int8": 0}
+    for i, x in enumerate(inputs):
+        ys = {s: compiler.run_local(exe, [x])[0] for s, (exe, _) in builds.items()}
+        agree += int(np.argmax(ys["exact"]) == np.argmax(ys["int8"]))
+        errs.append(pipeline.rel_err(ys["int8"], ys["exact"]))
+        if labels is not None:
+            for s in right:
+                right[s] += int(np.argmax(ys[s]) == labels[i])
+    n = len(inputs)
+    row = {"inputs": n, "top1_agreement": agree / n, "median_rel_err": float(np.median(errs)),
+           "max_rel_err": float(np.max(errs)), "int8_layers": builds["int8"][1]}
+    if labels is not None:
+        row.update({f"accuracy_{s}": right[s] / n for s in right})
+    return row
+
+
+def _random_rows(models, bits, count, seed):
+    import numpy as np
+
+    from dgms_tvm import pipeline
+
+    for name in models:
+        loaded = pipeline.load_model(name, bits, seed)
+        _, shape, dtype = loaded.imported.inputs[0]
+        rng = np.random.default_rng(seed)
+        inputs = [rng.normal(size=shape).astype(dtype) for _ in range(count)]
+        yield {"model": name, "data": f"{count} random normal inputs",
+               **_compare(_builds(loaded.imported, bits), inputs)}
+
+
+def _digits_row(bits, seed):
+    import numpy as np
+    import torch
+
+    from dgms_tvm import frontend
+    from dgms_tvm.quant import recipe
+
+    name, entry = recipe.digits_model("digitnet")
+    data = recipe.load_data("digits", entry, seed)
+    fp32 = recipe.pretrain(name, data, 15, seed, quiet=True)
+    res = recipe.quantize(fp32, data, bits, 6, seed, quiet=True)
+    model = res.exported.model.eval()
+    x0 = data.x_test[:1]
+    declared = {k: cw.bits for k, cw in res.exported.layers.items()}
+    imported = frontend.from_torch(model, (x0,), declared)
+    inputs = [data.x_test[i:i + 1].numpy().astype(np.float32) for i in range(len(data.x_test))]
+    labels = data.y_test.numpy()
+    with torch.no_grad():
+        torch_acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
+    return {"model": "digitnet (trained, DGMS)", "data": f"digits test set ({len(inputs)})",
+            "accuracy_torch": torch_acc, **_compare(_builds(imported, bits), inputs, labels)}
+
+
+@one_line_errors
+def main(argv=None):
+    args = parse(argv)
+    t0 = time.perf_counter()
+    rows = list(_random_rows(args.model, args.bits, args.inputs, args.seed))
+    if not args.no_digits:
+        rows.append(_digits_row(args.bits, args.seed))
+    print(f"int8 vs exact strategy, {args.bits}-bit, on this host ({time.perf_counter() - t0:.0f}"
+          " s; relative error = max|int8 - exact| / max|exact| per input)")
+    print(f"{'model':<26}{'data':<28}{'int8 layers':>12}{'top-1 agree':>13}{'median err':>12}"
+          f"{'max err':>9}  accuracy exact / int8   goal >= 99 %")
+    for r in rows:
+        acc = (f"{r['accuracy_exact']:.2%} / {r['accuracy_int8']:.2%}"
+               if "accuracy_exact" in r else "-")
+        print(f"{r['model']:<26}{r['data']:<28}{r['int8_layers']:>12}"
+              f"{r['top1_agreement']:>13.2%}{r['median_rel_err']:>12.2e}{r['max_rel_err']:>9.2e}"
+              f"  {acc:<22} {'met' if r['top1_agreement'] >= GOAL else 'MISSED'}")
+    if args.json:
+        args.json.write_text(json.dumps({"bits": args.bits, "rows": rows}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
