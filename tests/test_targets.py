@@ -10,7 +10,10 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         p = targets.get_profile(name)
         t = p.tvm_target()
         assert str(t.kind) == "llvm" and int(t.attrs["num-cores"]) == p.num_cores
-        assert set(load_knobs(name)) == {"cb_conv2d", "cb_dense"}
+        knobs = load_knobs(name)
+        assert set(knobs) == {"cb_conv2d", "cb_dense", "q8_conv2d", "q8_quant", "q8_decode"}
+        # The int8 strategy's sdot schedule exactly where the core has dotprod.
+        assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.has_dotprod
 
 
 @pytest.mark.parametrize("name,dotprod", [("cortex-a53", False), ("cortex-a55", True),

@@ -314,7 +314,7 @@ def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
             axis=[rr, rq, rb, rc]),
         name="acc")
     y = te.compute(tuple(map(i64, s.out_shape)),
-                   lambda n, o, yy, xx: acc[n, o, yy, xx].astype("float32") * sx[0] * d[o],
+                   lambda n, o, yy, xx: acc[n, o, yy, xx].astype("float32") * (sx[0] * d[o]),
                    name="dequant")
     func = te.create_prim_func([xq, sx, *weights, d, y])
     return func.with_attrs({
@@ -340,21 +340,26 @@ def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
     xq, sx = quantize_input(x)
     w = np.asarray(q_codebook)[np.asarray(indices)].astype(np.float64)
     acc = conv_reference(spec, xq, w)  # exact sums, rounded to float32 as the kernel does
-    return (acc * sx * np.asarray(d, np.float32)[None, :, None, None])
+    return acc * (sx * np.asarray(d, np.float32))[None, :, None, None]
 
 
 def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
     """(columns, 4-channel blocks) of the register tile: the divisors of the output width and
     channel count (up to ``ow_tile`` / ``oc_blocks``) with the fewest instructions per
-    ``sdot`` (one weight load per block, one input broadcast per column) whose accumulators,
-    inputs and one weight vector fit in ``registers``."""
+    ``sdot`` whose accumulators, inputs and one weight vector fit in ``registers``.
+
+    Per reduction step a tile loads one weight vector per block and broadcasts one input per
+    column; once per tile it dequantizes its outputs (about 1.5 instructions per output in
+    4-column vectors, 3.5 otherwise), which weighs on layers with a short reduction (a 1x1
+    conv over 16 channels has 4 ``sdot`` per output)."""
+    steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
     best, cost = (1, 1), float("inf")
     for xt in (d for d in range(1, knobs["ow_tile"] + 1) if spec.out_w % d == 0):
         for ob in (d for d in range(1, knobs["oc_blocks"] + 1)
                    if (spec.out_channels // 4) % d == 0):
             if xt * ob + xt + 1 > knobs["registers"] - 2:
                 continue
-            c = (xt + ob + xt * ob) / (xt * ob)
+            c = (xt + ob + xt * ob) / (xt * ob) + (1.5 if xt % 4 == 0 else 3.5) * 4 / steps
             if c < cost - 1e-9:
                 best, cost = (xt, ob), c
     return best
