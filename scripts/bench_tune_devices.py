@@ -17,10 +17,11 @@ import tempfile
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm.cli import one_line_errors
+
+ROOT = Path(__file__).resolve().parent.parent
 
 
 def parse(argv):

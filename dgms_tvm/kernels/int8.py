@@ -369,7 +369,8 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """Hand-written CPU schedule; ``knobs`` come from ``schedules/<target>.json``.
 
     Knobs: ``oc_blocks`` / ``ow_tile`` (the largest register tile in 4-channel blocks / output
-    columns, see :func:`register_tile`), ``registers`` (vector registers), ``dot`` (``sdot``: the dotprod instruction; ``none``: generic vector code).
+    columns, see :func:`register_tile`), ``registers`` (vector registers), ``dot`` (``sdot``:
+    the dotprod instruction; ``none``: generic vector code).
     """
     sch = tvm.s_tir.Schedule(func)
     apply(sch, knobs)
@@ -443,7 +444,7 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
     n, h, w, c = sch.get_loops(qb)
     sch.reorder(n, h, c, w)
     sch.parallel(sch.fuse(n, h))
-    wo, wi = sch.split(w, [None, best_tile(spec.width, 8)])
+    _, wi = sch.split(w, [None, best_tile(spec.width, 8)])
     sch.vectorize(wi)
     pb = sch.get_sblock("pad")
     n, h, w, c = sch.get_loops(pb)

@@ -14,7 +14,6 @@ from dgms_tvm import pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import conv2d, dense, int8
-from dgms_tvm.kernels.common import standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
@@ -222,7 +221,8 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
 
     def dying(job, dev, *args):
         if not killed:  # the device dies under the first job: every qemu server is killed
-            (sup,) = [e for e in manager._load_state() if e["kind"] == "supervisor"]
+            (sup,) = [e for e in manager._load_state()
+                      if e["kind"] == "supervisor" and e["key"] == CPU]
             for c in psutil.Process(sup["pid"]).children():
                 if "qemu" in " ".join(c.cmdline()):
                     os.killpg(c.pid, 9)
@@ -277,7 +277,8 @@ def test_instruction_counts_are_stable_within_a_process(device, arm_model, tmp_p
 
 def test_killed_device_is_restarted_and_logged(device, arm_model):
     tracker, run = device
-    (sup,) = [e for e in manager._load_state() if e["kind"] == "supervisor"]
+    (sup,) = [e for e in manager._load_state()
+                      if e["kind"] == "supervisor" and e["key"] == CPU]
     servers = [c for c in psutil.Process(sup["pid"]).children() if "qemu" in " ".join(
         c.cmdline())]
     assert servers
