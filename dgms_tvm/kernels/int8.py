@@ -77,24 +77,39 @@ class QuantSpec:
     height: int
     width: int
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
+    extra: int = 0  # zero columns beyond the right padding (see padded_out_w)
 
     @classmethod
     def of(cls, spec: Conv2dSpec) -> QuantSpec:
-        return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding))
+        return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),
+                   (padded_out_w(spec) - spec.out_w) * spec.stride[1])
 
     @property
     def c4(self) -> int:
         return (self.channels + 3) // 4 * 4
 
     @property
-    def out_shape(self) -> tuple[int, int, int, int]:
+    def out_shape(self) -> tuple[int, ...]:
+        """``[N, Hp, C4/4, Wp, 4]``: 4-channel groups, then pixels, then the 4 channels, so
+        that 4 neighbouring pixels' groups are 16 contiguous bytes."""
         pt, pl, pb, pr = self.padding
-        return (self.batch, self.height + pt + pb, self.width + pl + pr, self.c4)
+        return (self.batch, self.height + pt + pb, self.c4 // 4,
+                self.width + pl + pr + self.extra, 4)
 
     @property
     def name(self) -> str:
         return (f"{QUANT_FAMILY}_n{self.batch}_c{self.channels}_h{self.height}_w{self.width}"
-                f"_p{'x'.join(map(str, self.padding))}")
+                f"_p{'x'.join(map(str, self.padding))}" + (f"_e{self.extra}" if self.extra
+                                                           else ""))
+
+
+def padded_out_w(spec: Conv2dSpec) -> int:
+    """Output columns the int8 conv computes: rounded up to 4 where columns are unit-stride
+    (4 pixels' inputs are then 16 contiguous bytes: one load for 4 ``sdot``); the extra
+    columns read zeros and are not written out."""
+    if spec.stride[1] == 1 and spec.dilation[1] == 1:
+        return (spec.out_w + 3) // 4 * 4
+    return spec.out_w
 
 
 def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
@@ -102,7 +117,7 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
     zero-padded, channel-innermost ``int8[N, Hp, Wp, C4]``; ``s_x = max|X| / 127``.
 
     A kernel of its own (not a block of the conv) so that the conv reads ``s_x`` as an input
-    and can dequantize each register tile where it is computed.
+    and can dequantize each register tile where it is computed. Layout: ``out_shape``.
     """
     s = spec
     pt, pl, _, _ = s.padding
@@ -116,18 +131,21 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
     def level():  # max|X| with the all-zero guard
         return tvm.tirx.max(amax[0], tvm.tirx.const(float(TINY), "float32"))
 
-    def quant(n, h, w, c):
+    def quant(n, h, cb, w, c4):
+        c = cb * 4 + c4
         v = tvm.tirx.round(x[n, c, h, w] * (tvm.tirx.const(127.0, "float32") / level()))
         v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0).astype("int8")
         if s.c4 == s.channels:
             return v
         return tvm.tirx.if_then_else(c < s.channels, v, tvm.tirx.const(0, "int8"))
 
-    def pad(n, h, w, c):
+    def pad(n, h, cb, w, c4):
         inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width)
-        return tvm.tirx.if_then_else(inside, q[n, h - pt, w - pl, c], tvm.tirx.const(0, "int8"))
+        return tvm.tirx.if_then_else(inside, q[n, h - pt, cb, w - pl, c4],
+                                     tvm.tirx.const(0, "int8"))
 
-    q = te.compute(tuple(map(i64, (s.batch, s.height, s.width, s.c4))), quant, name="quant")
+    q = te.compute(tuple(map(i64, (s.batch, s.height, s.c4 // 4, s.width, 4))), quant,
+                   name="quant")
     xq = te.compute(tuple(map(i64, s.out_shape)), pad, name="pad")
     sx = te.compute((i64(1),), lambda i: level() / tvm.tirx.const(127.0, "float32"), name="scale")
     func = te.create_prim_func([x, xq, sx])
@@ -307,9 +325,9 @@ def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
     rc = te.reduce_axis((i64(0), i64(4)), "rc")
     (sh, sw), (dh, dw) = s.stride, s.dilation
     acc = te.compute(
-        tuple(map(i64, s.out_shape)),
+        tuple(map(i64, (s.batch, s.out_channels, s.out_h, padded_out_w(s)))),
         lambda n, o, yy, xx: te.sum(
-            xq[n, yy * sh + rr * dh, xx * sw + rq * dw, rb * 4 + rc].astype("int32")
+            xq[n, yy * sh + rr * dh, rb, xx * sw + rq * dw, rc].astype("int32")
             * wq[o // 4, rr, rq, rb, o % 4, rc].astype("int32"),
             axis=[rr, rq, rb, rc]),
         name="acc")
@@ -343,23 +361,32 @@ def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
     return acc * (sx * np.asarray(d, np.float32))[None, :, None, None]
 
 
-def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
-    """(columns, 4-channel blocks) of the register tile: the divisors of the output width and
-    channel count (up to ``ow_tile`` / ``oc_blocks``) with the fewest instructions per
-    ``sdot`` whose accumulators, inputs and one weight vector fit in ``registers``.
+def quad(spec: Conv2dSpec, knobs: dict) -> bool:
+    """Whether the conv takes 4 pixels per load (the 4x4x4 sdot micro-kernel): unit-stride
+    columns on a core with sdot."""
+    return knobs.get("dot") == "sdot" and padded_out_w(spec) % 4 == 0 and \
+        spec.stride[1] == 1 and spec.dilation[1] == 1
 
-    Per reduction step a tile loads one weight vector per block and broadcasts one input per
-    column; once per tile it dequantizes its outputs (about 1.5 instructions per output in
-    4-column vectors, 3.5 otherwise), which weighs on layers with a short reduction (a 1x1
-    conv over 16 channels has 4 ``sdot`` per output)."""
+
+def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
+    """(columns, 4-channel blocks) of the register tile: the divisors of the computed width
+    and channel count (up to ``ow_tile`` / ``oc_blocks``; columns in fours for the 4-pixel
+    micro-kernel) with the fewest instructions per ``sdot`` whose accumulators, inputs and one
+    weight vector fit in ``registers``.
+
+    Per reduction step a tile loads one weight vector per block and one input vector per
+    column (per 4 columns with the micro-kernel); once per tile it dequantizes its outputs
+    (about 1.5 instructions per output in 4-column vectors, 3.5 otherwise), which weighs on
+    layers with a short reduction (a 1x1 conv over 16 channels has 4 ``sdot`` per output)."""
     steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
-    best, cost = (1, 1), float("inf")
-    for xt in (d for d in range(1, knobs["ow_tile"] + 1) if spec.out_w % d == 0):
+    width, per = padded_out_w(spec), (4 if quad(spec, knobs) else 1)
+    best, cost = (per, 1), float("inf")
+    for xt in (d for d in range(per, max(knobs["ow_tile"], per) + 1, per) if width % d == 0):
         for ob in (d for d in range(1, knobs["oc_blocks"] + 1)
                    if (spec.out_channels // 4) % d == 0):
-            if xt * ob + xt + 1 > knobs["registers"] - 2:
+            if xt * ob + xt // per + 1 > knobs["registers"] - 2:
                 continue
-            c = (xt + ob + xt * ob) / (xt * ob) + (1.5 if xt % 4 == 0 else 3.5) * 4 / steps
+            c = (xt // per + ob + xt * ob) / (xt * ob) + (1.5 if xt % 4 == 0 else 3.5) * 4 / steps
             if c < cost - 1e-9:
                 best, cost = (xt, ob), c
     return best
@@ -390,11 +417,15 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
     xt, ob = register_tile(spec, knobs)
     oo, oi, o4 = sch.split(o, [None, ob, 4])
-    xo, xi = sch.split(xx, [None, xt])
-    sdot = knobs.get("dot") == "sdot"
-    # Without sdot the 4 channels are the vector lanes, summed over the 4 inputs.
-    inner = (o4, rc) if sdot else (rc, o4)
-    sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, *inner)
+    sdot, four = knobs.get("dot") == "sdot", quad(spec, knobs)
+    if four:  # 4 pixels x 4 channels x 4 inputs per micro-kernel call
+        xo, xi, x4 = sch.split(xx, [None, xt // 4, 4])
+        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, x4, o4, rc)
+    else:
+        xo, xi = sch.split(xx, [None, xt])
+        # Without sdot the 4 channels are the vector lanes, summed over the 4 inputs.
+        inner = (o4, rc) if sdot else (rc, o4)
+        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, *inner)
     # Step 2. Accumulate in a local tile laid out channel-innermost (what sdot writes), and
     # dequantize it straight from there.
     local = sch.cache_write(acc, 0, "local")
@@ -409,11 +440,14 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.unroll(oi)
     sch.unroll(xi)
     if sdot:
-        from .intrin import sdot_4x4
+        from .intrin import sdot_4x4, sdot_4x4x4
 
         init = sch.decompose_reduction(acc, rr)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(o4, sdot_4x4())
+        if four:
+            sch.tensorize(x4, sdot_4x4x4())
+        else:
+            sch.tensorize(o4, sdot_4x4())
     else:
         sch.unroll(rc)
         sch.vectorize(o4)
@@ -441,16 +475,15 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
         rf = sch.rfactor(inner, 0)
         sch.vectorize(sch.get_loops(rf)[-1])
     qb = sch.get_sblock("quant")
-    n, h, w, c = sch.get_loops(qb)
-    sch.reorder(n, h, c, w)
+    n, h, cb, w, c4 = sch.get_loops(qb)
+    sch.reorder(n, h, cb, c4, w)
     sch.parallel(sch.fuse(n, h))
     _, wi = sch.split(w, [None, best_tile(spec.width, 8)])
     sch.vectorize(wi)
     pb = sch.get_sblock("pad")
-    n, h, w, c = sch.get_loops(pb)
+    n, h, cb, w, c4 = sch.get_loops(pb)
     sch.parallel(sch.fuse(n, h))
-    _, ci = sch.split(c, [None, best_tile(spec.c4, 16)])
-    sch.vectorize(ci)
+    sch.vectorize(sch.fuse(w, c4) if spec.out_shape[3] * 4 <= 64 else c4)
     del knobs, sample
 
 

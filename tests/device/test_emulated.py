@@ -116,14 +116,16 @@ def test_devices_serving_under_a_key_are_counted(device):
 
 @pytest.mark.parametrize("cpu", [CPU, DOTPROD])
 def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
-    """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core, NEON integer code on
-    the other."""
+    """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core (4 pixels per load for
+    unit-stride columns, 7 computed as 8; one pixel per load at stride 2), NEON integer code
+    on the other."""
     tracker, _ = device
     knobs = load_knobs(cpu)["q8_conv2d"]
     assert (knobs["dot"] == "sdot") == (cpu == DOTPROD)
     for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4,
                                    scaled=True),
-                 conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3)):
+                 conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3),
+                 conv2d.Conv2dSpec(1, 16, 8, 8, 32, (1, 1), bits=4)):
         cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
         q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
