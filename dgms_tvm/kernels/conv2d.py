@@ -127,7 +127,18 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
         inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width)
         return tvm.tirx.if_then_else(inside, x[n, c, h - pt, w - pl], tvm.tirx.const(0.0))
 
-    xp = te.compute(tuple(map(i64, (s.batch, s.in_channels, hp, wp))), pad_value, name="pad")
+    (sh, sw), (dh, dw) = s.stride, s.dilation
+    split = deinterleaved(s)
+    if split:  # [n, c, h, column % sw, column // sw]: a strided row read becomes contiguous
+        wq = (wp + sw - 1) // sw
+        xp = te.compute(tuple(map(i64, (s.batch, s.in_channels, hp, sw, wq))),
+                        lambda n, c, h, ph, j: pad_value(n, c, h, j * sw + ph), name="pad")
+    else:
+        xp = te.compute(tuple(map(i64, (s.batch, s.in_channels, hp, wp))), pad_value,
+                        name="pad")
+
+    def read(n, c, h, w):
+        return xp[n, c, h, w % sw, w // sw] if split else xp[n, c, h, w]
 
     def weight(i, r, q, o):
         if fp32:
@@ -139,11 +150,10 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     ri = te.reduce_axis((i64(0), i64(s.icg)), "ri")
     rr = te.reduce_axis((i64(0), i64(kh)), "rr")
     rq = te.reduce_axis((i64(0), i64(kw)), "rq")
-    (sh, sw), (dh, dw) = s.stride, s.dilation
     y = te.compute(
         tuple(map(i64, s.out_shape)),
         lambda n, o, yy, xx: te.sum(
-            xp[n, o // s.ocg * s.icg + ri, yy * sh + rr * dh, xx * sw + rq * dw]
+            read(n, o // s.ocg * s.icg + ri, yy * sh + rr * dh, xx * sw + rq * dw)
             * wt[ri, rr, rq, o],
             axis=[ri, rr, rq],
         ),
@@ -157,6 +167,14 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")  # private: the Relax module names it
+
+
+def deinterleaved(spec: Conv2dSpec) -> bool:
+    """Whether the padded input is stored column-deinterleaved (by ``column % stride``): for
+    depthwise convs with strided columns, whose schedule vectorises along output columns and
+    would otherwise gather every input one by one."""
+    s = spec
+    return s.groups > 1 and s.icg == 1 and s.stride[1] > 1 and s.dilation[1] == 1
 
 
 def reference(spec: Conv2dSpec, x, weight) -> np.ndarray:
@@ -199,7 +217,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     n, o, yy, xx, ri, rr, rq = sch.get_loops(conv)
     # Step 1. Pad once up front, in parallel over channels: the inner loops then read a
     # dense input with no bounds checks.
-    pn, pc, _, _ = sch.get_loops(pad)
+    pn, pc, *_ = sch.get_loops(pad)
     sch.parallel(sch.fuse(pn, pc))
     if spec.ocg >= knobs["oc_tile"] or spec.groups == 1:
         # Step 2a. Dense conv: vectorise over output channels. A register tile holds

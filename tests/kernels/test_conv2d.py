@@ -92,3 +92,10 @@ def test_scheduled_conv2d_builds_for_aarch64(target):
         lib = tvm.compile(standalone(func), target=profile.tvm_target())
         asm = lib.mod.inspect_source("s")
         assert "fmla" in asm or "fmul" in asm  # NEON float arithmetic was generated
+
+
+def test_strided_depthwise_reads_a_deinterleaved_input():
+    # The strided depthwise case above runs through the column-deinterleaved padded input.
+    assert conv2d.deinterleaved(CASES[5][0]) and "pad" in str(conv2d.compute(CASES[5][0]))
+    assert not any(conv2d.deinterleaved(spec) for spec, _ in CASES[:5])
+    assert not conv2d.deinterleaved(CASES[6][0])  # depthwise, unit stride
