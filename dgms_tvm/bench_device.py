@@ -312,6 +312,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
         "layers": _layers(sites, by, builds) if per_layer else [],
         "strategy": builds[f"DGMS {bits}-bit"].manifest.get("strategy"),
+        "sparsity": _sparsity(builds[f"DGMS {bits}-bit"].manifest),
         "tuning": {label: {"logs": b.manifest["tuning"]["logs"],
                            "tuned_kernels": b.manifest["tuning"]["tuned"],
                            "kernels": len(b.manifest["tuning"]["kernels"])}
@@ -347,6 +348,18 @@ def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
                 for lb in labels for i, g in enumerate(groups[lb])]
     return [{"index": i, **{lb: _entry(groups[lb][i], lb, by) for lb in labels}}
             for i in range(n)]
+
+
+def _sparsity(manifest: dict) -> dict | None:
+    """Share of exact zeros (DGMS's pinned component) over the codebook layers' weights, and
+    per layer."""
+    layers = [r for r in manifest["layers"] if r.get("sparsity") is not None and r["lowered"]]
+    if not layers:
+        return None
+    sizes = [int(np.prod(r["shape"])) for r in layers]
+    zeros = sum(r["sparsity"] * n for r, n in zip(layers, sizes, strict=True))
+    return {"overall": zeros / sum(sizes),
+            "layers": {r["name"]: r["sparsity"] for r in layers}}
 
 
 def _group(names: list[str]) -> list[list[str]]:
@@ -403,6 +416,11 @@ def format_markdown(rep: dict) -> str:
               f"{rep['max_rel_err_vs_fp32']:.1e}; top-1 "
               f"{'agrees' if rep.get('top1_agrees_with_fp32') else 'DIFFERS'}",
               f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
+    if rep.get("sparsity"):
+        sp = rep["sparsity"]["layers"].values()
+        lines.append(f"- DGMS weight sparsity (exact zeros): {rep['sparsity']['overall']:.1%} "
+                     f"over the codebook layers (per layer {min(sp):.1%} to {max(sp):.1%}; "
+                     "report.json lists each); not exploited yet (no zero skipping)")
     if rep.get("strategy"):
         st = rep["strategy"]
         lines.append(f"- DGMS strategy {st['requested']} -> {st['resolved']} ("
