@@ -78,11 +78,12 @@ class QuantSpec:
     width: int
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     extra: int = 0  # zero columns beyond the right padding (see padded_out_w)
+    phases: int = 1  # columns stored deinterleaved by column % phases (the conv's stride)
 
     @classmethod
     def of(cls, spec: Conv2dSpec) -> QuantSpec:
         return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),
-                   (padded_out_w(spec) - spec.out_w) * spec.stride[1])
+                   (padded_out_w(spec) - spec.out_w) * spec.stride[1], spec.stride[1])
 
     @property
     def c4(self) -> int:
@@ -90,26 +91,27 @@ class QuantSpec:
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """``[N, Hp, C4/4, Wp, 4]``: 4-channel groups, then pixels, then the 4 channels, so
-        that 4 neighbouring pixels' groups are 16 contiguous bytes."""
+        """``[N, Hp, C4/4, phases, Wp/phases, 4]``: 4-channel groups, then columns (split by
+        ``column % phases``, so that a conv of that column stride reads 4 neighbouring output
+        pixels' inputs from 16 contiguous bytes), then the 4 channels."""
         pt, pl, pb, pr = self.padding
-        return (self.batch, self.height + pt + pb, self.c4 // 4,
-                self.width + pl + pr + self.extra, 4)
+        wp = self.width + pl + pr + self.extra
+        return (self.batch, self.height + pt + pb, self.c4 // 4, self.phases,
+                (wp + self.phases - 1) // self.phases, 4)
 
     @property
     def name(self) -> str:
         return (f"{QUANT_FAMILY}_n{self.batch}_c{self.channels}_h{self.height}_w{self.width}"
                 f"_p{'x'.join(map(str, self.padding))}" + (f"_e{self.extra}" if self.extra
-                                                           else ""))
+                                                           else "")
+                + (f"_s{self.phases}" if self.phases > 1 else ""))
 
 
 def padded_out_w(spec: Conv2dSpec) -> int:
-    """Output columns the int8 conv computes: rounded up to 4 where columns are unit-stride
-    (4 pixels' inputs are then 16 contiguous bytes: one load for 4 ``sdot``); the extra
-    columns read zeros and are not written out."""
-    if spec.stride[1] == 1 and spec.dilation[1] == 1:
-        return (spec.out_w + 3) // 4 * 4
-    return spec.out_w
+    """Output columns the int8 conv computes: rounded up to 4 (4 pixels' inputs are 16
+    contiguous bytes of the quantized input: one load for 4 ``sdot``); the extra columns read
+    zeros and are not written out."""
+    return (spec.out_w + 3) // 4 * 4
 
 
 def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
@@ -139,7 +141,8 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
             return v
         return tvm.tirx.if_then_else(c < s.channels, v, tvm.tirx.const(0, "int8"))
 
-    def pad(n, h, cb, w, c4):
+    def pad(n, h, cb, ph, j, c4):
+        w = j * s.phases + ph
         inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width)
         return tvm.tirx.if_then_else(inside, q[n, h - pt, cb, w - pl, c4],
                                      tvm.tirx.const(0, "int8"))
@@ -327,7 +330,8 @@ def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
     acc = te.compute(
         tuple(map(i64, (s.batch, s.out_channels, s.out_h, padded_out_w(s)))),
         lambda n, o, yy, xx: te.sum(
-            xq[n, yy * sh + rr * dh, rb, xx * sw + rq * dw, rc].astype("int32")
+            xq[n, yy * sh + rr * dh, rb, (xx * sw + rq * dw) % sw, (xx * sw + rq * dw) // sw,
+               rc].astype("int32")
             * wq[o // 4, rr, rq, rb, o % 4, rc].astype("int32"),
             axis=[rr, rq, rb, rc]),
         name="acc")
@@ -362,10 +366,11 @@ def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
 
 
 def quad(spec: Conv2dSpec, knobs: dict) -> bool:
-    """Whether the conv takes 4 pixels per load (the 4x4x4 sdot micro-kernel): unit-stride
-    columns on a core with sdot."""
-    return knobs.get("dot") == "sdot" and padded_out_w(spec) % 4 == 0 and \
-        spec.stride[1] == 1 and spec.dilation[1] == 1
+    """Whether the conv runs the 4-pixel x 4-channel x 4-input sdot micro-kernel (4 pixels'
+    inputs per load; any column stride, the quantized input being deinterleaved by it): on
+    cores with sdot."""
+    del spec
+    return knobs.get("dot") == "sdot"
 
 
 def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
@@ -411,21 +416,23 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     func = sch.mod["main"]
     predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
     acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
-    # Step 1. Register tile: ow_tile columns x 4*oc_blocks channels, summed 4 channels at a
-    # time (the innermost 4x4 is one sdot: 4 outputs x 4 input channels;
-    # its intrinsic: .intrin).
+    # Step 1. Register tile: xt columns x 4*ob channels, summed 4 input channels at a time;
+    # with sdot the innermost 4 pixels x 4 channels x 4 inputs are one micro-kernel call
+    # (4 indexed sdot, .intrin).
     n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
     xt, ob = register_tile(spec, knobs)
     oo, oi, o4 = sch.split(o, [None, ob, 4])
-    sdot, four = knobs.get("dot") == "sdot", quad(spec, knobs)
-    if four:  # 4 pixels x 4 channels x 4 inputs per micro-kernel call
+    four = quad(spec, knobs)
+    if four:
         xo, xi, x4 = sch.split(xx, [None, xt // 4, 4])
-        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, x4, o4, rc)
-    else:
+        # Two reduction steps per loop trip (the loop's own 3 to 4 instructions count
+        # against 16 to 24 sdot otherwise).
+        rbo, rbi = sch.split(rb, [None, 2 if (spec.in_channels + 3) // 4 % 2 == 0 else 1])
+        sch.reorder(n, oo, yy, xo, rr, rq, rbo, rbi, oi, xi, x4, o4, rc)
+        sch.unroll(rbi)
+    else:  # generic: the 4 channels are the vector lanes, summed over the 4 inputs
         xo, xi = sch.split(xx, [None, xt])
-        # Without sdot the 4 channels are the vector lanes, summed over the 4 inputs.
-        inner = (o4, rc) if sdot else (rc, o4)
-        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, *inner)
+        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, rc, o4)
     # Step 2. Accumulate in a local tile laid out channel-innermost (what sdot writes), and
     # dequantize it straight from there.
     local = sch.cache_write(acc, 0, "local")
@@ -439,15 +446,12 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.parallel(sch.fuse(n, oo))
     sch.unroll(oi)
     sch.unroll(xi)
-    if sdot:
-        from .intrin import sdot_4x4, sdot_4x4x4
+    if four:
+        from .intrin import sdot_4x4x4
 
         init = sch.decompose_reduction(acc, rr)
         sch.vectorize(sch.get_loops(init)[-1])
-        if four:
-            sch.tensorize(x4, sdot_4x4x4())
-        else:
-            sch.tensorize(o4, sdot_4x4())
+        sch.tensorize(x4, sdot_4x4x4())
     else:
         sch.unroll(rc)
         sch.vectorize(o4)
@@ -481,9 +485,9 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
     _, wi = sch.split(w, [None, best_tile(spec.width, 8)])
     sch.vectorize(wi)
     pb = sch.get_sblock("pad")
-    n, h, cb, w, c4 = sch.get_loops(pb)
+    n, h, _, _, j, c4 = sch.get_loops(pb)
     sch.parallel(sch.fuse(n, h))
-    sch.vectorize(sch.fuse(w, c4) if spec.out_shape[3] * 4 <= 64 else c4)
+    sch.vectorize(sch.fuse(j, c4) if spec.out_shape[4] * 4 <= 64 else c4)
     del knobs, sample
 
 

@@ -153,15 +153,17 @@ def test_register_tile_fits_the_registers():
             per = 4 if int8.quad(spec, knobs) else 1  # pixels per input load
             assert xt % per == 0 and xt * ob + xt // per + 1 <= knobs["registers"] - 2
     n1 = load_knobs("neoverse-n1")["q8_conv2d"]
-    # Unit-stride columns on a dotprod core: 4-pixel loads, 8 columns x 8 channels.
+    # A dotprod core: 4-pixel loads, 8 columns x 8 channels.
     same = S(1, 64, 56, 56, 64, (3, 3), padding=(1, 1, 1, 1))
     assert int8.quad(same, n1) and int8.register_tile(same, n1) == (8, 2)
     # 7 columns are computed as 8 (the 8th reads zeros and is not written).
     seven = S(1, 512, 7, 7, 512, (3, 3), padding=(1, 1, 1, 1))
     assert int8.padded_out_w(seven) == 8 and int8.register_tile(seven, n1) == (8, 2)
-    # Stride 2: one pixel per load.
+    # Stride 2: 4 pixels per load too (the input deinterleaved by column parity).
     s2 = S(1, 64, 56, 56, 128, (3, 3), (2, 2), (1, 1, 1, 1))
-    assert not int8.quad(s2, n1) and int8.register_tile(s2, n1) == (4, 4)
+    assert int8.quad(s2, n1) and int8.register_tile(s2, n1) == (4, 4)
+    assert int8.QuantSpec.of(s2).phases == 2
+    assert not int8.quad(s2, load_knobs("cortex-a72")["q8_conv2d"])
 
 
 @pytest.mark.parametrize("target,sdot", [("neoverse-n1", True), ("cortex-a55", True),
@@ -177,10 +179,12 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
 @pytest.mark.parametrize("qs", [int8.QuantSpec(1, 64, 16, 16, (1, 1, 1, 1)),
                                 int8.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
                                 int8.QuantSpec(2, 6, 7, 7),
-                                int8.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1)], ids=str)
+                                int8.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
+                                int8.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2)],
+                         ids=str)
 def test_quantize_kernel_layout_and_values(qs, rng):
-    """Xq: quantized, in 4-channel groups (channels padded to 4), zero border and extra
-    columns; s_x exact."""
+    """Xq: quantized, in 4-channel groups (channels padded to 4), columns deinterleaved by
+    the conv's stride, zero border and extra columns; s_x exact."""
     lib = tvm.compile(standalone(int8.quant_schedule(int8.quant_compute(qs), {})),
                       target=get_profile("x86").tvm_target())
     x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
@@ -189,9 +193,10 @@ def test_quantize_kernel_layout_and_values(qs, rng):
     lib["main"](tvm.runtime.tensor(x), xq, sx)
     want_q, want_sx = int8.quantize_input(x)
     pt, pl, _, _ = qs.padding
-    nhwc = np.zeros((qs.batch, qs.out_shape[1], qs.out_shape[3], qs.c4), np.int8)
+    ph, wq = qs.phases, qs.out_shape[4]
+    nhwc = np.zeros((qs.batch, qs.out_shape[1], ph * wq, qs.c4), np.int8)
     nhwc[:, pt:pt + qs.height, pl:pl + qs.width, :qs.channels] = want_q.transpose(0, 2, 3, 1)
-    # [N, Hp, Wp, C4] -> [N, Hp, C4/4, Wp, 4]
-    want = nhwc.reshape(*nhwc.shape[:3], qs.c4 // 4, 4).transpose(0, 1, 3, 2, 4)
+    # [N, Hp, Wq * ph, C4] -> [N, Hp, C4/4, ph, Wq, 4] (column w = j * ph + phase)
+    want = nhwc.reshape(qs.batch, -1, wq, ph, qs.c4 // 4, 4).transpose(0, 1, 4, 3, 2, 5)
     np.testing.assert_array_equal(xq.numpy(), want)
     assert sx.numpy()[0] == want_sx
