@@ -191,3 +191,20 @@ def test_recompile_replaces_own_artifact(x86_artifact, tmp_path):
     assert all(r["fp32_kernel"] for r in manifest["layers"])
     assert (out / "model.so").stat().st_size > 1000
     assert os.access(out, os.R_OK | os.X_OK)
+
+
+def test_compile_strategy_is_recorded_per_layer(tmp_path, capsys):
+    out = tmp_path / "int8"
+    code, _ = _cli(compile_cli.main, ["--model", MODEL, "--target", "x86", "--strategy", "int8",
+                                      "--output", str(out), "--quiet"], capsys)
+    assert code == 0
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["strategy"]["requested"] == "int8" and m["strategy"]["resolved"] == "int8"
+    strategies = {r["name"]: r["strategy"] for r in m["layers"] if r["lowered"]}
+    assert "int8" in strategies.values()
+    assert m["strategy"]["layers"]["int8"] == list(strategies.values()).count("int8")
+    # auto on x86 (no sdot in its schedule file): exact
+    code, _ = _cli(compile_cli.main, ["--model", MODEL, "--target", "x86", "--output",
+                                      str(tmp_path / "auto"), "--quiet"], capsys)
+    m = json.loads((tmp_path / "auto" / "manifest.json").read_text())
+    assert code == 0 and m["strategy"]["resolved"] == "exact"
