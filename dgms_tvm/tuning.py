@@ -267,12 +267,6 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
         if db is not None:
             with target:
                 sch = ms.tir_integration.compile_tir(db, func, target)
-            if sch is not None and not list(sch.trace.insts):
-                # The best record is the untuned baseline (no schedule): leave the function
-                # to compile's own default lowering, which is what that record measured.
-                # Marked scheduled, the bare function compiles to scalar loops (a fused
-                # BatchNorm+ReLU measured 2.1 M instructions as a record, 11.5 M so built).
-                sch = None
         fam = str(func.attrs[KERNEL_ATTR]) if func.attrs and KERNEL_ATTR in func.attrs \
             else None
         if sch is not None:
