@@ -178,7 +178,8 @@ class _Rewriter(PyExprMutator):
         """Quantize the input, decode the weight (kernels of their own where they can), then the
         int8 conv (see kernels.int8)."""
         rec.strategy = "int8"
-        rec.kernel = kint8.name(spec, predecoded=kint8.DecodeSpec.of(spec).supported())
+        ds = kint8.DecodeSpec.of(spec)
+        rec.kernel = kint8.name(spec, predecoded=ds.supported())
         qs = kint8.QuantSpec.of(spec)
         if qs.name not in self.kernels:
             self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs), qs.name)
@@ -186,7 +187,6 @@ class _Rewriter(PyExprMutator):
             relax.TensorType(qs.out_shape, "int8"), relax.TensorType((1,), "float32")]))
         qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
         xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
-        ds = kint8.DecodeSpec.of(spec)
         if ds.supported():  # weights decoded 16 at a time by a kernel of their own
             if ds.name not in self.kernels:
                 self.kernels[ds.name] = self.builder_.add_func(kint8.decode_compute(ds),

@@ -99,9 +99,9 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     assert ds.supported()
     idx = rng.integers(0, 1 << bits, size=shape)
     q = np.concatenate([[0], rng.integers(-127, 128, size=(1 << bits) - 1)]).astype(np.int8)
-    lib = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
+    host = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
     w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
-    lib["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
+    host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
                 tvm.runtime.tensor(int8.q16(q)), tvm.runtime.tensor(np.zeros(1, np.float32)), w)
     c4 = ds.shape[3] * 4
     full = np.zeros((o, c4, kh, kw), np.int64)
@@ -126,9 +126,8 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     inside = run_kernel(int8.schedule(int8.compute(spec), knobs),
                         [xq.numpy(), sx.numpy(), cw.packed, q, d,
                          np.zeros(spec.out_shape, np.float32)])
-    hl = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
     w2 = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
-    hl["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, cw.indices())),
+    host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, cw.indices())),
                tvm.runtime.tensor(int8.q16(q)), sx, w2)
     pre = run_kernel(int8.schedule(int8.compute(spec, predecoded=True), knobs),
                      [xq.numpy(), sx.numpy(), w2.numpy(), d,
