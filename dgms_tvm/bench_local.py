@@ -70,7 +70,8 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                                                        db)]
     for label, cb, fp32_kernels, database in variants:
         t0 = time.perf_counter()
-        lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels)
+        lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
+                                 target=profile.tvm_target() if fp32_kernels else None)
         applied: dict = {}
         exe = tvm.compile(compiler.prepare(lowered, profile, database=database,
                                            applied=applied), target=profile.tvm_target())

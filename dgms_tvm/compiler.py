@@ -24,7 +24,7 @@ class Lowered:
 
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
-          fp32_kernels: bool = True, strategy: str = "exact") -> Lowered:
+          fp32_kernels: bool = True, strategy: str = "exact", target=None) -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
@@ -38,13 +38,16 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
         False leaves FP32 conv2d / dense layers to TVM's default lowering (untuned TVM).
     strategy : str
         ``exact`` or ``int8`` for the codebook conv2d layers (see :func:`resolve_strategy`).
+    target : tvm.target.Target, optional
+        The build's target: batch-1 dense layers use the GEMV kernels where it has their
+        instructions (x86 with AVX-512); without it, the generic dense kernel.
     """
     records: list[LayerRecord] = []
     mod = imported.mod
     if codebooks or fp32_kernels:
         policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
                                 codebooks=codebooks, fp32_kernels=fp32_kernels,
-                                strategy=strategy)
+                                strategy=strategy, target=target)
         mod = lower_codebook_layers(policy, records)(mod)
         errors = [r.error for r in records if r.error]
         if errors:

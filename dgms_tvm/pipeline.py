@@ -104,7 +104,8 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     resolved = compiler.resolve_strategy(strategy, profile)
-    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved)
+    lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
+                             target=profile.tvm_target())
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
          f"({time.perf_counter() - t0:.1f} s)", quiet)
     db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,

@@ -142,11 +142,13 @@ def extract_tasks(loaded, profile, bits: int | None) -> list[Task]:
     from tvm.s_tir.analysis import estimate_tir_flops
 
     from . import compiler
+    from .kernels import FAMILIES
     from .kernels.common import KERNEL_ATTR
 
     tasks: dict[int, Task] = {}
     for label, fp32 in ((f"DGMS {bits}-bit", False), ("FP32", True)):
-        lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32)
+        lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32,
+                                 target=profile.tvm_target())
         mod = compiler.prepare(lowered, profile, schedule=False)
         for name in compiler.call_sites(mod):
             func = mod[name]
@@ -159,11 +161,13 @@ def extract_tasks(loaded, profile, bits: int | None) -> list[Task]:
                 fam = func.attrs[KERNEL_ATTR] if func.attrs and KERNEL_ATTR in func.attrs \
                     else None
                 tasks[h] = Task(name, func, 0, flops, [], None if fam is None else str(fam))
+            if tasks[h].family is not None and FAMILIES[tasks[h].family].apply is None:
+                continue  # written already scheduled (no blocks): nothing to search
             t = tasks[h]
             t.calls += 1
             if label not in t.builds:
                 t.builds.append(label)
-    return list(tasks.values())
+    return [t for t in tasks.values() if t.calls]
 
 
 def budgets(tasks: list[Task], trials: int, per_iter: int) -> list[int]:

@@ -40,7 +40,8 @@ def _builds(imported, bits):
     host = get_profile("x86")
     out = {}
     for strategy in ("exact", "int8"):
-        lowered = compiler.lower(imported, bits, strategy=strategy)
+        lowered = compiler.lower(imported, bits, strategy=strategy,
+                                 target=host.tvm_target())
         out[strategy] = (compiler.build(lowered, host),
                          sum(r.strategy == "int8" for r in lowered.records))
     return out

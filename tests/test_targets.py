@@ -11,7 +11,8 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         t = p.tvm_target()
         assert str(t.kind) == "llvm" and int(t.attrs["num-cores"]) == p.num_cores
         knobs = load_knobs(name)
-        assert set(knobs) == {"cb_conv2d", "cb_dense", "q8_conv2d", "q8_quant", "q8_decode"}
+        assert set(knobs) == {"cb_conv2d", "cb_dense", "cb_gemv", "q8_conv2d", "q8_quant",
+                              "q8_decode"}
         # The int8 strategy's sdot schedule exactly where the core has dotprod.
         assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.has_dotprod
 

@@ -29,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..detect import NotACodebook, find_codebook
 from ..kernels import conv2d as kconv
 from ..kernels import dense as kdense
+from ..kernels import gemv as kgemv
 from ..kernels import int8 as kint8
 from ..kernels.common import FP32_WEIGHT
 from .records import LayerRecord, LoweringPolicy
@@ -237,18 +238,50 @@ class _Rewriter(PyExprMutator):
             return call
         n, k = value.shape
         m = int(np.prod(xshape[:-1]))
-        spec = kdense.DenseSpec(m, n, k, bits=FP32_WEIGHT if cw is None else cw.bits,
-                                scaled=cw is not None and cw.scale is not None)
-        self._note(rec, cw, spec)
-        if cw is not None:
-            rec.strategy = "exact"  # no int8 dense kernel yet
-        gv = self._kernel(kdense.compute, spec)
         x2 = x if len(xshape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
-        y = relax.call_tir(gv, self._operands(x2, cw, value),
-                           out_ty=relax.TensorType((m, n), "float32"))
+        out_ty = relax.TensorType((m, n), "float32")
+        y = self._gemv(x2, m, n, k, cw, value, rec, out_ty)
+        if y is None:
+            spec = kdense.DenseSpec(m, n, k, bits=FP32_WEIGHT if cw is None else cw.bits,
+                                    scaled=cw is not None and cw.scale is not None)
+            self._note(rec, cw, spec)
+            if cw is not None:
+                rec.strategy = "exact"
+            y = relax.call_tir(self._kernel(kdense.compute, spec),
+                               self._operands(x2, cw, value), out_ty=out_ty)
         if len(xshape) == 2:
             return y
         return relax.op.reshape(self.builder_.emit(y), (*xshape[:-1], n))
+
+
+    def _gemv(self, x2, m, n, k, cw, value, rec, out_ty):
+        """A batch-1 dense as a GEMV kernel (:mod:`..kernels.gemv`) where the target has its
+        instructions; None to use the generic dense kernel."""
+        target = self.policy.target
+        if target is None or m != 1:
+            return None
+        ariths = ["fp32"] if cw is None else (
+            ["int8", "exact"] if self.policy.strategy == "int8" else ["exact"])
+        for arith in ariths:
+            spec = kgemv.GemvSpec(1, n, k, FP32_WEIGHT if cw is None else cw.bits,
+                                  arith=arith, rows=kgemv.rows_for(n, arith))
+            if not kgemv.supports(spec, target):
+                break
+        else:
+            return None
+        if arith == "fp32":
+            consts = [np.ascontiguousarray(value)]
+        elif arith == "exact":
+            scale = cw.scale if cw.scale is not None else np.ones(n, np.float32)
+            consts = [kgemv.pack(spec, cw.indices()), kgemv.codebook16(cw.codebook), scale]
+        else:
+            q = kgemv.int8_weights(spec, cw.indices(), cw.codebook, cw.scale)
+            consts = [q.packed, q.table, q.corr, q.d]
+        self._note(rec, cw, spec)
+        if cw is not None:
+            rec.strategy = arith
+        return relax.call_tir(self._kernel(kgemv.compute, spec),
+                              [x2, *(relax.const(c) for c in consts)], out_ty=out_ty)
 
 
 def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):

@@ -67,7 +67,10 @@ class LoweringPolicy:
         ``exact`` (float32 activations, weights decoded to float32) or ``int8`` (activations
         quantized per tensor at run time, int8 codebook, int32 sums: ``kernels.int8``) for
         every codebook conv2d that the int8 kernel takes; the rest stay exact, and the record
-        says why.
+        says why. Batch-1 dense layers take it too where the GEMV kernel runs (``target``).
+    target : tvm.target.Target or None
+        The build's target, for kernels that exist only where the target has their
+        instructions (the x86 AVX-512 GEMV of batch-1 dense layers); None: none of those.
     """
 
     weights: dict[str, np.ndarray]
@@ -77,6 +80,7 @@ class LoweringPolicy:
     codebooks: bool = True
     fp32_kernels: bool = True
     strategy: str = "exact"
+    target: object = None
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)

@@ -1,0 +1,320 @@
+"""Batch-1 codebook dense (GEMV) for x86 hosts with AVX-512: compute, NumPy oracle, packing.
+
+``Y[m, n] = sum_k X[m, k] * W[n, k]`` with ``W[n, k] = scale[n] * codebook[idx(n, k)]`` and
+at most 16 codebook entries (1 to 4 bits). At batch 1 nothing is shared between output
+features, so the cost is the weight stream plus the work to turn each index into a weight;
+these kernels make that work a few vector instructions per 32 or 128 weights. Three
+arithmetics:
+
+``exact``
+    FP32 arithmetic on the exact codebook values (results match the FP32 layer up to
+    summation order). The 16-entry codebook lives in one 512-bit register and
+    ``vpermps`` (``llvm.x86.avx512.permvar.sf.512``) turns 16 indices into 16 weights; one
+    FMA per 16 weights. Needs ``avx512f``.
+``int8``
+    The int8 strategy (see :mod:`.int8`): the codebook as int8 entries with one scale, ``X``
+    quantized per call symmetrically per tensor. The int8 codebook sits in a 16-byte table
+    (repeated in each 128-bit lane) and ``vpshufb`` turns 64 indices into 64 int8 weights;
+    ``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by signed
+    bytes, so the kernel stores ``Xq + 128`` and subtracts ``128 * sum_k Wq[n, k]`` (a
+    per-feature constant made at pack time). Needs ``avx512bw`` and ``avx512vnni``.
+``fp32``
+    The same loop nest over a float32 ``W[N, K]``: the FP32 baseline these are measured
+    against (``scripts/bench_gemv.py``).
+
+Weights are re-packed at compile time (:func:`pack`) so that one byte holds the indices of
+two weights a fixed distance apart, and a nibble split is a shift: in each chunk of ``C``
+weights (``C`` = 32 for exact, 128 for int8) byte ``j`` holds weight ``j`` in its low nibble
+and weight ``C/2 + j`` in its high nibble. ``K`` is padded to a whole chunk with index 0,
+whose codebook entry is exactly zero.
+
+Each kernel is written already scheduled (TVMScript loops, no blocks): output features in
+parallel, ``rows`` features per register tile sharing each ``X`` load.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR
+from .int8 import TINY, quantize_codebook, quantize_input
+
+FAMILY = "cb_gemv"
+ARITHS = ("exact", "int8", "fp32")
+#: Weights per packed chunk, by arithmetic.
+CHUNK = {"exact": 32, "int8": 128, "fp32": 16}
+#: LLVM features each arithmetic's instructions need.
+FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": ("avx512f",)}
+
+
+@dataclasses.dataclass(frozen=True)
+class GemvSpec:
+    """Every parameter a GEMV kernel is specialised on."""
+
+    m: int
+    n: int
+    k: int
+    bits: int = 4
+    arith: str = "exact"
+    rows: int = 4
+
+    def __post_init__(self):
+        if self.arith not in ARITHS:
+            raise ValueError(f"arith {self.arith!r} not in {ARITHS}")
+
+    @property
+    def chunk(self) -> int:
+        return CHUNK[self.arith]
+
+    @property
+    def kp(self) -> int:
+        """``K`` padded to whole chunks."""
+        return -(-self.k // self.chunk) * self.chunk
+
+    @property
+    def packed_shape(self) -> tuple[int, int, int]:
+        """``[N/rows, Kp/chunk, rows * chunk/2]``: one register tile's rows interleaved chunk
+        by chunk, so that each thread reads one sequential stream."""
+        return (self.n // self.rows, self.kp // self.chunk, self.rows * self.chunk // 2)
+
+    @property
+    def name(self) -> str:
+        if self.arith == "fp32":
+            return f"fp32_gemv_m{self.m}_n{self.n}_k{self.k}"
+        return f"{FAMILY}_{self.arith}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
+
+
+def supports(spec: GemvSpec, target) -> str:
+    """Why ``spec`` cannot use a GEMV kernel on ``target`` ('' when it can)."""
+    from tvm.target import codegen
+
+    if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
+        return "GEMV kernels are written for x86"
+    missing = [f for f in FEATURES[spec.arith] if not codegen.target_has_features(f, target)]
+    if missing:
+        return f"the target lacks {', '.join(missing)}"
+    if spec.arith != "fp32" and spec.bits > 4:
+        return f"{spec.bits}-bit indices (the lookup holds 16 entries)"
+    if spec.arith in ("exact", "fp32") and spec.k % spec.chunk:
+        return f"K={spec.k} is not a multiple of {spec.chunk}"
+    if spec.n % spec.rows:
+        return f"N={spec.n} is not a multiple of {spec.rows} rows"
+    return ""
+
+
+#: Rows per register tile, by arithmetic: int8 accumulators are one register per row and
+#: each 128-byte ``Xq`` load then serves 8 rows (measured 0.10 against 0.10-0.12 ms with 4
+#: rows for 4096x4096, noisy); exact keeps 4 rows (8 measured no better).
+ROWS = {"exact": 4, "int8": 8, "fp32": 4}
+
+
+def rows_for(n: int, arith: str) -> int:
+    """Rows per register tile for ``n`` features: ``ROWS[arith]`` or the largest power of
+    two below it that divides ``n``."""
+    r = ROWS[arith]
+    while n % r:
+        r //= 2
+    return r
+
+
+def pack(spec: GemvSpec, indices: np.ndarray) -> np.ndarray:
+    """``uint8[packed_shape]``: the indices ``[N, K]`` (values below 16) in the chunked nibble
+    layout of the module docstring."""
+    idx = np.zeros((spec.n, spec.kp), np.uint8)
+    idx[:, :spec.k] = np.asarray(indices, np.uint8).reshape(spec.n, spec.k)
+    half = spec.chunk // 2
+    c = idx.reshape(spec.n // spec.rows, spec.rows, spec.kp // spec.chunk, 2, half)
+    b = c[:, :, :, 0] | (c[:, :, :, 1] << 4)  # [N/rows, rows, chunks, half]
+    return np.ascontiguousarray(b.transpose(0, 2, 1, 3)).reshape(spec.packed_shape)
+
+
+def codebook16(codebook: np.ndarray) -> np.ndarray:
+    """The float32 codebook zero-padded to the 16 entries of one ``vpermps`` table."""
+    out = np.zeros(16, np.float32)
+    out[:len(codebook)] = codebook
+    return out
+
+
+@dataclasses.dataclass
+class Int8Weights:
+    """Operands of an int8 GEMV made at compile time from indices and codebook."""
+
+    packed: np.ndarray  # uint8[packed_shape]
+    table: np.ndarray  # int8[64]: the int8 codebook, 16 entries repeated per 128-bit lane
+    corr: np.ndarray  # int32[N]: 128 * sum_k Wq[n, k]
+    d: np.ndarray  # float32[N]: s_cb * scale[n]
+
+
+def int8_weights(spec: GemvSpec, indices, codebook, scale=None) -> Int8Weights:
+    q, d = quantize_codebook(codebook, scale, spec.n)
+    q16 = np.zeros(16, np.int8)
+    q16[:len(q)] = q
+    idx = np.asarray(indices).reshape(spec.n, spec.k)
+    corr = 128 * q16[idx].astype(np.int64).sum(axis=1)
+    return Int8Weights(pack(spec, idx), np.tile(q16, 4), corr.astype(np.int32), d)
+
+
+def _finish(func, spec: GemvSpec):
+    return func.with_attrs({
+        KERNEL_ATTR: FAMILY,
+        SPEC_ATTR: json.dumps(dataclasses.asdict(spec)),
+        "op_pattern": OPAQUE,
+        "tirx.noalias": True,
+    })
+
+
+def compute(spec: GemvSpec) -> tvm.tirx.PrimFunc:
+    """The PrimFunc, already scheduled. Operands by arithmetic:
+
+    - exact: ``(X f32[M, K], P u8[N, Kp/2], CB f32[16], S f32[N]) -> Y f32[M, N]`` (``S``:
+      the per-feature scale, ones without one)
+    - int8: ``(X, P, TB i8[64], CORR i32[N], D f32[N]) -> Y``
+    - fp32: ``(X, W f32[N, K]) -> Y``
+    """
+    return _finish({"exact": _exact, "int8": _int8, "fp32": _fp32}[spec.arith](spec), spec)
+
+
+def _exact(spec: GemvSpec):
+    M, N, K, R = spec.m, spec.n, spec.k, spec.rows
+    C = K // 32
+    perm = "llvm.x86.avx512.permvar.sf.512"
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), P: T.Buffer((N // R, C, R * 16), "uint8"),
+             CB: T.Buffer((16,), "float32"), S: T.Buffer((N,), "float32"),
+             Y: T.Buffer((M, N), "float32")):
+        for nb in T.parallel(N // R):
+            acc = T.alloc_buffer((R * 16,), "float32", scope="local")
+            for m in range(M):
+                for r in T.unroll(R):
+                    acc[T.Ramp(r * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
+                for c in range(C):
+                    for r in T.unroll(R):
+                        acc[T.Ramp(r * 16, 1, 16)] = (
+                            acc[T.Ramp(r * 16, 1, 16)]
+                            + X[m, T.Ramp(c * 32, 1, 16)] * T.call_llvm_pure_intrin(
+                                "float32x16", perm, CB[T.Ramp(0, 1, 16)],
+                                T.Cast("int32x16", P[nb, c, T.Ramp(r * 16, 1, 16)]))
+                            + X[m, T.Ramp(c * 32 + 16, 1, 16)] * T.call_llvm_pure_intrin(
+                                "float32x16", perm, CB[T.Ramp(0, 1, 16)],
+                                T.shift_right(T.Cast("int32x16", P[nb, c, T.Ramp(r * 16, 1, 16)]),
+                                              T.Broadcast(4, 16))))
+                for r in T.unroll(R):
+                    Y[m, nb * R + r] = T.float32(0)
+                    for j in range(16):
+                        Y[m, nb * R + r] = Y[m, nb * R + r] + acc[r * 16 + j]
+                    Y[m, nb * R + r] = Y[m, nb * R + r] * S[nb * R + r]
+    return func
+
+
+def _fp32(spec: GemvSpec):
+    M, N, K, R = spec.m, spec.n, spec.k, spec.rows
+    C = K // 16
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), W: T.Buffer((N, K), "float32"),
+             Y: T.Buffer((M, N), "float32")):
+        for nb in T.parallel(N // R):
+            acc = T.alloc_buffer((R * 16,), "float32", scope="local")
+            for m in range(M):
+                for r in T.unroll(R):
+                    acc[T.Ramp(r * 16, 1, 16)] = T.Broadcast(T.float32(0), 16)
+                for c in range(C):
+                    for r in T.unroll(R):
+                        acc[T.Ramp(r * 16, 1, 16)] = (
+                            acc[T.Ramp(r * 16, 1, 16)]
+                            + X[m, T.Ramp(c * 16, 1, 16)] * W[nb * R + r, T.Ramp(c * 16, 1, 16)])
+                for r in T.unroll(R):
+                    Y[m, nb * R + r] = T.float32(0)
+                    for j in range(16):
+                        Y[m, nb * R + r] = Y[m, nb * R + r] + acc[r * 16 + j]
+    return func
+
+
+def _int8(spec: GemvSpec):
+    M, N, K, R, KP = spec.m, spec.n, spec.k, spec.rows, spec.kp
+    C = KP // 128
+    dot, shuf = "llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.pshuf.b.512"
+    tiny = float(TINY)
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), P: T.Buffer((N // R, C, R * 64), "uint8"),
+             TB: T.Buffer((64,), "int8"), CORR: T.Buffer((N,), "int32"),
+             D: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32")):
+        xq = T.alloc_buffer((M, KP), "uint8")
+        sx = T.alloc_buffer((1,), "float32")
+        # Quantize X per tensor (the int8 strategy's s_x = max|X| / 127), stored + 128.
+        sx[0] = T.float32(tiny)
+        for m, k in T.grid(M, K):
+            sx[0] = T.max(sx[0], T.abs(X[m, k]))
+        for m, k in T.grid(M, KP):
+            xq[m, k] = T.uint8(128)
+        for m, k in T.grid(M, K):
+            xq[m, k] = T.Cast("uint8", T.Cast("int32", T.max(T.min(
+                T.round(X[m, k] * (T.float32(127) / sx[0])), T.float32(127)),
+                T.float32(-127))) + 128)
+        sx[0] = sx[0] / T.float32(127)
+        for nb in T.parallel(N // R):
+            acc = T.alloc_buffer((R * 16,), "int32", scope="local")
+            tot = T.alloc_buffer((1,), "int32", scope="local")
+            for m in range(M):
+                for r in T.unroll(R):
+                    acc[T.Ramp(r * 16, 1, 16)] = T.Broadcast(T.int32(0), 16)
+                for c in range(C):
+                    for r in T.unroll(R):
+                        acc[T.Ramp(r * 16, 1, 16)] = T.call_llvm_pure_intrin(
+                            "int32x16", dot,
+                            T.call_llvm_pure_intrin(
+                                "int32x16", dot, acc[T.Ramp(r * 16, 1, 16)],
+                                xq[m, T.Ramp(c * 128, 1, 64)],
+                                T.call_llvm_pure_intrin(
+                                    "int8x64", shuf, TB[T.Ramp(0, 1, 64)],
+                                    T.reinterpret("int8x64", T.bitwise_and(
+                                        P[nb, c, T.Ramp(r * 64, 1, 64)],
+                                        T.Broadcast(T.uint8(15), 64))))),
+                            xq[m, T.Ramp(c * 128 + 64, 1, 64)],
+                            T.call_llvm_pure_intrin(
+                                "int8x64", shuf, TB[T.Ramp(0, 1, 64)],
+                                T.reinterpret("int8x64", T.shift_right(
+                                    P[nb, c, T.Ramp(r * 64, 1, 64)],
+                                    T.Broadcast(T.uint8(4), 64)))))
+                for r in T.unroll(R):
+                    tot[0] = -CORR[nb * R + r]
+                    for j in range(16):
+                        tot[0] = tot[0] + acc[r * 16 + j]
+                    Y[m, nb * R + r] = T.Cast("float32", tot[0]) * (sx[0] * D[nb * R + r])
+    return func
+
+
+def reference(spec: GemvSpec, x, indices, codebook, scale=None) -> np.ndarray:
+    """NumPy oracle. exact / fp32: ``x @ W.T`` in float64 (``indices`` is the float ``W`` for
+    fp32). int8: the same quantization as the kernel, exact integer sums."""
+    x = np.asarray(x, np.float32)
+    if spec.arith == "fp32":
+        return (x.astype(np.float64) @ np.asarray(indices, np.float64).T).astype(np.float32)
+    idx = np.asarray(indices).reshape(spec.n, spec.k)
+    if spec.arith == "exact":
+        w = np.asarray(codebook, np.float64)[idx]
+        if scale is not None:
+            w = w * np.asarray(scale, np.float64)[:, None]
+        return (x.astype(np.float64) @ w.T).astype(np.float32)
+    q, d = quantize_codebook(codebook, scale, spec.n)
+    xq, sx = quantize_input(x)
+    acc = xq.astype(np.int64) @ q[idx].astype(np.int64).T
+    return acc.astype(np.float32) * (sx * d)[None, :]
+
+
+def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    """Identity: the kernel is written scheduled."""
+    return func
+
+
+#: Not a tuning task: the kernel has no blocks for MetaSchedule to transform.
+apply = None
+#: No knobs in ``schedules/<target>.json``: the tile (``rows``) is chosen at lowering.
+KNOBS = False

@@ -1,0 +1,143 @@
+"""x86 GEMV kernels (exact vpermps, int8 vpshufb + VNNI, fp32) against their NumPy oracles."""
+
+import numpy as np
+import pytest
+
+from dgms_tvm import compiler
+from dgms_tvm.kernels import gemv
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, rel_err, run_kernel
+
+G = gemv.GemvSpec
+HOST = get_profile("x86").tvm_target()
+#: The kernels run where the host has their instructions; elsewhere the pass never picks them.
+NEEDS_AVX512 = pytest.mark.skipif(
+    bool(gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), HOST)),
+    reason="this host lacks AVX-512F (the exact / fp32 GEMV kernels' instructions)")
+NEEDS_VNNI = pytest.mark.skipif(
+    bool(gemv.supports(G(1, 4, 32, 4, arith="int8", rows=4), HOST)),
+    reason="this host lacks AVX-512BW / VNNI (the int8 GEMV kernel's instructions)")
+
+
+def _spec(m, n, k, bits, arith):
+    return G(m, n, k, bits, arith=arith, rows=gemv.rows_for(n, arith))
+
+
+def _run(spec, x, cw):
+    idx = cw.indices()
+    if spec.arith == "exact":
+        scale = cw.scale if cw.scale is not None else np.ones(spec.n, np.float32)
+        args = [x, gemv.pack(spec, idx), gemv.codebook16(cw.codebook), scale]
+    else:
+        q = gemv.int8_weights(spec, idx, cw.codebook, cw.scale)
+        args = [x, q.packed, q.table, q.corr, q.d]
+    return run_kernel(gemv.compute(spec), [*args, np.zeros((spec.m, spec.n), np.float32)])
+
+
+@NEEDS_AVX512
+@pytest.mark.parametrize("m,n,k", [(1, 64, 96), (1, 6, 32), (2, 5, 64), (1, 1000, 512)])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_exact_matches_oracle(m, n, k, bits, rng):
+    spec = _spec(m, n, k, bits, "exact")
+    assert not gemv.supports(spec, HOST)
+    cw = random_codebook_weight(rng, (n, k), bits, scaled=bits in (2, 4))
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    want = gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)
+    assert rel_err(want, x @ cw.dense().T) < 1e-5  # the oracle is the layer's product
+    assert rel_err(_run(spec, x, cw), want) < 1e-5
+
+
+@NEEDS_VNNI
+@pytest.mark.parametrize("m,n,k", [(1, 64, 96), (1, 24, 200), (2, 5, 128), (1, 16, 300)])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_int8_matches_oracle(m, n, k, bits, rng):
+    spec = _spec(m, n, k, bits, "int8")
+    cw = random_codebook_weight(rng, (n, k), bits, scaled=bits == 3)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    x[0, :3] = [4.0, -4.0, 0.5 / 127 * 4.0]  # max|x| = 4 and a value on a rounding tie
+    got = _run(spec, x, cw)
+    want = gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)
+    assert rel_err(got, want) < 1e-6  # the same integers, one float rounding apart
+    # and int8 is an approximation of the exact product, not something else
+    assert rel_err(got, x @ cw.dense().T) < 0.05
+
+
+@NEEDS_VNNI
+def test_int8_all_zero_input_gives_zero(rng):
+    spec = _spec(1, 8, 128, 4, "int8")
+    cw = random_codebook_weight(rng, (8, 128), 4)
+    got = _run(spec, np.zeros((1, 128), np.float32), cw)
+    assert np.array_equal(got, np.zeros_like(got))
+
+
+@NEEDS_AVX512
+def test_fp32_matches_oracle(rng):
+    spec = _spec(1, 36, 64, 32, "fp32")
+    w = rng.normal(size=(36, 64)).astype(np.float32)
+    x = rng.normal(size=(1, 64)).astype(np.float32)
+    got = run_kernel(gemv.compute(spec), [x, w, np.zeros((1, 36), np.float32)])
+    assert rel_err(got, gemv.reference(spec, x, w, None)) < 1e-5
+
+
+def test_pack_layout():
+    spec = G(1, 4, 40, 4, arith="exact", rows=2)  # K padded to 64: two chunks of 32
+    idx = np.arange(4 * 40).reshape(4, 40) % 16
+    p = gemv.pack(spec, idx)
+    assert p.shape == spec.packed_shape == (2, 2, 32)
+    # tile 1 (rows 2, 3), chunk 0, row 3 (second in the tile), byte 5: weights 5 and 21
+    assert p[1, 0, 16 + 5] == idx[3, 5] | (idx[3, 21] << 4)
+    # chunk 1 holds weights 32..39 and zero padding (index 0)
+    assert p[0, 1, 7] == idx[0, 39] and p[0, 1, 8] == 0
+
+
+def test_supports_says_why_not():
+    arm = get_profile("cortex-a72").tvm_target()
+    assert "x86" in gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), arm)
+    assert gemv.supports(G(1, 4, 32, 8, arith="exact", rows=4), HOST)
+    assert gemv.supports(G(1, 6, 64, 4, arith="exact", rows=4), HOST)  # 6 rows in tiles of 4
+    if not gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), HOST):
+        assert "multiple of 32" in gemv.supports(G(1, 4, 40, 4, arith="exact", rows=4), HOST)
+
+
+@NEEDS_VNNI
+@pytest.mark.parametrize("strategy", ["exact", "int8"])
+def test_pass_lowers_batch1_dense_to_gemv(strategy, rng):
+    """A Linear layer at batch 1 on this host becomes a GEMV kernel of the strategy, and the
+    model's output matches the model without the GEMV kernel (the generic dense)."""
+    import torch
+
+    from dgms_tvm.frontend import from_torch
+
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(64, 24, bias=True)
+    cw = random_codebook_weight(rng, (24, 64), 4, scaled=True)
+    with torch.no_grad():
+        lin.weight.copy_(torch.from_numpy(cw.dense()))
+    x = rng.normal(size=(1, 64)).astype(np.float32)
+    imported = from_torch(lin.eval(), (torch.from_numpy(x),))
+    host = get_profile("x86")
+    lowered = compiler.lower(imported, 4, strategy=strategy, target=HOST)
+    (rec,) = lowered.records
+    assert rec.kernel.startswith(f"cb_gemv_{strategy}_m1_n24_k64_b4") and rec.strategy == strategy
+    generic = compiler.lower(imported, 4)
+    assert generic.records[0].kernel.startswith("cb_dense")
+    got = compiler.run_local(compiler.build(lowered, host), [x])[0]
+    want = compiler.run_local(compiler.build(generic, host), [x])[0]
+    assert rel_err(got, want) < (1e-5 if strategy == "exact" else 0.05)
+    fp32 = compiler.lower(imported, 4, codebooks=False, target=HOST)
+    assert fp32.records[0].fp32_kernel == "fp32_gemv_m1_n24_k64"
+
+
+@NEEDS_VNNI
+def test_bench_gemv_small_shape():
+    """The benchmark checks every row against its oracle before timing; at a small shape it
+    runs in seconds and reports every row."""
+    from dgms_tvm import bench_gemv
+
+    res = bench_gemv.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
+                         bandwidth_bytes=1 << 22)
+    labels = [r["label"] for r in res["shapes"][0]["rows"]]
+    assert labels == ["numpy FP32 (BLAS)", "TVM FP32 (hand GEMV)", "DGMS 4-bit exact",
+                      "DGMS 4-bit int8"]
+    assert res["read_gbps"] > 0
+    assert "DGMS 4-bit int8" in bench_gemv.format_report(res)
