@@ -3,6 +3,7 @@ one run with the same pipeline and schedules (``scripts/bench_x86.py``)."""
 
 from __future__ import annotations
 
+import os
 import sys
 import time
 
@@ -62,16 +63,17 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     outs = {}
     db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
                                   log=lambda m: print(m, file=sys.stderr))
-    variants = [("fp32 TVM default", False, False, None), ("fp32 same kernels", False, True,
-                                                           None),
-                (f"codebook {bits}-bit", True, True, None)]
+    variants = [("fp32 TVM default", False, False, None, "exact"),
+                ("fp32 same kernels", False, True, None, "exact"),
+                (f"codebook {bits}-bit", True, True, None, "exact"),
+                (f"codebook {bits}-bit int8", True, True, None, "int8")]
     if db is not None:
-        variants += [("fp32 tuned", False, True, db), (f"codebook {bits}-bit tuned", True, True,
-                                                       db)]
-    for label, cb, fp32_kernels, database in variants:
+        variants += [("fp32 tuned", False, True, db, "exact"),
+                     (f"codebook {bits}-bit tuned", True, True, db, "exact")]
+    for label, cb, fp32_kernels, database, strategy in variants:
         t0 = time.perf_counter()
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
-                                 target=profile.tvm_target() if fp32_kernels else None)
+                                 strategy=strategy, target=profile.tvm_target())
         applied: dict = {}
         exe = tvm.compile(compiler.prepare(lowered, profile, database=database,
                                            applied=applied), target=profile.tvm_target())
@@ -86,19 +88,33 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                        "tuned_kernels": sum(v == "tuned" for v in applied.values())}
     onnx_model = onnx_of(loaded, model, x)
     if onnx_model is not None:
-        secs = time_onnxruntime(onnx_model, x, repeat, number)
-        rows["onnxruntime fp32"] = {"median_ms": 1e3 * float(np.median(secs)),
-                                    "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
-                                    "build_s": 0.0, "lowered": 0, "tuned_kernels": 0}
-    a, *others = outs.values()
+        from .device.peer import quantize_int8
+
+        peers = [("onnxruntime fp32", onnx_model),
+                 ("onnxruntime int8", quantize_int8(onnx_model, x))]
+        for label, blob in peers:
+            secs = time_onnxruntime(blob, x, repeat, number)
+            rows[label] = {"median_ms": 1e3 * float(np.median(secs)),
+                           "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
+                           "build_s": 0.0, "lowered": 0, "tuned_kernels": 0}
+    exact = {k: v for k, v in outs.items() if not k.endswith("int8")}
+    a, *others = exact.values()
     err = max(rel_err(b, a) for b in others)
+    int8_err = rel_err(outs[f"codebook {bits}-bit int8"], outs[f"codebook {bits}-bit"])
+    top1 = bool(np.argmax(outs[f"codebook {bits}-bit int8"]) ==
+                np.argmax(outs[f"codebook {bits}-bit"]))
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
-            "max_rel_err_between_builds": err, "tuning_logs": str(folder) if db else None}
+            "threads": os.environ.get("TVM_NUM_THREADS"),
+            "max_rel_err_between_builds": err, "int8_rel_err_vs_exact": int8_err,
+            "int8_top1_agrees": top1, "tuning_logs": str(folder) if db else None}
 
 
 def format_report(rep: dict) -> str:
-    lines = [f"{rep['model']} {rep['bits']}-bit on {rep['target']}, batch 1 "
-             f"(max rel err between builds {rep['max_rel_err_between_builds']:.1e})",
+    lines = [f"{rep['model']} {rep['bits']}-bit on {rep['target']}, batch 1, "
+             f"{rep.get('threads')} TVM threads (max rel err between exact builds "
+             f"{rep['max_rel_err_between_builds']:.1e}; int8 vs exact "
+             f"{rep['int8_rel_err_vs_exact']:.1e}, top-1 "
+             f"{'agrees' if rep['int8_top1_agrees'] else 'DIFFERS'})",
              f"{'build':<24} {'median ms':>10} {'min ms':>9} {'max ms':>9} {'lowered':>8} "
              f"{'tuned':>6}"]
     for label, r in rep["rows"].items():
@@ -108,9 +124,13 @@ def format_report(rep: dict) -> str:
     tvm_default, same, cbk = list(ms.values())[:3]
     lines.append(f"codebook speedup: {same / cbk:.2f}x over FP32 with the same kernels and "
                  f"schedules, {tvm_default / cbk:.2f}x over TVM's default FP32 lowering")
+    q8 = ms[f"codebook {rep['bits']}-bit int8"]
     if "onnxruntime fp32" in ms:
         lines.append(f"onnxruntime FP32 / codebook build time ratio: "
-                     f"{ms['onnxruntime fp32'] / cbk:.2f}x")
+                     f"{ms['onnxruntime fp32'] / cbk:.2f}x (exact), "
+                     f"{ms['onnxruntime fp32'] / q8:.2f}x (int8; goal at least 3x)")
+        lines.append(f"onnxruntime int8 / codebook int8 time ratio: "
+                     f"{ms['onnxruntime int8'] / q8:.2f}x (goal at least 1x)")
     if "fp32 tuned" in ms:
         tuned_cb = ms[f"codebook {rep['bits']}-bit tuned"]
         lines.append(f"tuned vs hand: FP32 {same / ms['fp32 tuned']:.2f}x, codebook "

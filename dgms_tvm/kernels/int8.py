@@ -40,6 +40,8 @@ QUANT_FAMILY = "q8_quant"
 DECODE_FAMILY = "q8_decode"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
 PREDECODED_ATTR = "dgms.predecoded"
+#: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
+UNSIGNED_ATTR = "dgms.unsigned"
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
 TINY = np.float32(1e-30)
 
@@ -53,8 +55,27 @@ def supports(spec: Conv2dSpec) -> str:
     return ""
 
 
-def name(spec: Conv2dSpec, predecoded: bool = False) -> str:
-    return FAMILY + spec.name[len("cb_conv2d"):] + ("_pre" if predecoded else "")
+def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False) -> str:
+    return (FAMILY + spec.name[len("cb_conv2d"):] + ("_pre" if predecoded else "")
+            + ("_u8" if unsigned else ""))
+
+
+def unsigned_input(target) -> bool:
+    """Whether int8 convs for ``target`` store their input + 128 as uint8: on x86 with VNNI,
+    whose ``vpdpbusd`` multiplies unsigned by signed bytes."""
+    from tvm.target import codegen
+
+    if target is None or "x86" not in str(target.attrs.get("mtriple", "")):
+        return False
+    return all(codegen.target_has_features(f, target) for f in ("avx512bw", "avx512vnni"))
+
+
+def correction(indices: np.ndarray, q_codebook: np.ndarray) -> np.ndarray:
+    """``int32[O]``: ``128 * sum_k Wq[o, k]``, what an unsigned (+128) input adds to each
+    output channel's sums (padding and padded channels hold 128 too, and meet weight 0 or
+    their real weight: the window always covers every weight)."""
+    w = np.asarray(q_codebook, np.int64)[np.asarray(indices)]
+    return (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32)
 
 
 def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
@@ -79,11 +100,17 @@ class QuantSpec:
     padding: tuple[int, int, int, int] = (0, 0, 0, 0)
     extra: int = 0  # zero columns beyond the right padding (see padded_out_w)
     phases: int = 1  # columns stored deinterleaved by column % phases (the conv's stride)
+    offset: int = 0  # 128: stored as uint8 q + 128 (x86 VNNI multiplies unsigned by signed)
 
     @classmethod
-    def of(cls, spec: Conv2dSpec) -> QuantSpec:
+    def of(cls, spec: Conv2dSpec, unsigned: bool = False) -> QuantSpec:
         return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),
-                   (padded_out_w(spec) - spec.out_w) * spec.stride[1], spec.stride[1])
+                   (padded_out_w(spec) - spec.out_w) * spec.stride[1], spec.stride[1],
+                   128 if unsigned else 0)
+
+    @property
+    def dtype(self) -> str:
+        return "uint8" if self.offset else "int8"
 
     @property
     def c4(self) -> int:
@@ -104,7 +131,8 @@ class QuantSpec:
         return (f"{QUANT_FAMILY}_n{self.batch}_c{self.channels}_h{self.height}_w{self.width}"
                 f"_p{'x'.join(map(str, self.padding))}" + (f"_e{self.extra}" if self.extra
                                                            else "")
-                + (f"_s{self.phases}" if self.phases > 1 else ""))
+                + (f"_s{self.phases}" if self.phases > 1 else "")
+                + ("_u8" if self.offset else ""))
 
 
 def padded_out_w(spec: Conv2dSpec) -> int:
@@ -136,16 +164,17 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
     def quant(n, h, cb, w, c4):
         c = cb * 4 + c4
         v = tvm.tirx.round(x[n, c, h, w] * (tvm.tirx.const(127.0, "float32") / level()))
-        v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0).astype("int8")
+        v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0)
+        v = (v + tvm.tirx.const(float(s.offset), "float32")).astype(s.dtype)
         if s.c4 == s.channels:
             return v
-        return tvm.tirx.if_then_else(c < s.channels, v, tvm.tirx.const(0, "int8"))
+        return tvm.tirx.if_then_else(c < s.channels, v, tvm.tirx.const(s.offset, s.dtype))
 
     def pad(n, h, cb, ph, j, c4):
         w = j * s.phases + ph
         inside = tvm.tirx.all(h >= pt, h < pt + s.height, w >= pl, w < pl + s.width)
         return tvm.tirx.if_then_else(inside, q[n, h - pt, cb, w - pl, c4],
-                                     tvm.tirx.const(0, "int8"))
+                                     tvm.tirx.const(s.offset, s.dtype))
 
     q = te.compute(tuple(map(i64, (s.batch, s.height, s.c4 // 4, s.width, 4))), quant,
                    name="quant")
@@ -288,20 +317,25 @@ def q16(q_codebook: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
-    """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D) -> Y`` (``Xq``, ``s_x``
-    from :func:`quant_compute`).
+def compute(spec: Conv2dSpec, predecoded: bool = False,
+            unsigned: bool = False) -> tvm.tirx.PrimFunc:
+    """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D[, CORR]) -> Y`` (``Xq``,
+    ``s_x`` from :func:`quant_compute`).
 
     Blocks: ``decode`` (the weight as int8 ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``: the 4x4
     tiles ``sdot`` takes), ``acc`` (int32 sums, NCHW) and ``dequant``.
+
+    ``unsigned``: ``Xq`` holds ``q + 128`` as uint8 (what x86 ``vpdpbusd`` multiplies), so
+    the sums carry ``128 * sum(W[o])``, which the per-channel ``CORR[o]`` (from
+    :func:`correction`) takes off before dequantizing: the same integers as the signed form.
     """
     s = spec
     if supports(s):
         raise ValueError(supports(s))
     kh, kw = s.kernel
-    qs = QuantSpec.of(s)
+    qs = QuantSpec.of(s, unsigned)
     c4 = qs.c4
-    xq = te.placeholder(tuple(map(i64, qs.out_shape)), "int8", "Xq")
+    xq = te.placeholder(tuple(map(i64, qs.out_shape)), qs.dtype, "Xq")
     sx = te.placeholder((i64(1),), "float32", "SX")
     d = te.placeholder((i64(s.out_channels),), "float32", "D")
     wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // 4, 4, 4)))
@@ -335,14 +369,19 @@ def compute(spec: Conv2dSpec, predecoded: bool = False) -> tvm.tirx.PrimFunc:
             * wq[o // 4, rr, rq, rb, o % 4, rc].astype("int32"),
             axis=[rr, rq, rb, rc]),
         name="acc")
-    y = te.compute(tuple(map(i64, s.out_shape)),
-                   lambda n, o, yy, xx: acc[n, o, yy, xx].astype("float32") * (sx[0] * d[o]),
-                   name="dequant")
-    func = te.create_prim_func([xq, sx, *weights, d, y])
+    corr = te.placeholder((i64(s.out_channels),), "int32", "CORR") if unsigned else None
+
+    def dequant(n, o, yy, xx):
+        a = acc[n, o, yy, xx] - corr[o] if unsigned else acc[n, o, yy, xx]
+        return a.astype("float32") * (sx[0] * d[o])
+
+    y = te.compute(tuple(map(i64, s.out_shape)), dequant, name="dequant")
+    func = te.create_prim_func([xq, sx, *weights, d, *([corr] if unsigned else []), y])
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
         SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
         PREDECODED_ATTR: int(predecoded),
+        UNSIGNED_ATTR: int(unsigned),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")
@@ -365,15 +404,15 @@ def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
     return acc * (sx * np.asarray(d, np.float32))[None, :, None, None]
 
 
-def quad(spec: Conv2dSpec, knobs: dict) -> bool:
-    """Whether the conv runs the 4-pixel x 4-channel x 4-input sdot micro-kernel (4 pixels'
-    inputs per load; any column stride, the quantized input being deinterleaved by it): on
-    cores with sdot."""
+def quad(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> bool:
+    """Whether the conv runs a 4-pixel x 4-channel x 4-input micro-kernel (4 pixels' inputs
+    per load; any column stride, the quantized input being deinterleaved by it): ``sdot`` on
+    cores with dotprod, ``vpdpbusd`` on x86 with VNNI (which needs the unsigned input)."""
     del spec
-    return knobs.get("dot") == "sdot"
+    return knobs.get("dot") == "sdot" or (knobs.get("dot") == "vnni" and unsigned)
 
 
-def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
+def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tuple[int, int]:
     """(columns, 4-channel blocks) of the register tile: the divisors of the computed width
     and channel count (up to ``ow_tile`` / ``oc_blocks``; columns in fours for the 4-pixel
     micro-kernel) with the fewest instructions per ``sdot`` whose accumulators, inputs and one
@@ -384,7 +423,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
     (about 1.5 instructions per output in 4-column vectors, 3.5 otherwise), which weighs on
     layers with a short reduction (a 1x1 conv over 16 channels has 4 ``sdot`` per output)."""
     steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
-    width, per = padded_out_w(spec), (4 if quad(spec, knobs) else 1)
+    width, per = padded_out_w(spec), (4 if quad(spec, knobs, unsigned) else 1)
     best, cost = (per, 1), float("inf")
     for xt in (d for d in range(per, max(knobs["ow_tile"], per) + 1, per) if width % d == 0):
         for ob in (d for d in range(1, knobs["oc_blocks"] + 1)
@@ -415,14 +454,16 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
     func = sch.mod["main"]
     predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
+    unsigned = UNSIGNED_ATTR in func.attrs and bool(int(func.attrs[UNSIGNED_ATTR]))
     acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
     # Step 1. Register tile: xt columns x 4*ob channels, summed 4 input channels at a time;
     # with sdot the innermost 4 pixels x 4 channels x 4 inputs are one micro-kernel call
     # (4 indexed sdot, .intrin).
     n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
-    xt, ob = register_tile(spec, knobs)
+    xt, ob = register_tile(spec, knobs, unsigned)
     oo, oi, o4 = sch.split(o, [None, ob, 4])
-    four = quad(spec, knobs)
+    four = quad(spec, knobs, unsigned)
+    vnni = four and knobs["dot"] == "vnni"
     if four:
         xo, xi, x4 = sch.split(xx, [None, xt // 4, 4])
         # Two reduction steps per loop trip (the loop's own 3 to 4 instructions count
@@ -437,7 +478,11 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     # dequantize it straight from there.
     local = sch.cache_write(acc, 0, "local")
     sch.compute_inline(local)
-    sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
+    if vnni:  # each 4-pixel x 4-channel sub-tile contiguous: one 512-bit accumulator
+        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
+            n_, y_, x_ // 4, o_ // 4, x_ % 4, o_ % 4))
+    else:
+        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
     sch.reverse_compute_at(deq, xo)
     # Step 3. Decode the int8 weight tile once per output-channel tile (one lookup per weight
     # per call).
@@ -447,11 +492,11 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.unroll(oi)
     sch.unroll(xi)
     if four:
-        from .intrin import sdot_4x4x4
+        from .intrin import sdot_4x4x4, vnni_4x4x4
 
         init = sch.decompose_reduction(acc, rr)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, sdot_4x4x4())
+        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4())
     else:
         sch.unroll(rc)
         sch.vectorize(o4)

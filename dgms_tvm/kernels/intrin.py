@@ -71,3 +71,48 @@ def sdot_4x4x4() -> str:
     if TensorIntrin.get(SDOT_4X4X4, allow_missing=True) is None:
         TensorIntrin.register(SDOT_4X4X4, _quad_desc, _quad_impl)
     return SDOT_4X4X4
+
+
+VNNI_4X4X4 = "dgms_vnni_4x4x4_u8i8i32_i64"
+
+
+@T.prim_func(s_tir=True)
+def _vnni_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "uint8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
+            with T.sblock("update"):
+                vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
+                C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
+
+
+@T.prim_func(s_tir=True)
+def _vnni_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "uint8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local")
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        # The whole 4x4 tile is one 512-bit accumulator, lane 4x + o: pixel x's 4 bytes
+        # repeated for its 4 channels, the 4 channels' 4 weights repeated for the 4 pixels.
+        C[0, T.ramp(T.int64(0), 1, 16)] = T.call_llvm_pure_intrin(
+            "int32x16", "llvm.x86.avx512.vpdpbusd.512", C[0, T.ramp(T.int64(0), 1, 16)],
+            T.reinterpret("uint8x64", T.Shuffle(  # (a shuffle's inputs must hold its lanes)
+                [T.reinterpret("int32x4", A.vload([T.int64(0), T.int64(0)], dtype="uint8x16"))]
+                * 4, [0, 0, 0, 0, 1, 1, 1, 1, 2, 2, 2, 2, 3, 3, 3, 3])),
+            T.reinterpret("int8x64", T.Shuffle(
+                [T.reinterpret("int32x4", B.vload([T.int64(0), T.int64(0)], dtype="int8x16"))]
+                * 4, [0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3])))
+
+
+def vnni_4x4x4() -> str:
+    """Name of the registered 4-pixel x 4-channel x 4-input VNNI micro-kernel (unsigned
+    inputs, signed weights: the x86 int8 conv stores its activations + 128)."""
+    if TensorIntrin.get(VNNI_4X4X4, allow_missing=True) is None:
+        TensorIntrin.register(VNNI_4X4X4, _vnni_desc, _vnni_impl)
+    return VNNI_4X4X4

@@ -180,12 +180,13 @@ class _Rewriter(PyExprMutator):
         int8 conv (see kernels.int8)."""
         rec.strategy = "int8"
         ds = kint8.DecodeSpec.of(spec)
-        rec.kernel = kint8.name(spec, predecoded=ds.supported())
-        qs = kint8.QuantSpec.of(spec)
+        unsigned = kint8.unsigned_input(self.policy.target)
+        rec.kernel = kint8.name(spec, predecoded=ds.supported(), unsigned=unsigned)
+        qs = kint8.QuantSpec.of(spec, unsigned)
         if qs.name not in self.kernels:
             self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs), qs.name)
         q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
-            relax.TensorType(qs.out_shape, "int8"), relax.TensorType((1,), "float32")]))
+            relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
         qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
         xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
         if ds.supported():  # weights decoded 16 at a time by a kernel of their own
@@ -202,9 +203,11 @@ class _Rewriter(PyExprMutator):
             weights = [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")]
         if rec.kernel not in self.kernels:
             self.kernels[rec.kernel] = self.builder_.add_func(
-                kint8.compute(spec, predecoded=len(weights) == 1), rec.kernel)
+                kint8.compute(spec, predecoded=len(weights) == 1, unsigned=unsigned),
+                rec.kernel)
+        corr = [relax.const(kint8.correction(cw.indices(), qcb), "int32")] if unsigned else []
         return relax.call_tir(self.kernels[rec.kernel], [xq, sx, *weights,
-                                                         relax.const(d, "float32")],
+                                                         relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
 
     def _matmul(self, call):

@@ -35,19 +35,20 @@ def _weights(spec, rng):
     return cw, q, d
 
 
-def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel):
+def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel, unsigned=False):
     """Quantize kernel then int8 conv kernel (hand-scheduled with ``knobs``, else
-    unscheduled)."""
-    qs = int8.QuantSpec.of(spec)
-    qf, cf = int8.quant_compute(qs), int8.compute(spec)
+    unscheduled); ``unsigned``: the +128 uint8 input form with its correction."""
+    qs = int8.QuantSpec.of(spec, unsigned)
+    qf, cf = int8.quant_compute(qs), int8.compute(spec, unsigned=unsigned)
     if knobs is not None:
         qf, cf = int8.quant_schedule(qf, {}), int8.schedule(cf, knobs)
     lib = tvm.compile(standalone(qf), target=get_profile("x86").tvm_target())
-    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    return run(cf, [xq.numpy(), sx.numpy(), cw.packed, q, d, np.zeros(spec.out_shape,
-                                                                       np.float32)])
+    corr = [int8.correction(cw.indices(), q)] if unsigned else []
+    return run(cf, [xq.numpy(), sx.numpy(), cw.packed, q, d, *corr,
+                    np.zeros(spec.out_shape, np.float32)])
 
 
 @pytest.mark.parametrize("spec,why", CASES, ids=[c[1] for c in CASES])
@@ -63,6 +64,38 @@ def test_int8_conv2d_matches_its_oracle(spec, why, bits, rng):
     assert rel_err(got, want) < 1e-6, spec.name
     # ... and the oracle is the exact conv up to the int8 rounding of inputs and codebook.
     assert rel_err(want, conv2d.reference(spec, x, cw.dense())) < 0.03
+
+
+HOST = get_profile("x86").tvm_target()
+NEEDS_VNNI = pytest.mark.skipif(
+    not all(tvm.target.codegen.target_has_features(f, HOST) for f in ("avx512bw", "avx512vnni")),
+    reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernel's instruction)")
+
+
+@pytest.mark.parametrize("spec,why", CASES, ids=[c[1] for c in CASES])
+@pytest.mark.parametrize("dot", ["vnni", "none"])
+def test_unsigned_int8_conv2d_matches_its_oracle(spec, why, dot, rng):
+    """The +128 input form (x86): the VNNI micro-kernel where the host has it, the generic
+    code on the same operands otherwise; the same integers as the signed form."""
+    if dot == "vnni" and not all(tvm.target.codegen.target_has_features(f, HOST)
+                                 for f in ("avx512bw", "avx512vnni")):
+        pytest.skip("this host lacks AVX-512 VNNI (the x86 int8 micro-kernel's instruction)")
+    spec = dataclasses.replace(spec, bits=4, scaled=True)
+    cw, q, d = _weights(spec, rng)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
+    got = run_int8(spec, x, cw, q, d, knobs, unsigned=True)
+    assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6, spec.name
+
+
+@NEEDS_VNNI
+def test_vnni_micro_kernel_is_used():
+    spec = S(1, 16, 8, 8, 16, (3, 3), padding=(1, 1, 1, 1))
+    knobs = dict(load_knobs("x86")["q8_conv2d"], dot="vnni")
+    func = int8.schedule(int8.compute(spec, unsigned=True), knobs)
+    lib = tvm.compile(standalone(func), target=HOST)
+    assert "vpdpbusd" in lib.mod.inspect_source("s")
 
 
 @pytest.mark.parametrize("spec,why", CASES[:3], ids=[c[1] for c in CASES[:3]])

@@ -11,6 +11,7 @@ from tvm import relax
 from dgms_tvm import compiler, frontend
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
+from dgms_tvm.kernels import int8 as kint8
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile
@@ -220,6 +221,16 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
     want = compiler.run_local(compiler.build(exact, target), [x.numpy()])[0]
     assert 0 < rel_err(got, want) < 0.05  # int8 rounding: close, not equal
+    # For this host as target: on x86 with VNNI the input is stored + 128 (uint8) and the
+    # sums corrected per channel, and the batch-1 classifier is an int8 GEMV.
+    host = get_profile("x86")
+    for_host = compiler.lower(imported, 4, strategy="int8", target=host.tvm_target())
+    unsigned = kint8.unsigned_input(host.tvm_target())
+    recs = {r.name: r for r in for_host.records}
+    assert recs["conv.weight"].kernel.endswith("_u8") == unsigned
+    assert (recs["fc.weight"].strategy == "int8") == unsigned
+    got_host = compiler.run_local(compiler.build(for_host, target), [x.numpy()])[0]
+    assert 0 < rel_err(got_host, want) < 0.05
 
 
 def test_strategy_choice():
