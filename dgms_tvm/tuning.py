@@ -433,6 +433,9 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure: Me
     log(f"MetaSchedule logs: {work}/logs")
     t0 = time.perf_counter()
     spent = float(meta.get("seconds", 0.0))
+    # A resumed run does not measure the baseline of a task begun before (its record is in
+    # the database already): keep the figure the earlier run wrote.
+    earlier = {t["task"]: t.get("hand") for t in meta.get("tasks", [])}
     summary = []
     bar = tqdm(list(zip(tasks, plan, strict=True)), desc="tasks", file=sys.stderr)
     for task, budget in bar:
@@ -441,6 +444,7 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure: Me
             f", best {_fmt(costs[0], measure.name)}" if costs else ""))
         done, costs, hand = tune_task(db, task, budget, target, knobs, measure, work,
                                       per_iter, seed, profile.num_cores)
+        hand = hand if hand is not None else earlier.get(task.name)
         tqdm.write(f"  {task.name}: {done} trials" + (
             f", best {_fmt(costs[0], measure.name)}" if costs else ", no valid record")
             + (f" (untuned {_fmt(hand, measure.name)})" if hand else ""),

@@ -204,3 +204,20 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
     x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
     got = run_kernel(mod["r"], [x, np.zeros((64, 64), np.float32)])
     assert rel_err(got, np.maximum(2 * x, 0)) < 1e-6
+
+
+def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
+    """A task finished before a kill has its baseline record in the database, so the resumed
+    run does not measure it again; tuning.json keeps the earlier figure, not null."""
+    profile = get_profile("x86")
+    task = dense_task()
+    folder = tuning.log_dir(tmp_path, "x86", "digitnet", 4)
+    folder.mkdir(parents=True)
+    (folder / tuning.META).write_text(json.dumps({"measure": "time", "seconds": 5.0, "tasks": [
+        {"task": task.name, "hand": 2.5e-3}]}))
+    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
+    monkeypatch.setattr(tuning, "tune_task", lambda *a, **k: (8, [1e-3], None))
+    meta = tuning.tune(None, "digitnet", 4, profile, 8, tuning.make_measure(profile, "time"),
+                       tmp_path, log=lambda m: None)
+    assert meta["tasks"][0]["hand"] == 2.5e-3
+    assert json.loads((folder / tuning.META).read_text())["tasks"][0]["hand"] == 2.5e-3
