@@ -264,6 +264,7 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
     from .kernels.common import KERNEL_ATTR
 
     funcs, how = dict(mod.functions_items()), {}
+    untuned_best = _untuned_wins(db) if db is not None else set()
     for gv, func in list(funcs.items()):
         if not isinstance(func, tvm.tirx.PrimFunc):
             continue
@@ -271,6 +272,8 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
         if db is not None:
             with target:
                 sch = ms.tir_integration.compile_tir(db, func, target)
+            if sch is not None and _workload_hash(func) in untuned_best:
+                sch = None  # TVM's default measured better than every searched schedule
         fam = str(func.attrs[KERNEL_ATTR]) if func.attrs and KERNEL_ATTR in func.attrs \
             else None
         if sch is not None:
@@ -283,6 +286,36 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
         else:
             how[gv.name_hint] = "default"
     return tvm.IRModule(funcs, attrs=mod.attrs), how
+
+
+def _workload_hash(func) -> int:
+    import tvm_ffi
+    from tvm.s_tir.meta_schedule.tune_context import _normalize_mod
+
+    return tvm_ffi.structural_hash(_normalize_mod(func))
+
+
+def _untuned_wins(db) -> set[int]:
+    """Workloads (structural hashes) whose best record is the untuned baseline with an empty
+    trace (TVM's default, what :func:`seed_baseline` records for a kernel without a hand
+    schedule).
+
+    MetaSchedule counts a record with an empty trace as invalid: its queries skip it and
+    return the best *searched* schedule, even one measured slower than the baseline (a
+    cortex-a72 BatchNorm kernel: baseline 2.1 M instructions, best searched 11.5 M). Such a
+    kernel must keep TVM's default.
+    """
+    import tvm_ffi
+
+    empty, searched = {}, {}
+    for r in db.get_all_tuning_records():
+        secs = [float(v) for v in (r.run_secs or [])]
+        if not secs or not all(v < 1e9 for v in secs):
+            continue
+        h = tvm_ffi.structural_hash(r.workload.mod)
+        best = empty if len(r.trace.insts) == 0 else searched
+        best[h] = min(best.get(h, float("inf")), float(np.mean(secs)))
+    return {h for h, cost in empty.items() if cost <= searched.get(h, float("inf"))}
 
 
 def load_logs(root: Path | None, target: str, model: str, bits: int | None, log=print):

@@ -221,3 +221,38 @@ def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
                        tmp_path, log=lambda m: None)
     assert meta["tasks"][0]["hand"] == 2.5e-3
     assert json.loads((folder / tuning.META).read_text())["tasks"][0]["hand"] == 2.5e-3
+
+
+def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
+    """MetaSchedule ignores a record with an empty trace (TVM's default, our baseline for a
+    kernel without a hand schedule) and would apply the best searched record even when it
+    was measured slower. Compile must keep the default then, and apply a faster search."""
+    from tvm import te
+    from tvm.s_tir import meta_schedule as ms
+
+    a = te.placeholder((64, 64), name="a")
+    b = te.compute((64, 64), lambda i, j: te.max(a[i, j] * 2.0, 0.0), name="b")
+    func = te.create_prim_func([a, b])
+    wl_mod = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None).workload()
+    target = get_profile("x86").tvm_target()
+    db = tuning.open_database(tmp_path / "logs", create=True)
+    wl = db.commit_workload(wl_mod)
+    info = ms.arg_info.ArgInfo.from_prim_func(wl_mod["main"])
+    empty = tvm.s_tir.Schedule(wl_mod)
+    searched = tvm.s_tir.Schedule(wl_mod)
+    _, j = searched.get_loops(searched.get_sblock("b"))
+    searched.vectorize(searched.split(j, [None, 8])[1])
+
+    def commit(sch, secs):
+        db.commit_tuning_record(ms.database.TuningRecord(sch.trace, wl, [secs], target, info))
+
+    commit(empty, 1e-3)
+    commit(searched, 5e-3)
+    (top,) = db.get_top_k(wl, 1)
+    assert len(top.trace.insts) > 0  # the premise: the query skips the faster empty record
+    knobs = load_knobs("x86")
+    _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
+    assert how == {"r": "default"}
+    commit(searched, 0.5e-3)
+    _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
+    assert how == {"r": "tuned"}
