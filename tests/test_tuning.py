@@ -256,3 +256,24 @@ def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
     commit(searched, 0.5e-3)
     _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
     assert how == {"r": "tuned"}
+
+
+SHIPPED = sorted(p.parent for p in (REPO / "tuning_logs").glob("*/*/database_tuning_record.json"))
+
+
+@pytest.mark.parametrize("folder", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
+def test_shipped_logs_still_match_their_model(folder):
+    """Shipped records are keyed by each kernel's structure: a change to a kernel's compute
+    would silently stop them applying. Every shipped folder must load and give tuned
+    schedules to its model's kernels."""
+    model, bits = folder.name.rsplit("-w", 1)
+    profile = get_profile(folder.parent.name)
+    db, _ = tuning.load_logs(REPO / "tuning_logs", profile.name, model, int(bits))
+    assert db is not None
+    loaded = pipeline.load_model(model, int(bits), 0)
+    from dgms_tvm import compiler
+
+    lowered = compiler.lower(loaded.imported, int(bits), target=profile.tvm_target())
+    mod = compiler.prepare(lowered, profile, schedule=False)
+    _, how = tuning.apply_database(mod, db, profile.tvm_target(), load_knobs(profile.name))
+    assert sum(v == "tuned" for v in how.values()) >= len(how) // 3, how
