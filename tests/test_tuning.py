@@ -200,7 +200,11 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
     assert base is not None and done >= 1 and costs[0] <= base
     mod, how = tuning.apply_database(tvm.IRModule({"r": func}), db, profile.tvm_target(),
                                      load_knobs("x86"))
-    assert how == {"r": "tuned"}
+    # A searched schedule is applied only where it measured faster than TVM's default
+    # (whose record has an empty trace); which one won depends on this run's timings.
+    searched = [float(np.mean([float(v) for v in r.run_secs]))
+                for r in db.get_all_tuning_records() if len(r.trace.insts)]
+    assert how == {"r": "tuned" if searched and min(searched) < base else "default"}
     x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
     got = run_kernel(mod["r"], [x, np.zeros((64, 64), np.float32)])
     assert rel_err(got, np.maximum(2 * x, 0)) < 1e-6
