@@ -254,17 +254,22 @@ def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
 def decode_compute(spec: DecodeSpec, lookup: str = "scalar") -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(packed, q_codebook16, s_x) -> W`` (``W``: int8 in the conv's order).
 
-    ``lookup="tbl"``: 16 weights per NEON ``tbl`` (aarch64 only); ``scalar``: one table load
-    per weight, any target. ``s_x`` is not read: it makes the call depend on the input, so
-    that Relax's FoldConstant does not decode the weight at compile time (that would ship it
-    as int8, twice the size of 4-bit indices).
+    ``lookup="tbl"``: 16 weights per NEON ``tbl`` (aarch64 only); ``pshufb``: the same with
+    x86's SSSE3 ``pshufb``; ``scalar``: one table load per weight, any target. ``s_x`` is not
+    read: it makes the call depend on the input, so that Relax's FoldConstant does not decode
+    the weight at compile time (that would ship it as int8, twice the size of 4-bit indices).
     """
     bits, per, chunk = spec.bits, 8 // spec.bits, spec.chunk
     nchunks, mask = spec.total // chunk, (1 << bits) - 1
     shape = tuple(T.int64(v) for v in spec.shape)
     total, nbytes = T.int64(spec.total), T.int64(spec.nbytes)
 
-    if lookup == "tbl":
+    if lookup in ("tbl", "pshufb"):
+        # One 16-byte table lookup of 16 indices: NEON tbl, or x86 SSSE3 pshufb (the same for
+        # indices below 16; both are one instruction).
+        intrin = {"tbl": "llvm.aarch64.neon.tbl1", "pshufb": "llvm.x86.ssse3.pshuf.b.128"}[
+            lookup]
+
         @T.prim_func(private=True)
         def func(p: T.handle, q: T.handle, sx: T.handle, w: T.handle):
             T.func_attr({"tirx.noalias": True})
@@ -278,7 +283,7 @@ def decode_compute(spec: DecodeSpec, lookup: str = "scalar") -> tvm.tirx.PrimFun
             for i in T.parallel(T.int64(nchunks)):
                 for s in T.unroll(per):
                     Wf[T.ramp(i * chunk + s * 16, 1, 16)] = T.call_llvm_pure_intrin(
-                        "int8x16", "llvm.aarch64.neon.tbl1", Q[T.ramp(T.int64(0), 1, 16)],
+                        "int8x16", intrin, Q[T.ramp(T.int64(0), 1, 16)],
                         T.reinterpret("int8x16", T.bitwise_and(
                             T.shift_right(P[T.ramp(i * 16, 1, 16)],
                                           T.Broadcast(T.uint8(s * bits), 16)),
@@ -307,7 +312,18 @@ def decode_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The decode is written as loops, not blocks: its schedule picks the lookup."""
     d = json.loads(str(func.attrs[SPEC_ATTR]))
     d["kernel"] = tuple(d["kernel"])
-    return decode_compute(DecodeSpec(**d), knobs.get("lookup", "scalar"))
+    lookup = knobs.get("lookup", "scalar")
+    if lookup == "pshufb" and not _host_has("ssse3"):  # x86 knobs are for this host
+        lookup = "scalar"
+    return decode_compute(DecodeSpec(**d), lookup)
+
+
+def _host_has(feature: str) -> bool:
+    from tvm.target import codegen
+
+    from ..targets import get_profile
+
+    return bool(codegen.target_has_features(feature, get_profile("x86").tvm_target()))
 
 
 def q16(q_codebook: np.ndarray) -> np.ndarray:

@@ -132,15 +132,20 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     assert ds.supported()
     idx = rng.integers(0, 1 << bits, size=shape)
     q = np.concatenate([[0], rng.integers(-127, 128, size=(1 << bits) - 1)]).astype(np.int8)
-    host = tvm.compile(standalone(int8.decode_compute(ds)), target=get_profile("x86").tvm_target())
-    w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
-    host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
-                tvm.runtime.tensor(int8.q16(q)), tvm.runtime.tensor(np.zeros(1, np.float32)), w)
     c4 = ds.shape[3] * 4
     full = np.zeros((o, c4, kh, kw), np.int64)
     full[:, :c] = idx
     want = q[full].reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3)
-    np.testing.assert_array_equal(w.numpy(), want)
+    # On the host: one load per weight, and (x86) one pshufb per 16 weights.
+    for lookup in ("scalar", "pshufb"):
+        host = tvm.compile(standalone(int8.decode_compute(ds, lookup)), target=HOST)
+        w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
+        host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
+                     tvm.runtime.tensor(int8.q16(q)), tvm.runtime.tensor(np.zeros(1, np.float32)),
+                     w)
+        np.testing.assert_array_equal(w.numpy(), want, err_msg=lookup)
+        if lookup == "pshufb":
+            assert "pshufb" in host.mod.inspect_source("s")
     # The NEON form: one tbl per 16 weights.
     lib = tvm.compile(standalone(int8.decode_compute(ds, "tbl")),
                       target=get_profile("cortex-a72").tvm_target())
