@@ -67,15 +67,21 @@ def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None 
     """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
     ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
     16 multiply-adds per instruction against 4 for an FP32 ``fmla``), ``exact`` elsewhere (the
-    int8 kernel's generic vector code has no such advantage). Layers the int8 kernel cannot
-    take stay exact either way; the manifest says per layer what it got."""
+    int8 kernel's generic vector code has no such advantage); ``vnni`` (x86 ``vpdpbusd``, 64
+    per instruction against 16 for an AVX-512 FMA) counts where the host has it. Layers the
+    int8 kernel cannot take stay exact either way; the manifest says per layer what it got."""
     if requested not in STRATEGIES:
         raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)}; "
                         "lut is not built yet)")
     if requested != "auto":
         return requested
     knobs = knobs if knobs is not None else load_knobs(profile.name)
-    return "int8" if knobs["q8_conv2d"].get("dot") == "sdot" else "exact"
+    dot = knobs["q8_conv2d"].get("dot")
+    if dot == "vnni":
+        from .kernels.int8 import unsigned_input
+
+        return "int8" if unsigned_input(profile.tvm_target()) else "exact"
+    return "int8" if dot == "sdot" else "exact"
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,

@@ -13,6 +13,8 @@ import pytest
 import torch
 
 from dgms_tvm import frontend, zoo
+from dgms_tvm.kernels import int8
+from dgms_tvm.targets import get_profile
 from tests.helpers import rel_err
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -40,7 +42,7 @@ def x86_artifact(tmp_path_factory):
     out = tmp_path_factory.mktemp("x86") / "art"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "scripts/compile.py"), "--model", MODEL, "--bits", "4",
-         "--target", "x86", "--output", str(out)],
+         "--target", "x86", "--strategy", "exact", "--output", str(out)],
         capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     assert "lowered to codebook kernels" in proc.stdout
@@ -203,8 +205,9 @@ def test_compile_strategy_is_recorded_per_layer(tmp_path, capsys):
     strategies = {r["name"]: r["strategy"] for r in m["layers"] if r["lowered"]}
     assert "int8" in strategies.values()
     assert m["strategy"]["layers"]["int8"] == list(strategies.values()).count("int8")
-    # auto on x86 (no sdot in its schedule file): exact
+    # auto on x86: int8 where this host has AVX-512 VNNI, exact elsewhere
     code, _ = _cli(compile_cli.main, ["--model", MODEL, "--target", "x86", "--output",
                                       str(tmp_path / "auto"), "--quiet"], capsys)
     m = json.loads((tmp_path / "auto" / "manifest.json").read_text())
-    assert code == 0 and m["strategy"]["resolved"] == "exact"
+    vnni = int8.unsigned_input(get_profile("x86").tvm_target())
+    assert code == 0 and m["strategy"]["resolved"] == ("int8" if vnni else "exact")

@@ -238,5 +238,8 @@ def test_strategy_choice():
     assert compiler.resolve_strategy("auto", n1) == "int8"  # sdot
     assert compiler.resolve_strategy("auto", a72) == "exact"
     assert compiler.resolve_strategy("int8", a72) == "int8"
+    host = get_profile("x86")  # VNNI where this host has it
+    assert (compiler.resolve_strategy("auto", host) == "int8") == \
+        kint8.unsigned_input(host.tvm_target())
     with pytest.raises(UserError, match="unknown strategy 'lut'"):
         compiler.resolve_strategy("lut", n1)
