@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import queue
+import re
 import sys
 import threading
 import time
@@ -281,8 +282,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                         s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"]))
     ref, got = outs.values()
     err = pipeline.rel_err(got, ref)
-    int8_layers = (builds[f"DGMS {bits}-bit"].manifest.get("strategy") or {}).get(
-        "layers", {}).get("int8", 0)
+    int8_layers = sum(v for k, v in (builds[f"DGMS {bits}-bit"].manifest.get("strategy")
+                                     or {}).get("layers", {}).items() if k.startswith("int8"))
     # Exact layers match the FP32 build (the same weight values) to rounding; int8 layers
     # round activations and codebook to 8 bits, so only a gross difference is an error.
     limit = 0.25 if int8_layers else 1e-4
@@ -336,18 +337,46 @@ def _peer(label, fp32, x, profile, repeat, output) -> dict:
 
 
 def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
-    """Per call site of ``main`` (the same graph in both builds, so sites pair by position):
-    each build's kernel and its time / instructions per call. An int8 layer's input
-    quantization and weight decode (kernels of their own, just before it) count in that
-    layer's row."""
+    """Per call site of ``main``: each build's kernel and its time / instructions per call.
+    An int8 layer's input quantization and weight decode (kernels of their own, just before
+    it) count in that layer's row. The builds come from the same graph: with as many sites
+    they pair by position; otherwise (int8 convs doing the BatchNorm / add / relu after them)
+    each site of the first build pairs with the next unpaired one of the second that runs the
+    same layer (convs by their shape, other kernels by name), and a site with none is done in
+    a conv's epilogue there."""
     labels = list(sites)
-    groups = {lb: _group(sites[lb]) for lb in labels}
-    n = len(groups[labels[0]])
-    if any(len(groups[lb]) != n for lb in labels):  # not the same graph: list them apart
-        return [{"index": i, lb: _entry(g, lb, by)}
-                for lb in labels for i, g in enumerate(groups[lb])]
-    return [{"index": i, **{lb: _entry(groups[lb][i], lb, by) for lb in labels}}
-            for i in range(n)]
+    first, second = (_group(sites[lb]) for lb in labels)
+    if len(first) == len(second):
+        return [{"index": i, labels[0]: _entry(a, labels[0], by),
+                 labels[1]: _entry(b, labels[1], by)}
+                for i, (a, b) in enumerate(zip(first, second, strict=True))]
+    used, rows = [False] * len(second), []
+    for a in first:
+        ea = _entry(a, labels[0], by)
+        j = next((j for j, b in enumerate(second) if not used[j] and _key(b) == _key(a)), None)
+        if j is None:
+            eb = {"kernel": "(in a conv's epilogue)", "median_ms": 0.0,
+                  "minstr": None if ea["minstr"] is None else 0.0}
+        else:
+            used[j] = True
+            eb = _entry(second[j], labels[1], by)
+        rows.append({labels[0]: ea, labels[1]: eb})
+    for j in (j for j, u in enumerate(used) if not u):  # in the second build only
+        eb = _entry(second[j], labels[1], by)
+        rows.append({labels[0]: {"kernel": "-", "median_ms": 0.0,
+                                 "minstr": None if eb["minstr"] is None else 0.0},
+                     labels[1]: eb})
+    return [{"index": i, **r} for i, r in enumerate(rows)]
+
+
+#: The shape part of a conv kernel's name: the same layer in any build / strategy.
+_CONV_SHAPE = re.compile(r"conv2d(_n\d+_c\d+_h\d+_w\d+_o\d+_k\d+x\d+_s\d+x\d+_p[\dx]+"
+                         r"_d\d+x\d+_g\d+)")
+
+
+def _key(group: list[str]) -> str:
+    m = _CONV_SHAPE.search(group[-1])
+    return "conv2d" + m.group(1) if m else group[-1]
 
 
 def _sparsity(manifest: dict) -> dict | None:
@@ -379,8 +408,11 @@ def _group(names: list[str]) -> list[list[str]]:
 def _entry(names: list[str], label: str, by: dict) -> dict:
     parts = [_strip(by[("kernel", label, nm)]) for nm in names]
     mi = [p["minstr"] for p in parts]
-    return {"kernel": " + ".join(names), "median_ms": sum(p["median_ms"] for p in parts),
-            "minstr": None if None in mi else sum(mi)}
+    out = {"kernel": " + ".join(names), "median_ms": sum(p["median_ms"] for p in parts),
+           "minstr": None if None in mi else sum(mi)}
+    if len(parts) > 1:  # an int8 layer: what its quantize / decode / conv kernels take each
+        out["parts"] = [{"kernel": nm, **p} for nm, p in zip(names, parts, strict=True)]
+    return out
 
 
 def _strip(res: dict) -> dict:
@@ -459,15 +491,22 @@ def _layer_lines(rep: dict) -> list[str]:
         a, b = layer[labels[0]], layer[labels[1]]
         tot[0] += a[key]
         tot[1] += b[key]
-        ratio = a[key] / b[key] if b[key] else float("nan")
+        ratio = f"{a[key] / b[key]:.2f}x" if a[key] and b[key] else "-"
         lines.append(f"| {layer['index']} | `{a['kernel']}` | `{b['kernel']}` | "
-                     f"{a[key]:.3f} | {b[key]:.3f} | {ratio:.2f}x |")
+                     f"{_cell(a, key)} | {_cell(b, key)} | {ratio} |")
     whole = [rep["rows"][i]["minstr" if counted else "median_ms"] for i in (0, 1)]
     lines.append(f"| sum | | | {tot[0]:.2f} | {tot[1]:.2f} | {tot[0] / tot[1]:.2f}x |")
     lines += ["", f"- the kernels run alone add up to {tot[0] / whole[0]:.0%} ({labels[0]}) "
               f"and {tot[1] / whole[1]:.0%} ({labels[1]}) of the whole-model figure; the rest "
               "is the VM, allocation and the call overhead"]
     return lines
+
+
+def _cell(entry: dict, key: str) -> str:
+    """A layer's figure; an int8 layer's split over its kernels after it, in order."""
+    if "parts" not in entry:
+        return f"{entry[key]:.3f}"
+    return f"{entry[key]:.3f} ({' + '.join(f'{p[key]:.3f}' for p in entry['parts'])})"
 
 
 def write_report(rep: dict, output: Path) -> None:

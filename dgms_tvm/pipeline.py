@@ -115,8 +115,12 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     exe = tvm.compile(module, target=profile.tvm_target())
     manifest = make_manifest(loaded, lowered, profile, bits, fp32)
     if not fp32:
+        recs = lowered.records
         manifest["strategy"] = {"requested": strategy, "resolved": resolved, "layers": {
-            s: sum(r.strategy == s for r in lowered.records) for s in ("exact", "int8")}}
+            "exact": sum(r.strategy == "exact" for r in recs),
+            "int8": sum(r.strategy == "int8" and r.lowered for r in recs),
+            # layers that are no codebook (the stem) in the int8 kernel, weights per channel
+            "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
     tuned = sorted(k for k, v in applied.items() if v == "tuned")
     manifest["tuning"] = {"logs": str(folder) if db is not None else None,
                           "kernels": applied, "tuned": len(tuned)}
@@ -211,7 +215,9 @@ def format_table(manifest: dict) -> str:
             "x".join(map(str, r["shape"])),
             str(r["bits"] or "-"), str(r["codebook_entries"] or "-"),
             f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "-",
-            r["kernel"] or (f"FP32 ({r['fp32_kernel'] or 'TVM default'}): "
+            r["kernel"] or (f"{r['fp32_kernel']} (FP32 weight as int8 per channel)"
+                            if r["strategy"] == "int8" else
+                            f"FP32 ({r['fp32_kernel'] or 'TVM default'}): "
                             + r["reason"].split(";")[0]),
         ))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]

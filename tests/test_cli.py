@@ -205,6 +205,10 @@ def test_compile_strategy_is_recorded_per_layer(tmp_path, capsys):
     strategies = {r["name"]: r["strategy"] for r in m["layers"] if r["lowered"]}
     assert "int8" in strategies.values()
     assert m["strategy"]["layers"]["int8"] == list(strategies.values()).count("int8")
+    # the FP32 first conv runs the int8 kernel too, its weight quantized per channel
+    stem = [r for r in m["layers"] if not r["lowered"] and r["strategy"] == "int8"]
+    assert stem and all("_w8" in r["fp32_kernel"] for r in stem)
+    assert m["strategy"]["layers"]["int8 per-channel"] == len(stem)
     # auto on x86: int8 where this host has AVX-512 VNNI, exact elsewhere
     code, _ = _cli(compile_cli.main, ["--model", MODEL, "--target", "x86", "--output",
                                       str(tmp_path / "auto"), "--quiet"], capsys)

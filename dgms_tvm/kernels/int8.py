@@ -31,11 +31,21 @@ from tvm import te
 from tvm.script import tirx as T
 
 from ..format import row_bytes
-from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index, i64
+from .common import (
+    FP32_WEIGHT,
+    KERNEL_ATTR,
+    OPAQUE,
+    SPEC_ATTR,
+    best_tile,
+    decode_index,
+    i64,
+)
 from .conv2d import Conv2dSpec, _spec_from
 from .conv2d import reference as conv_reference
 
 FAMILY = "q8_conv2d"
+#: No sampled design space yet: tuning leaves the int8 kernels to their hand schedules.
+SEARCHABLE = False
 QUANT_FAMILY = "q8_quant"
 DECODE_FAMILY = "q8_decode"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
@@ -55,9 +65,51 @@ def supports(spec: Conv2dSpec) -> str:
     return ""
 
 
-def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False) -> str:
-    return (FAMILY + spec.name[len("cb_conv2d"):] + ("_pre" if predecoded else "")
-            + ("_u8" if unsigned else ""))
+@dataclasses.dataclass(frozen=True)
+class Epilogue:
+    """What the int8 conv does to its outputs after dequantizing them, in this order: add a
+    per-channel ``B[o]`` (a folded BatchNorm's shift and the conv's own bias; its scale is
+    folded into ``D``), add a same-shape ``R`` (a residual), then ``relu`` or ``relu6``.
+    Each is one more operation on a value in registers, instead of a pass of its own over
+    the whole output."""
+
+    bias: bool = False
+    residual: bool = False
+    act: str = ""  # "", "relu" or "relu6"
+
+    def __post_init__(self):
+        if self.act not in ("", "relu", "relu6"):
+            raise ValueError(f"unknown activation {self.act!r}")
+
+    def __bool__(self) -> bool:
+        return self.bias or self.residual or bool(self.act)
+
+    @property
+    def suffix(self) -> str:
+        return (("_bias" if self.bias else "") + ("_res" if self.residual else "")
+                + (f"_{self.act}" if self.act else ""))
+
+    def numpy(self, y: np.ndarray, b=None, r=None) -> np.ndarray:
+        """The NumPy oracle of the epilogue on ``y[N, O, H, W]`` (float32 operations)."""
+        y = np.asarray(y, np.float32)
+        if self.bias:
+            y = y + np.asarray(b, np.float32)[None, :, None, None]
+        if self.residual:
+            y = y + np.asarray(r, np.float32)
+        if self.act:
+            y = np.maximum(y, np.float32(0))
+        if self.act == "relu6":
+            y = np.minimum(y, np.float32(6))
+        return y
+
+
+def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
+         epilogue: Epilogue = Epilogue()) -> str:
+    """``q8_conv2d_<shape>_b<bits>`` for a codebook layer; ``..._w8`` for a float32 weight
+    quantized per output channel (:func:`quantize_weight`)."""
+    return (FAMILY + spec.name.split("conv2d", 1)[1]
+            + ("_w8" if spec.bits == FP32_WEIGHT else "") + ("_pre" if predecoded else "")
+            + ("_u8" if unsigned else "") + epilogue.suffix)
 
 
 def unsigned_input(target) -> bool:
@@ -74,8 +126,24 @@ def correction(indices: np.ndarray, q_codebook: np.ndarray) -> np.ndarray:
     """``int32[O]``: ``128 * sum_k Wq[o, k]``, what an unsigned (+128) input adds to each
     output channel's sums (padding and padded channels hold 128 too, and meet weight 0 or
     their real weight: the window always covers every weight)."""
-    w = np.asarray(q_codebook, np.int64)[np.asarray(indices)]
+    return weight_correction(np.asarray(q_codebook)[np.asarray(indices)])
+
+
+def weight_correction(wq: np.ndarray) -> np.ndarray:
+    """:func:`correction` from the int8 weight ``[O, C, kh, kw]`` itself."""
+    w = np.asarray(wq, np.int64)
     return (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32)
+
+
+def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """A float32 weight ``[O, C, kh, kw]`` (a layer that is no codebook, such as the stem) as
+    int8 per output channel, symmetric: ``(q, s)`` with ``w ~ q * s[o]``, ``s[o] =
+    max|w[o]| / 127``; ``s`` is the conv's ``D`` operand."""
+    w = np.asarray(w, np.float32)
+    level = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(axis=1), TINY)
+    s = (level / np.float32(127.0)).astype(np.float32)
+    q = np.clip(np.rint(w / s[:, None, None, None]), -127, 127)
+    return q.astype(np.int8), s
 
 
 def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
@@ -234,15 +302,20 @@ class DecodeSpec:
                 f"_b{self.bits}")
 
 
-def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
-    """The ``uint8[nbytes]`` operand of the decode kernel from ``indices[O, C, kh, kw]``."""
+def conv_order(spec: DecodeSpec, w: np.ndarray) -> np.ndarray:
+    """``w[O, C, kh, kw]`` (indices or int8 weights) in the order the conv reads,
+    ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``, padded channels 0 (the zero index / weight)."""
     o, c = spec.out_channels, spec.in_channels
     kh, kw = spec.kernel
     c4 = spec.shape[3] * 4
-    full = np.zeros((o, c4, kh, kw), np.uint8)  # padded channels: index 0 (the zero)
-    full[:, :c] = indices
-    # [O/4, 4, C4/4, 4, kh, kw] -> [O/4, kh, kw, C4/4, 4 (o), 4 (c)]
-    lay = full.reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3).reshape(-1)
+    full = np.zeros((o, c4, kh, kw), w.dtype)
+    full[:, :c] = w
+    return full.reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3).copy()
+
+
+def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
+    """The ``uint8[nbytes]`` operand of the decode kernel from ``indices[O, C, kh, kw]``."""
+    lay = conv_order(spec, np.asarray(indices, np.uint8)).reshape(-1)
     per = 8 // spec.bits
     lay = lay.reshape(-1, per, 16).astype(np.uint16)  # [chunk, s, j]
     packed = np.zeros(lay.shape[::2], np.uint16)
@@ -333,13 +406,13 @@ def q16(q_codebook: np.ndarray) -> np.ndarray:
     return out
 
 
-def compute(spec: Conv2dSpec, predecoded: bool = False,
-            unsigned: bool = False) -> tvm.tirx.PrimFunc:
-    """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D[, CORR]) -> Y`` (``Xq``,
-    ``s_x`` from :func:`quant_compute`).
+def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
+            epilogue: Epilogue = Epilogue()) -> tvm.tirx.PrimFunc:
+    """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D[, CORR][, B][, R]) -> Y``
+    (``Xq``, ``s_x`` from :func:`quant_compute`; ``B``, ``R``: see :class:`Epilogue`).
 
     Blocks: ``decode`` (the weight as int8 ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``: the 4x4
-    tiles ``sdot`` takes), ``acc`` (int32 sums, NCHW) and ``dequant``.
+    tiles ``sdot`` takes), ``acc`` (int32 sums, NCHW) and ``dequant`` (with the epilogue).
 
     ``unsigned``: ``Xq`` holds ``q + 128`` as uint8 (what x86 ``vpdpbusd`` multiplies), so
     the sums carry ``128 * sum(W[o])``, which the per-channel ``CORR[o]`` (from
@@ -348,6 +421,9 @@ def compute(spec: Conv2dSpec, predecoded: bool = False,
     s = spec
     if supports(s):
         raise ValueError(supports(s))
+    if s.bits == FP32_WEIGHT and not predecoded:
+        raise ValueError("a float32 weight reaches the int8 conv quantized and tiled "
+                         "(predecoded=True: quantize_weight, conv_order)")
     kh, kw = s.kernel
     qs = QuantSpec.of(s, unsigned)
     c4 = qs.c4
@@ -386,13 +462,26 @@ def compute(spec: Conv2dSpec, predecoded: bool = False,
             axis=[rr, rq, rb, rc]),
         name="acc")
     corr = te.placeholder((i64(s.out_channels),), "int32", "CORR") if unsigned else None
+    ep = epilogue
+    bias = te.placeholder((i64(s.out_channels),), "float32", "B") if ep.bias else None
+    res = te.placeholder(tuple(map(i64, s.out_shape)), "float32", "R") if ep.residual else None
 
     def dequant(n, o, yy, xx):
         a = acc[n, o, yy, xx] - corr[o] if unsigned else acc[n, o, yy, xx]
-        return a.astype("float32") * (sx[0] * d[o])
+        v = a.astype("float32") * (sx[0] * d[o])
+        if ep.bias:
+            v = v + bias[o]
+        if ep.residual:
+            v = v + res[n, o, yy, xx]
+        if ep.act:
+            v = tvm.te.max(v, tvm.tirx.const(0.0, "float32"))
+        if ep.act == "relu6":
+            v = tvm.te.min(v, tvm.tirx.const(6.0, "float32"))
+        return v
 
     y = te.compute(tuple(map(i64, s.out_shape)), dequant, name="dequant")
-    func = te.create_prim_func([xq, sx, *weights, d, *([corr] if unsigned else []), y])
+    extra = [t for t in (corr, bias, res) if t is not None]
+    func = te.create_prim_func([xq, sx, *weights, d, *extra, y])
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
         SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
@@ -414,9 +503,14 @@ def quantize_input(x: np.ndarray) -> tuple[np.ndarray, np.float32]:
 
 def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
     """NumPy oracle of the int8 strategy: the same quantization, exact integer sums."""
+    return reference_int8(spec, x, np.asarray(q_codebook)[np.asarray(indices)], d)
+
+
+def reference_int8(spec: Conv2dSpec, x, wq, d) -> np.ndarray:
+    """:func:`reference` from the int8 weight ``wq[O, C, kh, kw]`` itself."""
     xq, sx = quantize_input(x)
-    w = np.asarray(q_codebook)[np.asarray(indices)].astype(np.float64)
-    acc = conv_reference(spec, xq, w)  # exact sums, rounded to float32 as the kernel does
+    # exact sums, rounded to float32 as the kernel does
+    acc = conv_reference(spec, xq, np.asarray(wq).astype(np.float64))
     return acc * (sx * np.asarray(d, np.float32))[None, :, None, None]
 
 
@@ -559,5 +653,6 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
 
 
 #: The quantize and decode kernels' entries in the family table (``kernels.FAMILIES``).
-QUANT = types.SimpleNamespace(FAMILY=QUANT_FAMILY, schedule=quant_schedule, apply=quant_apply)
+QUANT = types.SimpleNamespace(FAMILY=QUANT_FAMILY, schedule=quant_schedule, apply=quant_apply,
+                              SEARCHABLE=False)
 DECODE = types.SimpleNamespace(FAMILY=DECODE_FAMILY, schedule=decode_schedule, apply=None)

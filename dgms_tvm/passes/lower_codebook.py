@@ -34,7 +34,9 @@ from ..kernels import int8 as kint8
 from ..kernels.common import FP32_WEIGHT
 from .records import LayerRecord, LoweringPolicy
 
-_OP = {n: tvm.ir.Op.get(n) for n in ("relax.nn.conv2d", "relax.matmul", "relax.permute_dims")}
+_OP = {n: tvm.ir.Op.get(n) for n in ("relax.nn.conv2d", "relax.matmul", "relax.permute_dims",
+                                      "relax.nn.batch_norm", "relax.add", "relax.nn.relu",
+                                      "relax.clip", "relax.reshape")}
 #: Weighted ops we recognise but have no codebook kernel for: reported, left in FP32.
 _UNSUPPORTED = {tvm.ir.Op.get(f"relax.nn.{n}") for n in
                 ("conv1d", "conv3d", "conv1d_transpose", "conv2d_transpose")}
@@ -55,12 +57,61 @@ def _float32_out(dtype) -> bool:
     return dtype is None or str(dtype) in ("", "void", "float32")
 
 
+def _uses(func):
+    """(var -> [(binding var, value) of each binding that reads it], var -> bound value) over
+    ``func``'s bindings; the function's result counts as a reader (with var None)."""
+    users, bound = {}, {}
+
+    def reads(expr):
+        found = []
+        relax.analysis.post_order_visit(
+            expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+        return found
+
+    body = func.body
+    for block in body.blocks:
+        for b in block.bindings:
+            value = getattr(b, "value", None)
+            if value is None:
+                continue
+            bound[b.var] = value
+            for v in {id(x): x for x in reads(value)}.values():
+                users.setdefault(v, []).append((b.var, value))
+    for v in reads(body.body):
+        users.setdefault(v, []).append((None, body.body))
+    return users, bound
+
+
+def _clip_bounds(call) -> tuple[float, float] | None:
+    try:
+        return tuple(float(v.value) for v in call.args[1:3])
+    except (AttributeError, TypeError, ValueError):
+        return None
+
+
 @mutator
 class _Rewriter(PyExprMutator):
     def __init__(self, mod, policy: LoweringPolicy, records: list[LayerRecord]):
         super().__init__(mod)
         self.policy, self.records, self.kernels = policy, records, {}
         self.n_const = 0
+        self.users: dict = {}  # var -> [(binding var, value)] of the function being rewritten
+        self.bound: dict = {}  # var -> its value in that function (bindings not visited yet)
+        self.current = None  # the var the call being visited is bound to
+        self.deferred: dict = {}  # var -> builds the fused call to bind to it instead
+        self.claimed: set = set()  # vars of ops some conv's epilogue does
+
+    def rewrite(self, func):
+        self.users, self.bound = _uses(func)
+        return self.visit_expr(func)
+
+    def visit_var_binding_(self, binding):
+        make = self.deferred.pop(binding.var, None)
+        if make is not None:  # the end of a fused epilogue: the conv with it, here
+            self.set_var_remap(binding.var, self.builder_.emit(make(), binding.var.name))
+            return
+        self.current = binding.var
+        super().visit_var_binding_(binding)
 
     # -- weights ---------------------------------------------------------------------------
     def _weight(self, expr) -> tuple[str, np.ndarray] | None:
@@ -167,48 +218,186 @@ class _Rewriter(PyExprMutator):
         out_ty = relax.TensorType(spec.out_shape, "float32")
         if cw is not None:
             rec.strategy = "exact"
-            if self.policy.strategy == "int8":
-                why = kint8.supports(spec)
-                if not why:
-                    return self._int8_conv2d(x, cw, spec, rec, out_ty)
+        if self.policy.strategy == "int8" and self.policy.codebooks:
+            why = kint8.supports(spec)
+            if not why:
+                return self._int8_conv2d(x, cw, value, spec, rec, out_ty)
+            if cw is not None:
                 rec.reason = f"exact: {why}"
         gv = self._kernel(kconv.compute, spec)
         return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
 
-    def _int8_conv2d(self, x, cw, spec, rec, out_ty):
+    def _int8_conv2d(self, x, cw, value, spec, rec, out_ty):
         """Quantize the input, decode the weight (kernels of their own where they can), then the
-        int8 conv (see kernels.int8)."""
+        int8 conv (see kernels.int8). A layer that is no codebook (``cw`` None: the stem) gets
+        its float32 weight quantized per output channel, tiled in the conv's order at compile
+        time. With an epilogue (the BatchNorm, add, relu after it) the three calls are made
+        where that chain ends, so that a layer's kernels stay together in ``main``."""
         rec.strategy = "int8"
         ds = kint8.DecodeSpec.of(spec)
         unsigned = kint8.unsigned_input(self.policy.target)
-        rec.kernel = kint8.name(spec, predecoded=ds.supported(), unsigned=unsigned)
+        predecoded = cw is None or ds.supported()
+        if cw is None:
+            wq, d = kint8.quantize_weight(value)
+            consts = [relax.const(kint8.conv_order(ds, wq), "int8")]
+        else:
+            qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            wq = qcb[cw.indices()]
+            consts = ([relax.const(kint8.pack_for_decode(ds, cw.indices()), "uint8"),
+                       relax.const(kint8.q16(qcb), "int8")] if predecoded else
+                      [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
+        corr = [relax.const(kint8.weight_correction(wq), "int32")] if unsigned else []
         qs = kint8.QuantSpec.of(spec, unsigned)
-        if qs.name not in self.kernels:
-            self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs), qs.name)
-        q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
-            relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
-        qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
-        xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
-        if ds.supported():  # weights decoded 16 at a time by a kernel of their own
-            if ds.name not in self.kernels:
+
+        def operands():
+            """Emit the input's quantize (and the weight's decode) call: the conv's first
+            operands."""
+            if qs.name not in self.kernels:
+                self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs),
+                                                               qs.name)
+            q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
+                relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
+            xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
+            if cw is None or not predecoded:  # tiled already, or decoded inside the conv
+                return [xq, sx, *consts]
+            if ds.name not in self.kernels:  # weights decoded 16 at a time by a kernel
                 self.kernels[ds.name] = self.builder_.add_func(kint8.decode_compute(ds),
                                                                ds.name)
-            w = self.builder_.emit(relax.call_tir(
-                self.kernels[ds.name], [relax.const(kint8.pack_for_decode(ds, cw.indices()),
-                                                    "uint8"),
-                                        relax.const(kint8.q16(qcb), "int8"), sx],
-                out_ty=relax.TensorType(ds.shape, "int8")))
-            weights = [w]
-        else:  # decoded inside the conv, one lookup per weight
-            weights = [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")]
-        if rec.kernel not in self.kernels:
-            self.kernels[rec.kernel] = self.builder_.add_func(
-                kint8.compute(spec, predecoded=len(weights) == 1, unsigned=unsigned),
-                rec.kernel)
-        corr = [relax.const(kint8.correction(cw.indices(), qcb), "int32")] if unsigned else []
-        return relax.call_tir(self.kernels[rec.kernel], [xq, sx, *weights,
-                                                         relax.const(d, "float32"), *corr],
+            w = self.builder_.emit(relax.call_tir(self.kernels[ds.name], [*consts, sx],
+                                                  out_ty=relax.TensorType(ds.shape, "int8")))
+            return [xq, sx, w]
+
+        chain = self._epilogue(self.current, spec) if self.policy.epilogues else None
+        ep = chain[1] if chain is not None else kint8.Epilogue()
+        kname = kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep)
+        if cw is None:
+            rec.fp32_kernel = kname
+        else:
+            rec.kernel = kname
+        if chain is not None:
+            end, ep, scale, shift, res, steps = chain
+            rec.epilogue = "+".join(steps)
+            fused = self._int8_kernel(spec, predecoded, unsigned, ep, kname)
+            tail = [relax.const((d * scale).astype(np.float32), "float32"), *corr]
+            if ep.bias:
+                tail.append(relax.const(shift.astype(np.float32), "float32"))
+
+            def make():
+                extra = [self.visit_expr(res)] if res is not None else []
+                return relax.call_tir(fused, [*operands(), *tail, *extra], out_ty=out_ty)
+
+            self.deferred[end] = make
+        # The call bound here; with an epilogue it and the ops after it up to the chain's end
+        # are dead (removed below), their result coming from the call made there.
+        plain = kint8.name(spec, predecoded=predecoded, unsigned=unsigned)
+        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(), plain)
+        return relax.call_tir(gv, [*operands(), relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
+
+    def _int8_kernel(self, spec, predecoded, unsigned, ep, kname):
+        if kname not in self.kernels:
+            self.kernels[kname] = self.builder_.add_func(
+                kint8.compute(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep),
+                kname)
+        return self.kernels[kname]
+
+    # -- epilogues -------------------------------------------------------------------------
+    def _const(self, expr) -> np.ndarray | None:
+        """The value of a constant operand (a weight, a constant, a reshape of one)."""
+        w = self._weight(expr)
+        if w is not None:
+            return w[1]
+        value = self.bound.get(expr) if isinstance(expr, relax.Var) else None
+        if isinstance(value, relax.Call) and value.op == _OP["relax.reshape"]:
+            inner = self._const(value.args[0])
+            if inner is not None:
+                return inner.reshape([int(v) for v in value.ty.shape])
+        return value.value.numpy() if isinstance(value, tvm.ir.GenericConst) else None
+
+    def _channel(self, expr, channels: int, nchw: bool = True) -> np.ndarray | None:
+        """A constant per output channel, as ``[O]``: one that broadcasts so over NCHW
+        (``[1, O, 1, 1]`` / ``[O, 1, 1]``), or with ``nchw=False`` a ``[O]`` vector."""
+        v = self._const(expr)
+        shapes = [(1, channels, 1, 1), (channels, 1, 1)] if nchw else [(channels,)]
+        if v is None or tuple(v.shape) not in shapes:
+            return None
+        return v.reshape(channels).astype(np.float64)
+
+    def _epilogue(self, var, spec):
+        """The ops after the conv bound to ``var`` that its dequantize step can do, each the
+        only user of the one before (BatchNorm in inference / a per-channel add, then a
+        same-shape add, then relu or relu6): ``(last var, Epilogue, scale[O], shift[O],
+        residual var or None, step names)``, or None when there is none."""
+        o = spec.out_channels
+        scale, shift = np.ones(o), np.zeros(o)
+        bias, res, act, steps = False, None, "", []
+        cur = var
+        while not act:
+            users = self.users.get(cur, [])
+            if len(users) != 1 or not isinstance(users[0][0], relax.DataflowVar):
+                break
+            nxt, value = users[0]
+            if nxt in self.claimed:  # another conv's epilogue does it (a residual add)
+                break
+            if not isinstance(value, relax.Call) or not value.args or (
+                    not value.args[0].same_as(cur) and value.op != _OP["relax.add"]):
+                break
+            if value.op == _OP["relax.nn.batch_norm"] and res is None:
+                g_b = self._batch_norm(value, nxt, o)
+                if g_b is None:
+                    break
+                (g, b), nxt = g_b
+                scale, shift, bias = scale * g, shift * g + b, True
+                steps.append("batch_norm")
+            elif value.op == _OP["relax.add"]:
+                a, b = value.args
+                other = b if a.same_as(cur) else a
+                if not (a.same_as(cur) or b.same_as(cur)) or other.same_as(cur):
+                    break
+                per = self._channel(other, o)
+                if per is not None and res is None:
+                    shift, bias = shift + per, True
+                    steps.append("bias")
+                elif res is None and isinstance(other, relax.Var) and \
+                        _static_shape(other) == tuple(spec.out_shape) and per is None:
+                    res = other
+                    steps.append("add")
+                else:
+                    break
+            elif value.op == _OP["relax.nn.relu"]:
+                act = "relu"
+            elif value.op == _OP["relax.clip"] and _clip_bounds(value) == (0.0, 6.0):
+                act = "relu6"
+            else:
+                break
+            if act:
+                steps.append(act)
+            cur = nxt
+        if not steps or not isinstance(cur, relax.DataflowVar):
+            return None
+        walk = var
+        while not walk.same_as(cur):
+            walk = self.users[walk][0][0]
+            self.claimed.add(walk)
+        return cur, kint8.Epilogue(bias, res is not None, act), scale, shift, res, steps
+
+    def _batch_norm(self, call, var, channels):
+        """((scale, shift), the var of its output 0) of an inference BatchNorm whose only use
+        is its output 0, with constant parameters; else None."""
+        a = call.attrs
+        if int(a.axis) != 1 or bool(getattr(a, "training", False)):
+            return None
+        users = self.users.get(var, [])
+        if len(users) != 1 or not isinstance(users[0][1], relax.TupleGetItem) \
+                or users[0][1].index != 0:
+            return None
+        gamma, beta, mean, var_ = (self._channel(e, channels, nchw=False)
+                                   for e in call.args[1:5])
+        if any(v is None for v in (gamma, beta, mean, var_)):
+            return None
+        g = (gamma if a.scale else 1.0) / np.sqrt(var_ + float(a.epsilon))
+        b = (beta if a.center else 0.0) - mean * g
+        return (g, b), users[0][0]
 
     def _matmul(self, call):
         x, wexpr = call.args
@@ -307,7 +496,7 @@ def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
         rw = _Rewriter(mod, policy, records)
         for gv, func in mod.functions_items():
             if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.visit_expr(func))
+                rw.builder_.update_func(gv, rw.rewrite(func))
         return relax.transform.DeadCodeElimination()(rw.builder_.finalize())
 
     return transform

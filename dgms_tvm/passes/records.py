@@ -26,7 +26,11 @@ class LayerRecord:
     kernel: str | None = None
     fp32_kernel: str | None = None
     packed_bytes: int | None = None  # storage of the lowered form (CodebookWeight.nbytes)
-    strategy: str | None = None  # "exact" or "int8" for a lowered layer
+    # "exact" or "int8" for a lowered layer; "int8" too for a conv that is no codebook but runs
+    # the int8 kernel with its weight quantized per channel (in an int8 build: the stem)
+    strategy: str | None = None
+    # ops after the layer done by its kernel as it writes its outputs ("batch_norm+add+relu")
+    epilogue: str = ""
     reason: str = ""
     error: str = ""
 
@@ -67,7 +71,13 @@ class LoweringPolicy:
         ``exact`` (float32 activations, weights decoded to float32) or ``int8`` (activations
         quantized per tensor at run time, int8 codebook, int32 sums: ``kernels.int8``) for
         every codebook conv2d that the int8 kernel takes; the rest stay exact, and the record
-        says why. Batch-1 dense layers take it too where the GEMV kernel runs (``target``).
+        says why. With ``int8``, a conv2d that is no codebook (the stem) runs the int8 kernel
+        too, its float32 weight quantized per output channel (as int8 deployments and
+        onnxruntime's static int8 model do); not in the FP32 baseline (``codebooks=False``).
+        Batch-1 codebook dense layers take it too where the GEMV kernel runs (``target``).
+    epilogues : bool
+        Let int8 convs do the BatchNorm / bias, residual add and relu / relu6 after them as
+        they write their outputs (True), or leave those ops to TVM (False).
     target : tvm.target.Target or None
         The build's target, for kernels that exist only where the target has their
         instructions (the x86 AVX-512 GEMV of batch-1 dense layers); None: none of those.
@@ -81,6 +91,7 @@ class LoweringPolicy:
     fp32_kernels: bool = True
     strategy: str = "exact"
     target: object = None
+    epilogues: bool = True
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)

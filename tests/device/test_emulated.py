@@ -14,6 +14,7 @@ from dgms_tvm import pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import conv2d, dense, int8
+from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
@@ -125,25 +126,41 @@ def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
     for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4,
                                    scaled=True),
                  conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3),
-                 conv2d.Conv2dSpec(1, 16, 8, 8, 32, (1, 1), bits=4)):
-        cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-        q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+                 conv2d.Conv2dSpec(1, 16, 8, 8, 32, (1, 1), bits=4),
+                 # a float32 stem, its weight int8 per channel
+                 conv2d.Conv2dSpec(1, 3, 17, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3),
+                                   bits=FP32_WEIGHT)):
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
         qs, ds = int8.QuantSpec.of(spec), int8.DecodeSpec.of(spec)
         calls = [(int8.quant_schedule(int8.quant_compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
-        if ds.supported():  # 4-bit: the NEON tbl decode kernel, then the conv
+        if spec.bits == FP32_WEIGHT:
+            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape))
+            weights, predecoded = [int8.conv_order(ds, wq)], True
+        else:
+            cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
+            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            wq, predecoded = q[cw.indices()], ds.supported()
+        if spec.bits != FP32_WEIGHT and predecoded:  # 4-bit: the NEON tbl decode kernel
             assert load_knobs(cpu)["q8_decode"]["lookup"] == "tbl"
             calls.append((int8.decode_schedule(int8.decode_compute(ds), load_knobs(cpu)[
                 "q8_decode"]), [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
                                 np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
-        else:  # 3-bit: decoded inside the conv
+        elif spec.bits != FP32_WEIGHT:  # 3-bit: decoded inside the conv
             weights = [cw.packed, q]
-        calls.append((int8.schedule(int8.compute(spec, predecoded=ds.supported()), knobs),
-                      [(0, 1), (0, 2), *weights, d, np.zeros(spec.out_shape, np.float32)]))
+        # the 1x1 conv with the BatchNorm shift, residual and relu after it in its epilogue
+        ep = int8.Epilogue(True, True, "relu") if spec.kernel == (1, 1) else int8.Epilogue()
+        b = rng.normal(size=spec.out_channels).astype(np.float32)
+        r = rng.normal(size=spec.out_shape).astype(np.float32)
+        extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+        calls.append((int8.schedule(int8.compute(spec, predecoded=predecoded, epilogue=ep),
+                                    knobs),
+                      [(0, 1), (0, 2), *weights, d, *extra,
+                       np.zeros(spec.out_shape, np.float32)]))
         got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
-        assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6, spec.name
+        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        assert rel_err(got, want) < 1e-6, spec.name
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import pytest
 import tvm
 
 from dgms_tvm.kernels import conv2d, int8
-from dgms_tvm.kernels.common import standalone
+from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
@@ -169,6 +169,81 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
                       np.zeros(spec.out_shape, np.float32)])
     np.testing.assert_array_equal(pre, inside)
     assert rel_err(pre, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6
+
+
+W8_CASES = [(S(1, 3, 19, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3)), "stem: 3 channels, 7x7 s2"),
+            (S(1, 8, 9, 9, 12, (3, 3), padding=(1, 1, 1, 1)), "3x3 same")]
+
+
+@pytest.mark.parametrize("spec,why", W8_CASES, ids=[c[1] for c in W8_CASES])
+@pytest.mark.parametrize("dot", [pytest.param("vnni", marks=NEEDS_VNNI), "none"])
+def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
+    """A conv that is no codebook (the stem) in an int8 build: its weight as int8 per output
+    channel, tiled in the conv's order, through the predecoded conv (signed and +128 forms)."""
+    spec = dataclasses.replace(spec, bits=FP32_WEIGHT)
+    w = rng.normal(size=spec.weight_shape).astype(np.float32)
+    w[1] *= 1e-3  # a channel of small weights keeps its precision: the scale is per channel
+    wq, d = int8.quantize_weight(w)
+    assert wq.dtype == np.int8 and np.abs(wq).max(axis=(1, 2, 3)).tolist() == [127] * len(d)
+    err = np.abs(wq * d[:, None, None, None] - w).max(axis=(1, 2, 3))
+    assert np.all(err <= d * np.float32(0.5 + 1e-5))
+    name = int8.name(spec, predecoded=True, unsigned=dot == "vnni")
+    assert name.startswith("q8_conv2d_n1_c") and "_w8_pre" in name
+    with pytest.raises(ValueError, match="predecoded"):
+        int8.compute(spec)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    unsigned = dot == "vnni"
+    qs = int8.QuantSpec.of(spec, unsigned)
+    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    ql["main"](tvm.runtime.tensor(x), xq, sx)
+    knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
+    func = int8.schedule(int8.compute(spec, predecoded=True, unsigned=unsigned), knobs)
+    tiled = int8.conv_order(int8.DecodeSpec.of(spec), wq)
+    corr = [int8.weight_correction(wq)] if unsigned else []
+    got = run_kernel(func, [xq.numpy(), sx.numpy(), tiled, d, *corr,
+                            np.zeros(spec.out_shape, np.float32)])
+    assert rel_err(got, int8.reference_int8(spec, x, wq, d)) < 1e-6, spec.name
+    # ... and the oracle is the float32 conv up to the int8 rounding of inputs and weights.
+    assert rel_err(got, conv2d.reference(spec, x, w)) < 0.03
+
+
+EPILOGUES = [int8.Epilogue(bias=True, act="relu"), int8.Epilogue(True, True, "relu"),
+             int8.Epilogue(bias=True, act="relu6"), int8.Epilogue(residual=True)]
+
+
+@pytest.mark.parametrize("ep", EPILOGUES, ids=lambda e: e.suffix)
+@pytest.mark.parametrize("dot", [pytest.param("vnni", marks=NEEDS_VNNI), "none"])
+def test_epilogue_in_the_dequantize_step(ep, dot, rng):
+    """BatchNorm shift / bias, residual and relu / relu6 applied as the outputs are
+    dequantized: the oracle's float32 operations in the same order."""
+    spec = dataclasses.replace(CASES[1][0], bits=4, scaled=True)  # stride 2, odd sizes
+    cw, q, d = _weights(spec, rng)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    b = rng.normal(size=spec.out_channels).astype(np.float32)
+    r = rng.normal(size=spec.out_shape).astype(np.float32) * 4
+    unsigned = dot == "vnni"
+    assert int8.name(spec, True, unsigned, ep).endswith(ep.suffix) and ep.suffix
+    qs = int8.QuantSpec.of(spec, unsigned)
+    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    ql["main"](tvm.runtime.tensor(x), xq, sx)
+    knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
+    func = int8.schedule(int8.compute(spec, unsigned=unsigned, epilogue=ep), knobs)
+    extra = ([int8.correction(cw.indices(), q)] if unsigned else []) + \
+        ([b] if ep.bias else []) + ([r] if ep.residual else [])
+    got = run_kernel(func, [xq.numpy(), sx.numpy(), cw.packed, q, d, *extra,
+                            np.zeros(spec.out_shape, np.float32)])
+    want = ep.numpy(int8.reference(spec, x, cw.indices(), q, d), b, r)
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    if ep.act:
+        assert (got == 0).any() and got.min() == 0
+    if ep.act == "relu6":
+        assert got.max() == 6
 
 
 def test_layers_the_int8_kernel_does_not_take():

@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import torch
 import tvm
+import tvm_ffi
 from torch import nn
 from tvm import relax
 
@@ -214,9 +215,16 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     for name in ("dw.weight", "grouped.weight"):
         assert by_name[name].strategy == "exact" and "groups" in by_name[name].reason
     assert by_name["fc.weight"].strategy == "exact"
-    assert by_name["stem.weight"].strategy is None  # not a codebook: FP32
+    # Not a codebook: its FP32 weight quantized per channel, through the same int8 kernel (it
+    # stays FP32 in the exact build and in the FP32 baseline).
+    stem = by_name["stem.weight"]
+    assert not stem.lowered and stem.strategy == "int8"
+    assert stem.fp32_kernel.startswith("q8_conv2d_") and "_w8_pre" in stem.fp32_kernel
+    assert {r.name: r for r in exact.records}["stem.weight"].strategy is None
+    fp32 = compiler.lower(imported, 4, codebooks=False, strategy="int8")
+    assert all(r.strategy is None for r in fp32.records)
     families = [str(f.attrs[KERNEL_ATTR]) for op, f in _calls(lowered.mod) if op == "call_tir"]
-    assert families[:4] == ["cb_conv2d", "q8_quant", "q8_decode", "q8_conv2d"]
+    assert families[:5] == ["q8_quant", "q8_conv2d", "q8_quant", "q8_decode", "q8_conv2d"]
     target = get_profile("x86")
     got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
     want = compiler.run_local(compiler.build(exact, target), [x.numpy()])[0]
@@ -227,7 +235,7 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     for_host = compiler.lower(imported, 4, strategy="int8", target=host.tvm_target())
     unsigned = kint8.unsigned_input(host.tvm_target())
     recs = {r.name: r for r in for_host.records}
-    assert recs["conv.weight"].kernel.endswith("_u8") == unsigned
+    assert ("_u8" in recs["conv.weight"].kernel) == unsigned
     assert (recs["fc.weight"].strategy == "int8") == unsigned
     got_host = compiler.run_local(compiler.build(for_host, target), [x.numpy()])[0]
     assert 0 < rel_err(got_host, want) < 0.05
@@ -243,3 +251,66 @@ def test_strategy_choice():
         kint8.unsigned_input(host.tvm_target())
     with pytest.raises(UserError, match="unknown strategy 'lut'"):
         compiler.resolve_strategy("lut", n1)
+
+
+class Block(nn.Module):
+    """A ResNet block with a downsample (two convs lead to one add), a conv with a bias and
+    relu6 (MobileNet), and a conv with nothing after it."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn1 = nn.Conv2d(8, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16)
+        self.c2, self.bn2 = nn.Conv2d(16, 16, 3, 1, 1, bias=False), nn.BatchNorm2d(16)
+        self.ds, self.bnd = nn.Conv2d(8, 16, 1, 2, bias=False), nn.BatchNorm2d(16)
+        self.c3 = nn.Conv2d(16, 16, 1)
+        self.c4 = nn.Conv2d(16, 8, 1, bias=False)
+
+    def forward(self, x):
+        y = torch.relu(self.bn1(self.c1(x)))
+        y = torch.relu(self.bn2(self.c2(y)) + self.bnd(self.ds(x)))
+        y = nn.functional.relu6(self.c3(y))
+        return self.c4(y).mean((2, 3))
+
+
+def test_int8_convs_do_the_ops_after_them_as_they_write():
+    torch.manual_seed(0)
+    net = Block().eval()
+    with torch.no_grad():
+        for bn in (net.bn1, net.bn2, net.bnd):
+            bn.running_mean.uniform_(-0.2, 0.2)
+            bn.running_var.uniform_(0.5, 1.5)
+            bn.weight.uniform_(0.5, 1.5)
+            bn.bias.uniform_(-0.3, 0.3)
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    fused = compiler.lower(imported, 4, strategy="int8")
+    steps = {r.name: r.epilogue for r in fused.records}
+    assert steps == {"c1.weight": "batch_norm+relu", "c2.weight": "batch_norm+add+relu",
+                     "ds.weight": "batch_norm", "c3.weight": "bias+relu6", "c4.weight": ""}
+    assert fused.records[1].kernel.endswith("_bias_res_relu")
+    ops = [op for op, _ in _calls(fused.mod)]
+    assert not {"relax.nn.batch_norm", "relax.nn.relu", "relax.clip", "relax.add"} & set(ops)
+    # The plain kernels the chains replaced are gone; each kernel's calls stay together.
+    called = [f for op, f in _calls(fused.mod) if op == "call_tir"]
+    prims = [f for _, f in fused.mod.functions_items() if isinstance(f, tvm.tirx.PrimFunc)]
+    assert len(prims) == len({tvm_ffi.structural_hash(f) for f in called})
+    families = [str(f.attrs[KERNEL_ATTR]) for f in called]
+    assert families == ["q8_quant", "q8_conv2d"] + ["q8_quant", "q8_decode", "q8_conv2d"] * 4
+    # The same numbers as the unfused int8 build (float32 rounding of the folded BatchNorm),
+    # and close to the exact build.
+    records = []
+    policy = LoweringPolicy(imported.weights, 4, imported.declared, imported.names,
+                            strategy="int8", epilogues=False)
+    mod = lower_codebook_layers(policy, records)(imported.mod)
+    mod = relax.transform.BindParams("main", {n: tvm.runtime.tensor(v)
+                                              for n, v in imported.weights.items()})(mod)
+    assert "relax.nn.batch_norm" in [op for op, _ in _calls(mod)]
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(fused, host), [x.numpy()])[0]
+    plain = compiler.run_local(compiler.build(compiler.Lowered(mod, records), host),
+                               [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
+                               [x.numpy()])[0]
+    assert rel_err(got, plain) < 1e-5
+    assert 0 < rel_err(got, exact) < 0.05

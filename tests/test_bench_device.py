@@ -1,0 +1,54 @@
+"""The device benchmark's per-layer table: int8 layers group their quantize / decode
+kernels with the conv after them, and the table shows each part beside the sum."""
+
+from dgms_tvm import bench_device
+
+
+def test_int8_layer_rows_group_their_kernels_and_show_the_split():
+    fp32 = ["fp32_conv2d_a", "relu", "fp32_conv2d_b"]
+    dgms = ["q8_quant_a", "q8_conv2d_a_w8_pre", "relu", "q8_quant_b", "q8_decode_b",
+            "q8_conv2d_b_pre"]
+    counts = {"fp32_conv2d_a": 4.0, "relu": 0.5, "fp32_conv2d_b": 8.0, "q8_quant_a": 0.25,
+              "q8_conv2d_a_w8_pre": 1.0, "q8_quant_b": 0.125, "q8_decode_b": 0.5,
+              "q8_conv2d_b_pre": 2.0}
+    by = {("kernel", label, nm): {"ms": [counts[nm]], "minstr": counts[nm]}
+          for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
+    layers = bench_device._layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    assert [la["DGMS"]["kernel"] for la in layers] == [
+        "q8_quant_a + q8_conv2d_a_w8_pre", "relu", "q8_quant_b + q8_decode_b + q8_conv2d_b_pre"]
+    last = layers[2]["DGMS"]
+    assert last["minstr"] == 2.625 and [p["minstr"] for p in last["parts"]] == [0.125, 0.5, 2.0]
+    assert "parts" not in layers[1]["DGMS"] and "parts" not in layers[2]["FP32"]
+    rep = {"rows": [{"label": "FP32", "minstr": 12.5}, {"label": "DGMS", "minstr": 4.375}],
+           "layers": layers}
+    table = "\n".join(bench_device._layer_lines(rep))
+    assert "| 8.000 | 2.625 (0.125 + 0.500 + 2.000) | 3.05x |" in table
+    assert "| sum | | | 12.50 | 4.38 | 2.86x |" in table
+
+
+def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
+    """An int8 conv doing the BatchNorm / add / relu after it leaves fewer sites than the
+    FP32 build: layers pair by the conv's shape; the FP32 BatchNorm rows show 0 beside them.
+    The residual block's two convs run in another order in the DGMS build (the add's inputs
+    first), and still pair."""
+    c1 = "conv2d_n1_c8_h8_w8_o16_k3x3_s2x2_p1x1x1x1_d1x1_g1"
+    c2 = "conv2d_n1_c16_h4_w4_o16_k3x3_s1x1_p1x1x1x1_d1x1_g1"
+    ds = "conv2d_n1_c8_h8_w8_o16_k1x1_s2x2_p0x0x0x0_d1x1_g1"
+    fp32 = [f"fp32_{c1}", "fused_batch_norm_relu", f"fp32_{c2}", f"fp32_{ds}",
+            "fused_batch_norm_batch_norm_add_relu", "max_pool2d"]
+    dgms = ["q8_quant_a", f"q8_{c1}_w8_pre_bias_relu", "q8_quant_b", "q8_decode_b",
+            f"q8_{ds}_b4_pre_bias", "q8_quant_c", "q8_decode_c", f"q8_{c2}_b4_pre_bias_res_relu",
+            "max_pool2d"]
+    by = {("kernel", label, nm): {"ms": [1.0], "minstr": float(i + 1)}
+          for label, names in (("FP32", fp32), ("DGMS", dgms)) for i, nm in enumerate(names)}
+    layers = bench_device._layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    pairs = [(la["FP32"]["kernel"], la["DGMS"]["kernel"].split(" + ")[-1]) for la in layers]
+    assert pairs == [(fp32[0], dgms[1]), (fp32[1], "(in a conv's epilogue)"),
+                     (fp32[2], dgms[7]), (fp32[3], dgms[4]),
+                     (fp32[4], "(in a conv's epilogue)"), (fp32[5], dgms[8])]
+    assert layers[1]["DGMS"]["minstr"] == 0.0
+    assert sum(la["DGMS"]["minstr"] for la in layers) == sum(range(1, 10))
+    rep = {"rows": [{"label": "FP32", "minstr": 21.0}, {"label": "DGMS", "minstr": 45.0}],
+           "layers": layers}
+    table = "\n".join(bench_device._layer_lines(rep))
+    assert "| 2.000 | 0.000 | - |" in table
