@@ -135,8 +135,11 @@ def log_dir(root: Path, target: str, model: str, bits: int | None) -> Path:
     return Path(root) / target / model_key(model, bits)
 
 
-def extract_tasks(loaded, profile, bits: int | None) -> list[Task]:
-    """The distinct kernels of the DGMS build and the FP32 baseline of ``loaded``."""
+def extract_tasks(loaded, profile, bits: int | None, strategy: str = "auto") -> list[Task]:
+    """The distinct kernels of the DGMS build (``strategy`` resolved as compile resolves it:
+    the build that compile makes by default) and the FP32 baseline of ``loaded``. Kernels
+    without a sampled design space (the GEMV and int8 families) are left out: they keep their
+    hand schedules."""
     import tvm
     import tvm_ffi
     from tvm.s_tir.analysis import estimate_tir_flops
@@ -145,10 +148,11 @@ def extract_tasks(loaded, profile, bits: int | None) -> list[Task]:
     from .kernels import FAMILIES
     from .kernels.common import KERNEL_ATTR
 
+    resolved = compiler.resolve_strategy(strategy, profile)
     tasks: dict[int, Task] = {}
     for label, fp32 in ((f"DGMS {bits}-bit", False), ("FP32", True)):
         lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32,
-                                 target=profile.tvm_target())
+                                 strategy=resolved, target=profile.tvm_target())
         mod = compiler.prepare(lowered, profile, schedule=False)
         for name in compiler.call_sites(mod):
             func = mod[name]
@@ -161,13 +165,20 @@ def extract_tasks(loaded, profile, bits: int | None) -> list[Task]:
                 fam = func.attrs[KERNEL_ATTR] if func.attrs and KERNEL_ATTR in func.attrs \
                     else None
                 tasks[h] = Task(name, func, 0, flops, [], None if fam is None else str(fam))
-            if tasks[h].family is not None and FAMILIES[tasks[h].family].apply is None:
-                continue  # written already scheduled (no blocks): nothing to search
+            if tasks[h].family is not None and not searchable(FAMILIES[tasks[h].family]):
+                continue  # no design space to search: the hand schedule stays
             t = tasks[h]
             t.calls += 1
             if label not in t.builds:
                 t.builds.append(label)
     return [t for t in tasks.values() if t.calls]
+
+
+def searchable(family) -> bool:
+    """Whether a kernel family has a sampled design space (``apply(..., sample=True)`` turns
+    its tile sizes into decisions): the GEMV kernels are written already scheduled, and the
+    int8 ones have only their hand schedule so far."""
+    return family.apply is not None and getattr(family, "SEARCHABLE", True)
 
 
 def budgets(tasks: list[Task], trials: int, per_iter: int) -> list[int]:
@@ -433,7 +444,8 @@ def space_of(task: Task, knobs: dict):
 
 
 def tune(loaded, model: str, bits: int | None, profile, trials: int, measure: Measure,
-         logs_root: Path, per_iter: int = 16, seed: int = 0, log=print) -> dict:
+         logs_root: Path, per_iter: int = 16, seed: int = 0, log=print,
+         strategy: str = "auto") -> dict:
     """Tune every task of the model's DGMS build and FP32 baseline; resume what is there.
 
     Returns
@@ -460,7 +472,10 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure: Me
     if meta.get("measure") not in (None, measure.name):
         raise UserError(f"{folder} holds records measured by {meta['measure']}; tune into "
                         f"another --tuning-logs folder to use {measure.name}")
-    tasks = extract_tasks(loaded, profile, bits)
+    from .compiler import resolve_strategy
+
+    resolved = resolve_strategy(strategy, profile)
+    tasks = extract_tasks(loaded, profile, bits, resolved)
     plan = budgets(tasks, trials, per_iter)
     work = Path(tempfile.mkdtemp(prefix="dgms-tune-"))  # MetaSchedule's own logs
     log(f"MetaSchedule logs: {work}/logs")
@@ -486,7 +501,7 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure: Me
                         "trials": done, "budget": budget,
                         "best": costs[0] if costs else None, "hand": hand})
         meta = _meta(model, bits, profile, measure, trials, spent + time.perf_counter() - t0,
-                     summary)
+                     summary, resolved)
         meta_path.write_text(json.dumps(meta, indent=2) + "\n")  # after every task
     return meta
 
@@ -533,8 +548,10 @@ def _fmt(cost: float, measure: str) -> str:
     return f"{cost * 1e3:.3f} M instr" if measure == "instructions" else f"{cost * 1e3:.4f} ms"
 
 
-def _meta(model, bits, profile, measure: Measure, trials, seconds, summary) -> dict:
+def _meta(model, bits, profile, measure: Measure, trials, seconds, summary,
+          strategy: str) -> dict:
     return {"format": "dgms-tvm-tuning/1", "model": model, "bits": bits,
+            "strategy": strategy,  # of the DGMS build whose kernels were tuned
             "target": profile.name, "measure": measure.name,
             "run_secs_unit": ("1e-9 per aarch64 instruction" if measure.name == "instructions"
                               else "seconds"),

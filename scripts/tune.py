@@ -36,6 +36,9 @@ def parse(argv):
                    help="default: instructions on emulated devices, else time")
     p.add_argument("--tuning-logs", type=Path, default=DEFAULT_LOGS)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
+                   help="the DGMS build whose kernels are tuned, as compile.py resolves it "
+                        "(default auto: the build compile makes by default)")
     return p.parse_args(argv)
 
 
@@ -67,7 +70,8 @@ def main(argv=None):
         log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
             f"trials, measured by {m.name} on {m.device}")
         meta = tuning.tune(loaded, args.model, args.bits, profile, args.trials, m,
-                           args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log)
+                           args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log,
+                           strategy=args.strategy)
     finally:
         if started:
             manager.stop(log=log, pids=started)

@@ -156,7 +156,7 @@ def test_mismatched_logs_warn_and_build_untuned(digitnet, tuned, tmp_path, capsy
 
 
 def test_task_extraction_covers_both_builds(digitnet):
-    tasks = tuning.extract_tasks(digitnet, get_profile("x86"), 4)
+    tasks = tuning.extract_tasks(digitnet, get_profile("x86"), 4, "exact")
     names = [t.name for t in tasks]
     assert any(n.startswith("cb_conv2d") for n in names)
     assert any(n.startswith("fp32_conv2d") and "c32" in n for n in names)  # FP32 baseline
@@ -164,6 +164,19 @@ def test_task_extraction_covers_both_builds(digitnet):
     plan = tuning.budgets(tasks, 100, 8)
     assert all(b == 0 for t, b in zip(tasks, plan, strict=True) if t.flops == 0)
     assert all(b >= 8 for t, b in zip(tasks, plan, strict=True) if t.flops > 0)
+
+
+def test_tasks_follow_the_build_compile_makes(digitnet):
+    """On a dotprod core compile's default (auto) is the int8 build: its conv kernels have no
+    sampled space (hand schedules stay), so the tasks are the FP32 baseline's kernels and the
+    int8 build's other kernels, not the exact build's codebook convs that would never run."""
+    n1 = get_profile("neoverse-n1")
+    auto = {t.name: t for t in tuning.extract_tasks(digitnet, n1, 4)}
+    exact = {t.name for t in tuning.extract_tasks(digitnet, n1, 4, "exact")}
+    assert not any(n.startswith(("cb_conv2d", "q8_")) for n in auto)
+    assert any(n.startswith("cb_conv2d") for n in exact)
+    assert any("DGMS 4-bit" in t.builds for t in auto.values())  # pooling, batch norm, ...
+    assert any(n.startswith("fp32_conv2d") for n in auto)
 
 
 def test_measure_choice_errors():
@@ -180,8 +193,9 @@ def test_measure_choice_errors():
 def test_meta_says_what_measured(tmp_path):
     profile = get_profile("x86")
     m = tuning.make_measure(profile, "time")
-    meta = tuning._meta("digitnet", 4, profile, m, 10, 1.0, [])
+    meta = tuning._meta("digitnet", 4, profile, m, 10, 1.0, [], "exact")
     assert meta["measure"] == "time" and meta["run_secs_unit"] == "seconds"
+    assert meta["strategy"] == "exact"
     json.dumps(meta)
 
 
@@ -277,7 +291,14 @@ def test_shipped_logs_still_match_their_model(folder):
     loaded = pipeline.load_model(model, int(bits), 0)
     from dgms_tvm import compiler
 
-    lowered = compiler.lower(loaded.imported, int(bits), target=profile.tvm_target())
+    # the DGMS build that was tuned (logs from before the strategy was recorded: exact)
+    meta = json.loads((folder / tuning.META).read_text())
+    lowered = compiler.lower(loaded.imported, int(bits), target=profile.tvm_target(),
+                             strategy=meta.get("strategy", "exact"))
     mod = compiler.prepare(lowered, profile, schedule=False)
     _, how = tuning.apply_database(mod, db, profile.tvm_target(), load_knobs(profile.name))
-    assert sum(v == "tuned" for v in how.values()) >= len(how) // 3, how
+    from dgms_tvm.kernels import FAMILIES, KERNEL_ATTR
+
+    tasks = [n for n in how if KERNEL_ATTR not in (mod[n].attrs or {})
+             or tuning.searchable(FAMILIES[str(mod[n].attrs[KERNEL_ATTR])])]
+    assert sum(how[n] == "tuned" for n in tasks) >= len(tasks) // 3, how
