@@ -210,13 +210,24 @@ def padded_out_w(spec: Conv2dSpec) -> int:
     return (spec.out_w + 3) // 4 * 4
 
 
-def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
+#: Function attribute of a kernel written already scheduled (TVMScript loops, no blocks).
+PRESCHEDULED_ATTR = "dgms.prescheduled"
+
+
+def quant_compute(spec: QuantSpec, vector: bool = True) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``X -> (Xq, s_x)``: ``Xq`` is X quantized symmetrically per tensor into a
     zero-padded, channel-innermost ``int8[N, Hp, Wp, C4]``; ``s_x = max|X| / 127``.
 
     A kernel of its own (not a block of the conv) so that the conv reads ``s_x`` as an input
     and can dequantize each register tile where it is computed. Layout: ``out_shape``.
+
+    ``vector``: where the width allows (:func:`quant_vector`), the kernel written already
+    scheduled, which converts 4 channels x a run of columns at a time and interleaves them
+    with one shuffle; else (or ``vector=False``) blocks for :func:`quant_schedule`.
     """
+    fast = quant_vector(spec) if vector else None
+    if fast is not None:
+        return fast
     s = spec
     pt, pl, _, _ = s.padding
     x = te.placeholder(tuple(map(i64, (s.batch, s.channels, s.height, s.width))), "float32",
@@ -255,6 +266,92 @@ def quant_compute(spec: QuantSpec) -> tvm.tirx.PrimFunc:
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")
+
+
+def _vector_run(spec: QuantSpec) -> int:
+    """Columns per channel converted at a time by :func:`quant_vector` (per phase): the most,
+    up to 16, that split the width evenly, a power of 2 where one does; 0 where fewer
+    than 2."""
+    ph = spec.phases
+    fits = [k for k in range(2, 17) if spec.width % (k * ph) == 0]
+    whole = [k for k in fits if k in (4, 8, 16)]  # whole vectors: no lanes to legalise
+    return max(whole or fits, default=0)
+
+
+def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
+    """:func:`quant_compute` written already scheduled, or None where the width does not
+    split into runs of at least 2 columns per phase (:func:`_vector_run`).
+
+    max|X| in 16 (or 4) lanes over the flat input; the output filled with the pad value in
+    16-byte stores; then per input row (rows in parallel), 4-channel block and run of ``K``
+    columns of one phase: 4 vector loads (stride ``phases``), multiply, round, clamp, narrow,
+    and one shuffle that interleaves the 4 channels into the ``[..., K, 4]`` bytes the conv
+    reads, stored at once (``st4`` on aarch64)."""
+    s = spec
+    k = _vector_run(s)
+    n_in = s.batch * s.channels * s.height * s.width
+    if not k:
+        return None
+    n, c, h, w, ph = s.batch, s.channels, s.height, s.width, s.phases
+    pt, pl, _, _ = s.padding
+    shape = tuple(int(v) for v in s.out_shape)
+    _, hp, cbs, phs, wq, _ = shape
+    n_out = int(np.prod(shape))
+    lanes = max(v for v in (1, 4, 16) if n_in % v == 0)
+    lo = 16 if n_out % 16 == 0 else 4
+    dt, off, run = s.dtype, float(s.offset), k * ph
+    order = [(i % 4) * k + i // 4 for i in range(4 * k)]  # lane k*4 + c <- channel c, lane k
+    tiny = float(TINY)
+
+    def span(base, lanes):  # (a scalar index for one lane: TIR has no 1-lane ramp)
+        return base if lanes == 1 else T.Ramp(base, 1, lanes)
+
+    def splat(value, lanes):
+        return value if lanes == 1 else T.Broadcast(value, lanes)
+
+    def chan(xf, lv, nh, cb, w0, p, ci):
+        """Channel ``ci`` of block ``cb``: K quantized columns (the pad value past C)."""
+        src = ((nh // h * c + T.min(cb * 4 + ci, c - 1)) * h + nh % h) * w + w0 * run + p
+        # |x| <= level, so |x * (127 / level)| rounds to at most 127: no clamp needed
+        v = T.round(xf[T.Ramp(src, ph, k)] * T.Broadcast(T.float32(127.0) / lv[0], k))
+        q = T.Cast(f"{dt}x{k}", v + T.Broadcast(T.float32(off), k))
+        if c % 4 == 0:
+            return q
+        return T.if_then_else(cb * 4 + ci < c, q, T.Broadcast(T.Cast(dt, off), k))
+
+    # (a root block around the loops: Relax analyses single-input kernels by their blocks)
+    @T.prim_func(private=True, s_tir=True)
+    def func(X: T.Buffer((n, c, h, w), "float32"), Xq: T.Buffer(shape, dt),
+             S: T.Buffer((1,), "float32")):
+        with T.sblock("root"):
+            xf = T.decl_buffer((n_in,), "float32", data=X.data)
+            qf = T.decl_buffer((n_out,), dt, data=Xq.data)
+            acc = T.alloc_buffer((lanes,), "float32")
+            lv = T.alloc_buffer((1,), "float32")
+            acc[span(0, lanes)] = splat(T.float32(0), lanes)
+            for i in range(n_in // lanes):
+                acc[span(0, lanes)] = T.max(acc[span(0, lanes)],
+                                            T.fabs(xf[span(i * lanes, lanes)]))
+            lv[0] = T.float32(tiny)
+            for i in range(lanes):
+                lv[0] = T.max(lv[0], acc[i])
+            S[0] = lv[0] / T.float32(127.0)
+            for i in T.parallel(n_out // lo):
+                qf[T.Ramp(i * lo, 1, lo)] = T.Broadcast(T.Cast(dt, off), lo)
+            for nh in T.parallel(n * h):
+                for cb, w0, p in T.grid(cbs, w // run, ph):
+                    qf[T.Ramp(((((nh // h * hp + nh % h + pt) * cbs + cb) * phs + (pl + p) % ph)
+                               * wq + (w0 * run + pl + p) // ph) * 4, 1, 4 * k)] = T.Shuffle(
+                        [chan(xf, lv, nh, cb, w0, p, 0), chan(xf, lv, nh, cb, w0, p, 1),
+                         chan(xf, lv, nh, cb, w0, p, 2), chan(xf, lv, nh, cb, w0, p, 3)], order)
+
+    return func.with_attrs({
+        KERNEL_ATTR: QUANT_FAMILY,
+        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        PRESCHEDULED_ATTR: 1,
+        "op_pattern": OPAQUE,
+        "tirx.noalias": True,
+    })
 
 
 @dataclasses.dataclass(frozen=True)
@@ -621,6 +718,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
 
 
 def quant_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    if func.attrs and PRESCHEDULED_ATTR in func.attrs:
+        return func
     sch = tvm.s_tir.Schedule(func)
     quant_apply(sch, knobs)
     return sch.mod["main"]

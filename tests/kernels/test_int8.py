@@ -275,6 +275,18 @@ def test_register_tile_fits_the_registers():
     assert not int8.quad(s2, load_knobs("cortex-a72")["q8_conv2d"])
 
 
+def test_quantize_vector_runs():
+    """Runs of whole vectors where the width allows, else the longest that splits it; the
+    blocks where none does (an odd width at column stride 2)."""
+    assert int8._vector_run(int8.QuantSpec(1, 64, 56, 56)) == 8
+    assert int8._vector_run(int8.QuantSpec(1, 64, 14, 14)) == 14
+    assert int8._vector_run(int8.QuantSpec(1, 3, 224, 224, phases=2)) == 16
+    assert int8._vector_run(int8.QuantSpec(1, 8, 9, 9, phases=2)) == 0
+    func = int8.quant_compute(int8.QuantSpec(1, 16, 8, 8, (1, 1, 1, 1)))
+    lib = tvm.compile(standalone(func), target=get_profile("neoverse-n1").tvm_target())
+    assert "st4\t" in lib.mod.inspect_source("s")  # 4 channels interleaved by the store
+
+
 @pytest.mark.parametrize("target,sdot", [("neoverse-n1", True), ("cortex-a55", True),
                                          ("cortex-a72", False)])
 def test_int8_kernel_builds_for_aarch64(target, sdot):
@@ -287,24 +299,33 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
 
 @pytest.mark.parametrize("qs", [int8.QuantSpec(1, 64, 16, 16, (1, 1, 1, 1)),
                                 int8.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
+                                int8.QuantSpec(1, 3, 12, 12, (3, 3, 2, 2), phases=2),
+                                int8.QuantSpec(1, 8, 6, 6, (1, 1, 1, 1), phases=3,
+                                               offset=128),
                                 int8.QuantSpec(2, 6, 7, 7),
                                 int8.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
                                 int8.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2)],
                          ids=str)
-def test_quantize_kernel_layout_and_values(qs, rng):
+@pytest.mark.parametrize("vector", [True, False], ids=["vector", "blocks"])
+def test_quantize_kernel_layout_and_values(qs, vector, rng):
     """Xq: quantized, in 4-channel groups (channels padded to 4), columns deinterleaved by
-    the conv's stride, zero border and extra columns; s_x exact."""
-    lib = tvm.compile(standalone(int8.quant_schedule(int8.quant_compute(qs), {})),
+    the conv's stride, zero border and extra columns; s_x exact. Both forms: the one written
+    already scheduled (where the width splits into runs) and the scheduled blocks."""
+    func = int8.quant_compute(qs, vector=vector)
+    assert (int8.PRESCHEDULED_ATTR in func.attrs) == (vector and int8._vector_run(qs) > 0)
+    lib = tvm.compile(standalone(int8.quant_schedule(func, {})),
                       target=get_profile("x86").tvm_target())
     x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
-    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
     want_q, want_sx = int8.quantize_input(x)
     pt, pl, _, _ = qs.padding
     ph, wq = qs.phases, qs.out_shape[4]
-    nhwc = np.zeros((qs.batch, qs.out_shape[1], ph * wq, qs.c4), np.int8)
-    nhwc[:, pt:pt + qs.height, pl:pl + qs.width, :qs.channels] = want_q.transpose(0, 2, 3, 1)
+    nhwc = np.full((qs.batch, qs.out_shape[1], ph * wq, qs.c4), qs.offset, np.int16)
+    nhwc[:, pt:pt + qs.height, pl:pl + qs.width, :qs.channels] = \
+        want_q.transpose(0, 2, 3, 1).astype(np.int16) + qs.offset  # uint8 (x86 VNNI): + 128
+    nhwc = nhwc.astype(qs.dtype)
     # [N, Hp, Wq * ph, C4] -> [N, Hp, C4/4, ph, Wq, 4] (column w = j * ph + phase)
     want = nhwc.reshape(qs.batch, -1, wq, ph, qs.c4 // 4, 4).transpose(0, 1, 4, 3, 2, 5)
     np.testing.assert_array_equal(xq.numpy(), want)
