@@ -682,7 +682,12 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         # Two reduction steps per loop trip (the loop's own 3 to 4 instructions count
         # against 16 to 24 sdot otherwise).
         rbo, rbi = sch.split(rb, [None, 2 if (spec.in_channels + 3) // 4 % 2 == 0 else 1])
-        sch.reorder(n, oo, yy, xo, rr, rq, rbo, rbi, oi, xi, x4, o4, rc)
+        # The window's rows and columns unrolled inside the channel loop: the accumulators
+        # then stay in registers for the whole reduction (LLVM keeps a tile in registers
+        # across one loop, and would load and store it around each window position).
+        sch.reorder(n, oo, yy, xo, rbo, rr, rq, rbi, oi, xi, x4, o4, rc)
+        sch.unroll(rr)
+        sch.unroll(rq)
         sch.unroll(rbi)
     else:  # generic: the 4 channels are the vector lanes, summed over the 4 inputs
         xo, xi = sch.split(xx, [None, xt])
@@ -707,7 +712,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     if four:
         from .intrin import sdot_4x4x4, vnni_4x4x4
 
-        init = sch.decompose_reduction(acc, rr)
+        init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4())
     else:
