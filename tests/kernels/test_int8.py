@@ -35,6 +35,15 @@ def _weights(spec, rng):
     return cw, q, d
 
 
+def quantize_on_host(qs, x):
+    """(Xq, s_x) from the quantize kernel of ``qs`` run on this host."""
+    lib = tvm.compile(standalone(int8.quant_compute(qs)), target=get_profile("x86").tvm_target())
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    return xq.numpy(), sx.numpy()
+
+
 def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel, unsigned=False):
     """Quantize kernel then int8 conv kernel (hand-scheduled with ``knobs``, else
     unscheduled); ``unsigned``: the +128 uint8 input form with its correction."""
@@ -194,16 +203,12 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     x = x.astype(np.float32)
     unsigned = dot == "vnni"
-    qs = int8.QuantSpec.of(spec, unsigned)
-    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
-    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
-    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
-    ql["main"](tvm.runtime.tensor(x), xq, sx)
+    xq, sx = quantize_on_host(int8.QuantSpec.of(spec, unsigned), x)
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, predecoded=True, unsigned=unsigned), knobs)
     tiled = int8.conv_order(int8.DecodeSpec.of(spec), wq)
     corr = [int8.weight_correction(wq)] if unsigned else []
-    got = run_kernel(func, [xq.numpy(), sx.numpy(), tiled, d, *corr,
+    got = run_kernel(func, [xq, sx, tiled, d, *corr,
                             np.zeros(spec.out_shape, np.float32)])
     assert rel_err(got, int8.reference_int8(spec, x, wq, d)) < 1e-6, spec.name
     # ... and the oracle is the float32 conv up to the int8 rounding of inputs and weights.
@@ -227,16 +232,12 @@ def test_epilogue_in_the_dequantize_step(ep, dot, rng):
     r = rng.normal(size=spec.out_shape).astype(np.float32) * 4
     unsigned = dot == "vnni"
     assert int8.name(spec, True, unsigned, ep).endswith(ep.suffix) and ep.suffix
-    qs = int8.QuantSpec.of(spec, unsigned)
-    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
-    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
-    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
-    ql["main"](tvm.runtime.tensor(x), xq, sx)
+    xq, sx = quantize_on_host(int8.QuantSpec.of(spec, unsigned), x)
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, unsigned=unsigned, epilogue=ep), knobs)
     extra = ([int8.correction(cw.indices(), q)] if unsigned else []) + \
         ([b] if ep.bias else []) + ([r] if ep.residual else [])
-    got = run_kernel(func, [xq.numpy(), sx.numpy(), cw.packed, q, d, *extra,
+    got = run_kernel(func, [xq, sx, cw.packed, q, d, *extra,
                             np.zeros(spec.out_shape, np.float32)])
     want = ep.numpy(int8.reference(spec, x, cw.indices(), q, d), b, r)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
