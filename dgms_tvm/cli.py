@@ -3,16 +3,26 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
+import threading
 
 from .errors import UserError
 
 
+def _terminated(*_):
+    raise KeyboardInterrupt
+
+
 def one_line_errors(main):
-    """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2."""
+    """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2.
+    SIGTERM (``kill``, a CI timeout) ends it as Ctrl-C does, so that its ``finally`` blocks
+    run: the emulated devices a run started are stopped, not left behind."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
+        main_thread = threading.current_thread() is threading.main_thread()
+        before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return main(argv) or 0
         except UserError as err:
@@ -21,6 +31,9 @@ def one_line_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, before)
 
     return wrapper
 

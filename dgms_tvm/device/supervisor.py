@@ -87,8 +87,13 @@ def main(argv=None) -> int:
     stopping = False
 
     def stop(*_):
+        # The devices go at once, in the handler: the loop may be busy for a while (asking a
+        # loaded tracker, importing tvm), and a supervisor killed before it ends them would
+        # leave them running (each is a session of its own).
         nonlocal stopping
         stopping = True
+        for d in devices:
+            d.kill()
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
@@ -101,6 +106,8 @@ def main(argv=None) -> int:
         time.sleep(1.0)
         ports = _registered_ports(host, int(port)) if time.monotonic() - started > 60 else None
         for d in devices:
+            if stopping:  # (no restart of a device the handler has just ended)
+                break
             code = d.proc.poll()
             if code is not None:
                 _log(Path(args.log), f"device {args.key}#{d.index} (port {d.port}) exited with "
