@@ -38,3 +38,36 @@ def test_stop_only_what_one_run_started(tmp_path, monkeypatch):
     finally:
         for p in (tracker, mine, theirs):
             p.kill()
+
+
+def test_a_tracker_port_taken_meanwhile_is_not_shared(tmp_path, monkeypatch):
+    """Two runs starting at once can pick the same free port: the one whose tracker cannot
+    bind it must start its own on another port, not use the other run's tracker (its jobs
+    would then run on the other run's devices)."""
+    import os
+    import signal
+    import socket
+
+    import pytest
+
+    from dgms_tvm.errors import UserError
+
+    monkeypatch.setenv("DGMS_TVM_RUN_DIR", str(tmp_path))
+    other = socket.socket()  # another run's tracker, already listening
+    other.bind(("127.0.0.1", 0))
+    other.listen()
+    taken = other.getsockname()[1]
+    picks = iter([taken])
+    real = manager._free_port
+    monkeypatch.setattr(manager, "_free_port",
+                        lambda start, span=200, count=1: next(picks, None) or real(start))
+    entry = None
+    try:
+        entry = manager.start_tracker()
+        assert entry["port"] != taken and manager._listens(entry["pid"], entry["port"])
+        with pytest.raises(UserError, match=f"port {taken} is taken"):
+            manager.start_tracker(port=taken)
+    finally:
+        other.close()
+        if entry is not None:
+            os.killpg(entry["pid"], signal.SIGKILL)

@@ -43,15 +43,12 @@ def _save_state(entries: list[dict]) -> None:
     state_path().write_text(json.dumps(entries, indent=2) + "\n")
 
 
-def _free_port(start: int, span: int = 200) -> int:
+def _free_port(start: int, span: int = 200, count: int = 1) -> int:
+    """The first port from ``start`` with ``count`` free ports from it."""
     for port in range(start, start + span):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-                return port
-            except OSError:
-                continue
-    raise UserError(f"no free port in {start}..{start + span}")
+        if not any(_listens_any(p) for p in range(port, port + count)):
+            return port
+    raise UserError(f"no {count} free port(s) in {start}..{start + span}")
 
 
 def _alive(pid: int) -> bool:
@@ -64,9 +61,35 @@ def _alive(pid: int) -> bool:
         return True
 
 
+def _listens(pid: int, port: int) -> bool:
+    """Whether process ``pid`` or one of its children (TVM's tracker serves from a child)
+    listens on TCP ``port``."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        conns = [c for p in (root, *root.children(recursive=True))
+                 for c in p.net_connections(kind="tcp")]
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
+    return any(c.status == psutil.CONN_LISTEN and c.laddr.port == port for c in conns)
+
+
 def start_tracker(host: str = "127.0.0.1", port: int | None = None) -> dict:
-    """Start a tracker on loopback in a session of its own; wait until it answers."""
-    port = port or _free_port(9190)
+    """Start a tracker on loopback in a session of its own; wait until it answers. Without a
+    ``port``, the first free one from 9190, and the next one if another run takes it first
+    (two runs starting at once would otherwise both find a tracker answering there, one of
+    them another run's, and share its devices)."""
+    for _ in range(5):
+        entry = _start_tracker(host, port or _free_port(9190))
+        if entry is not None:
+            return entry
+        if port is not None:
+            raise UserError(f"port {port} is taken by another process: no tracker started")
+    raise UserError("could not start a tracker: its ports kept being taken by other runs")
+
+
+def _start_tracker(host: str, port: int) -> dict | None:
     log = run_dir() / "tracker.log"
     log.parent.mkdir(parents=True, exist_ok=True)
     proc = subprocess.Popen(
@@ -75,15 +98,32 @@ def start_tracker(host: str = "127.0.0.1", port: int | None = None) -> dict:
         stdout=open(log, "a"), stderr=subprocess.STDOUT, start_new_session=True)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
+        if _listens_any(port) and not _listens(proc.pid, port):
+            time.sleep(0.2)  # (ours may have bound it since the first look)
+            if not _listens(proc.pid, port) and _listens_any(port):
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return None  # another process holds the port: ours cannot bind it
         if proc.poll() is not None:
             raise UserError(f"the tracker exited at start (see {log})")
-        try:
-            Tracker(host, port).summary()
-            return {"kind": "tracker", "pid": proc.pid, "host": host, "port": port}
-        except UserError:
-            time.sleep(0.3)
+        if _listens(proc.pid, port):
+            try:
+                Tracker(host, port).summary()
+                return {"kind": "tracker", "pid": proc.pid, "host": host, "port": port}
+            except UserError:
+                pass
+        time.sleep(0.3)
     os.killpg(proc.pid, signal.SIGKILL)
     raise UserError(f"the tracker did not answer on {host}:{port} within 30 s")
+
+
+def _listens_any(port: int) -> bool:
+    with socket.socket() as s:
+        try:
+            s.bind(("127.0.0.1", port))
+            return False
+        except OSError:
+            return True
 
 
 def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None = None,
@@ -124,7 +164,7 @@ def start(cpu: str, count: int = 1, tracker: str | None = None, key: str | None 
         log(f"started a tracker on {host}:{port}")
     taken = {e["port_base"] + i for e in entries if e["kind"] == "supervisor"
              for i in range(e["count"])}
-    base = _free_port(max([9090, *[p + 1 for p in taken]]))
+    base = _free_port(max([9090, *[p + 1 for p in taken]]), count=count)
     sup_log = run_dir() / "events.log"
     proc = subprocess.Popen(
         [sys.executable, "-m", "dgms_tvm.device.supervisor", "--tracker", f"{host}:{port}",
