@@ -153,3 +153,16 @@ def get_profile(name: str) -> TargetProfile:
     if key == "x86":
         return _host_profile()
     return PROFILES[key]
+
+
+def missing_features(target, features) -> list[str]:
+    """The LLVM target ``features`` (``avx512vnni``, ``dotprod``, ...) that ``target`` lacks:
+    the one check behind every kernel that exists only where its instructions do."""
+    from tvm.target import codegen
+
+    return [f for f in features if not codegen.target_has_features(f, target)]
+
+
+def host_has(*features: str) -> bool:
+    """Whether this host (the ``x86`` profile) has every one of ``features``."""
+    return not missing_features(get_profile("x86").tvm_target(), features)

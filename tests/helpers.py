@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import tvm
 
 from dgms_tvm.format import CodebookWeight
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.pipeline import rel_err  # noqa: F401  (the tests' comparisons)
-from dgms_tvm.targets import get_profile
+from dgms_tvm.targets import get_profile, host_has
+
+#: Tests of the x86 VNNI int8 micro-kernel: run where this host has its instructions.
+NEEDS_VNNI = pytest.mark.skipif(
+    not host_has("avx512bw", "avx512vnni"),
+    reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernels' instruction)")
 
 
 def random_codebook_weight(rng, shape, bits, scaled=False, sparsity=0.3) -> CodebookWeight:

@@ -40,3 +40,12 @@ def test_unknown_target_lists_known_ones():
         targets.get_profile("cortex-a999")
     msg = str(err.value)
     assert "\n" not in msg and all(n in msg for n in targets.names())
+
+
+def test_feature_checks():
+    from dgms_tvm.targets import host_has, missing_features
+
+    n1, a72 = (targets.get_profile(n).tvm_target() for n in ("neoverse-n1", "cortex-a72"))
+    assert missing_features(n1, ("dotprod", "neon")) == []
+    assert missing_features(a72, ("neon", "dotprod")) == ["dotprod"]
+    assert host_has() and not host_has("no-such-feature")

@@ -91,11 +91,11 @@ class GemvSpec:
 
 def supports(spec: GemvSpec, target) -> str:
     """Why ``spec`` cannot use a GEMV kernel on ``target`` ('' when it can)."""
-    from tvm.target import codegen
+    from ..targets import missing_features
 
     if "x86" not in str(target.attrs.get("mtriple", "x86_64")):
         return "GEMV kernels are written for x86"
-    missing = [f for f in FEATURES[spec.arith] if not codegen.target_has_features(f, target)]
+    missing = missing_features(target, FEATURES[spec.arith])
     if missing:
         return f"the target lacks {', '.join(missing)}"
     if spec.arith != "fp32" and spec.bits > 4:

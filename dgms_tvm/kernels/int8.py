@@ -50,6 +50,8 @@ QUANT_FAMILY = "q8_quant"
 DECODE_FAMILY = "q8_decode"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
 PREDECODED_ATTR = "dgms.predecoded"
+#: The x86 features of the unsigned-input VNNI micro-kernel (``vpdpbusd`` on 512 bits).
+VNNI = ("avx512bw", "avx512vnni")
 #: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
 UNSIGNED_ATTR = "dgms.unsigned"
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
@@ -115,11 +117,11 @@ def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
 def unsigned_input(target) -> bool:
     """Whether int8 convs for ``target`` store their input + 128 as uint8: on x86 with VNNI,
     whose ``vpdpbusd`` multiplies unsigned by signed bytes."""
-    from tvm.target import codegen
+    from ..targets import missing_features
 
     if target is None or "x86" not in str(target.attrs.get("mtriple", "")):
         return False
-    return all(codegen.target_has_features(f, target) for f in ("avx512bw", "avx512vnni"))
+    return not missing_features(target, VNNI)
 
 
 def correction(indices: np.ndarray, q_codebook: np.ndarray) -> np.ndarray:
@@ -487,17 +489,11 @@ def decode_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     d = json.loads(str(func.attrs[SPEC_ATTR]))
     d["kernel"] = tuple(d["kernel"])
     lookup = knobs.get("lookup", "scalar")
-    if lookup == "pshufb" and not _host_has("ssse3"):  # x86 knobs are for this host
+    from ..targets import host_has
+
+    if lookup == "pshufb" and not host_has("ssse3"):  # x86 knobs are for this host
         lookup = "scalar"
     return decode_compute(DecodeSpec(**d), lookup)
-
-
-def _host_has(feature: str) -> bool:
-    from tvm.target import codegen
-
-    from ..targets import get_profile
-
-    return bool(codegen.target_has_features(feature, get_profile("x86").tvm_target()))
 
 
 def q16(q_codebook: np.ndarray) -> np.ndarray:

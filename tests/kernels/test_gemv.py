@@ -6,7 +6,7 @@ import pytest
 from dgms_tvm import compiler
 from dgms_tvm.kernels import gemv
 from dgms_tvm.targets import get_profile
-from tests.helpers import random_codebook_weight, rel_err, run_kernel
+from tests.helpers import NEEDS_VNNI, random_codebook_weight, rel_err, run_kernel
 
 G = gemv.GemvSpec
 HOST = get_profile("x86").tvm_target()
@@ -14,9 +14,6 @@ HOST = get_profile("x86").tvm_target()
 NEEDS_AVX512 = pytest.mark.skipif(
     bool(gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), HOST)),
     reason="this host lacks AVX-512F (the exact / fp32 GEMV kernels' instructions)")
-NEEDS_VNNI = pytest.mark.skipif(
-    bool(gemv.supports(G(1, 4, 32, 4, arith="int8", rows=4), HOST)),
-    reason="this host lacks AVX-512BW / VNNI (the int8 GEMV kernel's instructions)")
 
 
 def _spec(m, n, k, bits, arith):

@@ -13,7 +13,7 @@ from dgms_tvm.kernels import conv2d, int8
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
-from tests.helpers import random_codebook_weight, rel_err, run_kernel
+from tests.helpers import NEEDS_VNNI, random_codebook_weight, rel_err, run_kernel
 
 S = conv2d.Conv2dSpec
 CASES = [
@@ -76,9 +76,6 @@ def test_int8_conv2d_matches_its_oracle(spec, why, bits, rng):
 
 
 HOST = get_profile("x86").tvm_target()
-NEEDS_VNNI = pytest.mark.skipif(
-    not all(tvm.target.codegen.target_has_features(f, HOST) for f in ("avx512bw", "avx512vnni")),
-    reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernel's instruction)")
 
 
 @pytest.mark.parametrize("spec,why", CASES, ids=[c[1] for c in CASES])
