@@ -242,11 +242,12 @@ class _Rewriter(PyExprMutator):
             consts = [relax.const(kint8.conv_order(ds, wq), "int8")]
         else:
             qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
-            wq = qcb[cw.indices()]
-            consts = ([relax.const(kint8.pack_for_decode(ds, cw.indices()), "uint8"),
+            idx = cw.indices()
+            consts = ([relax.const(kint8.pack_for_decode(ds, idx), "uint8"),
                        relax.const(kint8.q16(qcb), "int8")] if predecoded else
                       [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
-        corr = [relax.const(kint8.weight_correction(wq), "int32")] if unsigned else []
+        corr = [relax.const(kint8.weight_correction(wq) if cw is None else
+                            kint8.correction(idx, qcb), "int32")] if unsigned else []
         qs = kint8.QuantSpec.of(spec, unsigned)
 
         def operands():
