@@ -29,6 +29,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from ..detect import NotACodebook, find_codebook
 from ..kernels import conv2d as kconv
 from ..kernels import dense as kdense
+from ..kernels import depthwise as kdw
 from ..kernels import gemv as kgemv
 from ..kernels import int8 as kint8
 from ..kernels.common import FP32_WEIGHT
@@ -218,6 +219,10 @@ class _Rewriter(PyExprMutator):
         out_ty = relax.TensorType(spec.out_shape, "float32")
         if cw is not None:
             rec.strategy = "exact"
+        if not kdw.supports(spec):
+            if self.policy.strategy == "int8" and cw is not None:
+                rec.reason = f"exact: {kint8.supports(spec)}"
+            return self._depthwise(x, cw, value, spec, rec, out_ty)
         if self.policy.strategy == "int8" and self.policy.codebooks:
             why = kint8.supports(spec)
             if not why:
@@ -295,6 +300,35 @@ class _Rewriter(PyExprMutator):
         return relax.call_tir(gv, [*operands(), relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
 
+    def _depthwise(self, x, cw, value, spec, rec, out_ty):
+        """A depthwise conv (any strategy, FP32 arithmetic: see kernels.depthwise) with the
+        BatchNorm / bias and relu / relu6 after it as its epilogue: the fused call is made
+        where that chain ends, as for the int8 conv."""
+        chain = (self._epilogue(self.current, spec, residual=False)
+                 if self.policy.epilogues else None)
+        o = spec.out_channels
+
+        def call(act, scale, shift):
+            dspec = kdw.DepthwiseSpec(spec, act=act)
+            self._note(rec, cw, dspec)
+            gv = self._kernel(kdw.compute, dspec)
+            if cw is None:
+                w = (np.asarray(value, np.float64).reshape(o, -1) * scale[:, None])
+                consts = [w.astype(np.float32)]
+            else:
+                m = (np.ones(o) if cw.scale is None else np.asarray(cw.scale, np.float64))
+                consts = [cw.packed, cw.codebook, (m * scale).astype(np.float32)]
+            consts.append(shift.astype(np.float32))
+            return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(c))
+                                            for c in consts)], out_ty=out_ty)
+
+        if chain is not None:
+            end, ep, scale, shift, _, steps = chain
+            rec.epilogue = "+".join(steps)
+            self.deferred[end] = lambda: call(ep.act, scale, shift)
+        # the call bound here (dead with an epilogue: see _int8_conv2d)
+        return call("", np.ones(o), np.zeros(o))
+
     def _int8_kernel(self, spec, predecoded, unsigned, ep, kname):
         if kname not in self.kernels:
             self.kernels[kname] = self.builder_.add_func(
@@ -324,11 +358,12 @@ class _Rewriter(PyExprMutator):
             return None
         return v.reshape(channels).astype(np.float64)
 
-    def _epilogue(self, var, spec):
+    def _epilogue(self, var, spec, residual: bool = True):
         """The ops after the conv bound to ``var`` that its dequantize step can do, each the
         only user of the one before (BatchNorm in inference / a per-channel add, then a
-        same-shape add, then relu or relu6): ``(last var, Epilogue, scale[O], shift[O],
-        residual var or None, step names)``, or None when there is none."""
+        same-shape add unless ``residual`` is False, then relu or relu6): ``(last var,
+        Epilogue, scale[O], shift[O], residual var or None, step names)``, or None when there
+        is none."""
         o = spec.out_channels
         scale, shift = np.ones(o), np.zeros(o)
         bias, res, act, steps = False, None, "", []
@@ -359,7 +394,7 @@ class _Rewriter(PyExprMutator):
                 if per is not None and res is None:
                     shift, bias = shift + per, True
                     steps.append("bias")
-                elif res is None and isinstance(other, relax.Var) and \
+                elif residual and res is None and isinstance(other, relax.Var) and \
                         _static_shape(other) == tuple(spec.out_shape) and per is None:
                     res = other
                     steps.append("add")

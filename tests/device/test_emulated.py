@@ -13,7 +13,7 @@ import tvm
 from dgms_tvm import pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import conv2d, dense, int8
+from dgms_tvm.kernels import conv2d, dense, depthwise, int8
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
@@ -96,6 +96,33 @@ def test_conv2d_kernels_run_on_the_emulated_core(device, bits, scaled, tmp_path,
         got = _run_kernel_remote(tracker, func, [*args, np.zeros(spec.out_shape, np.float32)],
                                  tmp_path)
         assert rel_err(got, conv2d.reference(spec, x, cw.dense())) < 1e-5, spec.name
+
+
+@pytest.mark.parametrize("cpu", [CPU, DOTPROD])
+def test_depthwise_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
+    """The depthwise kernel with its epilogue (ld2 copy at stride 2, fmla by element; a
+    7-wide plane in 7-lane vectors), codebook and float32 weights."""
+    tracker, _ = device
+    calls, wants = [], []
+    for conv, act in ((conv2d.Conv2dSpec(1, 8, 12, 12, 8, (3, 3), (2, 2), (1, 1, 1, 1),
+                                         groups=8, bits=4), "relu6"),
+                      (conv2d.Conv2dSpec(1, 6, 7, 7, 6, (3, 3), (1, 1), (1, 1, 1, 1),
+                                         groups=6, bits=FP32_WEIGHT), "relu")):
+        spec = depthwise.DepthwiseSpec(conv, act=act)
+        func = depthwise.schedule(depthwise.compute(spec), load_knobs(cpu)["dw_conv2d"])
+        x = rng.normal(size=(1, conv.in_channels, conv.height, conv.width)).astype(np.float32)
+        m = (rng.random(conv.out_channels) + 0.5).astype(np.float32)
+        b = rng.normal(size=conv.out_channels).astype(np.float32)
+        if spec.fp32:
+            w = rng.normal(size=conv.weight_shape).astype(np.float32)
+            weights = [(w * m[:, None, None, None]).reshape(conv.out_channels, -1)]
+        else:
+            cw = random_codebook_weight(rng, conv.weight_shape, conv.bits)
+            w, weights = cw.dense(), [cw.packed, cw.codebook, m]
+        calls.append((func, [x, *weights, b, np.zeros(conv.out_shape, np.float32)]))
+        wants.append(depthwise.reference(spec, x, w, m, b))
+    for got, want in zip(_run_kernels_remote(tracker, calls, tmp_path, cpu), wants):
+        assert rel_err(got, want) < 1e-5
 
 
 def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):

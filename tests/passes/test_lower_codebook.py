@@ -80,9 +80,10 @@ def test_structure_and_numbers():
     kernels = [f for op, f in calls if op == "call_tir"]
     kinds = [(str(f.attrs[KERNEL_ATTR]), '"bits": 32' in str(f.attrs[SPEC_ATTR]))
              for f in kernels]
-    # The FP32 stem conv and FP32 head run through the same kernels with float weights.
-    assert kinds == [("cb_conv2d", True)] + [("cb_conv2d", False)] * 4 + [
-        ("cb_dense", False), ("cb_dense", True)]
+    # The FP32 stem conv and FP32 head run through the same kernels with float weights; the
+    # depthwise conv through the depthwise kernel.
+    assert kinds == [("cb_conv2d", True)] + [("cb_conv2d", False)] + [("dw_conv2d", False)] + [
+        ("cb_conv2d", False)] * 2 + [("cb_dense", False), ("cb_dense", True)]
     assert not [op for op, _ in calls if op in ("relax.nn.conv2d", "relax.matmul")]
     # Identical layers share one kernel function.
     names = {r.name: r.kernel for r in lowered.records}
@@ -96,6 +97,7 @@ def test_structure_and_numbers():
     assert not stem.lowered and "not a codebook" in stem.reason
     assert stem.fp32_kernel.startswith("fp32_conv2d_")
     assert by_name["dw.weight"].lowered and by_name["dw.weight"].bits == 4
+    assert by_name["dw.weight"].kernel.startswith("dw_conv2d_")
     assert by_name["fc.weight"].op == "dense"
     assert by_name["conv.weight"].sparsity == pytest.approx(cbs["conv.weight"].sparsity())
     # Numbers: equal to the un-rewritten model and to PyTorch.
