@@ -99,13 +99,37 @@ def _host_cpu() -> str:
     return name or "generic"
 
 
+@functools.cache
+def _host_disabled() -> tuple[str, ...]:
+    """``-feature`` for each feature the host's CPU model implies but this host lacks.
+
+    A virtual machine may report a CPU model (``znver4``) while hiding some of its features
+    (AVX-512): code for the model alone would then stop on an illegal instruction. LLVM's
+    host feature detection reads what the CPU really offers."""
+    import tvm
+    from tvm.target import Target
+
+    get = tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures", allow_missing=True)
+    implied = tvm.get_global_func("target.llvm_get_cpu_features", allow_missing=True)
+    if get is None or implied is None:
+        return ()
+    host = {str(k): bool(v) for k, v in dict(get()).items()}
+    model = Target({"kind": "llvm", "mtriple": "x86_64-linux-gnu", "mcpu": _host_cpu()})
+    return tuple(f"-{f}" for f in sorted(str(k) for k in dict(implied(model)))
+                 if f in host and not host[f])
+
+
 def _host_profile() -> TargetProfile:
+    off = _host_disabled()
+    names = (["AVX-512"] if any(f.startswith("-avx512") for f in off) else []) + [
+        f[1:] for f in off if not f.startswith("-avx512")]
+    hidden = f" without {', '.join(names)}" if names else ""
     return TargetProfile(
         name="x86",
-        description=f"this host ({_host_cpu()}, {os.cpu_count()} cores)",
+        description=f"this host ({_host_cpu()}{hidden}, {os.cpu_count()} cores)",
         triple="x86_64-linux-gnu",
         mcpu=_host_cpu(),
-        mattr=(),
+        mattr=off,
         num_cores=os.cpu_count() or 1,
     )
 

@@ -11,8 +11,8 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         t = p.tvm_target()
         assert str(t.kind) == "llvm" and int(t.attrs["num-cores"]) == p.num_cores
         knobs = load_knobs(name)
-        assert set(knobs) == {"cb_conv2d", "cb_dense", "cb_gemv", "q8_conv2d", "q8_quant",
-                              "q8_decode"}
+        assert set(knobs) == {"cb_conv2d", "dw_conv2d", "cb_dense", "cb_gemv", "q8_conv2d",
+                              "q8_quant", "q8_decode"}
         # The int8 strategy's sdot schedule exactly where the core has dotprod.
         assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.has_dotprod
 
@@ -49,3 +49,17 @@ def test_feature_checks():
     assert missing_features(n1, ("dotprod", "neon")) == []
     assert missing_features(a72, ("neon", "dotprod")) == ["dotprod"]
     assert host_has() and not host_has("no-such-feature")
+
+
+def test_host_profile_claims_only_features_the_host_has():
+    """A VM may report a CPU model (znver4) and hide some of its features (AVX-512): the x86
+    profile must not let LLVM use them (the kernels would stop on an illegal instruction)."""
+    import tvm
+    from tvm.target import codegen
+
+    host = {str(k): bool(v) for k, v in
+            dict(tvm.get_global_func("tvm.codegen.llvm.GetHostCPUFeatures")()).items()}
+    target = targets.get_profile("x86").tvm_target()
+    for f in ("avx2", "fma", "ssse3", "avx512f", "avx512bw", "avx512vnni", "avx512vl"):
+        if f in host:
+            assert bool(codegen.target_has_features(f, target)) == host[f], f
