@@ -241,7 +241,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
     def chunked(Xf, Yf, B, wbufs):
         for t in T.parallel(chunks):
             sp = T.alloc_buffer((plane,), "float32")
-            wl = T.alloc_buffer((taps4,), "float32", scope="local")
+            wl = T.alloc_buffer((taps4,), "float32")  # (global scope: small, so on the stack)
             for i in range(per):
                 for k in T.unroll(taps4):
                     wl[k] = T.if_then_else(k < taps, weight(wbufs, (t * per + i) % c_,

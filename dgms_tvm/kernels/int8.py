@@ -11,9 +11,9 @@ calibration set to get wrong), rounded to nearest-even, into a zero-padded, chan
 ``int8[N, Hp, Wp, C4]`` copy (``C4``: channels rounded up to 4).
 
 Arithmetic: int8 x int8 products summed in int32 over ``(r, s, c)``, four channels by four
-outputs at a time: one ``sdot`` per 16 products on cores with dotprod (TVM's own
-``dot_4x4_i8i8s32_sdot`` tensor intrinsic), the generic vectorised form elsewhere; then
-``Y = float(acc) * s_x * D[o]``.
+outputs at a time: one ``sdot`` per 16 products on cores with dotprod (a 4-pixel x
+4-channel x 4-input tensor intrinsic, :mod:`.intrin`), the generic vectorised form elsewhere;
+then ``Y = float(acc) * s_x * D[o]``.
 
 Only ``groups == 1`` layers with output channels in multiples of 4 take this strategy (the
 pass keeps the others exact).
@@ -699,6 +699,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     if vnni:  # each 4-pixel x 4-channel sub-tile contiguous: one 512-bit accumulator
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
             n_, y_, x_ // 4, o_ // 4, x_ % 4, o_ % 4))
+    elif four:  # sdot: channel-major, 4 pixels of one channel per register (NCHW's order)
+        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, o_, x_))
     else:
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
     sch.reverse_compute_at(deq, xo)
@@ -710,11 +712,27 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.unroll(oi)
     sch.unroll(xi)
     if four:
-        from .intrin import sdot_4x4x4, vnni_4x4x4
+        from .intrin import sdot_4x4x4_ox, vnni_4x4x4
 
         init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4())
+        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4_ox())
+        if not vnni:
+            # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
+            # the accumulator tile then has a constant index, so LLVM keeps the tile in
+            # registers from the zeroing through the sums to the dequantize (which then
+            # transposes 4 pixels x 4 channels by shuffles), with no stores to a stack tile
+            # and no single-lane loads back from it.
+            for loop in sch.get_loops(init)[-4:-1]:
+                sch.unroll(loop)
+            do, dx = sch.get_loops(deq)[-2:]
+            do_o, do_i = sch.split(do, [None, 4])
+            dx_o, dx_i = sch.split(dx, [None, 4])
+            sch.reorder(do_o, dx_o, do_i, dx_i)
+            for loop in (do_o, dx_o, do_i):
+                sch.unroll(loop)
+            sch.vectorize(dx_i)
+            sch.set_scope(init, 0, "global")
     else:
         sch.unroll(rc)
         sch.vectorize(o4)

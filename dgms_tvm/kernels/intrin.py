@@ -4,8 +4,9 @@ TVM ships a 4x4 ``sdot`` intrinsic (``tvm.s_tir.tensor_intrin.arm_cpu``: 4 outpu
 inputs, one pixel), but its description indexes with int32 while our kernels index with int64
 (Relax's shapes), so it never matches; importing that package also costs about a minute (it
 builds every target's intrinsics); and broadcasting one pixel's 4 bytes per ``sdot`` needs a
-load and an address per pixel. This is a 4-pixel form with int64 indices, accumulating into a
-local (register) tile.
+load and an address per pixel. These are 4-pixel forms with int64 indices, accumulating into a
+local (register) tile: on aarch64 channel-major (a register holds 4 pixels of one channel,
+NCHW's order), on x86 one 512-bit register per 4 pixels x 4 channels.
 """
 
 from __future__ import annotations
@@ -13,11 +14,11 @@ from __future__ import annotations
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
-SDOT_4X4X4 = "dgms_sdot_4x4x4_i8i8i32_i64"
+SDOT_4X4X4_OX = "dgms_sdot_4x4x4_i8i8i32_i64_ox"
 
 
 @T.prim_func(s_tir=True)
-def _quad_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+def _quad_ox_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
     A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
     B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
     sc = T.int64()
@@ -28,12 +29,21 @@ def _quad_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
         T.writes(C[0:4, 0:4])
         for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
             with T.sblock("update"):
-                vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
-                C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
+                vo, vx, vk = T.axis.remap("SSR", [o, x, k])
+                C[vo, vx] = C[vo, vx] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
+
+
+def _ox_row(C, A, B, o: int):
+    """``C[o, 0:4] += sdot(4 pixels' inputs, channel o's 4 weights in every lane)``."""
+    return T.call_llvm_pure_intrin(
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[o, T.ramp(T.int64(0), 1, 4)],
+        A.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+        T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", B.vload(
+            [T.int64(0), T.int64(0)], dtype="int8x16"))], [o, o, o, o])))
 
 
 @T.prim_func(s_tir=True)
-def _quad_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+def _quad_ox_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
     A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
     B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
     sc = T.int64()
@@ -42,35 +52,22 @@ def _quad_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
     with T.sblock("root"):
         T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
         T.writes(C[0:4, 0:4])
-        # C[x, o] += sum_k A[x, k] * B[o, k]: one 16-byte load of 4 pixels' inputs, pixel x's
-        # 4 bytes broadcast from lane x (LLVM emits the indexed sdot), one per pixel.
-        C[0, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[0, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [0, 0, 0, 0])))
-        C[1, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[1, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [1, 1, 1, 1])))
-        C[2, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[2, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [2, 2, 2, 2])))
-        C[3, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[3, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [3, 3, 3, 3])))
+        # C[o, x] += sum_k A[x, k] * B[o, k]: one 16-byte load of 4 pixels' inputs, channel
+        # o's 4 weights broadcast from lane o (LLVM emits the indexed sdot), one per channel;
+        # a register holds 4 pixels of one channel (NCHW's order: the dequantize stores it as
+        # it is, with no transpose).
+        C[0, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 0)
+        C[1, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 1)
+        C[2, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 2)
+        C[3, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 3)
 
 
-def sdot_4x4x4() -> str:
-    """Name of the registered 4-pixel x 4-channel x 4-input sdot micro-kernel."""
-    if TensorIntrin.get(SDOT_4X4X4, allow_missing=True) is None:
-        TensorIntrin.register(SDOT_4X4X4, _quad_desc, _quad_impl)
-    return SDOT_4X4X4
+def sdot_4x4x4_ox() -> str:
+    """Name of the registered sdot micro-kernel whose accumulators are channel-major (4
+    pixels of one channel per register)."""
+    if TensorIntrin.get(SDOT_4X4X4_OX, allow_missing=True) is None:
+        TensorIntrin.register(SDOT_4X4X4_OX, _quad_ox_desc, _quad_ox_impl)
+    return SDOT_4X4X4_OX
 
 
 VNNI_4X4X4 = "dgms_vnni_4x4x4_u8i8i32_i64"
