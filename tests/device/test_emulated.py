@@ -13,7 +13,7 @@ import tvm
 from dgms_tvm import pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import conv2d, dense, depthwise, int8
+from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
@@ -134,6 +134,14 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     got = _run_kernel_remote(tracker, func, [x, cw.packed, cw.codebook,
                                              np.zeros(spec.out_shape, np.float32)], tmp_path)
     assert rel_err(got, dense.reference(spec, x, cw.dense())) < 1e-5
+    # the batch-1 float32 dense (an FP32 classifier): the generic GEMV kernel
+    gs = gemv.GemvSpec(1, 40, 96, 32, arith="fp32", rows=gemv.rows_for(40, "fp32"))
+    assert not gemv.supports(gs, get_profile(CPU).tvm_target())
+    w = rng.normal(size=(40, 96)).astype(np.float32)
+    x1 = rng.normal(size=(1, 96)).astype(np.float32)
+    got = _run_kernel_remote(tracker, gemv.compute(gs), [x1, w, np.zeros((1, 40), np.float32)],
+                             tmp_path)
+    assert rel_err(got, gemv.reference(gs, x1, w, None)) < 1e-5
 
 
 def test_devices_serving_under_a_key_are_counted(device):

@@ -1,4 +1,5 @@
-"""x86 GEMV kernels (exact vpermps, int8 vpshufb + VNNI, fp32) against their NumPy oracles."""
+"""GEMV kernels (x86: exact vpermps, int8 vpshufb + VNNI; any target: fp32) against their
+NumPy oracles."""
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ HOST = get_profile("x86").tvm_target()
 #: The kernels run where the host has their instructions; elsewhere the pass never picks them.
 NEEDS_AVX512 = pytest.mark.skipif(
     bool(gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), HOST)),
-    reason="this host lacks AVX-512F (the exact / fp32 GEMV kernels' instructions)")
+    reason="this host lacks AVX-512F (the exact GEMV kernel's instructions)")
 
 
 def _spec(m, n, k, bits, arith):
@@ -67,9 +68,11 @@ def test_int8_all_zero_input_gives_zero(rng):
     assert np.array_equal(got, np.zeros_like(got))
 
 
-@NEEDS_AVX512
 def test_fp32_matches_oracle(rng):
+    """Generic vector code: on every host (and aarch64, see tests/device)."""
     spec = _spec(1, 36, 64, 32, "fp32")
+    assert not gemv.supports(spec, HOST)
+    assert not gemv.supports(spec, get_profile("cortex-a72").tvm_target())
     w = rng.normal(size=(36, 64)).astype(np.float32)
     x = rng.normal(size=(1, 64)).astype(np.float32)
     got = run_kernel(gemv.compute(spec), [x, w, np.zeros((1, 36), np.float32)])
