@@ -649,6 +649,20 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
     return best
 
 
+#: Input channel blocks (of 4) from which the sdot conv keeps its accumulators channel-major
+#: (each register 4 pixels of one channel: stored as they are, where pixel-major ones are
+#: transposed by lane moves). With fewer, LLVM unrolls the whole reduction loop, hoists the
+#: channel-major form's per-lane weight broadcasts out of the tile loop and spills them
+#: (neoverse-n1, M instructions pixel-major -> channel-major: ResNet-18's 3-channel 7x7 stem
+#: 16.4 -> 17.7, MobileNetV2's 3x3 stem 2.36 -> 2.79 and its 32 -> 192 1x1 convs 0.83 -> 0.96;
+#: 64 -> 384 1x1 0.73 -> 0.66, and the 64-channel and wider 3x3 convs of ResNet-18 gain).
+CHANNEL_MAJOR_BLOCKS = 16
+
+
+def channel_major(spec: Conv2dSpec) -> bool:
+    return (spec.in_channels + 3) // 4 >= CHANNEL_MAJOR_BLOCKS
+
+
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """Hand-written CPU schedule; ``knobs`` come from ``schedules/<target>.json``.
 
@@ -699,7 +713,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     if vnni:  # each 4-pixel x 4-channel sub-tile contiguous: one 512-bit accumulator
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
             n_, y_, x_ // 4, o_ // 4, x_ % 4, o_ % 4))
-    elif four:  # sdot: channel-major, 4 pixels of one channel per register (NCHW's order)
+    elif four and channel_major(spec):  # 4 pixels of one channel per register (NCHW's order)
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, o_, x_))
     else:
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
@@ -712,11 +726,12 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.unroll(oi)
     sch.unroll(xi)
     if four:
-        from .intrin import sdot_4x4x4_ox, vnni_4x4x4
+        from .intrin import sdot_4x4x4, sdot_4x4x4_ox, vnni_4x4x4
 
         init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4_ox())
+        sch.tensorize(x4, vnni_4x4x4() if vnni else
+                      sdot_4x4x4_ox() if channel_major(spec) else sdot_4x4x4())
         if not vnni:
             # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
             # the accumulator tile then has a constant index, so LLVM keeps the tile in

@@ -5,14 +5,75 @@ inputs, one pixel), but its description indexes with int32 while our kernels ind
 (Relax's shapes), so it never matches; importing that package also costs about a minute (it
 builds every target's intrinsics); and broadcasting one pixel's 4 bytes per ``sdot`` needs a
 load and an address per pixel. These are 4-pixel forms with int64 indices, accumulating into a
-local (register) tile: on aarch64 channel-major (a register holds 4 pixels of one channel,
-NCHW's order), on x86 one 512-bit register per 4 pixels x 4 channels.
+local (register) tile: on aarch64 pixel-major (a register holds 4 channels of one pixel) or
+channel-major (4 pixels of one channel, NCHW's order), on x86 one 512-bit register per 4
+pixels x 4 channels.
 """
 
 from __future__ import annotations
 
 from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
+
+SDOT_4X4X4 = "dgms_sdot_4x4x4_i8i8i32_i64"
+
+
+@T.prim_func(s_tir=True)
+def _quad_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    sc = T.int64()
+    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
+                       strides=(sc, T.int64(1)))
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
+            with T.sblock("update"):
+                vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
+                C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
+
+
+@T.prim_func(s_tir=True)
+def _quad_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+    sc = T.int64()
+    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
+                       strides=(sc, T.int64(1)))
+    with T.sblock("root"):
+        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+        T.writes(C[0:4, 0:4])
+        # C[x, o] += sum_k A[x, k] * B[o, k]: one 16-byte load of 4 pixels' inputs, pixel x's
+        # 4 bytes broadcast from lane x (LLVM emits the indexed sdot), one per pixel.
+        C[0, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[0, T.ramp(T.int64(0), 1, 4)],
+            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
+                [T.int64(0), T.int64(0)], dtype="int8x16"))], [0, 0, 0, 0])))
+        C[1, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[1, T.ramp(T.int64(0), 1, 4)],
+            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
+                [T.int64(0), T.int64(0)], dtype="int8x16"))], [1, 1, 1, 1])))
+        C[2, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[2, T.ramp(T.int64(0), 1, 4)],
+            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
+                [T.int64(0), T.int64(0)], dtype="int8x16"))], [2, 2, 2, 2])))
+        C[3, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[3, T.ramp(T.int64(0), 1, 4)],
+            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
+                [T.int64(0), T.int64(0)], dtype="int8x16"))], [3, 3, 3, 3])))
+
+
+def sdot_4x4x4() -> str:
+    """Name of the registered 4-pixel x 4-channel x 4-input sdot micro-kernel."""
+    if TensorIntrin.get(SDOT_4X4X4, allow_missing=True) is None:
+        TensorIntrin.register(SDOT_4X4X4, _quad_desc, _quad_impl)
+    return SDOT_4X4X4
+
 
 SDOT_4X4X4_OX = "dgms_sdot_4x4x4_i8i8i32_i64_ox"
 

@@ -152,9 +152,9 @@ def test_devices_serving_under_a_key_are_counted(device):
 
 @pytest.mark.parametrize("cpu", [CPU, DOTPROD])
 def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
-    """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core (4 pixels per load for
-    unit-stride columns, 7 computed as 8; one pixel per load at stride 2), NEON integer code
-    on the other."""
+    """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core (4 pixels per load, the
+    input deinterleaved by the column stride; accumulators pixel-major, or channel-major from
+    64 input channels), NEON integer code on the other."""
     tracker, _ = device
     knobs = load_knobs(cpu)["q8_conv2d"]
     assert (knobs["dot"] == "sdot") == (cpu == DOTPROD)
@@ -162,6 +162,8 @@ def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
                                    scaled=True),
                  conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3),
                  conv2d.Conv2dSpec(1, 16, 8, 8, 32, (1, 1), bits=4),
+                 # 64 input channels: the channel-major sdot accumulators (int8.channel_major)
+                 conv2d.Conv2dSpec(1, 64, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
                  # a float32 stem, its weight int8 per channel
                  conv2d.Conv2dSpec(1, 3, 17, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3),
                                    bits=FP32_WEIGHT)):
