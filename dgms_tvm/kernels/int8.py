@@ -735,9 +735,12 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         if not vnni:
             # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
             # the accumulator tile then has a constant index, so LLVM keeps the tile in
-            # registers from the zeroing through the sums to the dequantize (which then
-            # transposes 4 pixels x 4 channels by shuffles), with no stores to a stack tile
-            # and no single-lane loads back from it.
+            # registers from the zeroing through the sums to the dequantize (which stores a
+            # channel-major register as it is, and transposes pixel-major ones by lane
+            # moves), with no stores to a stack tile and no single-lane loads back from it.
+            # TVM would allocate a "local" buffer inside the parallel loop from the
+            # workspace pool (a pointer LLVM cannot see through); a small "global" one is a
+            # stack array, which LLVM promotes to registers.
             for loop in sch.get_loops(init)[-4:-1]:
                 sch.unroll(loop)
             do, dx = sch.get_loops(deq)[-2:]
