@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import tvm
 from tvm import te
+from tvm.script import tirx as T
 
 from ..format import check_bits
 
@@ -49,6 +50,17 @@ def decode_index(packed: te.Tensor, row, k, bits: int):
         shift > 8 - bits, packed[row, bit // 8 + 1].astype("int32"), tvm.tirx.const(0, "int32")
     )
     return ((lo | (hi << 8)) >> shift) & mask
+
+
+def span(base, lanes: int):
+    """The index of ``lanes`` contiguous elements from ``base`` in a written-scheduled kernel
+    (a scalar index for one: TIR has no 1-lane ramp)."""
+    return base if lanes == 1 else T.Ramp(base, 1, lanes)
+
+
+def splat(value, lanes: int):
+    """``value`` in ``lanes`` lanes (itself for one: TIR has no 1-lane broadcast)."""
+    return value if lanes == 1 else T.Broadcast(value, lanes)
 
 
 def best_tile(extent: int, limit: int) -> int:

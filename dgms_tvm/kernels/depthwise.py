@@ -32,7 +32,16 @@ import tvm
 from tvm.script import tirx as T
 
 from ..format import row_bytes
-from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, decode_index
+from .common import (
+    FP32_WEIGHT,
+    KERNEL_ATTR,
+    OPAQUE,
+    SPEC_ATTR,
+    best_tile,
+    decode_index,
+    span,
+    splat,
+)
 from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 
@@ -103,18 +112,8 @@ def columns(out_w: int, lanes: int) -> int:
     return best_tile(out_w, lanes)
 
 
-def _at(base, lanes: int):
-    """Index of ``lanes`` contiguous elements from ``base`` (a scalar index for one: TIR has
-    no 1-lane ramp)."""
-    return base if lanes == 1 else T.Ramp(base, 1, lanes)
-
-
 def _vec(buf, base, lanes: int):
-    return buf[_at(base, lanes)]
-
-
-def _splat(value, lanes: int):
-    return value if lanes == 1 else T.Broadcast(value, lanes)
+    return buf[span(base, lanes)]
 
 
 def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
@@ -158,11 +157,11 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
         return CB[decode_index(P, c, k, bits)] * M[c]
 
     def finish(v, B, c, lanes):
-        v = v + _splat(B[c], lanes)
+        v = v + splat(B[c], lanes)
         if act:
-            v = T.max(v, _splat(T.float32(0), lanes))
+            v = T.max(v, splat(T.float32(0), lanes))
         if act == "relu6":
-            v = T.min(v, _splat(T.float32(6), lanes))
+            v = T.min(v, splat(T.float32(6), lanes))
         return v
 
     def tap(wl, k, lanes):
@@ -201,7 +200,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
     def copy_phase(Xf, sp, nc, p):
         """Input columns ``p, p + sw, ...`` (``p`` a Python int: the shuffle's lanes)."""
         for hh, w0 in T.grid(h_, w_ // (run * sw)):
-            sp[_at(scratch((pl + w0 * run * sw + p) % sw, pt + hh,
+            sp[span(scratch((pl + w0 * run * sw + p) % sw, pt + hh,
                            (pl + w0 * run * sw + p) // sw), run)] = src_run(
                 Xf, nc, hh, w0 * run * sw, p)
 
@@ -227,7 +226,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
                 (nc * h_ + hh) * w_ + whole + w]
         for yo, xo in T.grid(oh // rt, ow // cols):
             for j in T.unroll(rt):
-                Y[_at(((nc * oh) + yo * rt + j) * ow + xo * cols, cols)] = finish(
+                Y[span(((nc * oh) + yo * rt + j) * ow + xo * cols, cols)] = finish(
                     window(sp, wl, yo * rt + j, xo * cols, cols), B, c, cols)
 
     per = n_ * c_ // chunks

@@ -39,6 +39,8 @@ from .common import (
     best_tile,
     decode_index,
     i64,
+    span,
+    splat,
 )
 from .conv2d import Conv2dSpec, _spec_from
 from .conv2d import reference as conv_reference
@@ -308,12 +310,6 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
     dt, off, run = s.dtype, float(s.offset), k * ph
     order = [(i % 4) * k + i // 4 for i in range(4 * k)]  # lane k*4 + c <- channel c, lane k
     tiny = float(TINY)
-
-    def span(base, lanes):  # (a scalar index for one lane: TIR has no 1-lane ramp)
-        return base if lanes == 1 else T.Ramp(base, 1, lanes)
-
-    def splat(value, lanes):
-        return value if lanes == 1 else T.Broadcast(value, lanes)
 
     def chan(xf, lv, nh, cb, w0, p, ci):
         """Channel ``ci`` of block ``cb``: K quantized columns (the pad value past C)."""
@@ -726,12 +722,11 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.unroll(oi)
     sch.unroll(xi)
     if four:
-        from .intrin import sdot_4x4x4, sdot_4x4x4_ox, vnni_4x4x4
+        from .intrin import sdot_4x4x4, vnni_4x4x4
 
         init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, vnni_4x4x4() if vnni else
-                      sdot_4x4x4_ox() if channel_major(spec) else sdot_4x4x4())
+        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4(channel_major(spec)))
         if not vnni:
             # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
             # the accumulator tile then has a constant index, so LLVM keeps the tile in

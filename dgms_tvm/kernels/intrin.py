@@ -16,119 +16,73 @@ from tvm.s_tir import TensorIntrin
 from tvm.script import tirx as T
 
 SDOT_4X4X4 = "dgms_sdot_4x4x4_i8i8i32_i64"
-
-
-@T.prim_func(s_tir=True)
-def _quad_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    sc = T.int64()
-    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
-                       strides=(sc, T.int64(1)))
-    with T.sblock("root"):
-        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
-        T.writes(C[0:4, 0:4])
-        for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
-            with T.sblock("update"):
-                vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
-                C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
-
-
-@T.prim_func(s_tir=True)
-def _quad_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    sc = T.int64()
-    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
-                       strides=(sc, T.int64(1)))
-    with T.sblock("root"):
-        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
-        T.writes(C[0:4, 0:4])
-        # C[x, o] += sum_k A[x, k] * B[o, k]: one 16-byte load of 4 pixels' inputs, pixel x's
-        # 4 bytes broadcast from lane x (LLVM emits the indexed sdot), one per pixel.
-        C[0, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[0, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [0, 0, 0, 0])))
-        C[1, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[1, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [1, 1, 1, 1])))
-        C[2, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[2, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [2, 2, 2, 2])))
-        C[3, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
-            "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[3, T.ramp(T.int64(0), 1, 4)],
-            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-            T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", A.vload(
-                [T.int64(0), T.int64(0)], dtype="int8x16"))], [3, 3, 3, 3])))
-
-
-def sdot_4x4x4() -> str:
-    """Name of the registered 4-pixel x 4-channel x 4-input sdot micro-kernel."""
-    if TensorIntrin.get(SDOT_4X4X4, allow_missing=True) is None:
-        TensorIntrin.register(SDOT_4X4X4, _quad_desc, _quad_impl)
-    return SDOT_4X4X4
-
-
 SDOT_4X4X4_OX = "dgms_sdot_4x4x4_i8i8i32_i64_ox"
 
 
-@T.prim_func(s_tir=True)
-def _quad_ox_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    sc = T.int64()
-    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
-                       strides=(sc, T.int64(1)))
-    with T.sblock("root"):
-        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
-        T.writes(C[0:4, 0:4])
-        for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
-            with T.sblock("update"):
-                vo, vx, vk = T.axis.remap("SSR", [o, x, k])
-                C[vo, vx] = C[vo, vx] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
-
-
-def _ox_row(C, A, B, o: int):
-    """``C[o, 0:4] += sdot(4 pixels' inputs, channel o's 4 weights in every lane)``."""
+def _sdot_row(C, full, lanes, i: int):
+    """``C[i, 0:4] += sdot(full's 16 bytes, lanes's 4 bytes at lane i in every lane)``
+    (LLVM emits the indexed sdot)."""
     return T.call_llvm_pure_intrin(
-        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[o, T.ramp(T.int64(0), 1, 4)],
-        A.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
-        T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", B.vload(
-            [T.int64(0), T.int64(0)], dtype="int8x16"))], [o, o, o, o])))
+        "int32x4", "llvm.aarch64.neon.sdot.v4i32.v16i8", C[i, T.ramp(T.int64(0), 1, 4)],
+        full.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+        T.reinterpret("int8x16", T.Shuffle([T.reinterpret("int32x4", lanes.vload(
+            [T.int64(0), T.int64(0)], dtype="int8x16"))], [i, i, i, i])))
 
 
-@T.prim_func(s_tir=True)
-def _quad_ox_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
-    A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
-    sc = T.int64()
-    C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1, scope="local",
-                       strides=(sc, T.int64(1)))
-    with T.sblock("root"):
-        T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
-        T.writes(C[0:4, 0:4])
-        # C[o, x] += sum_k A[x, k] * B[o, k]: one 16-byte load of 4 pixels' inputs, channel
-        # o's 4 weights broadcast from lane o (LLVM emits the indexed sdot), one per channel;
-        # a register holds 4 pixels of one channel (NCHW's order: the dequantize stores it as
-        # it is, with no transpose).
-        C[0, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 0)
-        C[1, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 1)
-        C[2, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 2)
-        C[3, T.ramp(T.int64(0), 1, 4)] = _ox_row(C, A, B, 3)
+def _sdot_quad(channel_major: bool):
+    """(description, implementation) of the 4-pixel x 4-channel x 4-input sdot micro-kernel:
+    ``acc[x, o] += sum_k A[x, k] * B[o, k]`` with one 16-byte load of 4 pixels' inputs (A)
+    and one of 4 channels' weights (B). Pixel-major (C indexed ``[x, o]``): a register holds
+    4 channels of one pixel, pixel x's inputs broadcast from lane x. Channel-major (C indexed
+    ``[o, x]``): a register holds 4 pixels of one channel (NCHW's order: the dequantize stores
+    it as it is, with no transpose), channel o's weights broadcast from lane o."""
+
+    @T.prim_func(s_tir=True)
+    def desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+        B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+        sc = T.int64()
+        C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1,
+                           scope="local", strides=(sc, T.int64(1)))
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:4])
+            for x, o, k in T.grid(T.int64(4), T.int64(4), T.int64(4)):
+                with T.sblock("update"):
+                    vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
+                    if channel_major:
+                        C[vo, vx] = C[vo, vx] + T.Cast("int32", A[vx, vk]) * T.Cast(
+                            "int32", B[vo, vk])
+                    else:
+                        C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast(
+                            "int32", B[vo, vk])
+
+    full, lanes = ((0, 1) if channel_major else (1, 0))  # which operand is broadcast
+
+    @T.prim_func(s_tir=True)
+    def impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+        A = T.match_buffer(a, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+        B = T.match_buffer(b, (T.int64(4), T.int64(4)), "int8", offset_factor=1)
+        sc = T.int64()
+        C = T.match_buffer(c, (T.int64(4), T.int64(4)), "int32", offset_factor=1,
+                           scope="local", strides=(sc, T.int64(1)))
+        with T.sblock("root"):
+            T.reads(C[0:4, 0:4], A[0:4, 0:4], B[0:4, 0:4])
+            T.writes(C[0:4, 0:4])
+            C[0, T.ramp(T.int64(0), 1, 4)] = _sdot_row(C, (A, B)[full], (A, B)[lanes], 0)
+            C[1, T.ramp(T.int64(0), 1, 4)] = _sdot_row(C, (A, B)[full], (A, B)[lanes], 1)
+            C[2, T.ramp(T.int64(0), 1, 4)] = _sdot_row(C, (A, B)[full], (A, B)[lanes], 2)
+            C[3, T.ramp(T.int64(0), 1, 4)] = _sdot_row(C, (A, B)[full], (A, B)[lanes], 3)
+
+    return desc, impl
 
 
-def sdot_4x4x4_ox() -> str:
-    """Name of the registered sdot micro-kernel whose accumulators are channel-major (4
-    pixels of one channel per register)."""
-    if TensorIntrin.get(SDOT_4X4X4_OX, allow_missing=True) is None:
-        TensorIntrin.register(SDOT_4X4X4_OX, _quad_ox_desc, _quad_ox_impl)
-    return SDOT_4X4X4_OX
+def sdot_4x4x4(channel_major: bool = False) -> str:
+    """Name of the registered sdot micro-kernel (see :func:`_sdot_quad`)."""
+    name = SDOT_4X4X4_OX if channel_major else SDOT_4X4X4
+    if TensorIntrin.get(name, allow_missing=True) is None:
+        TensorIntrin.register(name, *_sdot_quad(channel_major))
+    return name
 
 
 VNNI_4X4X4 = "dgms_vnni_4x4x4_u8i8i32_i64"
