@@ -66,10 +66,12 @@ STRATEGIES = ("auto", "exact", "int8")
 def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None = None) -> str:
     """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
     ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
-    16 multiply-adds per instruction against 4 for an FP32 ``fmla``), ``exact`` elsewhere (the
-    int8 kernel's generic vector code has no such advantage); ``vnni`` (x86 ``vpdpbusd``, 64
-    per instruction against 16 for an AVX-512 FMA) counts where the host has it. Layers the
-    int8 kernel cannot take stay exact either way; the manifest says per layer what it got."""
+    16 multiply-adds per instruction against 4 for an FP32 ``fmla``) and on aarch64 cores
+    without one (the widening kernel, :mod:`.kernels.int8_long`: 16 in 3 instructions, and a
+    quarter of the input bytes to load), ``exact`` elsewhere (the int8 kernel's generic
+    vector code has no such advantage); ``vnni`` (x86 ``vpdpbusd``, 64 per instruction
+    against 16 for an AVX-512 FMA) counts where the host has it. Layers the int8 kernels
+    cannot take stay exact either way; the manifest says per layer what it got."""
     if requested not in STRATEGIES:
         raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)}; "
                         "lut is not built yet)")
@@ -81,7 +83,9 @@ def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None 
         from .kernels.int8 import unsigned_input
 
         return "int8" if unsigned_input(profile.tvm_target()) else "exact"
-    return "int8" if dot == "sdot" else "exact"
+    from .kernels import int8_long
+
+    return "int8" if dot == "sdot" or int8_long.wanted(profile.tvm_target()) else "exact"
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,

@@ -63,6 +63,17 @@ def splat(value, lanes: int):
     return value if lanes == 1 else T.Broadcast(value, lanes)
 
 
+def as_kernel(func: tvm.tirx.PrimFunc, family: str, spec_json: str) -> tvm.tirx.PrimFunc:
+    """``func`` marked as a codebook kernel of ``family`` (opaque to fusion, its buffers not
+    aliased), its spec attached."""
+    return func.with_attrs({
+        KERNEL_ATTR: family,
+        SPEC_ATTR: spec_json,
+        "op_pattern": OPAQUE,
+        "tirx.noalias": True,
+    })
+
+
 def best_tile(extent: int, limit: int) -> int:
     """Largest divisor of ``extent`` that is at most ``limit``.
 

@@ -253,8 +253,14 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     tile.finish(conv, ri)
 
 
-def _spec_from(func: tvm.tirx.PrimFunc) -> dict:
-    d = json.loads(str(func.attrs[SPEC_ATTR]))
+def spec_fields(d: dict) -> dict:
+    """A :class:`Conv2dSpec`'s fields read back from JSON (its pairs and quadruple tuples
+    again)."""
+    d = dict(d)
     for k in ("kernel", "stride", "padding", "dilation"):
         d[k] = tuple(d[k])
     return d
+
+
+def _spec_from(func: tvm.tirx.PrimFunc) -> dict:
+    return spec_fields(json.loads(str(func.attrs[SPEC_ATTR])))

@@ -34,15 +34,14 @@ from tvm.script import tirx as T
 from ..format import row_bytes
 from .common import (
     FP32_WEIGHT,
-    KERNEL_ATTR,
-    OPAQUE,
     SPEC_ATTR,
+    as_kernel,
     best_tile,
     decode_index,
     span,
     splat,
 )
-from .conv2d import Conv2dSpec
+from .conv2d import Conv2dSpec, spec_fields
 from .conv2d import reference as conv_reference
 
 FAMILY = "dw_conv2d"
@@ -85,9 +84,7 @@ class DepthwiseSpec:
     @classmethod
     def from_json(cls, text: str) -> DepthwiseSpec:
         d = json.loads(text)
-        c = d.pop("conv")
-        for k in ("kernel", "stride", "padding", "dilation"):
-            c[k] = tuple(c[k])
+        c = spec_fields(d.pop("conv"))
         return cls(Conv2dSpec(**c), **d)
 
 
@@ -261,12 +258,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
             chunked(T.decl_buffer((n_ * c_ * h_ * w_,), "float32", data=X.data),
                     T.decl_buffer((n_ * c_ * oh * ow,), "float32", data=Y.data), B,
                     (P, CB, M))
-    return func.with_attrs({
-        KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: spec.to_json(),
-        "op_pattern": OPAQUE,
-        "tirx.noalias": True,
-    })
+    return as_kernel(func, FAMILY, spec.to_json())
 
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:

@@ -12,7 +12,9 @@ calibration set to get wrong), rounded to nearest-even, into a zero-padded, chan
 
 Arithmetic: int8 x int8 products summed in int32 over ``(r, s, c)``, four channels by four
 outputs at a time: one ``sdot`` per 16 products on cores with dotprod (a 4-pixel x
-4-channel x 4-input tensor intrinsic, :mod:`.intrin`), the generic vectorised form elsewhere;
+4-channel x 4-input tensor intrinsic, :mod:`.intrin`), the generic vectorised form elsewhere
+(aarch64 cores without dotprod have a kernel of their own, :mod:`.int8_long`, on the same
+quantized values in 16-channel groups: ``depth`` of :class:`QuantSpec` / :class:`DecodeSpec`);
 then ``Y = float(acc) * s_x * D[o]``.
 
 Only ``groups == 1`` layers with output channels in multiples of 4 take this strategy (the
@@ -173,12 +175,15 @@ class QuantSpec:
     extra: int = 0  # zero columns beyond the right padding (see padded_out_w)
     phases: int = 1  # columns stored deinterleaved by column % phases (the conv's stride)
     offset: int = 0  # 128: stored as uint8 q + 128 (x86 VNNI multiplies unsigned by signed)
+    depth: int = 4  # channels per group, innermost (16: the widening conv, .int8_long)
 
     @classmethod
-    def of(cls, spec: Conv2dSpec, unsigned: bool = False) -> QuantSpec:
+    def of(cls, spec: Conv2dSpec, unsigned: bool = False, depth: int = 4) -> QuantSpec:
+        """The quantize in front of ``spec``'s int8 conv; ``depth`` 16 (the widening conv:
+        one pixel's 16 channels per load, any stride) keeps the columns in order."""
         return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),
-                   (padded_out_w(spec, unsigned) - spec.out_w) * spec.stride[1], spec.stride[1],
-                   128 if unsigned else 0)
+                   (padded_out_w(spec, unsigned) - spec.out_w) * spec.stride[1],
+                   spec.stride[1] if depth == 4 else 1, 128 if unsigned else 0, depth)
 
     @property
     def dtype(self) -> str:
@@ -186,17 +191,19 @@ class QuantSpec:
 
     @property
     def c4(self) -> int:
-        return (self.channels + 3) // 4 * 4
+        """Channels rounded up to whole groups (of ``depth``)."""
+        return (self.channels + self.depth - 1) // self.depth * self.depth
 
     @property
     def out_shape(self) -> tuple[int, ...]:
-        """``[N, Hp, C4/4, phases, Wp/phases, 4]``: 4-channel groups, then columns (split by
-        ``column % phases``, so that a conv of that column stride reads 4 neighbouring output
-        pixels' inputs from 16 contiguous bytes), then the 4 channels."""
+        """``[N, Hp, C4/d, phases, Wp/phases, d]`` (``d``: ``depth``): channel groups, then
+        columns (split by ``column % phases``, so that a conv of that column stride reads 4
+        neighbouring output pixels' inputs from 16 contiguous bytes), then the ``d``
+        channels."""
         pt, pl, pb, pr = self.padding
         wp = self.width + pl + pr + self.extra
-        return (self.batch, self.height + pt + pb, self.c4 // 4, self.phases,
-                (wp + self.phases - 1) // self.phases, 4)
+        return (self.batch, self.height + pt + pb, self.c4 // self.depth, self.phases,
+                (wp + self.phases - 1) // self.phases, self.depth)
 
     @property
     def name(self) -> str:
@@ -204,7 +211,8 @@ class QuantSpec:
                 f"_p{'x'.join(map(str, self.padding))}" + (f"_e{self.extra}" if self.extra
                                                            else "")
                 + (f"_s{self.phases}" if self.phases > 1 else "")
-                + ("_u8" if self.offset else ""))
+                + ("_u8" if self.offset else "") + (f"_d{self.depth}" if self.depth != 4
+                                                     else ""))
 
 
 def padded_out_w(spec: Conv2dSpec, unsigned: bool = False) -> int:
@@ -248,8 +256,10 @@ def quant_compute(spec: QuantSpec, vector: bool = True) -> tvm.tirx.PrimFunc:
     def level():  # max|X| with the all-zero guard
         return tvm.tirx.max(amax[0], tvm.tirx.const(float(TINY), "float32"))
 
+    d = s.depth
+
     def quant(n, h, cb, w, c4):
-        c = cb * 4 + c4
+        c = cb * d + c4
         v = tvm.tirx.round(x[n, c, h, w] * (tvm.tirx.const(127.0, "float32") / level()))
         v = tvm.tirx.max(tvm.tirx.min(v, 127.0), -127.0)
         v = (v + tvm.tirx.const(float(s.offset), "float32")).astype(s.dtype)
@@ -263,7 +273,7 @@ def quant_compute(spec: QuantSpec, vector: bool = True) -> tvm.tirx.PrimFunc:
         return tvm.tirx.if_then_else(inside, q[n, h - pt, cb, w - pl, c4],
                                      tvm.tirx.const(s.offset, s.dtype))
 
-    q = te.compute(tuple(map(i64, (s.batch, s.height, s.c4 // 4, s.width, 4))), quant,
+    q = te.compute(tuple(map(i64, (s.batch, s.height, s.c4 // d, s.width, d))), quant,
                    name="quant")
     xq = te.compute(tuple(map(i64, s.out_shape)), pad, name="pad")
     sx = te.compute((i64(1),), lambda i: level() / tvm.tirx.const(127.0, "float32"), name="scale")
@@ -278,10 +288,10 @@ def quant_compute(spec: QuantSpec, vector: bool = True) -> tvm.tirx.PrimFunc:
 
 def _vector_run(spec: QuantSpec) -> int:
     """Columns per channel converted at a time by :func:`quant_vector` (per phase): the most,
-    up to 16, that split the width evenly, a power of 2 where one does; 0 where fewer
-    than 2."""
+    up to 16 (and 64 bytes a run), that split the width evenly, a power of 2 where one does;
+    0 where fewer than 2."""
     ph = spec.phases
-    fits = [k for k in range(2, 17) if spec.width % (k * ph) == 0]
+    fits = [k for k in range(2, 17) if spec.width % (k * ph) == 0 and k * spec.depth <= 64]
     whole = [k for k in fits if k in (4, 8, 16)]  # whole vectors: no lanes to legalise
     return max(whole or fits, default=0)
 
@@ -291,10 +301,10 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
     split into runs of at least 2 columns per phase (:func:`_vector_run`).
 
     max|X| in 16 (or 4) lanes over the flat input; the output filled with the pad value in
-    16-byte stores; then per input row (rows in parallel), 4-channel block and run of ``K``
-    columns of one phase: 4 vector loads (stride ``phases``), multiply, round, clamp, narrow,
-    and one shuffle that interleaves the 4 channels into the ``[..., K, 4]`` bytes the conv
-    reads, stored at once (``st4`` on aarch64)."""
+    16-byte stores; then per input row (rows in parallel), channel group and run of ``K``
+    columns of one phase: one vector load per channel (stride ``phases``), multiply, round,
+    clamp, narrow, and one shuffle that interleaves the group's ``d`` channels into the
+    ``[..., K, d]`` bytes the conv reads, stored at once (``st4`` on aarch64 for 4)."""
     s = spec
     k = _vector_run(s)
     n_in = s.batch * s.channels * s.height * s.width
@@ -308,18 +318,23 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
     lanes = max(v for v in (1, 4, 16) if n_in % v == 0)
     lo = 16 if n_out % 16 == 0 else 4
     dt, off, run = s.dtype, float(s.offset), k * ph
-    order = [(i % 4) * k + i // 4 for i in range(4 * k)]  # lane k*4 + c <- channel c, lane k
+    d = s.depth
+    order = [(i % d) * k + i // d for i in range(d * k)]  # lane k*d + c <- channel c, lane k
     tiny = float(TINY)
 
     def chan(xf, lv, nh, cb, w0, p, ci):
         """Channel ``ci`` of block ``cb``: K quantized columns (the pad value past C)."""
-        src = ((nh // h * c + T.min(cb * 4 + ci, c - 1)) * h + nh % h) * w + w0 * run + p
+        src = ((nh // h * c + T.min(cb * d + ci, c - 1)) * h + nh % h) * w + w0 * run + p
         # |x| <= level, so |x * (127 / level)| rounds to at most 127: no clamp needed
         v = T.round(xf[T.Ramp(src, ph, k)] * T.Broadcast(T.float32(127.0) / lv[0], k))
         q = T.Cast(f"{dt}x{k}", v + T.Broadcast(T.float32(off), k))
-        if c % 4 == 0:
+        if c % d == 0:
             return q
-        return T.if_then_else(cb * 4 + ci < c, q, T.Broadcast(T.Cast(dt, off), k))
+        return T.if_then_else(cb * d + ci < c, q, T.Broadcast(T.Cast(dt, off), k))
+
+    def group(xf, lv, nh, cb, w0, p):
+        """The ``d`` channels of block ``cb`` interleaved: ``[K, d]`` bytes."""
+        return T.Shuffle([chan(xf, lv, nh, cb, w0, p, ci) for ci in range(d)], order)
 
     # (a root block around the loops: Relax analyses single-input kernels by their blocks)
     @T.prim_func(private=True, s_tir=True)
@@ -343,9 +358,8 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
             for nh in T.parallel(n * h):
                 for cb, w0, p in T.grid(cbs, w // run, ph):
                     qf[T.Ramp(((((nh // h * hp + nh % h + pt) * cbs + cb) * phs + (pl + p) % ph)
-                               * wq + (w0 * run + pl + p) // ph) * 4, 1, 4 * k)] = T.Shuffle(
-                        [chan(xf, lv, nh, cb, w0, p, 0), chan(xf, lv, nh, cb, w0, p, 1),
-                         chan(xf, lv, nh, cb, w0, p, 2), chan(xf, lv, nh, cb, w0, p, 3)], order)
+                               * wq + (w0 * run + pl + p) // ph) * d, 1, d * k)] = group(
+                        xf, lv, nh, cb, w0, p)
 
     return func.with_attrs({
         KERNEL_ATTR: QUANT_FAMILY,
@@ -359,24 +373,26 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
 @dataclasses.dataclass(frozen=True)
 class DecodeSpec:
     """The weight decode of an int8 conv2d: indices re-packed in the order the conv reads
-    them, ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``, in chunks of ``16 * 8/bits`` indices: byte
-    ``j`` of a chunk holds indices ``j, 16 + j, 32 + j, ...`` (lowest bits first), so that
-    one shift-and-mask of 16 bytes gives 16 consecutive indices and one table lookup (``tbl``)
-    their 16 int8 weights."""
+    them, ``[O/4, kh, kw, C4/d, 4 (o), d (c)]`` (``d``: ``depth``, 4 for ``sdot``, 16 for the
+    widening conv), in chunks of ``16 * 8/bits`` indices: byte ``j`` of a chunk holds indices
+    ``j, 16 + j, 32 + j, ...`` (lowest bits first), so that one shift-and-mask of 16 bytes
+    gives 16 consecutive indices and one table lookup (``tbl``) their 16 int8 weights."""
 
     out_channels: int
     in_channels: int
     kernel: tuple[int, int]
     bits: int
+    depth: int = 4
 
     @classmethod
-    def of(cls, spec: Conv2dSpec) -> DecodeSpec:
-        return cls(spec.out_channels, spec.in_channels, tuple(spec.kernel), spec.bits)
+    def of(cls, spec: Conv2dSpec, depth: int = 4) -> DecodeSpec:
+        return cls(spec.out_channels, spec.in_channels, tuple(spec.kernel), spec.bits, depth)
 
     @property
     def shape(self) -> tuple[int, ...]:
         kh, kw = self.kernel
-        return (self.out_channels // 4, kh, kw, (self.in_channels + 3) // 4, 4, 4)
+        d = self.depth
+        return (self.out_channels // 4, kh, kw, (self.in_channels + d - 1) // d, 4, d)
 
     @property
     def total(self) -> int:
@@ -398,18 +414,18 @@ class DecodeSpec:
     def name(self) -> str:
         kh, kw = self.kernel
         return (f"{DECODE_FAMILY}_o{self.out_channels}_c{self.in_channels}_k{kh}x{kw}"
-                f"_b{self.bits}")
+                f"_b{self.bits}" + (f"_d{self.depth}" if self.depth != 4 else ""))
 
 
 def conv_order(spec: DecodeSpec, w: np.ndarray) -> np.ndarray:
     """``w[O, C, kh, kw]`` (indices or int8 weights) in the order the conv reads,
-    ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``, padded channels 0 (the zero index / weight)."""
-    o, c = spec.out_channels, spec.in_channels
+    ``[O/4, kh, kw, C4/d, 4 (o), d (c)]``, padded channels 0 (the zero index / weight)."""
+    o, c, d = spec.out_channels, spec.in_channels, spec.depth
     kh, kw = spec.kernel
-    c4 = spec.shape[3] * 4
+    c4 = spec.shape[3] * d
     full = np.zeros((o, c4, kh, kw), w.dtype)
     full[:, :c] = w
-    return full.reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3).copy()
+    return full.reshape(o // 4, 4, c4 // d, d, kh, kw).transpose(0, 4, 5, 2, 1, 3).copy()
 
 
 def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
@@ -783,7 +799,7 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
     pb = sch.get_sblock("pad")
     n, h, _, _, j, c4 = sch.get_loops(pb)
     sch.parallel(sch.fuse(n, h))
-    sch.vectorize(sch.fuse(j, c4) if spec.out_shape[4] * 4 <= 64 else c4)
+    sch.vectorize(sch.fuse(j, c4) if spec.out_shape[4] * spec.depth <= 64 else c4)
     del knobs, sample
 
 

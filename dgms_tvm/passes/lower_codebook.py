@@ -32,6 +32,7 @@ from ..kernels import dense as kdense
 from ..kernels import depthwise as kdw
 from ..kernels import gemv as kgemv
 from ..kernels import int8 as kint8
+from ..kernels import int8_long as klong
 from ..kernels.common import FP32_WEIGHT
 from .records import LayerRecord, LoweringPolicy
 
@@ -224,7 +225,7 @@ class _Rewriter(PyExprMutator):
                 rec.reason = f"exact: {kint8.supports(spec)}"
             return self._depthwise(x, cw, value, spec, rec, out_ty)
         if self.policy.strategy == "int8" and self.policy.codebooks:
-            why = kint8.supports(spec)
+            why = kint8.supports(spec) or self._long_supports(spec, cw)
             if not why:
                 return self._int8_conv2d(x, cw, value, spec, rec, out_ty)
             if cw is not None:
@@ -239,7 +240,9 @@ class _Rewriter(PyExprMutator):
         time. With an epilogue (the BatchNorm, add, relu after it) the three calls are made
         where that chain ends, so that a layer's kernels stay together in ``main``."""
         rec.strategy = "int8"
-        ds = kint8.DecodeSpec.of(spec)
+        # cores without sdot: the widening kernel, which reads 16 input channels at a time
+        depth = 16 if klong.wanted(self.policy.target) else 4
+        ds = kint8.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.target)
         predecoded = cw is None or ds.supported()
         if cw is None:
@@ -253,7 +256,7 @@ class _Rewriter(PyExprMutator):
                       [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
         corr = [relax.const(kint8.weight_correction(wq) if cw is None else
                             kint8.correction(idx, qcb), "int32")] if unsigned else []
-        qs = kint8.QuantSpec.of(spec, unsigned)
+        qs = kint8.QuantSpec.of(spec, unsigned, depth)
 
         def operands():
             """Emit the input's quantize (and the weight's decode) call: the conv's first
@@ -275,7 +278,8 @@ class _Rewriter(PyExprMutator):
 
         chain = self._epilogue(self.current, spec) if self.policy.epilogues else None
         ep = chain[1] if chain is not None else kint8.Epilogue()
-        kname = kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep)
+        kname = (klong.LongSpec(spec, ep).name if depth == 16 else
+                 kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep))
         if cw is None:
             rec.fp32_kernel = kname
         else:
@@ -283,7 +287,7 @@ class _Rewriter(PyExprMutator):
         if chain is not None:
             end, ep, scale, shift, res, steps = chain
             rec.epilogue = "+".join(steps)
-            fused = self._int8_kernel(spec, predecoded, unsigned, ep, kname)
+            fused = self._int8_kernel(spec, predecoded, unsigned, ep, kname, depth)
             tail = [relax.const((d * scale).astype(np.float32), "float32"), *corr]
             if ep.bias:
                 tail.append(relax.const(shift.astype(np.float32), "float32"))
@@ -295,8 +299,9 @@ class _Rewriter(PyExprMutator):
             self.deferred[end] = make
         # The call bound here; with an epilogue it and the ops after it up to the chain's end
         # are dead (removed below), their result coming from the call made there.
-        plain = kint8.name(spec, predecoded=predecoded, unsigned=unsigned)
-        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(), plain)
+        plain = (klong.LongSpec(spec).name if depth == 16 else
+                 kint8.name(spec, predecoded=predecoded, unsigned=unsigned))
+        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(), plain, depth)
         return relax.call_tir(gv, [*operands(), relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
 
@@ -329,9 +334,21 @@ class _Rewriter(PyExprMutator):
         # the call bound here (dead with an epilogue: see _int8_conv2d)
         return call("", np.ones(o), np.zeros(o))
 
-    def _int8_kernel(self, spec, predecoded, unsigned, ep, kname):
+    def _long_supports(self, spec, cw) -> str:
+        """On cores without sdot, why the widening int8 kernel cannot take ``spec`` (empty
+        if it can): the generic int8 kernel is no match for FP32 arithmetic there (ResNet-18
+        on cortex-a72: 2612 M instructions against 715 M), so such layers stay exact."""
+        if not klong.wanted(self.policy.target):
+            return ""
+        why = klong.supports(spec)
+        if not why and cw is not None and not kint8.DecodeSpec.of(spec, 16).supported():
+            why = f"{spec.bits}-bit indices (the widening int8 conv decodes 1, 2 or 4 bits)"
+        return why
+
+    def _int8_kernel(self, spec, predecoded, unsigned, ep, kname, depth=4):
         if kname not in self.kernels:
             self.kernels[kname] = self.builder_.add_func(
+                klong.compute(klong.LongSpec(spec, ep)) if depth == 16 else
                 kint8.compute(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep),
                 kname)
         return self.kernels[kname]

@@ -8,12 +8,13 @@ import time
 import numpy as np
 import psutil
 import pytest
+import torch
 import tvm
 
-from dgms_tvm import pipeline, zoo
+from dgms_tvm import compiler, pipeline, zoo
 from dgms_tvm.device import client, manager
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8
+from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8, int8_long
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
@@ -150,14 +151,14 @@ def test_devices_serving_under_a_key_are_counted(device):
     assert manager.serving(tracker, "no-such-key") == 0
 
 
-@pytest.mark.parametrize("cpu", [CPU, DOTPROD])
-def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
+def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
     """Quantize + (tbl decode) + int8 conv: sdot on the dotprod core (4 pixels per load, the
     input deinterleaved by the column stride; accumulators pixel-major, or channel-major from
-    64 input channels), NEON integer code on the other."""
+    64 input channels)."""
     tracker, _ = device
+    cpu = DOTPROD
     knobs = load_knobs(cpu)["q8_conv2d"]
-    assert (knobs["dot"] == "sdot") == (cpu == DOTPROD)
+    assert knobs["dot"] == "sdot"
     for spec in (conv2d.Conv2dSpec(1, 16, 9, 9, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4,
                                    scaled=True),
                  conv2d.Conv2dSpec(1, 6, 7, 7, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=3),
@@ -200,10 +201,75 @@ def test_int8_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
         assert rel_err(got, want) < 1e-6, spec.name
 
 
+def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
+    """The int8 conv of a core without sdot (kernels.int8_long: smull / smlal2 / sadalp over
+    16 input channels), with its depth-16 quantize and tbl decode in front: a 4-bit codebook
+    with the epilogue, a 2-bit one with stride 2 and a partial tile, 24 channels padded to
+    32, and a float32 weight quantized per channel."""
+    tracker, _ = device
+    knobs = load_knobs(CPU)
+    for spec, ep in ((conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
+                      int8.Epilogue(True, True, "relu")),
+                     (conv2d.Conv2dSpec(1, 16, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=2),
+                      int8.Epilogue()),
+                     (conv2d.Conv2dSpec(1, 24, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
+                      int8.Epilogue(True, False, "relu6")),
+                     (conv2d.Conv2dSpec(1, 16, 7, 7, 8, (3, 3), (1, 1), (1, 1, 1, 1),
+                                        bits=FP32_WEIGHT), int8.Epilogue())):
+        ls = int8_long.LongSpec(spec, ep)
+        qs, ds = ls.quant, int8.DecodeSpec.of(spec, depth=16)
+        x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
+        calls = [(int8.quant_schedule(int8.quant_compute(qs), knobs["q8_quant"]),
+                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
+        if spec.bits == FP32_WEIGHT:
+            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape))
+            weights = [int8.conv_order(ds, wq)]
+        else:
+            cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
+            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            wq = q[cw.indices()]
+            calls.append((int8.decode_schedule(int8.decode_compute(ds), knobs["q8_decode"]),
+                          [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
+                           np.zeros(ds.shape, np.int8)]))
+            weights = [(1, 3)]
+        b = rng.normal(size=spec.out_channels).astype(np.float32)
+        r = rng.normal(size=spec.out_shape).astype(np.float32)
+        extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+        calls.append((int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]),
+                      [(0, 1), (0, 2), *weights, d, *extra,
+                       np.zeros(spec.out_shape, np.float32)]))
+        got = _run_kernels_remote(tracker, calls, tmp_path, CPU)[-1]
+        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        assert rel_err(got, want) < 1e-6, spec.name
+
+
+def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path):
+    """ResNet-18 (32x32) in the int8 strategy for cortex-a72: its convs the widening kernel
+    (the 3-channel stem FP32), run on the emulated core, give the numbers of the same lowered
+    module built for this host (the kernels' plain vector forms: the same integer sums), and
+    stay close to PyTorch's exact output (8 % of the largest logit here: 17 int8 layers of
+    random weights)."""
+    tracker, _ = device
+    profile = get_profile(CPU)
+    loaded = pipeline.load_model("resnet18-32", 4, 0)
+    build = pipeline.build_model(loaded, profile, 4, False, strategy="auto")
+    assert build.manifest["strategy"]["resolved"] == "int8"
+    convs = [r for r in build.lowered.records if r.lowered and r.op == "conv2d"]
+    assert convs and all(r.kernel.startswith("q8l_conv2d_") for r in convs)
+    pipeline.write_artifact(build, profile, tmp_path / "art")
+    x = loaded.example()
+    (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))
+    host = compiler.run_local(compiler.build(build.lowered, get_profile("x86")), [x])[0]
+    assert rel_err(got, host) < 1e-4 and np.argmax(got) == np.argmax(host)
+    want = loaded.torch_model(torch.from_numpy(x)).detach().numpy()
+    assert np.argmax(got) == np.argmax(want) and rel_err(got, want) < 0.15  # int8 rounding
+
+
 @pytest.fixture(scope="module")
 def arm_model(tmp_path_factory):
+    """The exact strategy on the emulated core (the int8 one is a72's default)."""
     out = tmp_path_factory.mktemp("arm") / "art"
-    pipeline.compile_model("resnet18-32", CPU, out, bits=4, quiet=True)
+    pipeline.compile_model("resnet18-32", CPU, out, bits=4, quiet=True, strategy="exact")
     built = zoo.build("resnet18-32", 4, seed=0)
     return out, built.example_input.numpy(), built.model(built.example_input).detach().numpy()
 
@@ -235,7 +301,8 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     from dgms_tvm import bench_device
 
     tracker, _ = device
-    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3)
+    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3,
+                           strategy="exact")
     files = {p.name for p in tmp_path.iterdir()}
     assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
     doc = json.loads((tmp_path / "report.json").read_text())

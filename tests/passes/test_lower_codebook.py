@@ -1,6 +1,8 @@
 """The codebook lowering pass on small graphs: structure (which ops were replaced, by what)
 and numbers (equal to the un-rewritten model)."""
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -246,8 +248,8 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
 def test_strategy_choice():
     n1, a72 = get_profile("neoverse-n1"), get_profile("cortex-a72")
     assert compiler.resolve_strategy("auto", n1) == "int8"  # sdot
-    assert compiler.resolve_strategy("auto", a72) == "exact"
-    assert compiler.resolve_strategy("int8", a72) == "int8"
+    assert compiler.resolve_strategy("auto", a72) == "int8"  # the widening kernel
+    assert compiler.resolve_strategy("exact", a72) == "exact"
     host = get_profile("x86")  # VNNI where this host has it
     assert (compiler.resolve_strategy("auto", host) == "int8") == \
         kint8.unsigned_input(host.tvm_target())
@@ -315,4 +317,35 @@ def test_int8_convs_do_the_ops_after_them_as_they_write():
     exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
                                [x.numpy()])[0]
     assert rel_err(got, plain) < 1e-5
+    assert 0 < rel_err(got, exact) < 0.05
+
+
+def test_int8_on_a_core_without_sdot_takes_the_widening_kernel():
+    """For cortex-a72 (no dotprod) the int8 convs are the widening kernel (16 input channels
+    at a time) behind a depth-16 quantize and decode; layers with too few input channels for
+    it stay exact (the generic int8 kernel is slower than FP32 there) and say so. Built for
+    this host, the same module runs the kernels' plain vector form."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    a72 = get_profile("cortex-a72")
+    lowered = compiler.lower(imported, 4, strategy="int8", target=a72.tvm_target())
+    recs = {r.name: r for r in lowered.records}
+    # 8 input channels: the codebook layer stays exact, the float32 first conv FP32
+    assert recs["ds.weight"].strategy == "exact" and "16 at a time" in recs["ds.weight"].reason
+    assert recs["c1.weight"].strategy is None
+    assert recs["c1.weight"].fp32_kernel.startswith("fp32_conv2d_")
+    for name in ("c2.weight", "c3.weight", "c4.weight"):
+        assert recs[name].strategy == "int8" and recs[name].kernel.startswith("q8l_conv2d_")
+    assert recs["c2.weight"].epilogue == "batch_norm+add+relu"
+    called = [f for op, f in _calls(lowered.mod) if op == "call_tir"]
+    quants = [json.loads(str(f.attrs[SPEC_ATTR])) for f in called
+              if str(f.attrs[KERNEL_ATTR]) == "q8_quant"]
+    assert len(quants) == 3 and all(q["depth"] == 16 for q in quants)
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
+                               [x.numpy()])[0]
     assert 0 < rel_err(got, exact) < 0.05

@@ -1,0 +1,263 @@
+"""The int8 conv2d for cores without a dot-product instruction (Cortex-A53 / A72): widening
+multiplies over 16 input channels at a time. Compute (written already scheduled) and oracle.
+
+The arithmetic is the int8 strategy's (:mod:`.int8`: the same quantized activations and
+int8 codebook weights, exact integer sums, ``Y = float(acc) * s_x * D[o]`` then the
+epilogue), only the instructions differ. With ``sdot`` one instruction makes 16
+multiply-adds; without it the int8 products are made in 16-bit lanes:
+
+- ``smull`` multiplies the low 8 bytes of 16 inputs by the low 8 bytes of 16 weights into 8
+  16-bit lanes, ``smlal2`` adds the high 8 bytes' products to the same lanes (two products
+  of values within +-127 fit 16 bits: at most 32258), ``sadalp`` adds neighbouring lane pairs
+  into the 4 32-bit lanes of the accumulator. Three instructions per 16 multiply-adds, where
+  ``fmla`` needs four (4 float32 lanes).
+- The 16 summed values are one pixel's 16 input channels against one output channel's 16
+  weights, so the input is quantized with its channels innermost in groups of 16
+  (``QuantSpec.depth`` 16) and the weight decoded as ``[O/4, kh, kw, C/16, 4 (o), 16 (c)]``
+  (``DecodeSpec.depth`` 16).
+- A register tile is 4 pixels x 4 output channels: 16 accumulators, 4 input and 1 weight
+  vector live. Per 16 input channels it loads 8 vectors for 48 arithmetic instructions.
+- At the end of the reduction, 3 ``addp`` per channel fold the 4 pixels' accumulators into
+  one vector of the 4 pixels' sums, which is NCHW's order: dequantized, the epilogue applied
+  and stored as it is.
+
+The expressions are plain TIR (widening casts, lane shuffles), which LLVM selects as
+``smull`` / ``smlal2`` / ``sadalp`` / ``addp`` on aarch64 (the tests check the assembly) and
+as ordinary vector code on any other target, so the oracle tests run on the host too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import numpy as np
+import tvm
+from tvm.script import tirx as T
+
+from .common import SPEC_ATTR, as_kernel, span
+from .conv2d import Conv2dSpec, spec_fields
+from .int8 import Epilogue, QuantSpec, padded_out_w
+from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
+
+FAMILY = "q8l_conv2d"
+#: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
+SEARCHABLE = False
+apply = None
+#: Input channels summed per accumulator step (one 16-byte vector of a pixel).
+DEPTH = 16
+#: Pixels x output channels of the register tile.
+PIXELS = 4
+CHANNELS = 4
+
+
+def supports(spec: Conv2dSpec) -> str:
+    """Empty when this kernel takes ``spec``, else why not. Input channels are padded to a
+    multiple of 16 with zeros; where that would add more than a third to the arithmetic (the
+    3-channel stem) the layer is better served otherwise."""
+    if spec.groups != 1:
+        return "grouped / depthwise conv (int8 strategy needs groups == 1)"
+    if spec.out_channels % CHANNELS:
+        return f"{spec.out_channels} output channels (int8 strategy needs a multiple of 4)"
+    c = spec.in_channels
+    padded = (c + DEPTH - 1) // DEPTH * DEPTH
+    if 3 * (padded - c) > c:
+        return (f"{c} input channels (the widening int8 conv sums 16 at a time: padding to "
+                f"{padded} adds more than a third)")
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class LongSpec:
+    """A conv the widening kernel takes, and the epilogue fused into it."""
+
+    conv: Conv2dSpec
+    epilogue: Epilogue = dataclasses.field(default_factory=Epilogue)
+    sadalp: bool = False  # the NEON pairwise add (aarch64 only; plain vector code otherwise)
+
+    def __post_init__(self):
+        why = supports(self.conv)
+        if why:
+            raise ValueError(why)
+
+    @property
+    def quant(self) -> QuantSpec:
+        return QuantSpec.of(self.conv, depth=DEPTH)
+
+    @property
+    def weight_shape(self) -> tuple[int, ...]:
+        s = self.conv
+        return (s.out_channels // 4, *s.kernel, self.quant.c4 // DEPTH, 4, DEPTH)
+
+    @property
+    def name(self) -> str:
+        return FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> LongSpec:
+        d = json.loads(text)
+        c = spec_fields(d.pop("conv"))
+        return cls(Conv2dSpec(**c), Epilogue(**d.pop("epilogue")), **d)
+
+
+def _half(v, hi: int):
+    """Bytes ``8 * hi ..`` of a 16-byte vector, widened to 16 bits."""
+    return T.Cast("int16x8", T.Shuffle([v], list(range(8 * hi, 8 * hi + 8))))
+
+
+def _mac(acc, a, w, sadalp: bool):
+    """``acc`` (4 x int32) plus the 16 products ``a * w`` (16 x int8 each), summed in pairs
+    of pairs: ``smull`` + ``smlal2`` + ``sadalp``. LLVM selects the pairwise add of the plain
+    form as a shuffle, two narrowings and two widening adds, so on aarch64 (``sadalp``) it is
+    the NEON intrinsic (``saddlp``, which LLVM folds with the add)."""
+    p = _half(a, 0) * _half(w, 0) + _half(a, 1) * _half(w, 1)
+    if sadalp:
+        return acc + T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16",
+                                             p)
+    return acc + (T.Cast("int32x4", T.Shuffle([p], [0, 2, 4, 6]))
+                  + T.Cast("int32x4", T.Shuffle([p], [1, 3, 5, 7])))
+
+
+def _addp(a, b):
+    """Neighbouring lanes of ``a`` then ``b`` added (``addp``)."""
+    return T.Shuffle([a, b], [0, 2, 4, 6]) + T.Shuffle([a, b], [1, 3, 5, 7])
+
+
+def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
+    """The PrimFunc ``(Xq, s_x, W, D[, B][, R]) -> Y``, already scheduled: ``Xq`` and
+    ``s_x`` from :func:`.int8.quant_compute` of ``spec.quant``, ``W`` the int8 weight as
+    ``spec.weight_shape`` (decoded by :func:`.int8.decode_compute` with depth 16, or tiled at
+    compile time by :func:`.int8.conv_order`); ``B``, ``R``: see :class:`.int8.Epilogue`."""
+    s, ep = spec.conv, spec.epilogue
+    qs = spec.quant
+    n_, o_ = s.batch, s.out_channels
+    kh, kw = s.kernel
+    (sh, sw), (dh, dw) = s.stride, s.dilation
+    oh, ow = s.out_h, s.out_w
+    xshape = tuple(int(v) for v in qs.out_shape)
+    _, hp, cbs, _, wq, _ = xshape
+    wshape = spec.weight_shape
+    nx, nw, ny = int(np.prod(xshape)), int(np.prod(wshape)), n_ * o_ * oh * ow
+    blocks = o_ // CHANNELS
+    full, rest = ow // PIXELS, ow % PIXELS  # whole tiles; pixels of the last, partial one
+    assert padded_out_w(s) >= (full + (rest > 0)) * PIXELS  # its inputs exist (zeros)
+    tile = PIXELS * CHANNELS
+
+    def pixel(xf, n, yy, r, cb, x, q):
+        """Input channels ``cb*16 ..`` of the input pixel of output ``(yy, x)`` at window
+        position ``(r, q)``."""
+        return xf[T.Ramp((((n * hp + yy * sh + r * dh) * cbs + cb) * wq + x * sw + q * dw)
+                         * DEPTH, 1, DEPTH)]
+
+    def weight(wf, b, r, q, cb, oi):
+        return wf[T.Ramp(((((b * kh + r) * kw + q) * cbs + cb) * 4 + oi) * DEPTH, 1, DEPTH)]
+
+    def total(acc, oi):
+        """The 4 pixels' sums of channel ``oi`` of the tile (3 ``addp``)."""
+        a = [acc[span(((oi * PIXELS) + xi) * 4, 4)] for xi in range(PIXELS)]
+        return _addp(_addp(a[0], a[1]), _addp(a[2], a[3]))
+
+    def finish(acc, S, D, extra, n, b, oi, yy, x0, lanes):
+        """Dequantize, epilogue: ``lanes`` outputs of channel ``b*4 + oi`` from ``x0``."""
+        o = b * CHANNELS + oi
+        v = T.Cast("float32x4", total(acc, oi)) * T.Broadcast(S[0] * D[o], 4)
+        if lanes < 4:
+            v = T.Shuffle([v], list(range(lanes)))
+        if ep.bias:
+            v = v + T.Broadcast(extra[0][o], lanes)
+        at = ((n * o_ + o) * oh + yy) * ow + x0
+        if ep.residual:
+            v = v + extra[-1][span(at, lanes)]
+        if ep.act:
+            v = T.max(v, T.Broadcast(T.float32(0), lanes))
+        if ep.act == "relu6":
+            v = T.min(v, T.Broadcast(T.float32(6), lanes))
+        return v
+
+    @T.macro
+    def tile_at(xf, wf, yf, S, D, extra, acc, n, b, yy, x0, lanes):
+        """One register tile: outputs ``x0 .. x0+3`` of row ``yy``, channels ``b*4 ..``;
+        ``lanes`` of the 4 are stored (a Python int)."""
+        for i in T.unroll(tile):
+            acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
+        for cb in range(cbs):
+            for r in range(kh):
+                for q in T.unroll(kw):
+                    for oi in T.unroll(CHANNELS):
+                        for xi in T.unroll(PIXELS):
+                            acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
+                                acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
+                                pixel(xf, n, yy, r, cb, x0 + xi, q),
+                                weight(wf, b, r, q, cb, oi), spec.sadalp)
+        for oi in T.unroll(CHANNELS):
+            yf[span(((n * o_ + b * CHANNELS + oi) * oh + yy) * ow + x0, lanes)] = finish(
+                acc, S, D, extra, n, b, oi, yy, x0, lanes)
+
+    @T.macro
+    def body(xf, wf, yf, S, D, extra):
+        for t in T.parallel(n_ * blocks):
+            # the tile's accumulators: a small "global" buffer is a stack array, which LLVM
+            # keeps in registers (TVM takes a "local" one in a parallel loop from the
+            # workspace pool, a pointer LLVM cannot see through)
+            acc = T.alloc_buffer((tile * 4,), "int32")
+            for yy in range(oh):
+                for xo in range(full):
+                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks, yy,
+                            xo * PIXELS, PIXELS)
+                if rest > 0:
+                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks, yy,
+                            full * PIXELS, rest)
+
+    def flat(buf, size, dtype):
+        return T.decl_buffer((size,), dtype, data=buf.data)
+
+    out = (n_, o_, oh, ow)
+    if not ep.bias and not ep.residual:
+        @T.prim_func(private=True)
+        def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
+                 W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
+                 Y: T.Buffer(out, "float32")):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D, ())
+    elif ep.bias and not ep.residual:
+        @T.prim_func(private=True)
+        def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
+                 W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
+                 B: T.Buffer((o_,), "float32"), Y: T.Buffer(out, "float32")):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 (B,))
+    elif ep.residual and not ep.bias:
+        @T.prim_func(private=True)
+        def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
+                 W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
+                 R: T.Buffer(out, "float32"), Y: T.Buffer(out, "float32")):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 (flat(R, ny, "float32"),))
+    else:
+        @T.prim_func(private=True)
+        def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
+                 W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
+                 B: T.Buffer((o_,), "float32"), R: T.Buffer(out, "float32"),
+                 Y: T.Buffer(out, "float32")):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 (B, flat(R, ny, "float32")))
+    return as_kernel(func, FAMILY, spec.to_json())
+
+
+def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    """The kernel rebuilt with the target's instructions (``schedules/<target>.json``:
+    ``"pairwise": "sadalp"`` on aarch64)."""
+    spec = LongSpec.from_json(str(func.attrs[SPEC_ATTR]))
+    return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp"))
+
+
+def wanted(target) -> bool:
+    """Whether int8 convs for ``target`` take this kernel: aarch64 cores without the
+    dot-product instruction (elsewhere ``sdot`` or x86's VNNI, or the generic int8 kernel)."""
+    from ..targets import missing_features
+
+    if target is None or "aarch64" not in str(target.attrs.get("mtriple", "")):
+        return False
+    return bool(missing_features(target, ("dotprod",)))

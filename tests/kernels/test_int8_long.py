@@ -1,0 +1,107 @@
+"""The widening int8 conv of cores without sdot (kernels.int8_long): against the int8
+oracle on the host (plain vector code) over shapes, strides, dilations, channel padding,
+batches and epilogues, with the depth-16 quantize and decode kernels in front; its aarch64
+build selects smull / smlal2 / sadalp / addp. Running on the emulated Cortex-A72: see
+tests/device/test_emulated.py."""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+from dgms_tvm.kernels import conv2d, int8, int8_long
+from dgms_tvm.kernels.common import standalone
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, rel_err, run_kernel
+
+S = conv2d.Conv2dSpec
+E = int8.Epilogue
+HOST = get_profile("x86").tvm_target()
+CASES = [
+    (S(1, 16, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1)), E(), "3x3 same"),
+    (S(1, 32, 9, 7, 12, (3, 3), (2, 2), (1, 1, 1, 1)), E(True, False, "relu"),
+     "stride 2, odd sizes (a partial tile of 2 pixels), bias + relu"),
+    (S(2, 24, 6, 10, 4, (1, 1)), E(True, True, "relu6"),
+     "24 channels (padded to 32), batch 2, 1x1, bias + residual + relu6"),
+    (S(1, 64, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1), dilation=(2, 2)), E(False, True, ""),
+     "dilation 2, 7 wide, residual"),
+    (S(1, 16, 11, 9, 4, (3, 5), (2, 3), (0, 2, 1, 1), (1, 2)), E(), "3x5, mixed stride and "
+     "dilation, asymmetric padding"),
+]
+
+
+def _run(spec, ep, x, wq, d, b, r, bits=None, rng=None):
+    """Quantize (depth 16) -> [decode (depth 16)] -> widening conv, on the host."""
+    ls = int8_long.LongSpec(spec, ep)
+    qs = ls.quant
+    assert qs.depth == 16 and qs.phases == 1
+    lib = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    ds = int8.DecodeSpec.of(spec, depth=16)
+    assert ds.shape == ls.weight_shape
+    if bits is None:
+        w = int8.conv_order(ds, wq)
+    else:  # the decode kernel, from the packed indices
+        idx, q = bits
+        w = run_kernel(int8.decode_compute(ds), [int8.pack_for_decode(ds, idx), int8.q16(q),
+                                                 sx.numpy(), np.zeros(ds.shape, np.int8)])
+        assert np.array_equal(w, int8.conv_order(ds, wq))
+    extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+    func = int8_long.schedule(int8_long.compute(ls), load_knobs("x86")["q8l_conv2d"])
+    return run_kernel(func, [xq.numpy(), sx.numpy(), w, d, *extra,
+                             np.zeros(spec.out_shape, np.float32)])
+
+
+@pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
+def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, rng):
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    wq = rng.integers(-127, 128, size=spec.weight_shape).astype(np.int8)
+    d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
+    b = rng.normal(size=spec.out_channels).astype(np.float32)
+    r = rng.normal(size=spec.out_shape).astype(np.float32)
+    got = _run(spec, ep, x, wq, d, b, r)
+    want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+    assert rel_err(got, want) < 1e-6, spec.name
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
+    spec = S(1, 32, 6, 6, 8, (3, 3), padding=(1, 1, 1, 1), bits=bits, scaled=bits == 4)
+    cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=spec.scaled)
+    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+    x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)
+    wq = q[cw.indices()]
+    got = _run(spec, E(), x, wq, d, None, None, bits=(cw.indices(), q))
+    assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6
+    # the int8 oracle is the exact conv up to the int8 rounding of inputs and codebook
+    assert rel_err(got, conv2d.reference(spec, x, cw.dense())) < 0.03
+
+
+def test_layers_the_widening_kernel_does_not_take():
+    assert "input channels" in int8_long.supports(S(1, 3, 8, 8, 16, (7, 7)))  # a stem
+    assert "input channels" in int8_long.supports(S(1, 20, 8, 8, 16, (1, 1)))  # 20 -> 32
+    assert not int8_long.supports(S(1, 24, 8, 8, 16, (1, 1)))  # 24 -> 32: a third more
+    assert "groups" in int8_long.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "output channels" in int8_long.supports(S(1, 16, 8, 8, 6, (1, 1)))
+    a72, n1 = (get_profile(t).tvm_target() for t in ("cortex-a72", "neoverse-n1"))
+    assert int8_long.wanted(a72) and not int8_long.wanted(n1) and not int8_long.wanted(HOST)
+
+
+def test_widening_int8_conv_builds_to_long_multiplies_on_aarch64():
+    """Per 16 input channels of a pixel and a channel: smull, smlal2, sadalp; 3 addp per
+    channel of a tile at the end; the reduction loop holds nothing else but the loads."""
+    spec = S(1, 64, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1))
+    func = int8_long.schedule(int8_long.compute(int8_long.LongSpec(spec)),
+                              load_knobs("cortex-a72")["q8l_conv2d"])
+    lib = tvm.compile(standalone(func), target=get_profile("cortex-a72").tvm_target())
+    asm = lib.mod.inspect_source("s")
+    ops = re.findall(r"^\s+([a-z0-9.]+)\s", asm, re.M)
+    for op in ("smull", "smlal2", "sadalp"):
+        assert ops.count(op) == 48, op  # 4 pixels x 4 channels x 3 window columns
+    assert ops.count("addp") == 12
+    assert "saddw" not in asm and "sshll" not in asm  # (the plain pairwise add's form)
