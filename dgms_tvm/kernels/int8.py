@@ -180,10 +180,14 @@ class QuantSpec:
     @classmethod
     def of(cls, spec: Conv2dSpec, unsigned: bool = False, depth: int = 4) -> QuantSpec:
         """The quantize in front of ``spec``'s int8 conv; ``depth`` 16 (the widening conv:
-        one pixel's 16 channels per load, any stride) keeps the columns in order."""
+        one pixel's 16 channels per load, any stride, no column past the row's end) keeps
+        the columns in order and adds none."""
+        if depth != 4:
+            return cls(spec.batch, spec.in_channels, spec.height, spec.width,
+                       tuple(spec.padding), 0, 1, 128 if unsigned else 0, depth)
         return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),
                    (padded_out_w(spec, unsigned) - spec.out_w) * spec.stride[1],
-                   spec.stride[1] if depth == 4 else 1, 128 if unsigned else 0, depth)
+                   spec.stride[1], 128 if unsigned else 0, depth)
 
     @property
     def dtype(self) -> str:

@@ -37,7 +37,7 @@ from tvm.script import tirx as T
 
 from .common import SPEC_ATTR, as_kernel, span
 from .conv2d import Conv2dSpec, spec_fields
-from .int8 import Epilogue, QuantSpec, padded_out_w
+from .int8 import Epilogue, QuantSpec
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 
 FAMILY = "q8l_conv2d"
@@ -142,13 +142,31 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     wshape = spec.weight_shape
     nx, nw, ny = int(np.prod(xshape)), int(np.prod(wshape)), n_ * o_ * oh * ow
     blocks = o_ // CHANNELS
-    full, rest = ow // PIXELS, ow % PIXELS  # whole tiles; pixels of the last, partial one
-    assert padded_out_w(s) >= (full + (rest > 0)) * PIXELS  # its inputs exist (zeros)
+    # A tile is 4 outputs of a row where the rows split into fours; else 4 consecutive
+    # outputs of the plane (rows flattened, a tile may span two), so that no tile computes
+    # columns past a row's end (a 7-wide plane: 13 tiles, not 14 of which 7 are partial).
+    rows = ow % PIXELS == 0
+    plane = oh * ow
+    full, rest = (ow // PIXELS, 0) if rows else (plane // PIXELS, plane % PIXELS)
     tile = PIXELS * CHANNELS
 
-    def pixel(xf, n, yy, r, cb, x, q):
-        """Input channels ``cb*16 ..`` of the input pixel of output ``(yy, x)`` at window
+    def coords(pos, xi, lanes):
+        """(row, column) of pixel ``xi`` of the tile at ``pos``: ``(row, first column)``,
+        or ``(first flat index,)`` (past the plane's end the last pixel again: its inputs
+        exist, its outputs are not stored)."""
+        if rows:
+            return pos[0], pos[1] + xi
+        p = pos[0] + xi if lanes == PIXELS else T.min(pos[0] + xi, plane - 1)
+        return p // ow, p % ow
+
+    def offset(pos):
+        """The tile's first output within its plane."""
+        return pos[0] * ow + pos[1] if rows else pos[0]
+
+    def pixel(xf, n, pos, xi, lanes, r, cb, q):
+        """Input channels ``cb*16 ..`` of the input pixel of the tile's pixel ``xi`` at window
         position ``(r, q)``."""
+        yy, x = coords(pos, xi, lanes)
         return xf[T.Ramp((((n * hp + yy * sh + r * dh) * cbs + cb) * wq + x * sw + q * dw)
                          * DEPTH, 1, DEPTH)]
 
@@ -160,15 +178,15 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         a = [acc[span(((oi * PIXELS) + xi) * 4, 4)] for xi in range(PIXELS)]
         return _addp(_addp(a[0], a[1]), _addp(a[2], a[3]))
 
-    def finish(acc, S, D, extra, n, b, oi, yy, x0, lanes):
-        """Dequantize, epilogue: ``lanes`` outputs of channel ``b*4 + oi`` from ``x0``."""
+    def finish(acc, S, D, extra, n, b, oi, pos, lanes):
+        """Dequantize, epilogue: the tile's ``lanes`` outputs of channel ``b*4 + oi``."""
         o = b * CHANNELS + oi
         v = T.Cast("float32x4", total(acc, oi)) * T.Broadcast(S[0] * D[o], 4)
         if lanes < 4:
             v = T.Shuffle([v], list(range(lanes)))
         if ep.bias:
             v = v + T.Broadcast(extra[0][o], lanes)
-        at = ((n * o_ + o) * oh + yy) * ow + x0
+        at = (n * o_ + o) * plane + offset(pos)
         if ep.residual:
             v = v + extra[-1][span(at, lanes)]
         if ep.act:
@@ -178,9 +196,9 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         return v
 
     @T.macro
-    def tile_at(xf, wf, yf, S, D, extra, acc, n, b, yy, x0, lanes):
-        """One register tile: outputs ``x0 .. x0+3`` of row ``yy``, channels ``b*4 ..``;
-        ``lanes`` of the 4 are stored (a Python int)."""
+    def tile_at(xf, wf, yf, S, D, extra, acc, n, b, pos, lanes):
+        """One register tile: the 4 outputs at ``pos`` (see ``coords``), channels
+        ``b*4 ..``; ``lanes`` of the 4 are stored (a Python int)."""
         for i in T.unroll(tile):
             acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
         for cb in range(cbs):
@@ -190,11 +208,11 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
                         for xi in T.unroll(PIXELS):
                             acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
                                 acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
-                                pixel(xf, n, yy, r, cb, x0 + xi, q),
+                                pixel(xf, n, pos, xi, lanes, r, cb, q),
                                 weight(wf, b, r, q, cb, oi), spec.sadalp)
         for oi in T.unroll(CHANNELS):
-            yf[span(((n * o_ + b * CHANNELS + oi) * oh + yy) * ow + x0, lanes)] = finish(
-                acc, S, D, extra, n, b, oi, yy, x0, lanes)
+            yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
+                acc, S, D, extra, n, b, oi, pos, lanes)
 
     @T.macro
     def body(xf, wf, yf, S, D, extra):
@@ -203,13 +221,17 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
             # keeps in registers (TVM takes a "local" one in a parallel loop from the
             # workspace pool, a pointer LLVM cannot see through)
             acc = T.alloc_buffer((tile * 4,), "int32")
-            for yy in range(oh):
-                for xo in range(full):
-                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks, yy,
-                            xo * PIXELS, PIXELS)
+            if rows:
+                for yy, xo in T.grid(oh, full):
+                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                            (yy, xo * PIXELS), PIXELS)
+            else:
+                for i in range(full):
+                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                            (i * PIXELS,), PIXELS)
                 if rest > 0:
-                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks, yy,
-                            full * PIXELS, rest)
+                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                            (full * PIXELS,), rest)
 
     def flat(buf, size, dtype):
         return T.decl_buffer((size,), dtype, data=buf.data)
