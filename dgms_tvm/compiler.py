@@ -67,7 +67,7 @@ def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None 
     """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
     ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
     16 multiply-adds per instruction against 4 for an FP32 ``fmla``) and on aarch64 cores
-    without one (the widening kernel, :mod:`.kernels.int8_long`: 16 in 3 instructions, and a
+    without one (the widening kernel, :mod:`.kernels.int8_long`: 32 in 5 instructions, and a
     quarter of the input bytes to load), ``exact`` elsewhere (the int8 kernel's generic
     vector code has no such advantage); ``vnni`` (x86 ``vpdpbusd``, 64 per instruction
     against 16 for an AVX-512 FMA) counts where the host has it. Layers the int8 kernels

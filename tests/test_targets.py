@@ -12,9 +12,11 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         assert str(t.kind) == "llvm" and int(t.attrs["num-cores"]) == p.num_cores
         knobs = load_knobs(name)
         assert set(knobs) == {"cb_conv2d", "dw_conv2d", "cb_dense", "cb_gemv", "q8_conv2d",
-                              "q8_quant", "q8_decode"}
-        # The int8 strategy's sdot schedule exactly where the core has dotprod.
+                              "q8l_conv2d", "q8_quant", "q8_decode"}
+        # The int8 strategy's sdot schedule exactly where the core has dotprod; the widening
+        # kernel's NEON pairwise add on every ARM core.
         assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.has_dotprod
+        assert (knobs["q8l_conv2d"].get("pairwise") == "sadalp") == p.is_arm
 
 
 @pytest.mark.parametrize("name,dotprod", [("cortex-a53", False), ("cortex-a55", True),

@@ -141,24 +141,26 @@ def weight_correction(wq: np.ndarray) -> np.ndarray:
     return (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32)
 
 
-def quantize_weight(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def quantize_weight(w: np.ndarray, limit: int = 127) -> tuple[np.ndarray, np.ndarray]:
     """A float32 weight ``[O, C, kh, kw]`` (a layer that is no codebook, such as the stem) as
     int8 per output channel, symmetric: ``(q, s)`` with ``w ~ q * s[o]``, ``s[o] =
-    max|w[o]| / 127``; ``s`` is the conv's ``D`` operand."""
+    max|w[o]| / limit``; ``s`` is the conv's ``D`` operand. ``limit``: the largest
+    magnitude (63 for the widening kernel, :mod:`.int8_long`)."""
     w = np.asarray(w, np.float32)
     level = np.maximum(np.abs(w).reshape(w.shape[0], -1).max(axis=1), TINY)
-    s = (level / np.float32(127.0)).astype(np.float32)
-    q = np.clip(np.rint(w / s[:, None, None, None]), -127, 127)
+    s = (level / np.float32(limit)).astype(np.float32)
+    q = np.clip(np.rint(w / s[:, None, None, None]), -limit, limit)
     return q.astype(np.int8), s
 
 
 def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
-                      out_channels: int) -> tuple[np.ndarray, np.ndarray]:
-    """(int8 codebook entries, float32 per-channel output factor ``D``)."""
+                      out_channels: int, limit: int = 127) -> tuple[np.ndarray, np.ndarray]:
+    """(int8 codebook entries within +-``limit``, float32 per-channel output factor
+    ``D``)."""
     cb = np.asarray(codebook, np.float64)
     top = float(np.abs(cb).max())
-    s_cb = top / 127 if top > 0 else 1.0
-    q = np.clip(np.rint(cb / s_cb), -127, 127).astype(np.int8)
+    s_cb = top / limit if top > 0 else 1.0
+    q = np.clip(np.rint(cb / s_cb), -limit, limit).astype(np.int8)
     d = np.full(out_channels, s_cb) * (1.0 if scale is None else np.asarray(scale, np.float64))
     return q, d.astype(np.float32)
 

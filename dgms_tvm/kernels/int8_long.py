@@ -1,29 +1,33 @@
 """The int8 conv2d for cores without a dot-product instruction (Cortex-A53 / A72): widening
 multiplies over 16 input channels at a time. Compute (written already scheduled) and oracle.
 
-The arithmetic is the int8 strategy's (:mod:`.int8`: the same quantized activations and
-int8 codebook weights, exact integer sums, ``Y = float(acc) * s_x * D[o]`` then the
-epilogue), only the instructions differ. With ``sdot`` one instruction makes 16
+The arithmetic is the int8 strategy's (:mod:`.int8`: the same quantized activations, an
+int8 codebook, exact integer sums, ``Y = float(acc) * s_x * D[o]`` then the epilogue), but
+the codebook's magnitudes stop at 63, not 127. With ``sdot`` one instruction makes 16
 multiply-adds; without it the int8 products are made in 16-bit lanes:
 
 - ``smull`` multiplies the low 8 bytes of 16 inputs by the low 8 bytes of 16 weights into 8
-  16-bit lanes, ``smlal2`` adds the high 8 bytes' products to the same lanes (two products
-  of values within +-127 fit 16 bits: at most 32258), ``sadalp`` adds neighbouring lane pairs
-  into the 4 32-bit lanes of the accumulator. Three instructions per 16 multiply-adds, where
-  ``fmla`` needs four (4 float32 lanes).
+  16-bit lanes, ``smlal2`` adds the high 8 bytes' products to the same lanes, then ``smlal``
+  and ``smlal2`` the next 16 inputs' products, and ``sadalp`` adds neighbouring lane pairs
+  into the 4 32-bit lanes of the accumulator: five instructions per 32 multiply-adds, where
+  ``fmla`` needs eight (4 float32 lanes). A 16-bit lane sums 4 products, which fit for
+  inputs within +-127 and weights within +-63 (at most 32004 < 32767): this kernel's int8
+  codebook has 7-bit magnitudes (``WEIGHT_LIMIT``; the activations keep 8). An odd last
+  group of 16 is summed with ``smull`` + ``smlal2`` + ``sadalp``.
 - The 16 summed values are one pixel's 16 input channels against one output channel's 16
   weights, so the input is quantized with its channels innermost in groups of 16
   (``QuantSpec.depth`` 16) and the weight decoded as ``[O/4, kh, kw, C/16, 4 (o), 16 (c)]``
   (``DecodeSpec.depth`` 16).
-- A register tile is 4 pixels x 4 output channels: 16 accumulators, 4 input and 1 weight
-  vector live. Per 16 input channels it loads 8 vectors for 48 arithmetic instructions.
+- A register tile is 4 pixels x 4 output channels: 16 accumulators, 8 input and 2 weight
+  vectors live. Per 32 input channels it loads 16 vectors for 80 arithmetic instructions.
 - At the end of the reduction, 3 ``addp`` per channel fold the 4 pixels' accumulators into
   one vector of the 4 pixels' sums, which is NCHW's order: dequantized, the epilogue applied
   and stored as it is.
 
 The expressions are plain TIR (widening casts, lane shuffles), which LLVM selects as
-``smull`` / ``smlal2`` / ``sadalp`` / ``addp`` on aarch64 (the tests check the assembly) and
-as ordinary vector code on any other target, so the oracle tests run on the host too.
+``smull`` / ``smlal`` / ``smlal2`` / ``addp`` on aarch64 (the tests check the assembly) and
+as ordinary vector code on any other target, so the oracle tests run on the host too; only
+the pairwise add is the NEON intrinsic where the schedule file says so (``sadalp``).
 """
 
 from __future__ import annotations
@@ -35,7 +39,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .common import SPEC_ATTR, as_kernel, span
+from .common import SPEC_ATTR, as_kernel, span, splat
 from .conv2d import Conv2dSpec, spec_fields
 from .int8 import Epilogue, QuantSpec
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
@@ -46,6 +50,8 @@ SEARCHABLE = False
 apply = None
 #: Input channels summed per accumulator step (one 16-byte vector of a pixel).
 DEPTH = 16
+#: Largest weight magnitude: 4 products with inputs within +-127 fit a 16-bit lane.
+WEIGHT_LIMIT = 63
 #: Pixels x output channels of the register tile.
 PIXELS = 4
 CHANNELS = 4
@@ -108,12 +114,17 @@ def _half(v, hi: int):
     return T.Cast("int16x8", T.Shuffle([v], list(range(8 * hi, 8 * hi + 8))))
 
 
-def _mac(acc, a, w, sadalp: bool):
-    """``acc`` (4 x int32) plus the 16 products ``a * w`` (16 x int8 each), summed in pairs
-    of pairs: ``smull`` + ``smlal2`` + ``sadalp``. LLVM selects the pairwise add of the plain
-    form as a shuffle, two narrowings and two widening adds, so on aarch64 (``sadalp``) it is
-    the NEON intrinsic (``saddlp``, which LLVM folds with the add)."""
-    p = _half(a, 0) * _half(w, 0) + _half(a, 1) * _half(w, 1)
+def _mac(acc, pairs, sadalp: bool):
+    """``acc`` (4 x int32) plus the products ``a * w`` of each (16 x int8, 16 x int8) pair
+    in ``pairs`` (one or two), summed in 16-bit lanes (``smull`` + ``smlal2`` [+ ``smlal`` +
+    ``smlal2``]) then lane pairs into ``acc`` (``sadalp``). LLVM selects the pairwise add of
+    the plain form as a shuffle, two narrowings and two widening adds, so on aarch64
+    (``sadalp``) it is the NEON intrinsic (``saddlp``, which LLVM folds with the add)."""
+    p = None
+    for a, w in pairs:
+        for hi in (0, 1):
+            term = _half(a, hi) * _half(w, hi)
+            p = term if p is None else p + term
     if sadalp:
         return acc + T.call_llvm_pure_intrin("int32x4", "llvm.aarch64.neon.saddlp.v4i32.v8i16",
                                              p)
@@ -185,14 +196,14 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         if lanes < 4:
             v = T.Shuffle([v], list(range(lanes)))
         if ep.bias:
-            v = v + T.Broadcast(extra[0][o], lanes)
+            v = v + splat(extra[0][o], lanes)
         at = (n * o_ + o) * plane + offset(pos)
         if ep.residual:
             v = v + extra[-1][span(at, lanes)]
         if ep.act:
-            v = T.max(v, T.Broadcast(T.float32(0), lanes))
+            v = T.max(v, splat(T.float32(0), lanes))
         if ep.act == "relu6":
-            v = T.min(v, T.Broadcast(T.float32(6), lanes))
+            v = T.min(v, splat(T.float32(6), lanes))
         return v
 
     @T.macro
@@ -201,15 +212,25 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         ``b*4 ..``; ``lanes`` of the 4 are stored (a Python int)."""
         for i in T.unroll(tile):
             acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
-        for cb in range(cbs):
-            for r in range(kh):
+        for r in range(kh):
+            for cp in range(cbs // 2):  # two groups of 16 input channels per step
                 for q in T.unroll(kw):
                     for oi in T.unroll(CHANNELS):
                         for xi in T.unroll(PIXELS):
                             acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
                                 acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
-                                pixel(xf, n, pos, xi, lanes, r, cb, q),
-                                weight(wf, b, r, q, cb, oi), spec.sadalp)
+                                [(pixel(xf, n, pos, xi, lanes, r, cp * 2, q),
+                                  weight(wf, b, r, q, cp * 2, oi)),
+                                 (pixel(xf, n, pos, xi, lanes, r, cp * 2 + 1, q),
+                                  weight(wf, b, r, q, cp * 2 + 1, oi))], spec.sadalp)
+            if cbs % 2 == 1:  # the last, odd group alone
+                for q in T.unroll(kw):
+                    for oi in T.unroll(CHANNELS):
+                        for xi in T.unroll(PIXELS):
+                            acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
+                                acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
+                                [(pixel(xf, n, pos, xi, lanes, r, cbs - 1, q),
+                                  weight(wf, b, r, q, cbs - 1, oi))], spec.sadalp)
         for oi in T.unroll(CHANNELS):
             yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
                 acc, S, D, extra, n, b, oi, pos, lanes)

@@ -242,14 +242,15 @@ class _Rewriter(PyExprMutator):
         rec.strategy = "int8"
         # cores without sdot: the widening kernel, which reads 16 input channels at a time
         depth = 16 if klong.wanted(self.policy.target) else 4
+        limit = klong.WEIGHT_LIMIT if depth == 16 else 127  # its weights' range
         ds = kint8.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.target)
         predecoded = cw is None or ds.supported()
         if cw is None:
-            wq, d = kint8.quantize_weight(value)
+            wq, d = kint8.quantize_weight(value, limit)
             consts = [relax.const(kint8.conv_order(ds, wq), "int8")]
         else:
-            qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             idx = cw.indices()
             consts = ([relax.const(kint8.pack_for_decode(ds, idx), "uint8"),
                        relax.const(kint8.q16(qcb), "int8")] if predecoded else

@@ -202,12 +202,14 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
 
 
 def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
-    """The int8 conv of a core without sdot (kernels.int8_long: smull / smlal2 / sadalp over
-    16 input channels), with its depth-16 quantize and tbl decode in front: a 4-bit codebook
-    with the epilogue, a 2-bit one with stride 2 and a partial tile, 24 channels padded to
-    32, and a float32 weight quantized per channel."""
+    """The int8 conv of a core without sdot (kernels.int8_long: smull / smlal(2) / sadalp
+    over 32 input channels, weights within +-63), with its depth-16 quantize and tbl decode
+    in front: a 4-bit codebook with the epilogue, a 2-bit one with stride 2 over 16
+    channels (one group of 16 alone), 24 channels padded to 32, 5- and 7-wide planes in
+    flattened tiles, and a float32 weight quantized per channel."""
     tracker, _ = device
     knobs = load_knobs(CPU)
+    limit = int8_long.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
     for spec, ep in ((conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
                       int8.Epilogue(True, True, "relu")),
                      (conv2d.Conv2dSpec(1, 16, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=2),
@@ -222,11 +224,11 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
         calls = [(int8.quant_schedule(int8.quant_compute(qs), knobs["q8_quant"]),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape))
+            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape), limit)
             weights = [int8.conv_order(ds, wq)]
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             wq = q[cw.indices()]
             calls.append((int8.decode_schedule(int8.decode_compute(ds), knobs["q8_decode"]),
                           [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
@@ -354,7 +356,7 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
 
     monkeypatch.setattr(bench_device, "_model_job", dying)
     rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
-                           peers=False, per_layer=False)
+                           peers=False, per_layer=False, strategy="exact")
     assert killed and rep["max_rel_err_vs_fp32"] < 1e-4
     assert all(r["minstr"] > 0 for r in rep["rows"])
     manager.wait_for_devices(tracker, CPU, 2, timeout=180)

@@ -25,8 +25,10 @@ CASES = [
      "stride 2, odd sizes (a partial tile of 2 pixels), bias + relu"),
     (S(2, 24, 6, 10, 4, (1, 1)), E(True, True, "relu6"),
      "24 channels (padded to 32), batch 2, 1x1, bias + residual + relu6"),
-    (S(1, 64, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1), dilation=(2, 2)), E(False, True, ""),
-     "dilation 2, 7 wide, residual"),
+    (S(1, 64, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1), dilation=(2, 2)), E(True, True, "relu"),
+     "dilation 2, 5x5 out (flattened tiles, the last of 1 pixel), bias + residual + relu"),
+    (S(1, 32, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1)), E(True, False, "relu6"),
+     "7x7 out (flattened tiles, the last of 1 pixel), bias + relu6"),
     (S(1, 16, 11, 9, 4, (3, 5), (2, 3), (0, 2, 1, 1), (1, 2)), E(), "3x5, mixed stride and "
      "dilation, asymmetric padding"),
 ]
@@ -60,7 +62,7 @@ def _run(spec, ep, x, wq, d, b, r, bits=None, rng=None):
 def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, rng):
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     x = x.astype(np.float32)
-    wq = rng.integers(-127, 128, size=spec.weight_shape).astype(np.int8)
+    wq = rng.integers(-63, 64, size=spec.weight_shape).astype(np.int8)  # WEIGHT_LIMIT
     d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
     b = rng.normal(size=spec.out_channels).astype(np.float32)
     r = rng.normal(size=spec.out_shape).astype(np.float32)
@@ -73,13 +75,28 @@ def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, rng):
 def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
     spec = S(1, 32, 6, 6, 8, (3, 3), padding=(1, 1, 1, 1), bits=bits, scaled=bits == 4)
     cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=spec.scaled)
-    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+                                  int8_long.WEIGHT_LIMIT)
+    assert np.abs(q).max() == int8_long.WEIGHT_LIMIT
     x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)
     wq = q[cw.indices()]
     got = _run(spec, E(), x, wq, d, None, None, bits=(cw.indices(), q))
     assert rel_err(got, int8.reference(spec, x, cw.indices(), q, d)) < 1e-6
     # the int8 oracle is the exact conv up to the int8 rounding of inputs and codebook
     assert rel_err(got, conv2d.reference(spec, x, cw.dense())) < 0.03
+
+
+@pytest.mark.parametrize("sign", [1, -1])
+def test_widening_int8_conv_at_the_extremes_of_its_ranges(sign):
+    """Every input at 127 and every weight at +-63: each 16-bit lane sums 4 products of
+    8001, the most it must hold (32004), without wrapping; an odd last group too."""
+    for c in (64, 48):
+        spec = S(1, c, 4, 4, 4, (1, 1))
+        x = np.ones((1, c, 4, 4), np.float32)
+        wq = np.full(spec.weight_shape, sign * int8_long.WEIGHT_LIMIT, np.int8)
+        d = np.ones(4, np.float32)
+        got = _run(spec, E(), x, wq, d, None, None)
+        assert np.allclose(got, sign * 63 * c, rtol=1e-6), c  # (127 * 63 * c) * s_x, 1/127
 
 
 def test_layers_the_widening_kernel_does_not_take():
@@ -93,15 +110,15 @@ def test_layers_the_widening_kernel_does_not_take():
 
 
 def test_widening_int8_conv_builds_to_long_multiplies_on_aarch64():
-    """Per 16 input channels of a pixel and a channel: smull, smlal2, sadalp; 3 addp per
-    channel of a tile at the end; the reduction loop holds nothing else but the loads."""
+    """Per 32 input channels of a pixel and a channel: smull, smlal2, smlal, smlal2,
+    sadalp; 3 addp per channel of a tile at the end."""
     spec = S(1, 64, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1))
     func = int8_long.schedule(int8_long.compute(int8_long.LongSpec(spec)),
                               load_knobs("cortex-a72")["q8l_conv2d"])
     lib = tvm.compile(standalone(func), target=get_profile("cortex-a72").tvm_target())
     asm = lib.mod.inspect_source("s")
     ops = re.findall(r"^\s+([a-z0-9.]+)\s", asm, re.M)
-    for op in ("smull", "smlal2", "sadalp"):
-        assert ops.count(op) == 48, op  # 4 pixels x 4 channels x 3 window columns
+    for op, per in (("smull", 1), ("smlal", 1), ("smlal2", 2), ("sadalp", 1)):
+        assert ops.count(op) == 48 * per, op  # 4 pixels x 4 channels x 3 window columns
     assert ops.count("addp") == 12
     assert "saddw" not in asm and "sshll" not in asm  # (the plain pairwise add's form)
