@@ -6,6 +6,7 @@ import functools
 import signal
 import sys
 import threading
+import traceback
 
 from .errors import UserError
 
@@ -16,8 +17,11 @@ def _terminated(*_):
 
 def one_line_errors(main):
     """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2.
-    SIGTERM (``kill``, a CI timeout) ends it as Ctrl-C does, so that its ``finally`` blocks
-    run: the emulated devices a run started are stopped, not left behind."""
+    Any other exception is a bug: its traceback, then ``internal error: ...`` with its
+    message's first line, exit code 1 (TVM's own exception hook would print only a note for
+    some of its errors, a TVMScript one among them, and lose the message). SIGTERM (``kill``,
+    a CI timeout) ends it as Ctrl-C does, so that its ``finally`` blocks run: the emulated
+    devices a run started are stopped, not left behind."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
@@ -31,6 +35,12 @@ def one_line_errors(main):
         except KeyboardInterrupt:
             print("interrupted", file=sys.stderr)
             return 130
+        except Exception as err:  # a bug: reported, not hidden
+            traceback.print_exception(err, file=sys.stderr)
+            first = (str(err).strip().splitlines() or [""])[0]
+            print(f"internal error (a dgms-tvm bug; please report it with the traceback "
+                  f"above): {type(err).__name__}: {first}", file=sys.stderr)
+            return 1
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, before)

@@ -217,6 +217,27 @@ def test_compile_strategy_is_recorded_per_layer(tmp_path, capsys):
     assert code == 0 and m["strategy"]["resolved"] == ("int8" if vnni else "exact")
 
 
+def test_an_internal_error_says_what_happened(capsys):
+    """A bug (any exception but a UserError) ends a CLI with its traceback and one last
+    ``internal error:`` line that names it, exit code 1; a TVMScript error included, whose
+    message TVM's own exception hook would drop."""
+    from tvm.script import tirx as T
+
+    from dgms_tvm.cli import one_line_errors
+
+    @one_line_errors
+    def broken(argv=None):
+        @T.prim_func(private=True)
+        def f(A: T.Buffer((4,), "float32")):
+            A[0] = T.Broadcast(T.float32(1), 1)
+
+    assert broken([]) == 1
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert lines[0].startswith("Traceback") and "lanes > 1" in "\n".join(lines)
+    assert lines[-1].startswith("internal error (a dgms-tvm bug") and "DiagnosticError" in \
+        lines[-1]
+
+
 def test_sigterm_runs_the_clis_cleanup():
     """A CLI killed with SIGTERM (kill, a CI timeout) unwinds as on Ctrl-C: its finally blocks
     run (they stop the emulated devices it started) and it exits 130; the handler before it
