@@ -280,6 +280,10 @@ def test_quantize_vector_runs():
     assert int8._vector_run(int8.QuantSpec(1, 64, 14, 14)) == 14
     assert int8._vector_run(int8.QuantSpec(1, 3, 224, 224, phases=2)) == 16
     assert int8._vector_run(int8.QuantSpec(1, 8, 9, 9, phases=2)) == 0
+    # 16-channel groups (the widening conv): runs of up to 64 bytes, 128 where none fits
+    assert int8._vector_run(int8.QuantSpec(1, 64, 56, 56, depth=16)) == 4
+    assert int8._vector_run(int8.QuantSpec(1, 64, 14, 14, depth=16)) == 2
+    assert int8._vector_run(int8.QuantSpec(1, 160, 7, 7, depth=16)) == 7
     func = int8.quant_compute(int8.QuantSpec(1, 16, 8, 8, (1, 1, 1, 1)))
     lib = tvm.compile(standalone(func), target=get_profile("neoverse-n1").tvm_target())
     assert "st4\t" in lib.mod.inspect_source("s")  # 4 channels interleaved by the store
@@ -302,13 +306,17 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
                                                offset=128),
                                 int8.QuantSpec(2, 6, 7, 7),
                                 int8.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
-                                int8.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2)],
+                                int8.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2),
+                                int8.QuantSpec(1, 24, 8, 8, (1, 1, 1, 1), depth=16),
+                                int8.QuantSpec(1, 32, 7, 7, depth=16),
+                                int8.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)],
                          ids=str)
 @pytest.mark.parametrize("vector", [True, False], ids=["vector", "blocks"])
 def test_quantize_kernel_layout_and_values(qs, vector, rng):
-    """Xq: quantized, in 4-channel groups (channels padded to 4), columns deinterleaved by
-    the conv's stride, zero border and extra columns; s_x exact. Both forms: the one written
-    already scheduled (where the width splits into runs) and the scheduled blocks."""
+    """Xq: quantized, in 4-channel groups (channels padded to 4; or 16, ``depth``), columns
+    deinterleaved by the conv's stride, zero border and extra columns; s_x exact. Both
+    forms: the one written already scheduled (where the width splits into runs) and the
+    scheduled blocks."""
     func = int8.quant_compute(qs, vector=vector)
     assert (int8.PRESCHEDULED_ATTR in func.attrs) == (vector and int8._vector_run(qs) > 0)
     lib = tvm.compile(standalone(int8.quant_schedule(func, {})),
@@ -324,7 +332,8 @@ def test_quantize_kernel_layout_and_values(qs, vector, rng):
     nhwc[:, pt:pt + qs.height, pl:pl + qs.width, :qs.channels] = \
         want_q.transpose(0, 2, 3, 1).astype(np.int16) + qs.offset  # uint8 (x86 VNNI): + 128
     nhwc = nhwc.astype(qs.dtype)
-    # [N, Hp, Wq * ph, C4] -> [N, Hp, C4/4, ph, Wq, 4] (column w = j * ph + phase)
-    want = nhwc.reshape(qs.batch, -1, wq, ph, qs.c4 // 4, 4).transpose(0, 1, 4, 3, 2, 5)
+    # [N, Hp, Wq * ph, C4] -> [N, Hp, C4/d, ph, Wq, d] (column w = j * ph + phase)
+    d = qs.depth
+    want = nhwc.reshape(qs.batch, -1, wq, ph, qs.c4 // d, d).transpose(0, 1, 4, 3, 2, 5)
     np.testing.assert_array_equal(xq.numpy(), want)
     assert sx.numpy()[0] == want_sx
