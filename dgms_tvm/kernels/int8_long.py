@@ -206,6 +206,23 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
             v = T.min(v, splat(T.float32(6), lanes))
         return v
 
+    def products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups):
+        """(input, weight) vectors of the tile's pixel ``xi`` and channel ``oi`` at window
+        position ``(r, q)``, one pair per group of 16 input channels in ``groups``."""
+        return [(pixel(xf, n, pos, xi, lanes, r, cb, q), weight(wf, b, r, q, cb, oi))
+                for cb in groups]
+
+    @T.macro
+    def window_row(xf, wf, acc, n, b, pos, lanes, r, groups):
+        """Window row ``r``'s products over the channel ``groups`` (a tuple of 1 or 2) added
+        to every accumulator of the tile."""
+        for q in T.unroll(kw):
+            for oi in T.unroll(CHANNELS):
+                for xi in T.unroll(PIXELS):
+                    acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
+                        acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
+                        products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups), spec.sadalp)
+
     @T.macro
     def tile_at(xf, wf, yf, S, D, extra, acc, n, b, pos, lanes):
         """One register tile: the 4 outputs at ``pos`` (see ``coords``), channels
@@ -214,23 +231,9 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
             acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
         for r in range(kh):
             for cp in range(cbs // 2):  # two groups of 16 input channels per step
-                for q in T.unroll(kw):
-                    for oi in T.unroll(CHANNELS):
-                        for xi in T.unroll(PIXELS):
-                            acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
-                                acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
-                                [(pixel(xf, n, pos, xi, lanes, r, cp * 2, q),
-                                  weight(wf, b, r, q, cp * 2, oi)),
-                                 (pixel(xf, n, pos, xi, lanes, r, cp * 2 + 1, q),
-                                  weight(wf, b, r, q, cp * 2 + 1, oi))], spec.sadalp)
+                window_row(xf, wf, acc, n, b, pos, lanes, r, (cp * 2, cp * 2 + 1))
             if cbs % 2 == 1:  # the last, odd group alone
-                for q in T.unroll(kw):
-                    for oi in T.unroll(CHANNELS):
-                        for xi in T.unroll(PIXELS):
-                            acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)] = _mac(
-                                acc[T.Ramp((oi * PIXELS + xi) * 4, 1, 4)],
-                                [(pixel(xf, n, pos, xi, lanes, r, cbs - 1, q),
-                                  weight(wf, b, r, q, cbs - 1, oi))], spec.sadalp)
+                window_row(xf, wf, acc, n, b, pos, lanes, r, (cbs - 1,))
         for oi in T.unroll(CHANNELS):
             yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
                 acc, S, D, extra, n, b, oi, pos, lanes)

@@ -277,10 +277,13 @@ class _Rewriter(PyExprMutator):
                                                   out_ty=relax.TensorType(ds.shape, "int8")))
             return [xq, sx, w]
 
+        def kernel_name(ep):
+            return (klong.LongSpec(spec, ep).name if depth == 16 else
+                    kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep))
+
         chain = self._epilogue(self.current, spec) if self.policy.epilogues else None
         ep = chain[1] if chain is not None else kint8.Epilogue()
-        kname = (klong.LongSpec(spec, ep).name if depth == 16 else
-                 kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep))
+        kname = kernel_name(ep)
         if cw is None:
             rec.fp32_kernel = kname
         else:
@@ -300,9 +303,8 @@ class _Rewriter(PyExprMutator):
             self.deferred[end] = make
         # The call bound here; with an epilogue it and the ops after it up to the chain's end
         # are dead (removed below), their result coming from the call made there.
-        plain = (klong.LongSpec(spec).name if depth == 16 else
-                 kint8.name(spec, predecoded=predecoded, unsigned=unsigned))
-        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(), plain, depth)
+        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(),
+                               kernel_name(kint8.Epilogue()), depth)
         return relax.call_tir(gv, [*operands(), relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
 
