@@ -161,7 +161,7 @@ def run_shape(n: int, k: int, bits: int, target, rounds: int, trials: int, log,
         if tuned is not None:
             rows.append(_tvm_row(f"TVM FP32 (tuned, {trials} trials)", tuned, [x, w, y0], {1},
                                  target, copies(fp32_bytes), fp32_bytes))
-    for arith in ("exact", "int8"):
+    for arith in ("exact", "int8", "lut"):
         spec = kg.GemvSpec(1, n, k, bits, arith=arith, rows=kg.rows_for(n, arith))
         why = kg.supports(spec, target)
         if why:
@@ -169,6 +169,9 @@ def run_shape(n: int, k: int, bits: int, target, rounds: int, trials: int, log,
             continue
         if arith == "exact":
             args = [x, kg.pack(spec, idx), kg.codebook16(cb), scale, y0]
+        elif arith == "lut":
+            args = [x, kg.lut_pack(spec, idx), kg.lut_codebooks(spec, cb),
+                    kg.lut_scale(spec, scale), y0]
         else:
             q = kg.int8_weights(spec, idx, cb, scale)
             args = [x, q.packed, q.table, q.corr, q.d, y0]
@@ -230,7 +233,8 @@ def run(shapes, bits: int = 4, rounds: int = 7, trials: int = 0, log=None,
     profile = get_profile("x86")
     target = profile.tvm_target()
     if kg.supports(kg.GemvSpec(1, 16, 32, 4, arith="exact", rows=4), target):
-        log(f"note: {profile.description} lacks AVX-512; the DGMS rows are skipped")
+        log(f"note: {profile.description} lacks AVX-512; the DGMS exact and int8 rows are "
+            "skipped (the lut row needs AVX2 only)")
     log(f"measuring read bandwidth ({bandwidth_bytes / 2**30:.2f} GiB, "
         f"{os.environ.get('TVM_NUM_THREADS')} threads)")
     bw = read_bandwidth(target, bandwidth_bytes)

@@ -12,7 +12,7 @@ from .errors import UserError
 from .frontend import ImportedModel
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
 from .schedules import apply_schedules, load_knobs
-from .targets import TargetProfile
+from .targets import STRATEGIES, TargetProfile
 
 
 @dataclasses.dataclass
@@ -59,10 +59,6 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     return Lowered(mod, records)
 
 
-#: ``--strategy`` values. ``lut`` (activation lookup tables) is not built yet.
-STRATEGIES = ("auto", "exact", "int8")
-
-
 def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None = None) -> str:
     """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
     ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
@@ -73,8 +69,7 @@ def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None 
     against 16 for an AVX-512 FMA) counts where the host has it. Layers the int8 kernels
     cannot take stay exact either way; the manifest says per layer what it got."""
     if requested not in STRATEGIES:
-        raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)}; "
-                        "lut is not built yet)")
+        raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)})")
     if requested != "auto":
         return requested
     knobs = knobs if knobs is not None else load_knobs(profile.name)

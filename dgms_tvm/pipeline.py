@@ -119,6 +119,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
         manifest["strategy"] = {"requested": strategy, "resolved": resolved, "layers": {
             "exact": sum(r.strategy == "exact" for r in recs),
             "int8": sum(r.strategy == "int8" and r.lowered for r in recs),
+            "lut": sum(r.strategy == "lut" for r in recs),
             # layers that are no codebook (the stem) in the int8 kernel, weights per channel
             "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
     tuned = sorted(k for k, v in applied.items() if v == "tuned")

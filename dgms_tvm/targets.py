@@ -13,6 +13,11 @@ import shutil
 
 from .errors import UserError
 
+#: ``--strategy`` values (see :func:`dgms_tvm.compiler.resolve_strategy`). ``lut``
+#: (activation lookup tables, FP32 arithmetic) has a kernel for batch-1 dense layers only
+#: (:mod:`.kernels.gemv`); its convs stay exact.
+STRATEGIES = ("auto", "exact", "int8", "lut")
+
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 AARCH64_CXX = "aarch64-linux-gnu-g++"
 AARCH64_CXX_PACKAGE = "g++-aarch64-linux-gnu"

@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm.cli import logs_root, one_line_errors
+from dgms_tvm.targets import STRATEGIES
 
 
 def parse(argv):
@@ -34,7 +35,7 @@ def parse(argv):
                    help="root of the tuning logs to apply, or 'none' (default tuning_logs/)")
     p.add_argument("--no-per-layer", action="store_true",
                    help="skip the per-layer breakdown (each kernel run alone)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
+    p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
                    help="the DGMS build's codebook conv2d arithmetic (see compile.py; "
                         "default auto)")
     return p.parse_args(argv)

@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm import targets, zoo
 from dgms_tvm.cli import logs_root, one_line_errors
+from dgms_tvm.targets import STRATEGIES
 
 
 def parse(argv):
@@ -31,10 +32,12 @@ def parse(argv):
     p.add_argument("--tuning-logs", default="tuning_logs",
                    help="root of the tuning logs to apply (<root>/<target>/<model>-w<bits>/), "
                         "or 'none' for the hand schedules only (default tuning_logs/)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
-                   help="codebook conv2d arithmetic: exact (float32 activations, matches "
+    p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
+                   help="codebook layer arithmetic: exact (float32 activations, matches "
                         "PyTorch), int8 (activations quantized per tensor, int32 sums; sdot "
-                        "on dotprod cores), or auto: int8 where the core has sdot, else exact "
+                        "on dotprod cores, the widening kernel on other aarch64 cores), lut "
+                        "(float32 activation lookup tables: batch-1 dense layers; convs stay "
+                        "exact), or auto: int8 on aarch64 and x86 with VNNI, else exact "
                         "(default auto; the manifest says what each layer got)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)

@@ -18,6 +18,18 @@ arithmetics:
     ``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by signed
     bytes, so the kernel stores ``Xq + 128`` and subtracts ``128 * sum_k Wq[n, k]`` (a
     per-feature constant made at pack time). Needs ``avx512bw`` and ``avx512vnni``.
+``lut``
+    Activation lookup tables (T-MAC's idea over a non-uniform codebook), FP32 arithmetic:
+    the ``g`` weights of a group (``g`` = 4 at 1 bit, 2 at 2 bits, 1 at 3 and 4) share one
+    index into a per-call table of the ``2^(g*bits)`` (at most 16) sums
+    ``sum_i X[g*q + i] * codebook[e_i]``, made once per call and shared by every output
+    feature; a lookup then stands for ``g`` multiply-adds. The lanes of a vector are 8
+    output features (not 8 weights of one, as above), so the 8 lookups of a group read one
+    table: two ``vpermps`` (``llvm.x86.avx2.permps``: 8 entries each) and a select by the
+    index's bit 3 (one ``vpermps`` for tables of 8), then one add. Needs ``avx2`` only
+    (hosts without AVX-512). Results match the FP32 layer up to summation order (a table
+    entry is a sum of ``g`` products). ``lookup="gather"`` is the same kernel in plain
+    code (one scalar load per lookup) for any target: the oracle's check on aarch64.
 ``fp32``
     The same loop nest over a float32 ``W[N, K]``: the FP32 baseline these are measured
     against (``scripts/bench_gemv.py``), and the batch-1 float32 dense of every target (an
@@ -47,12 +59,21 @@ from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR
 from .int8 import TINY, quantize_codebook, quantize_input
 
 FAMILY = "cb_gemv"
-ARITHS = ("exact", "int8", "fp32")
-#: Weights per packed chunk, by arithmetic.
-CHUNK = {"exact": 32, "int8": 128, "fp32": 16}
+ARITHS = ("exact", "int8", "fp32", "lut")
+#: Weights per packed chunk, by arithmetic (lut: one group; see :func:`lut_group`).
+CHUNK = {"exact": 32, "int8": 128, "fp32": 16, "lut": 1}
 #: LLVM features each arithmetic's instructions need (fp32 is generic vector code: LLVM
 #: splits its 16 lanes into the target's registers, 4 NEON or 2 AVX2 ones).
-FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": ()}
+FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": (),
+            "lut": ("avx2",)}
+#: Output features per vector of the lut kernel (one AVX2 register of float32).
+LUT_LANES = 8
+
+
+def lut_group(bits: int) -> int:
+    """Weights per lookup of the lut arithmetic: as many as keep the table within 16 entries
+    (two 8-entry permutes)."""
+    return {1: 4, 2: 2}.get(bits, 1)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,10 +86,23 @@ class GemvSpec:
     bits: int = 4
     arith: str = "exact"
     rows: int = 4
+    lookup: str = "permps"  # lut only: "permps" (x86 AVX2) or "gather" (any target)
 
     def __post_init__(self):
         if self.arith not in ARITHS:
             raise ValueError(f"arith {self.arith!r} not in {ARITHS}")
+        if self.lookup not in ("permps", "gather"):
+            raise ValueError(f"lookup {self.lookup!r}")
+
+    @property
+    def group(self) -> int:
+        """Weights per index (lut: :func:`lut_group`; 1 for the others)."""
+        return lut_group(self.bits) if self.arith == "lut" else 1
+
+    @property
+    def entries(self) -> int:
+        """Lut: entries per table row, 8 or 16 (the ``2^(g*bits)`` sums, zero-padded)."""
+        return 8 if (1 << (self.group * self.bits)) <= 8 else 16
 
     @property
     def chunk(self) -> int:
@@ -82,22 +116,34 @@ class GemvSpec:
     @property
     def packed_shape(self) -> tuple[int, int, int]:
         """``[N/rows, Kp/chunk, rows * chunk/2]``: one register tile's rows interleaved chunk
-        by chunk, so that each thread reads one sequential stream."""
+        by chunk, so that each thread reads one sequential stream. Lut: ``[ceil(N/rows),
+        ceil(K/g), rows/2]``, byte ``j`` of a group holding the index of row ``j`` in its
+        low nibble and of row ``rows/2 + j`` in its high one."""
+        if self.arith == "lut":
+            return (-(-self.n // self.rows), -(-self.k // self.group), self.rows // 2)
         return (self.n // self.rows, self.kp // self.chunk, self.rows * self.chunk // 2)
 
     @property
     def name(self) -> str:
         if self.arith == "fp32":
             return f"fp32_gemv_m{self.m}_n{self.n}_k{self.k}"
-        return f"{FAMILY}_{self.arith}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
+        lk = "_gather" if self.arith == "lut" and self.lookup == "gather" else ""
+        return f"{FAMILY}_{self.arith}{lk}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
 
 
 def supports(spec: GemvSpec, target) -> str:
     """Why ``spec`` cannot use a GEMV kernel on ``target`` ('' when it can)."""
     from ..targets import missing_features
 
+    if spec.arith == "lut":
+        if spec.bits > 4:
+            return f"{spec.bits}-bit indices (the lut tables hold 16 entries)"
+        if spec.rows % (2 * LUT_LANES):
+            return f"{spec.rows} rows per tile (lut: a multiple of {2 * LUT_LANES})"
+        if spec.lookup == "gather":
+            return ""
     if spec.arith != "fp32" and "x86" not in str(target.attrs.get("mtriple", "x86_64")):
-        return "the exact and int8 GEMV kernels are written for x86"
+        return f"the {spec.arith} GEMV kernel is written for x86"
     missing = missing_features(target, FEATURES[spec.arith])
     if missing:
         return f"the target lacks {', '.join(missing)}"
@@ -105,7 +151,7 @@ def supports(spec: GemvSpec, target) -> str:
         return f"{spec.bits}-bit indices (the lookup holds 16 entries)"
     if spec.arith in ("exact", "fp32") and spec.k % spec.chunk:
         return f"K={spec.k} is not a multiple of {spec.chunk}"
-    if spec.n % spec.rows:
+    if spec.n % spec.rows and spec.arith != "lut":
         return f"N={spec.n} is not a multiple of {spec.rows} rows"
     return ""
 
@@ -113,12 +159,15 @@ def supports(spec: GemvSpec, target) -> str:
 #: Rows per register tile, by arithmetic: int8 accumulators are one register per row and
 #: each 128-byte ``Xq`` load then serves 8 rows (measured 0.10 against 0.10-0.12 ms with 4
 #: rows for 4096x4096, noisy); exact keeps 4 rows (8 measured no better).
-ROWS = {"exact": 4, "int8": 8, "fp32": 4}
+ROWS = {"exact": 4, "int8": 8, "fp32": 4, "lut": 32}
 
 
 def rows_for(n: int, arith: str) -> int:
     """Rows per register tile for ``n`` features: ``ROWS[arith]`` or the largest power of
-    two below it that divides ``n``."""
+    two below it that divides ``n`` (lut: 32, or 16 where that wastes fewer padded rows; the
+    last tile of a lut kernel may be partial)."""
+    if arith == "lut":
+        return 32 if -(-n // 32) * 32 <= -(-n // 16) * 16 else 16
     r = ROWS[arith]
     while n % r:
         r //= 2
@@ -134,6 +183,41 @@ def pack(spec: GemvSpec, indices: np.ndarray) -> np.ndarray:
     c = idx.reshape(spec.n // spec.rows, spec.rows, spec.kp // spec.chunk, 2, half)
     b = c[:, :, :, 0] | (c[:, :, :, 1] << 4)  # [N/rows, rows, chunks, half]
     return np.ascontiguousarray(b.transpose(0, 2, 1, 3)).reshape(spec.packed_shape)
+
+
+def lut_pack(spec: GemvSpec, indices: np.ndarray) -> np.ndarray:
+    """``uint8[packed_shape]`` of the lut kernel: per row and group of ``g`` weights the index
+    ``sum_i idx[n, g*q + i] << (bits * i)``, in the nibble layout of ``packed_shape``
+    (padding rows and weights have index 0: weight 0)."""
+    nt, q, half = spec.packed_shape
+    g, b = spec.group, spec.bits
+    idx = np.zeros((nt * spec.rows, q * g), np.uint8)
+    idx[:spec.n, :spec.k] = np.asarray(indices, np.uint8).reshape(spec.n, spec.k)
+    grp = idx.reshape(nt * spec.rows, q, g).astype(np.uint32)
+    e = (grp << (b * np.arange(g, dtype=np.uint32))).sum(axis=2).astype(np.uint8)
+    e = e.reshape(nt, 2, half, q)  # [tile, low / high nibble, byte, group]
+    return np.ascontiguousarray((e[:, 0] | (e[:, 1] << 4)).transpose(0, 2, 1))
+
+
+def lut_codebooks(spec: GemvSpec, codebook: np.ndarray) -> np.ndarray:
+    """``float32[g, entries]``: row ``i`` holds, for every table index ``e``, the codebook
+    entry of the group's weight ``i`` (``codebook[(e >> bits*i) & (2^bits - 1)]``), so that a
+    table row is ``sum_i X[g*q + i] * rows[i]``."""
+    cb = np.zeros(1 << spec.bits, np.float32)
+    cb[:len(codebook)] = codebook
+    e = np.arange(spec.entries)
+    used = e < (1 << (spec.group * spec.bits))
+    out = [np.where(used, cb[(e >> (spec.bits * i)) & ((1 << spec.bits) - 1)], 0)
+           for i in range(spec.group)]
+    return np.asarray(out, np.float32)
+
+
+def lut_scale(spec: GemvSpec, scale=None) -> np.ndarray:
+    """The per-feature scale padded to whole tiles (ones without one)."""
+    out = np.ones(spec.packed_shape[0] * spec.rows, np.float32)
+    if scale is not None:
+        out[:spec.n] = scale
+    return out
 
 
 def codebook16(codebook: np.ndarray) -> np.ndarray:
@@ -178,8 +262,89 @@ def compute(spec: GemvSpec) -> tvm.tirx.PrimFunc:
       the per-feature scale, ones without one)
     - int8: ``(X, P, TB i8[64], CORR i32[N], D f32[N]) -> Y``
     - fp32: ``(X, W f32[N, K]) -> Y``
+    - lut: ``(X, P, EX f32[g, entries], S f32[rows * tiles]) -> Y`` (:func:`lut_pack`,
+      :func:`lut_codebooks`, :func:`lut_scale`)
     """
-    return _finish({"exact": _exact, "int8": _int8, "fp32": _fp32}[spec.arith](spec), spec)
+    return _finish({"exact": _exact, "int8": _int8, "fp32": _fp32,
+                    "lut": _lut}[spec.arith](spec), spec)
+
+
+def _lut(spec: GemvSpec):
+    M, N, K, R = spec.m, spec.n, spec.k, spec.rows
+    G, EL, V = spec.group, spec.entries, LUT_LANES
+    NT, Q, H = spec.packed_shape
+    last = N - (NT - 1) * R  # rows of the last tile
+    perm = "llvm.x86.avx2.permps"
+    gather = spec.lookup == "gather"
+
+    def xval(X, m, kk):
+        if K % G == 0:
+            return X[m, kk]
+        return T.if_then_else(kk < K, X[m, T.min(kk, K - 1)], T.float32(0))
+
+    def row_of(X, EX, m, q):
+        acc = None
+        for i in range(G):
+            t = T.Broadcast(xval(X, m, q * G + i), EL) * EX[i, T.Ramp(0, 1, EL)]
+            acc = t if acc is None else acc + t
+        return acc
+
+    def look(tb, q, i):
+        """The entries ``i`` (8 lanes) of group ``q``'s table row."""
+        lo = T.call_llvm_pure_intrin("float32x8", perm, tb[T.Ramp(q * EL, 1, V)], i)
+        if EL == 8:
+            return lo
+        hi = T.call_llvm_pure_intrin("float32x8", perm, tb[T.Ramp(q * EL + 8, 1, V)], i)
+        return T.Select(i > T.Broadcast(7, V), hi, lo)
+
+    def nibbles(P, nb, q, h):
+        v = T.Cast("int32x8", P[nb, q, T.Ramp(h * V, 1, V)])
+        return (T.bitwise_and(v, T.Broadcast(15, V)), T.shift_right(v, T.Broadcast(4, V)))
+
+    @T.macro
+    def lookups(P, tb, acc, nb, q):
+        if gather:  # one scalar load per lookup
+            for j in T.unroll(H):
+                acc[j] = acc[j] + tb[q * EL + T.Cast("int32", T.bitwise_and(
+                    P[nb, q, j], T.uint8(15)))]
+                acc[H + j] = acc[H + j] + tb[q * EL + T.Cast("int32", T.shift_right(
+                    P[nb, q, j], T.uint8(4)))]
+        else:
+            for h in T.unroll(H // V):
+                lo, hi = nibbles(P, nb, q, h)
+                acc[T.Ramp(h * V, 1, V)] = acc[T.Ramp(h * V, 1, V)] + look(tb, q, lo)
+                acc[T.Ramp(H + h * V, 1, V)] = acc[T.Ramp(H + h * V, 1, V)] + look(tb, q, hi)
+
+    @T.macro
+    def store(Y, S, acc, m, nb, rows):
+        for a in T.unroll(rows // V):
+            Y[m, T.Ramp(nb * R + a * V, 1, V)] = acc[T.Ramp(a * V, 1, V)] * S[
+                T.Ramp(nb * R + a * V, 1, V)]
+        for j in T.unroll(rows % V):
+            Y[m, nb * R + rows // V * V + j] = acc[rows // V * V + j] * S[
+                nb * R + rows // V * V + j]
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), P: T.Buffer((NT, Q, H), "uint8"),
+             EX: T.Buffer((G, EL), "float32"), S: T.Buffer((NT * R,), "float32"),
+             Y: T.Buffer((M, N), "float32")):
+        tb = T.alloc_buffer((Q * EL,), "float32")
+        for m in range(M):
+            for q in range(Q):
+                tb[T.Ramp(q * EL, 1, EL)] = row_of(X, EX, m, q)
+            for nb in T.parallel(NT):
+                acc = T.alloc_buffer((R,), "float32", scope="local")
+                for a in T.unroll(R // V):
+                    acc[T.Ramp(a * V, 1, V)] = T.Broadcast(T.float32(0), V)
+                for q in range(Q):
+                    lookups(P, tb, acc, nb, q)
+                if last == R:
+                    store(Y, S, acc, m, nb, R)
+                elif nb < NT - 1:
+                    store(Y, S, acc, m, nb, R)
+                else:
+                    store(Y, S, acc, m, nb, last)
+    return func
 
 
 def _exact(spec: GemvSpec):
@@ -295,13 +460,13 @@ def _int8(spec: GemvSpec):
 
 
 def reference(spec: GemvSpec, x, indices, codebook, scale=None) -> np.ndarray:
-    """NumPy oracle. exact / fp32: ``x @ W.T`` in float64 (``indices`` is the float ``W`` for
+    """NumPy oracle. exact / lut / fp32: ``x @ W.T`` in float64 (``indices`` is the float ``W`` for
     fp32). int8: the same quantization as the kernel, exact integer sums."""
     x = np.asarray(x, np.float32)
     if spec.arith == "fp32":
         return (x.astype(np.float64) @ np.asarray(indices, np.float64).T).astype(np.float32)
     idx = np.asarray(indices).reshape(spec.n, spec.k)
-    if spec.arith == "exact":
+    if spec.arith in ("exact", "lut"):
         w = np.asarray(codebook, np.float64)[idx]
         if scale is not None:
             w = w * np.asarray(scale, np.float64)[:, None]

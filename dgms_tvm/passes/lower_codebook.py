@@ -220,6 +220,8 @@ class _Rewriter(PyExprMutator):
         out_ty = relax.TensorType(spec.out_shape, "float32")
         if cw is not None:
             rec.strategy = "exact"
+        if self.policy.strategy == "lut" and cw is not None:
+            rec.reason = "exact: no lut conv2d kernel (lut covers batch-1 dense layers)"
         if not kdw.supports(spec):
             if self.policy.strategy == "int8" and cw is not None:
                 rec.reason = f"exact: {kint8.supports(spec)}"
@@ -508,11 +510,13 @@ class _Rewriter(PyExprMutator):
         target = self.policy.target
         if target is None or m != 1:
             return None
-        ariths = ["fp32"] if cw is None else (
-            ["int8", "exact"] if self.policy.strategy == "int8" else ["exact"])
-        for arith in ariths:
+        choices = [("fp32", "permps")] if cw is None else {
+            "int8": [("int8", "permps"), ("exact", "permps"), ("lut", "permps")],
+            "lut": [("lut", "permps"), ("lut", "gather")],
+        }.get(self.policy.strategy, [("exact", "permps"), ("lut", "permps")])
+        for arith, lookup in choices:
             spec = kgemv.GemvSpec(1, n, k, FP32_WEIGHT if cw is None else cw.bits,
-                                  arith=arith, rows=kgemv.rows_for(n, arith))
+                                  arith=arith, rows=kgemv.rows_for(n, arith), lookup=lookup)
             if not kgemv.supports(spec, target):
                 break
         else:
@@ -522,6 +526,9 @@ class _Rewriter(PyExprMutator):
         elif arith == "exact":
             scale = cw.scale if cw.scale is not None else np.ones(n, np.float32)
             consts = [kgemv.pack(spec, cw.indices()), kgemv.codebook16(cw.codebook), scale]
+        elif arith == "lut":
+            consts = [kgemv.lut_pack(spec, cw.indices()), kgemv.lut_codebooks(spec, cw.codebook),
+                      kgemv.lut_scale(spec, cw.scale)]
         else:
             q = kgemv.int8_weights(spec, cw.indices(), cw.codebook, cw.scale)
             consts = [q.packed, q.table, q.corr, q.d]

@@ -75,6 +75,10 @@ class LoweringPolicy:
         too, its float32 weight quantized per output channel (as int8 deployments and
         onnxruntime's static int8 model do); not in the FP32 baseline (``codebooks=False``).
         Batch-1 codebook dense layers take it too where the GEMV kernel runs (``target``).
+        ``lut``: batch-1 codebook dense layers run the activation lookup-table GEMV
+        (``kernels.gemv``, FP32 arithmetic); convs stay exact. With ``exact`` (and ``int8``
+        where its GEMV does not run) such a layer takes the lut kernel on x86 hosts where the
+        exact GEMV's AVX-512 is missing and AVX2 is there.
     epilogues : bool
         Let int8 convs do the BatchNorm / bias, residual add and relu / relu6 after them as
         they write their outputs (True), or leave those ops to TVM (False).

@@ -143,6 +143,15 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     got = _run_kernel_remote(tracker, gemv.compute(gs), [x1, w, np.zeros((1, 40), np.float32)],
                              tmp_path)
     assert rel_err(got, gemv.reference(gs, x1, w, None)) < 1e-5
+    # the lut GEMV (2-bit: tables of the 16 sums of 2 products; a partial last tile)
+    ls = gemv.GemvSpec(1, 40, 96, 2, arith="lut", rows=gemv.rows_for(40, "lut"),
+                       lookup="gather")
+    assert not gemv.supports(ls, get_profile(CPU).tvm_target())
+    cw = random_codebook_weight(rng, (40, 96), 2, scaled=True)
+    got = _run_kernel_remote(tracker, gemv.compute(ls), [
+        x1, gemv.lut_pack(ls, cw.indices()), gemv.lut_codebooks(ls, cw.codebook),
+        gemv.lut_scale(ls, cw.scale), np.zeros((1, 40), np.float32)], tmp_path)
+    assert rel_err(got, gemv.reference(ls, x1, cw.indices(), cw.codebook, cw.scale)) < 1e-5
 
 
 def test_devices_serving_under_a_key_are_counted(device):

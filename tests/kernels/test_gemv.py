@@ -1,5 +1,5 @@
-"""GEMV kernels (x86: exact vpermps, int8 vpshufb + VNNI; any target: fp32) against their
-NumPy oracles."""
+"""GEMV kernels (x86: exact vpermps, int8 vpshufb + VNNI, lut AVX2 permutes; any target:
+fp32 and the lut kernel's one-load-per-lookup form) against their NumPy oracles."""
 
 import numpy as np
 import pytest
@@ -79,6 +79,47 @@ def test_fp32_matches_oracle(rng):
     assert rel_err(got, gemv.reference(spec, x, w, None)) < 1e-5
 
 
+NEEDS_AVX2 = pytest.mark.skipif(
+    bool(gemv.supports(G(1, 16, 32, 4, arith="lut", rows=16), HOST)),
+    reason="this host lacks AVX2 (the lut GEMV's permutes)")
+
+
+def _lut_operands(spec, cw):
+    return [gemv.lut_pack(spec, cw.indices()), gemv.lut_codebooks(spec, cw.codebook),
+            gemv.lut_scale(spec, cw.scale)]
+
+
+@pytest.mark.parametrize("lookup", [
+    pytest.param("permps", marks=NEEDS_AVX2), "gather"])
+@pytest.mark.parametrize("m,n,k", [(1, 64, 96), (1, 40, 30), (2, 1000, 512), (1, 16, 7)])
+@pytest.mark.parametrize("bits", [1, 2, 3, 4])
+def test_lut_matches_oracle(m, n, k, bits, lookup, rng):
+    """Tables of 16 (1, 2, 4 bits: groups of 4, 2, 1 weights) and of 8 entries (3 bits); a
+    partial last tile (40, 1000 rows); K not a whole number of groups (30, 7)."""
+    spec = G(m, n, k, bits, arith="lut", rows=gemv.rows_for(n, "lut"), lookup=lookup)
+    assert not gemv.supports(spec, HOST)
+    cw = random_codebook_weight(rng, (n, k), bits, scaled=bits in (2, 4))
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    got = run_kernel(gemv.compute(spec), [x, *_lut_operands(spec, cw),
+                                          np.zeros((m, n), np.float32)])
+    assert rel_err(got, gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)) < 1e-5
+
+
+def test_lut_layout():
+    """A 2-bit group of 2 weights is one 4-bit index (the first weight's index in the low
+    bits); row j and row rows/2 + j share a byte; padding rows and weights have index 0."""
+    spec = G(1, 20, 5, 2, arith="lut", rows=16)
+    assert (spec.group, spec.entries, spec.packed_shape) == (2, 16, (2, 3, 8))
+    idx = np.arange(20 * 5).reshape(20, 5) % 4
+    p = gemv.lut_pack(spec, idx)
+    assert p[0, 1, 3] == (idx[3, 2] | idx[3, 3] << 2) | (idx[11, 2] | idx[11, 3] << 2) << 4
+    assert p[1, 2, 3] == idx[19, 4]  # weight 5 padded; rows 20.. padded (high nibble 0)
+    ex = gemv.lut_codebooks(spec, np.array([0, 1, 2, 3], np.float32))
+    # table entry e = e0 + 4 * e1 is X[2q] * cb[e0] + X[2q + 1] * cb[e1]
+    assert ex.shape == (2, 16) and ex[0, 7] == 3 and ex[1, 7] == 1
+    assert G(1, 16, 8, 3, arith="lut", rows=16).entries == 8
+
+
 def test_pack_layout():
     spec = G(1, 4, 40, 4, arith="exact", rows=2)  # K padded to 64: two chunks of 32
     idx = np.arange(4 * 40).reshape(4, 40) % 16
@@ -128,7 +169,45 @@ def test_pass_lowers_batch1_dense_to_gemv(strategy, rng):
     assert fp32.records[0].fp32_kernel == "fp32_gemv_m1_n24_k64"
 
 
-@NEEDS_VNNI
+@pytest.mark.parametrize("strategy", ["lut", "exact"])
+def test_pass_lowers_batch1_dense_to_lut(strategy, rng):
+    """``--strategy lut``: a batch-1 codebook dense runs the lut GEMV (permutes where the host
+    has AVX2, else one load per lookup) and matches the generic exact build; convs stay
+    exact and say why. ``exact`` takes it too on hosts without the exact GEMV's AVX-512."""
+    import torch
+
+    from dgms_tvm.frontend import from_torch
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Conv2d(4, 8, 3), torch.nn.Flatten(),
+                              torch.nn.Linear(8 * 4 * 4, 24))
+    cws = [random_codebook_weight(rng, (8, 4, 3, 3), 2),
+           random_codebook_weight(rng, (24, 128), 2, scaled=True)]
+    with torch.no_grad():
+        net[0].weight.copy_(torch.from_numpy(cws[0].dense()))
+        net[2].weight.copy_(torch.from_numpy(cws[1].dense()))
+    x = rng.normal(size=(1, 4, 6, 6)).astype(np.float32)
+    imported = from_torch(net.eval(), (torch.from_numpy(x),))
+    lowered = compiler.lower(imported, 2, strategy=strategy, target=HOST)
+    conv, fc = lowered.records
+    exact_gemv = not gemv.supports(G(1, 24, 128, 2, arith="exact", rows=4), HOST)
+    if strategy == "exact" and (exact_gemv or gemv.supports(
+            G(1, 24, 128, 2, arith="lut", rows=16), HOST)):
+        pytest.skip("this host runs the exact GEMV (AVX-512) or has no AVX2")
+    avx2 = not gemv.supports(G(1, 24, 128, 2, arith="lut", rows=16), HOST)
+    assert fc.kernel.startswith("cb_gemv_lut" + ("" if avx2 else "_gather") + "_m1_n24_k128_b2")
+    assert fc.strategy == "lut" and conv.strategy == "exact"
+    if strategy == "lut":
+        assert "no lut conv2d kernel" in conv.reason
+    generic = compiler.lower(imported, 2, strategy="exact")  # no target: the generic dense
+    assert generic.records[1].kernel.startswith("cb_dense")
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x])[0]
+    want = compiler.run_local(compiler.build(generic, host), [x])[0]
+    assert rel_err(got, want) < 1e-5
+
+
+@NEEDS_AVX2
 def test_bench_gemv_small_shape():
     """The benchmark checks every row against its oracle before timing; at a small shape it
     runs in seconds and reports every row."""
@@ -137,7 +216,9 @@ def test_bench_gemv_small_shape():
     res = bench_gemv.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
                          bandwidth_bytes=1 << 22)
     labels = [r["label"] for r in res["shapes"][0]["rows"]]
-    assert labels == ["numpy FP32 (BLAS)", "TVM FP32 (hand GEMV)", "DGMS 4-bit exact",
-                      "DGMS 4-bit int8"]
+    dgms = [f"DGMS 4-bit {a}" for a in ("exact", "int8", "lut")
+            if not gemv.supports(_spec(1, 64, 128, 4, a), HOST)]
+    assert labels == ["numpy FP32 (BLAS)", "TVM FP32 (hand GEMV)", *dgms]
+    assert "DGMS 4-bit lut" in dgms
     assert res["read_gbps"] > 0
-    assert "DGMS 4-bit int8" in bench_gemv.format_report(res)
+    assert "DGMS 4-bit lut" in bench_gemv.format_report(res)

@@ -253,8 +253,9 @@ def test_strategy_choice():
     host = get_profile("x86")  # VNNI where this host has it
     assert (compiler.resolve_strategy("auto", host) == "int8") == \
         kint8.unsigned_input(host.tvm_target())
-    with pytest.raises(UserError, match="unknown strategy 'lut'"):
-        compiler.resolve_strategy("lut", n1)
+    assert compiler.resolve_strategy("lut", n1) == "lut"  # asked for: never chosen by auto
+    with pytest.raises(UserError, match="unknown strategy 'fast'.*auto, exact, int8, lut"):
+        compiler.resolve_strategy("fast", n1)
 
 
 class Block(nn.Module):
