@@ -161,22 +161,16 @@ def run_shape(n: int, k: int, bits: int, target, rounds: int, trials: int, log,
         if tuned is not None:
             rows.append(_tvm_row(f"TVM FP32 (tuned, {trials} trials)", tuned, [x, w, y0], {1},
                                  target, copies(fp32_bytes), fp32_bytes))
-    for arith in ("exact", "int8", "lut"):
-        spec = kg.GemvSpec(1, n, k, bits, arith=arith, rows=kg.rows_for(n, arith))
+    for arith, form in (("exact", ""), ("int8", ""), ("int8", "avx2"), ("lut", "")):
+        spec = kg.GemvSpec(1, n, k, bits, arith=arith, rows=kg.rows_for(n, arith), form=form)
+        label = f"DGMS {bits}-bit {arith}" + (f" ({form})" if form else "")
         why = kg.supports(spec, target)
         if why:
-            log(f"  DGMS {arith}: skipped ({why})")
+            log(f"  {label}: skipped ({why})")
             continue
-        if arith == "exact":
-            args = [x, kg.pack(spec, idx), kg.codebook16(cb), scale, y0]
-        elif arith == "lut":
-            args = [x, kg.lut_pack(spec, idx), kg.lut_codebooks(spec, cb),
-                    kg.lut_scale(spec, scale), y0]
-        else:
-            q = kg.int8_weights(spec, idx, cb, scale)
-            args = [x, q.packed, q.table, q.corr, q.d, y0]
+        args = [x, *kg.operands(spec, idx, cb, scale), y0]
         nbytes = int(np.prod(spec.packed_shape))
-        rows.append(_tvm_row(f"DGMS {bits}-bit {arith}", kg.compute(spec).with_attr(
+        rows.append(_tvm_row(label, kg.compute(spec).with_attr(
             "global_symbol", "main"), args, {1}, target, copies(nbytes), nbytes))
         rows[-1].oracle = kg.reference(spec, x, idx, cb, scale)
 

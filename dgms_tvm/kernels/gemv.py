@@ -18,6 +18,12 @@ arithmetics:
     ``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by signed
     bytes, so the kernel stores ``Xq + 128`` and subtracts ``128 * sum_k Wq[n, k]`` (a
     per-feature constant made at pack time). Needs ``avx512bw`` and ``avx512vnni``.
+``int8``, ``form="avx2"``
+    The int8 arithmetic on x86 without VNNI: 32 indices to int8 weights per ``vpshufb``,
+    then ``vpmaddubsw`` (unsigned by signed bytes, pairs summed into int16) on ``|Wq|`` and
+    ``Xq`` with ``Wq``'s sign (``vpsignb``): a pair is at most 2 * 127 * 127, so it cannot
+    saturate; ``vpmaddwd`` by ones into int32. 32 multiply-adds in 5 instructions. ``Xq`` is
+    signed (no correction term). Needs ``avx2``.
 ``lut``
     Activation lookup tables (T-MAC's idea over a non-uniform codebook), FP32 arithmetic:
     the ``g`` weights of a group (``g`` = 4 at 1 bit, 2 at 2 bits, 1 at 3 and 4) share one
@@ -28,7 +34,7 @@ arithmetics:
     table: two ``vpermps`` (``llvm.x86.avx2.permps``: 8 entries each) and a select by the
     index's bit 3 (one ``vpermps`` for tables of 8), then one add. Needs ``avx2`` only
     (hosts without AVX-512). Results match the FP32 layer up to summation order (a table
-    entry is a sum of ``g`` products). ``lookup="gather"`` is the same kernel in plain
+    entry is a sum of ``g`` products). ``form="gather"`` is the same kernel in plain
     code (one scalar load per lookup) for any target: the oracle's check on aarch64.
 ``fp32``
     The same loop nest over a float32 ``W[N, K]``: the FP32 baseline these are measured
@@ -66,6 +72,9 @@ CHUNK = {"exact": 32, "int8": 128, "fp32": 16, "lut": 1}
 #: splits its 16 lanes into the target's registers, 4 NEON or 2 AVX2 ones).
 FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": (),
             "lut": ("avx2",)}
+#: Other forms of an arithmetic (``GemvSpec.form``; "" is the one above), with their features.
+FORMS = {"exact": ("",), "int8": ("", "avx2"), "fp32": ("",), "lut": ("", "gather")}
+FORM_FEATURES = {"avx2": ("avx2",), "gather": ()}
 #: Output features per vector of the lut kernel (one AVX2 register of float32).
 LUT_LANES = 8
 
@@ -86,13 +95,15 @@ class GemvSpec:
     bits: int = 4
     arith: str = "exact"
     rows: int = 4
-    lookup: str = "permps"  # lut only: "permps" (x86 AVX2) or "gather" (any target)
+    #: "" (the arithmetic's own instructions: module docstring) or another form of it:
+    #: "gather" (lut, any target) or "avx2" (int8 on x86 without VNNI).
+    form: str = ""
 
     def __post_init__(self):
         if self.arith not in ARITHS:
             raise ValueError(f"arith {self.arith!r} not in {ARITHS}")
-        if self.lookup not in ("permps", "gather"):
-            raise ValueError(f"lookup {self.lookup!r}")
+        if self.form not in FORMS[self.arith]:
+            raise ValueError(f"{self.arith} GEMV has no form {self.form!r}")
 
     @property
     def group(self) -> int:
@@ -106,7 +117,7 @@ class GemvSpec:
 
     @property
     def chunk(self) -> int:
-        return CHUNK[self.arith]
+        return 64 if self.form == "avx2" else CHUNK[self.arith]
 
     @property
     def kp(self) -> int:
@@ -127,8 +138,8 @@ class GemvSpec:
     def name(self) -> str:
         if self.arith == "fp32":
             return f"fp32_gemv_m{self.m}_n{self.n}_k{self.k}"
-        lk = "_gather" if self.arith == "lut" and self.lookup == "gather" else ""
-        return f"{FAMILY}_{self.arith}{lk}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
+        form = f"_{self.form}" if self.form else ""
+        return f"{FAMILY}_{self.arith}{form}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
 
 
 def supports(spec: GemvSpec, target) -> str:
@@ -140,11 +151,12 @@ def supports(spec: GemvSpec, target) -> str:
             return f"{spec.bits}-bit indices (the lut tables hold 16 entries)"
         if spec.rows % (2 * LUT_LANES):
             return f"{spec.rows} rows per tile (lut: a multiple of {2 * LUT_LANES})"
-        if spec.lookup == "gather":
+        if spec.form == "gather":
             return ""
     if spec.arith != "fp32" and "x86" not in str(target.attrs.get("mtriple", "x86_64")):
         return f"the {spec.arith} GEMV kernel is written for x86"
-    missing = missing_features(target, FEATURES[spec.arith])
+    missing = missing_features(target, FORM_FEATURES[spec.form] if spec.form else
+                               FEATURES[spec.arith])
     if missing:
         return f"the target lacks {', '.join(missing)}"
     if spec.arith != "fp32" and spec.bits > 4:
@@ -243,7 +255,22 @@ def int8_weights(spec: GemvSpec, indices, codebook, scale=None) -> Int8Weights:
     q16[:len(q)] = q
     idx = np.asarray(indices).reshape(spec.n, spec.k)
     corr = 128 * q16[idx].astype(np.int64).sum(axis=1)
-    return Int8Weights(pack(spec, idx), np.tile(q16, 4), corr.astype(np.int32), d)
+    return Int8Weights(pack(spec, idx), np.tile(q16, 2 if spec.form == "avx2" else 4),
+                       corr.astype(np.int32), d)
+
+
+def operands(spec: GemvSpec, indices, codebook, scale=None) -> list[np.ndarray]:
+    """The constant operands of a codebook GEMV kernel (all but ``X`` and ``Y``), made at
+    compile time from the layer's indices ``[N, K]``, codebook and per-feature scale."""
+    if spec.arith == "lut":
+        return [lut_pack(spec, indices), lut_codebooks(spec, codebook), lut_scale(spec, scale)]
+    if spec.arith == "exact":
+        scale = np.ones(spec.n, np.float32) if scale is None else scale
+        return [pack(spec, indices), codebook16(codebook), scale]
+    q = int8_weights(spec, indices, codebook, scale)
+    if spec.form == "avx2":
+        return [q.packed, q.table, q.d]
+    return [q.packed, q.table, q.corr, q.d]
 
 
 def _finish(func, spec: GemvSpec):
@@ -260,11 +287,14 @@ def compute(spec: GemvSpec) -> tvm.tirx.PrimFunc:
 
     - exact: ``(X f32[M, K], P u8[N, Kp/2], CB f32[16], S f32[N]) -> Y f32[M, N]`` (``S``:
       the per-feature scale, ones without one)
-    - int8: ``(X, P, TB i8[64], CORR i32[N], D f32[N]) -> Y``
+    - int8: ``(X, P, TB i8[64], CORR i32[N], D f32[N]) -> Y``; form avx2: ``(X, P,
+      TB i8[32], D) -> Y``
     - fp32: ``(X, W f32[N, K]) -> Y``
     - lut: ``(X, P, EX f32[g, entries], S f32[rows * tiles]) -> Y`` (:func:`lut_pack`,
       :func:`lut_codebooks`, :func:`lut_scale`)
     """
+    if spec.form == "avx2":
+        return _finish(_int8_avx2(spec), spec)
     return _finish({"exact": _exact, "int8": _int8, "fp32": _fp32,
                     "lut": _lut}[spec.arith](spec), spec)
 
@@ -275,7 +305,7 @@ def _lut(spec: GemvSpec):
     NT, Q, H = spec.packed_shape
     last = N - (NT - 1) * R  # rows of the last tile
     perm = "llvm.x86.avx2.permps"
-    gather = spec.lookup == "gather"
+    gather = spec.form == "gather"
 
     def xval(X, m, kk):
         if K % G == 0:
@@ -377,6 +407,59 @@ def _exact(spec: GemvSpec):
                     for j in range(16):
                         Y[m, nb * R + r] = Y[m, nb * R + r] + acc[r * 16 + j]
                     Y[m, nb * R + r] = Y[m, nb * R + r] * S[nb * R + r]
+    return func
+
+
+def _int8_avx2(spec: GemvSpec):
+    M, N, K, R, KP = spec.m, spec.n, spec.k, spec.rows, spec.kp
+    C = KP // 64
+    shuf, sign = "llvm.x86.avx2.pshuf.b", "llvm.x86.avx2.psign.b"
+    mub, mwd = "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"
+    tiny = float(TINY)
+
+    def half(TB, xq, p, m, c, h):
+        """The 32 products of one nibble half of a chunk, summed by 4 into 8 int32 lanes."""
+        idx = T.bitwise_and(p, T.Broadcast(T.uint8(15), 32)) if h == 0 else T.shift_right(
+            p, T.Broadcast(T.uint8(4), 32))
+        w = T.call_llvm_pure_intrin("int8x32", shuf, TB[T.Ramp(0, 1, 32)],
+                                    T.reinterpret("int8x32", idx))
+        x = T.call_llvm_pure_intrin("int8x32", sign, xq[m, T.Ramp(c * 64 + h * 32, 1, 32)], w)
+        p16 = T.call_llvm_pure_intrin("int16x16", mub, T.reinterpret("uint8x32", T.abs(w)), x)
+        return T.call_llvm_pure_intrin("int32x8", mwd, p16, T.Broadcast(T.int16(1), 16))
+
+    @T.prim_func(private=True)
+    def func(X: T.Buffer((M, K), "float32"), P: T.Buffer((N // R, C, R * 32), "uint8"),
+             TB: T.Buffer((32,), "int8"), D: T.Buffer((N,), "float32"),
+             Y: T.Buffer((M, N), "float32")):
+        xq = T.alloc_buffer((M, KP), "int8")
+        sx = T.alloc_buffer((1,), "float32")
+        # Quantize X per tensor (the int8 strategy's s_x = max|X| / 127), signed.
+        sx[0] = T.float32(tiny)
+        for m, k in T.grid(M, K):
+            sx[0] = T.max(sx[0], T.abs(X[m, k]))
+        for m, k in T.grid(M, KP):
+            xq[m, k] = T.int8(0)
+        for m, k in T.grid(M, K):
+            xq[m, k] = T.Cast("int8", T.max(T.min(
+                T.round(X[m, k] * (T.float32(127) / sx[0])), T.float32(127)), T.float32(-127)))
+        sx[0] = sx[0] / T.float32(127)
+        for nb in T.parallel(N // R):
+            acc = T.alloc_buffer((R * 8,), "int32", scope="local")
+            tot = T.alloc_buffer((1,), "int32", scope="local")
+            for m in range(M):
+                for r in T.unroll(R):
+                    acc[T.Ramp(r * 8, 1, 8)] = T.Broadcast(T.int32(0), 8)
+                for c in range(C):
+                    for r in T.unroll(R):
+                        acc[T.Ramp(r * 8, 1, 8)] = (
+                            acc[T.Ramp(r * 8, 1, 8)]
+                            + half(TB, xq, P[nb, c, T.Ramp(r * 32, 1, 32)], m, c, 0)
+                            + half(TB, xq, P[nb, c, T.Ramp(r * 32, 1, 32)], m, c, 1))
+                for r in T.unroll(R):
+                    tot[0] = T.int32(0)
+                    for j in range(8):
+                        tot[0] = tot[0] + acc[r * 8 + j]
+                    Y[m, nb * R + r] = T.Cast("float32", tot[0]) * (sx[0] * D[nb * R + r])
     return func
 
 

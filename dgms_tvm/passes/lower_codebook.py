@@ -510,28 +510,21 @@ class _Rewriter(PyExprMutator):
         target = self.policy.target
         if target is None or m != 1:
             return None
-        choices = [("fp32", "permps")] if cw is None else {
-            "int8": [("int8", "permps"), ("exact", "permps"), ("lut", "permps")],
-            "lut": [("lut", "permps"), ("lut", "gather")],
-        }.get(self.policy.strategy, [("exact", "permps"), ("lut", "permps")])
-        for arith, lookup in choices:
+        choices = [("fp32", "")] if cw is None else {
+            "int8": [("int8", ""), ("int8", "avx2"), ("exact", ""), ("lut", "")],
+            "lut": [("lut", ""), ("lut", "gather")],
+        }.get(self.policy.strategy, [("exact", ""), ("lut", "")])
+        for arith, form in choices:
             spec = kgemv.GemvSpec(1, n, k, FP32_WEIGHT if cw is None else cw.bits,
-                                  arith=arith, rows=kgemv.rows_for(n, arith), lookup=lookup)
+                                  arith=arith, rows=kgemv.rows_for(n, arith), form=form)
             if not kgemv.supports(spec, target):
                 break
         else:
             return None
         if arith == "fp32":
             consts = [np.ascontiguousarray(value)]
-        elif arith == "exact":
-            scale = cw.scale if cw.scale is not None else np.ones(n, np.float32)
-            consts = [kgemv.pack(spec, cw.indices()), kgemv.codebook16(cw.codebook), scale]
-        elif arith == "lut":
-            consts = [kgemv.lut_pack(spec, cw.indices()), kgemv.lut_codebooks(spec, cw.codebook),
-                      kgemv.lut_scale(spec, cw.scale)]
         else:
-            q = kgemv.int8_weights(spec, cw.indices(), cw.codebook, cw.scale)
-            consts = [q.packed, q.table, q.corr, q.d]
+            consts = kgemv.operands(spec, cw.indices(), cw.codebook, cw.scale)
         self._note(rec, cw, spec)
         if cw is not None:
             rec.strategy = arith

@@ -145,7 +145,7 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     assert rel_err(got, gemv.reference(gs, x1, w, None)) < 1e-5
     # the lut GEMV (2-bit: tables of the 16 sums of 2 products; a partial last tile)
     ls = gemv.GemvSpec(1, 40, 96, 2, arith="lut", rows=gemv.rows_for(40, "lut"),
-                       lookup="gather")
+                       form="gather")
     assert not gemv.supports(ls, get_profile(CPU).tvm_target())
     cw = random_codebook_weight(rng, (40, 96), 2, scaled=True)
     got = _run_kernel_remote(tracker, gemv.compute(ls), [

@@ -22,13 +22,7 @@ def _spec(m, n, k, bits, arith):
 
 
 def _run(spec, x, cw):
-    idx = cw.indices()
-    if spec.arith == "exact":
-        scale = cw.scale if cw.scale is not None else np.ones(spec.n, np.float32)
-        args = [x, gemv.pack(spec, idx), gemv.codebook16(cw.codebook), scale]
-    else:
-        q = gemv.int8_weights(spec, idx, cw.codebook, cw.scale)
-        args = [x, q.packed, q.table, q.corr, q.d]
+    args = [x, *gemv.operands(spec, cw.indices(), cw.codebook, cw.scale)]
     return run_kernel(gemv.compute(spec), [*args, np.zeros((spec.m, spec.n), np.float32)])
 
 
@@ -89,20 +83,50 @@ def _lut_operands(spec, cw):
             gemv.lut_scale(spec, cw.scale)]
 
 
-@pytest.mark.parametrize("lookup", [
-    pytest.param("permps", marks=NEEDS_AVX2), "gather"])
+@pytest.mark.parametrize("form", [pytest.param("", marks=NEEDS_AVX2), "gather"])
 @pytest.mark.parametrize("m,n,k", [(1, 64, 96), (1, 40, 30), (2, 1000, 512), (1, 16, 7)])
 @pytest.mark.parametrize("bits", [1, 2, 3, 4])
-def test_lut_matches_oracle(m, n, k, bits, lookup, rng):
+def test_lut_matches_oracle(m, n, k, bits, form, rng):
     """Tables of 16 (1, 2, 4 bits: groups of 4, 2, 1 weights) and of 8 entries (3 bits); a
     partial last tile (40, 1000 rows); K not a whole number of groups (30, 7)."""
-    spec = G(m, n, k, bits, arith="lut", rows=gemv.rows_for(n, "lut"), lookup=lookup)
+    spec = G(m, n, k, bits, arith="lut", rows=gemv.rows_for(n, "lut"), form=form)
     assert not gemv.supports(spec, HOST)
     cw = random_codebook_weight(rng, (n, k), bits, scaled=bits in (2, 4))
     x = rng.normal(size=(m, k)).astype(np.float32)
     got = run_kernel(gemv.compute(spec), [x, *_lut_operands(spec, cw),
                                           np.zeros((m, n), np.float32)])
     assert rel_err(got, gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)) < 1e-5
+
+
+@NEEDS_AVX2
+@pytest.mark.parametrize("m,n,k", [(1, 64, 96), (1, 24, 200), (2, 5, 128), (1, 1000, 512)])
+@pytest.mark.parametrize("bits", [1, 2, 4])
+def test_int8_avx2_matches_oracle(m, n, k, bits, rng):
+    """The int8 arithmetic without VNNI: the same integers as the oracle (no int16
+    saturation: max|x| and a +-127 codebook entry make the largest pair, 2 * 127 * 127)."""
+    spec = G(m, n, k, bits, arith="int8", rows=gemv.rows_for(n, "int8"), form="avx2")
+    assert not gemv.supports(spec, HOST)
+    cw = random_codebook_weight(rng, (n, k), bits, scaled=bits == 2)
+    x = rng.normal(size=(m, k)).astype(np.float32)
+    x[0, :4] = [4.0, -4.0, 4.0, 0.5 / 127 * 4.0]  # max|x| = 4 (to +-127) and a rounding tie
+    got = _run(spec, x, cw)
+    want = gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)
+    assert rel_err(got, want) < 1e-6
+    assert rel_err(got, x @ cw.dense().T) < 0.05
+    assert np.array_equal(_run(spec, np.zeros_like(x), cw), np.zeros((m, n), np.float32))
+
+
+@NEEDS_AVX2
+def test_int8_avx2_extremes_do_not_saturate():
+    """Every pair of products at -127 * 127 (int16 holds 32767: 2 * 16129 = 32258)."""
+    spec = G(1, 16, 256, 1, arith="int8", rows=8, form="avx2")
+    idx = np.ones((16, 256), np.uint8)
+    idx[8:] = 0  # the zero entry
+    cb = np.array([0.0, -0.5], np.float32)  # int8 entries 0 and -127
+    x = np.full((1, 256), 3.0, np.float32)  # every input 127
+    got = run_kernel(gemv.compute(spec), [x, *gemv.operands(spec, idx, cb),
+                                          np.zeros((1, 16), np.float32)])
+    assert np.array_equal(got[0], np.r_[np.full(8, -0.5 * 3.0 * 256, np.float32), np.zeros(8)])
 
 
 def test_lut_layout():
@@ -169,11 +193,12 @@ def test_pass_lowers_batch1_dense_to_gemv(strategy, rng):
     assert fp32.records[0].fp32_kernel == "fp32_gemv_m1_n24_k64"
 
 
-@pytest.mark.parametrize("strategy", ["lut", "exact"])
+@pytest.mark.parametrize("strategy", ["lut", "exact", "int8"])
 def test_pass_lowers_batch1_dense_to_lut(strategy, rng):
     """``--strategy lut``: a batch-1 codebook dense runs the lut GEMV (permutes where the host
     has AVX2, else one load per lookup) and matches the generic exact build; convs stay
-    exact and say why. ``exact`` takes it too on hosts without the exact GEMV's AVX-512."""
+    exact and say why. ``exact`` takes it too on hosts without the exact GEMV's AVX-512;
+    ``int8`` there takes the AVX2 int8 GEMV."""
     import torch
 
     from dgms_tvm.frontend import from_torch
@@ -191,19 +216,22 @@ def test_pass_lowers_batch1_dense_to_lut(strategy, rng):
     lowered = compiler.lower(imported, 2, strategy=strategy, target=HOST)
     conv, fc = lowered.records
     exact_gemv = not gemv.supports(G(1, 24, 128, 2, arith="exact", rows=4), HOST)
-    if strategy == "exact" and (exact_gemv or gemv.supports(
-            G(1, 24, 128, 2, arith="lut", rows=16), HOST)):
-        pytest.skip("this host runs the exact GEMV (AVX-512) or has no AVX2")
     avx2 = not gemv.supports(G(1, 24, 128, 2, arith="lut", rows=16), HOST)
+    if strategy != "lut" and (exact_gemv or not avx2):
+        pytest.skip("this host runs the AVX-512 GEMV kernels or has no AVX2")
+    host = get_profile("x86")
+    generic = compiler.lower(imported, 2, strategy="exact")  # no target: the generic dense
+    assert generic.records[1].kernel.startswith("cb_dense")
+    want = compiler.run_local(compiler.build(generic, host), [x])[0]
+    got = compiler.run_local(compiler.build(lowered, host), [x])[0]
+    if strategy == "int8":
+        assert fc.kernel.startswith("cb_gemv_int8_avx2_m1_n24_k128_b2")
+        assert fc.strategy == "int8" and 0 < rel_err(got, want) < 0.05
+        return
     assert fc.kernel.startswith("cb_gemv_lut" + ("" if avx2 else "_gather") + "_m1_n24_k128_b2")
     assert fc.strategy == "lut" and conv.strategy == "exact"
     if strategy == "lut":
         assert "no lut conv2d kernel" in conv.reason
-    generic = compiler.lower(imported, 2, strategy="exact")  # no target: the generic dense
-    assert generic.records[1].kernel.startswith("cb_dense")
-    host = get_profile("x86")
-    got = compiler.run_local(compiler.build(lowered, host), [x])[0]
-    want = compiler.run_local(compiler.build(generic, host), [x])[0]
     assert rel_err(got, want) < 1e-5
 
 
@@ -216,8 +244,10 @@ def test_bench_gemv_small_shape():
     res = bench_gemv.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
                          bandwidth_bytes=1 << 22)
     labels = [r["label"] for r in res["shapes"][0]["rows"]]
-    dgms = [f"DGMS 4-bit {a}" for a in ("exact", "int8", "lut")
-            if not gemv.supports(_spec(1, 64, 128, 4, a), HOST)]
+    dgms = [f"DGMS 4-bit {a}" + (f" ({f})" if f else "")
+            for a, f in (("exact", ""), ("int8", ""), ("int8", "avx2"), ("lut", ""))
+            if not gemv.supports(G(1, 64, 128, 4, arith=a, rows=gemv.rows_for(64, a), form=f),
+                                 HOST)]
     assert labels == ["numpy FP32 (BLAS)", "TVM FP32 (hand GEMV)", *dgms]
     assert "DGMS 4-bit lut" in dgms
     assert res["read_gbps"] > 0

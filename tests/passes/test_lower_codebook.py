@@ -254,7 +254,7 @@ def test_strategy_choice():
     assert (compiler.resolve_strategy("auto", host) == "int8") == \
         kint8.unsigned_input(host.tvm_target())
     assert compiler.resolve_strategy("lut", n1) == "lut"  # asked for: never chosen by auto
-    with pytest.raises(UserError, match="unknown strategy 'fast'.*auto, exact, int8, lut"):
+    with pytest.raises(UserError, match=r"unknown strategy 'fast'.*auto, exact, int8, lut"):
         compiler.resolve_strategy("fast", n1)
 
 
