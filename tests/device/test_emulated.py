@@ -143,14 +143,21 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     got = _run_kernel_remote(tracker, gemv.compute(gs), [x1, w, np.zeros((1, 40), np.float32)],
                              tmp_path)
     assert rel_err(got, gemv.reference(gs, x1, w, None)) < 1e-5
-    # the lut GEMV (2-bit: tables of the 16 sums of 2 products; a partial last tile)
-    ls = gemv.GemvSpec(1, 40, 96, 2, arith="lut", rows=gemv.rows_for(40, "lut"),
+
+
+@pytest.mark.parametrize("cpu,bits", [(CPU, 2), (DOTPROD, 1)])
+def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits):
+    """The lut GEMV (tables of the 16 sums of 2 or 4 products; a partial last tile) in its
+    aarch64 form, with and without dotprod."""
+    tracker, _ = device
+    ls = gemv.GemvSpec(1, 40, 96, bits, arith="lut", rows=gemv.rows_for(40, "lut"),
                        form="gather")
-    assert not gemv.supports(ls, get_profile(CPU).tvm_target())
-    cw = random_codebook_weight(rng, (40, 96), 2, scaled=True)
+    assert not gemv.supports(ls, get_profile(cpu).tvm_target())
+    cw = random_codebook_weight(rng, (40, 96), bits, scaled=True)
+    x1 = rng.normal(size=(1, 96)).astype(np.float32)
     got = _run_kernel_remote(tracker, gemv.compute(ls), [
-        x1, gemv.lut_pack(ls, cw.indices()), gemv.lut_codebooks(ls, cw.codebook),
-        gemv.lut_scale(ls, cw.scale), np.zeros((1, 40), np.float32)], tmp_path)
+        x1, *gemv.operands(ls, cw.indices(), cw.codebook, cw.scale),
+        np.zeros((1, 40), np.float32)], tmp_path, cpu)
     assert rel_err(got, gemv.reference(ls, x1, cw.indices(), cw.codebook, cw.scale)) < 1e-5
 
 
