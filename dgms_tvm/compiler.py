@@ -24,7 +24,8 @@ class Lowered:
 
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
-          fp32_kernels: bool = True, strategy: str = "exact", target=None) -> Lowered:
+          fp32_kernels: bool = True, strategy: str = "exact", target=None,
+          zero_skip: bool = True) -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
@@ -41,13 +42,16 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     target : tvm.target.Target, optional
         The build's target: batch-1 dense layers use the GEMV kernels where it has their
         instructions (x86 with AVX-512); without it, the generic dense kernel.
+    zero_skip : bool
+        Drop the all-zero input channels of codebook layers where that pays (see
+        :class:`~dgms_tvm.passes.records.LoweringPolicy`).
     """
     records: list[LayerRecord] = []
     mod = imported.mod
     if codebooks or fp32_kernels:
         policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
                                 codebooks=codebooks, fp32_kernels=fp32_kernels,
-                                strategy=strategy, target=target)
+                                strategy=strategy, target=target, zero_skip=zero_skip)
         mod = lower_codebook_layers(policy, records)(mod)
         errors = [r.error for r in records if r.error]
         if errors:

@@ -216,7 +216,9 @@ def format_table(manifest: dict) -> str:
             "x".join(map(str, r["shape"])),
             str(r["bits"] or "-"), str(r["codebook_entries"] or "-"),
             f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "-",
-            r["kernel"] or (f"{r['fp32_kernel']} (FP32 weight as int8 per channel)"
+            (r["kernel"] and r["kernel"] + (f" ({r['zero_inputs']} all-zero inputs skipped)"
+                                            if r.get("zero_inputs") else ""))
+            or (f"{r['fp32_kernel']} (FP32 weight as int8 per channel)"
                             if r["strategy"] == "int8" else
                             f"FP32 ({r['fp32_kernel'] or 'TVM default'}): "
                             + r["reason"].split(";")[0]),

@@ -27,6 +27,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..detect import NotACodebook, find_codebook
+from ..format import CodebookWeight
 from ..kernels import conv2d as kconv
 from ..kernels import dense as kdense
 from ..kernels import depthwise as kdw
@@ -170,6 +171,33 @@ class _Rewriter(PyExprMutator):
             return False
         return cw
 
+    def _skip_zero_inputs(self, x, cw, value, rec, cost):
+        """Zero skipping at channel level: the input channels (conv2d) or features (dense)
+        whose weights are all exactly zero (DGMS's pinned component, in every output channel
+        and window position) are dropped at compile time and the layer's input gathered down
+        to the rest (one ``take``). Stated cost model: it pays where the multiply-adds it
+        removes outnumber the input values the ``take`` copies; ``cost(n)`` gives both for
+        ``n`` dropped. Returns ``(x, cw, value)``, unchanged where nothing is dropped."""
+        if cw is None or not self.policy.zero_skip:
+            return x, cw, value
+        w = cw.dense()
+        zero = ~w.reshape(w.shape[0], w.shape[1], -1).any(axis=(0, 2))
+        n = int(zero.sum())
+        if n == 0 or n == zero.size:
+            return x, cw, value
+        saved, copied = cost(n)
+        if saved <= copied:
+            rec.reason = (f"{n} all-zero input channels kept: dropping them saves {saved} "
+                          f"multiply-adds, copying the rest costs {copied}")
+            return x, cw, value
+        keep = np.flatnonzero(~zero)
+        axis = 1 if w.ndim == 4 else -1
+        x = self.builder_.emit(relax.op.take(x, relax.const(keep.astype(np.int64)), axis=axis))
+        cw = CodebookWeight.from_indices(cw.indices().take(keep, axis=1), cw.codebook, cw.bits,
+                                         scale=cw.scale)
+        rec.zero_inputs, rec.packed_bytes = n, cw.nbytes
+        return x, cw, np.ascontiguousarray(value.take(keep, axis=1))
+
     def _note(self, rec, cw, spec):
         if cw is None:
             rec.fp32_kernel = spec.name
@@ -210,6 +238,17 @@ class _Rewriter(PyExprMutator):
         cw = self._weight_form(name, value, rec)
         if cw is False:
             return call
+        if int(a.groups) == 1:
+            n_, c_, h_, w_ = xshape
+            o_, _, kh, kw = value.shape
+            out_px = int(np.prod(kconv.Conv2dSpec(
+                *xshape, o_, (kh, kw), stride=tuple(int(v) for v in a.strides),
+                padding=tuple(int(v) for v in a.padding),
+                dilation=tuple(int(v) for v in a.dilation)).out_shape[2:]))
+            x, cw, value = self._skip_zero_inputs(
+                x, cw, value, rec,
+                lambda d: (n_ * d * o_ * kh * kw * out_px, n_ * (c_ - d) * h_ * w_))
+            xshape = (n_, value.shape[1], h_, w_)
         spec = kconv.Conv2dSpec(
             *xshape, value.shape[0], tuple(value.shape[2:]),
             stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
@@ -486,8 +525,11 @@ class _Rewriter(PyExprMutator):
         cw = self._weight_form(name, value, rec)
         if cw is False:
             return call
-        n, k = value.shape
         m = int(np.prod(xshape[:-1]))
+        if len(xshape) == 2:
+            x, cw, value = self._skip_zero_inputs(
+                x, cw, value, rec, lambda d: (m * d * value.shape[0], m * (value.shape[1] - d)))
+        n, k = value.shape
         x2 = x if len(xshape) == 2 else self.builder_.emit(relax.op.reshape(x, (m, k)))
         out_ty = relax.TensorType((m, n), "float32")
         y = self._gemv(x2, m, n, k, cw, value, rec, out_ty)

@@ -31,6 +31,9 @@ class LayerRecord:
     strategy: str | None = None
     # ops after the layer done by its kernel as it writes its outputs ("batch_norm+add+relu")
     epilogue: str = ""
+    # input channels / features whose weights are all zero, dropped at compile time (zero
+    # skipping: the kernel reduces over the rest)
+    zero_inputs: int = 0
     reason: str = ""
     error: str = ""
 
@@ -85,6 +88,10 @@ class LoweringPolicy:
     target : tvm.target.Target or None
         The build's target, for kernels that exist only where the target has their
         instructions (the x86 AVX-512 GEMV of batch-1 dense layers); None: none of those.
+    zero_skip : bool
+        Drop the input channels (conv2d, groups 1) and features (2-D dense) of a codebook
+        layer whose weights are all zero, where its cost model says it pays (any strategy;
+        the record's ``zero_inputs`` says how many).
     """
 
     weights: dict[str, np.ndarray]
@@ -95,6 +102,7 @@ class LoweringPolicy:
     fp32_kernels: bool = True
     strategy: str = "exact"
     target: object = None
+    zero_skip: bool = True
     epilogues: bool = True
 
     def display_name(self, param: str) -> str:

@@ -283,6 +283,27 @@ def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path)
     assert np.argmax(got) == np.argmax(want) and rel_err(got, want) < 0.15  # int8 rounding
 
 
+def test_zero_skipped_model_runs_on_the_emulated_dotprod_core(device, tmp_path, rng):
+    """Input channels with all-zero weights dropped (a ``take`` before the int8 conv and the
+    dense): the model built for neoverse-n1 runs on its emulated core and gives the numbers
+    of the same lowering built for this host."""
+    from tests.passes.test_zero_skip import _pruned_net
+
+    tracker, _ = device
+    net = _pruned_net(rng)
+    x = rng.normal(size=(1, 16, 8, 8)).astype(np.float32)
+    torch.export.save(torch.export.export(net, (torch.from_numpy(x),)), tmp_path / "m.pt2")
+    profile = get_profile(DOTPROD)
+    loaded = pipeline.load_model(str(tmp_path / "m.pt2"), 4)
+    build = pipeline.build_model(loaded, profile, 4, False, strategy="auto")
+    assert [r.zero_inputs for r in build.lowered.records] == [4, 64]
+    assert build.lowered.records[0].kernel.startswith("q8_conv2d_")
+    pipeline.write_artifact(build, profile, tmp_path / "art")
+    (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))
+    host = compiler.run_local(compiler.build(build.lowered, get_profile("x86")), [x])[0]
+    assert rel_err(got, host) < 1e-5
+
+
 @pytest.fixture(scope="module")
 def arm_model(tmp_path_factory):
     """The exact strategy on the emulated core (the int8 one is a72's default)."""
