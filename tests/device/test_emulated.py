@@ -283,21 +283,23 @@ def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path)
     assert np.argmax(got) == np.argmax(want) and rel_err(got, want) < 0.15  # int8 rounding
 
 
-def test_zero_skipped_model_runs_on_the_emulated_dotprod_core(device, tmp_path, rng):
-    """Input channels with all-zero weights dropped (a ``take`` before the int8 conv and the
-    dense): the model built for neoverse-n1 runs on its emulated core and gives the numbers
-    of the same lowering built for this host."""
+@pytest.mark.parametrize("cpu,conv", [(DOTPROD, "q8_conv2d_"), (CPU, "q8l_conv2d_")])
+def test_zero_skipped_model_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, conv):
+    """Input channels with all-zero weights dropped (a ``take`` before the conv and the
+    dense): the model built for neoverse-n1 (the sdot conv) and cortex-a72 (the widening
+    conv: 12 channels left, padded to 16) runs on the emulated core and gives the numbers of
+    the same lowering built for this host."""
     from tests.passes.test_zero_skip import _pruned_net
 
     tracker, _ = device
     net = _pruned_net(rng)
     x = rng.normal(size=(1, 16, 8, 8)).astype(np.float32)
     torch.export.save(torch.export.export(net, (torch.from_numpy(x),)), tmp_path / "m.pt2")
-    profile = get_profile(DOTPROD)
+    profile = get_profile(cpu)
     loaded = pipeline.load_model(str(tmp_path / "m.pt2"), 4)
     build = pipeline.build_model(loaded, profile, 4, False, strategy="auto")
     assert [r.zero_inputs for r in build.lowered.records] == [4, 64]
-    assert build.lowered.records[0].kernel.startswith("q8_conv2d_")
+    assert build.lowered.records[0].kernel.startswith(conv)
     pipeline.write_artifact(build, profile, tmp_path / "art")
     (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))
     host = compiler.run_local(compiler.build(build.lowered, get_profile("x86")), [x])[0]
