@@ -35,7 +35,9 @@ def parse(argv):
     p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
                    help="codebook layer arithmetic: exact (float32 activations, matches "
                         "PyTorch), int8 (activations quantized per tensor, int32 sums; sdot "
-                        "on dotprod cores, the widening kernel on other aarch64 cores), lut "
+                        "on dotprod cores, the widening kernel on other aarch64 cores), "
+                        "int8-full (int8 with 8-bit weights where int8 keeps 7: cortex-a53 / "
+                        "a72; about half the error, slower), lut "
                         "(float32 activation lookup tables: batch-1 dense layers; convs stay "
                         "exact), or auto: int8 on aarch64 and x86 with VNNI, else exact "
                         "(default auto; the manifest says what each layer got)")

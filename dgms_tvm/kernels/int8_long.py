@@ -13,7 +13,9 @@ multiply-adds; without it the int8 products are made in 16-bit lanes:
   ``fmla`` needs eight (4 float32 lanes). A 16-bit lane sums 4 products, which fit for
   inputs within +-127 and weights within +-63 (at most 32004 < 32767): this kernel's int8
   codebook has 7-bit magnitudes (``WEIGHT_LIMIT``; the activations keep 8). An odd last
-  group of 16 is summed with ``smull`` + ``smlal2`` + ``sadalp``.
+  group of 16 is summed with ``smull`` + ``smlal2`` + ``sadalp``. The ``int8-full``
+  strategy keeps 8-bit weights (``LongSpec.limit`` 127) at 2 products per lane: every
+  group alone, 3 instructions per 16 multiply-adds.
 - The 16 summed values are one pixel's 16 input channels against one output channel's 16
   weights, so the input is quantized with its channels innermost in groups of 16
   (``QuantSpec.depth`` 16) and the weight decoded as ``[O/4, kh, kw, C/16, 4 (o), 16 (c)]``
@@ -80,11 +82,17 @@ class LongSpec:
     conv: Conv2dSpec
     epilogue: Epilogue = dataclasses.field(default_factory=Epilogue)
     sadalp: bool = False  # the NEON pairwise add (aarch64 only; plain vector code otherwise)
+    #: The int8 weights' range: ``WEIGHT_LIMIT`` (4 products per 16-bit lane, 32 input
+    #: channels per step) or 127 (the ``int8-full`` strategy: 2 products per lane, one group
+    #: of 16 per step, ``smull`` + ``smlal2`` + ``sadalp``: 3 instructions per 16).
+    limit: int = WEIGHT_LIMIT
 
     def __post_init__(self):
         why = supports(self.conv)
         if why:
             raise ValueError(why)
+        if self.limit not in (WEIGHT_LIMIT, 127):
+            raise ValueError(f"weight limit {self.limit} (either {WEIGHT_LIMIT} or 127)")
 
     @property
     def quant(self) -> QuantSpec:
@@ -97,7 +105,8 @@ class LongSpec:
 
     @property
     def name(self) -> str:
-        return FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
+        return (FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
+                + ("_w127" if self.limit == 127 else ""))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -160,6 +169,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     plane = oh * ow
     full, rest = (ow // PIXELS, 0) if rows else (plane // PIXELS, plane % PIXELS)
     tile = PIXELS * CHANNELS
+    wide = spec.limit == 127
 
     def coords(pos, xi, lanes):
         """(row, column) of pixel ``xi`` of the tile at ``pos``: ``(row, first column)``,
@@ -230,10 +240,14 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         for i in T.unroll(tile):
             acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
         for r in range(kh):
-            for cp in range(cbs // 2):  # two groups of 16 input channels per step
-                window_row(xf, wf, acc, n, b, pos, lanes, r, (cp * 2, cp * 2 + 1))
-            if cbs % 2 == 1:  # the last, odd group alone
-                window_row(xf, wf, acc, n, b, pos, lanes, r, (cbs - 1,))
+            if wide:  # 8-bit weights: one group of 16 input channels per step
+                for cb in range(cbs):
+                    window_row(xf, wf, acc, n, b, pos, lanes, r, (cb,))
+            else:
+                for cp in range(cbs // 2):  # two groups of 16 input channels per step
+                    window_row(xf, wf, acc, n, b, pos, lanes, r, (cp * 2, cp * 2 + 1))
+                if cbs % 2 == 1:  # the last, odd group alone
+                    window_row(xf, wf, acc, n, b, pos, lanes, r, (cbs - 1,))
         for oi in T.unroll(CHANNELS):
             yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
                 acc, S, D, extra, n, b, oi, pos, lanes)

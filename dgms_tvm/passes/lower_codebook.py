@@ -262,10 +262,10 @@ class _Rewriter(PyExprMutator):
         if self.policy.strategy == "lut" and cw is not None:
             rec.reason = "exact: no lut conv2d kernel (lut covers batch-1 dense layers)"
         if not kdw.supports(spec):
-            if self.policy.strategy == "int8" and cw is not None:
+            if self._int8 and cw is not None:
                 rec.reason = f"exact: {kint8.supports(spec)}"
             return self._depthwise(x, cw, value, spec, rec, out_ty)
-        if self.policy.strategy == "int8" and self.policy.codebooks:
+        if self._int8 and self.policy.codebooks:
             why = kint8.supports(spec) or self._long_supports(spec, cw)
             if not why:
                 return self._int8_conv2d(x, cw, value, spec, rec, out_ty)
@@ -283,7 +283,7 @@ class _Rewriter(PyExprMutator):
         rec.strategy = "int8"
         # cores without sdot: the widening kernel, which reads 16 input channels at a time
         depth = 16 if klong.wanted(self.policy.target) else 4
-        limit = klong.WEIGHT_LIMIT if depth == 16 else 127  # its weights' range
+        limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kint8.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.target)
         predecoded = cw is None or ds.supported()
@@ -319,7 +319,7 @@ class _Rewriter(PyExprMutator):
             return [xq, sx, w]
 
         def kernel_name(ep):
-            return (klong.LongSpec(spec, ep).name if depth == 16 else
+            return (self._long(spec, ep).name if depth == 16 else
                     kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep))
 
         chain = self._epilogue(self.current, spec) if self.policy.epilogues else None
@@ -378,6 +378,15 @@ class _Rewriter(PyExprMutator):
         # the call bound here (dead with an epilogue: see _int8_conv2d)
         return call("", np.ones(o), np.zeros(o))
 
+    @property
+    def _int8(self) -> bool:
+        return self.policy.strategy in ("int8", "int8-full")
+
+    def _long(self, spec, ep=None):
+        """The widening kernel's spec: 7-bit weights, or 8-bit ones for ``int8-full``."""
+        return klong.LongSpec(spec, ep or kint8.Epilogue(), limit=(
+            127 if self.policy.strategy == "int8-full" else klong.WEIGHT_LIMIT))
+
     def _long_supports(self, spec, cw) -> str:
         """On cores without sdot, why the widening int8 kernel cannot take ``spec`` (empty
         if it can): the generic int8 kernel is no match for FP32 arithmetic there (ResNet-18
@@ -392,7 +401,7 @@ class _Rewriter(PyExprMutator):
     def _int8_kernel(self, spec, predecoded, unsigned, ep, kname, depth=4):
         if kname not in self.kernels:
             self.kernels[kname] = self.builder_.add_func(
-                klong.compute(klong.LongSpec(spec, ep)) if depth == 16 else
+                klong.compute(self._long(spec, ep)) if depth == 16 else
                 kint8.compute(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep),
                 kname)
         return self.kernels[kname]
@@ -555,7 +564,7 @@ class _Rewriter(PyExprMutator):
         choices = [("fp32", "")] if cw is None else {
             "int8": [("int8", ""), ("int8", "avx2"), ("exact", ""), ("lut", "")],
             "lut": [("lut", ""), ("lut", "gather")],
-        }.get(self.policy.strategy, [("exact", ""), ("lut", "")])
+        }.get("int8" if self._int8 else self.policy.strategy, [("exact", ""), ("lut", "")])
         for arith, form in choices:
             spec = kgemv.GemvSpec(1, n, k, FP32_WEIGHT if cw is None else cw.bits,
                                   arith=arith, rows=kgemv.rows_for(n, arith), form=form)

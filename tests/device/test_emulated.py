@@ -219,22 +219,27 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
 
 def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
     """The int8 conv of a core without sdot (kernels.int8_long: smull / smlal(2) / sadalp
-    over 32 input channels, weights within +-63), with its depth-16 quantize and tbl decode
-    in front: a 4-bit codebook with the epilogue, a 2-bit one with stride 2 over 16
-    channels (one group of 16 alone), 24 channels padded to 32, 5- and 7-wide planes in
-    flattened tiles, and a float32 weight quantized per channel."""
+    over 32 input channels, weights within +-63; and with 8-bit weights, int8-full), with
+    its depth-16 quantize and tbl decode in front: a 4-bit codebook with the epilogue, a
+    2-bit one with stride 2 over 16 channels (one group of 16 alone), 24 channels padded to
+    32, 5- and 7-wide planes in flattened tiles, a float32 weight quantized per channel, and
+    48 channels of 8-bit weights."""
     tracker, _ = device
     knobs = load_knobs(CPU)
-    limit = int8_long.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
-    for spec, ep in ((conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
-                      int8.Epilogue(True, True, "relu")),
-                     (conv2d.Conv2dSpec(1, 16, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=2),
-                      int8.Epilogue()),
-                     (conv2d.Conv2dSpec(1, 24, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
-                      int8.Epilogue(True, False, "relu6")),
-                     (conv2d.Conv2dSpec(1, 16, 7, 7, 8, (3, 3), (1, 1), (1, 1, 1, 1),
-                                        bits=FP32_WEIGHT), int8.Epilogue())):
-        ls = int8_long.LongSpec(spec, ep)
+    lim = int8_long.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
+    for spec, ep, limit in (
+            (conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
+             int8.Epilogue(True, True, "relu"), lim),
+            (conv2d.Conv2dSpec(1, 16, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=2),
+             int8.Epilogue(), lim),
+            (conv2d.Conv2dSpec(1, 24, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
+             int8.Epilogue(True, False, "relu6"), lim),
+            (conv2d.Conv2dSpec(1, 16, 7, 7, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=FP32_WEIGHT),
+             int8.Epilogue(), lim),
+            # int8-full: 8-bit weights, one group of 16 per step
+            (conv2d.Conv2dSpec(1, 48, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
+             int8.Epilogue(True, False, "relu"), 127)):
+        ls = int8_long.LongSpec(spec, ep, limit=limit)
         qs, ds = ls.quant, int8.DecodeSpec.of(spec, depth=16)
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
         calls = [(int8.quant_schedule(int8.quant_compute(qs), knobs["q8_quant"]),

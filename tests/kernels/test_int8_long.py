@@ -34,9 +34,9 @@ CASES = [
 ]
 
 
-def _run(spec, ep, x, wq, d, b, r, bits=None, rng=None):
+def _run(spec, ep, x, wq, d, b, r, bits=None, limit=int8_long.WEIGHT_LIMIT):
     """Quantize (depth 16) -> [decode (depth 16)] -> widening conv, on the host."""
-    ls = int8_long.LongSpec(spec, ep)
+    ls = int8_long.LongSpec(spec, ep, limit=limit)
     qs = ls.quant
     assert qs.depth == 16 and qs.phases == 1
     lib = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
@@ -58,15 +58,17 @@ def _run(spec, ep, x, wq, d, b, r, bits=None, rng=None):
                              np.zeros(spec.out_shape, np.float32)])
 
 
+@pytest.mark.parametrize("limit", [int8_long.WEIGHT_LIMIT, 127])
 @pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
-def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, rng):
+def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, limit, rng):
+    """7-bit weights (2 groups of 16 per step) and 8-bit ones (int8-full: 1 per step)."""
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     x = x.astype(np.float32)
-    wq = rng.integers(-63, 64, size=spec.weight_shape).astype(np.int8)  # WEIGHT_LIMIT
+    wq = rng.integers(-limit, limit + 1, size=spec.weight_shape).astype(np.int8)
     d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
     b = rng.normal(size=spec.out_channels).astype(np.float32)
     r = rng.normal(size=spec.out_shape).astype(np.float32)
-    got = _run(spec, ep, x, wq, d, b, r)
+    got = _run(spec, ep, x, wq, d, b, r, limit=limit)
     want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
     assert rel_err(got, want) < 1e-6, spec.name
 
@@ -86,17 +88,19 @@ def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
     assert rel_err(got, conv2d.reference(spec, x, cw.dense())) < 0.03
 
 
+@pytest.mark.parametrize("limit", [int8_long.WEIGHT_LIMIT, 127])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_widening_int8_conv_at_the_extremes_of_its_ranges(sign):
+def test_widening_int8_conv_at_the_extremes_of_its_ranges(sign, limit):
     """Every input at 127 and every weight at +-63: each 16-bit lane sums 4 products of
-    8001, the most it must hold (32004), without wrapping; an odd last group too."""
+    8001, the most it must hold (32004), without wrapping; an odd last group too. With
+    8-bit weights (+-127) a lane sums 2 products of 16129 (32258)."""
     for c in (64, 48):
         spec = S(1, c, 4, 4, 4, (1, 1))
         x = np.ones((1, c, 4, 4), np.float32)
-        wq = np.full(spec.weight_shape, sign * int8_long.WEIGHT_LIMIT, np.int8)
+        wq = np.full(spec.weight_shape, sign * limit, np.int8)
         d = np.ones(4, np.float32)
-        got = _run(spec, E(), x, wq, d, None, None)
-        assert np.allclose(got, sign * 63 * c, rtol=1e-6), c  # (127 * 63 * c) * s_x, 1/127
+        got = _run(spec, E(), x, wq, d, None, None, limit=limit)
+        assert np.allclose(got, sign * limit * c, rtol=1e-6), c  # (127 * limit * c) * s_x
 
 
 def test_layers_the_widening_kernel_does_not_take():
@@ -122,3 +126,15 @@ def test_widening_int8_conv_builds_to_long_multiplies_on_aarch64():
         assert ops.count(op) == 48 * per, op  # 4 pixels x 4 channels x 3 window columns
     assert ops.count("addp") == 12
     assert "saddw" not in asm and "sshll" not in asm  # (the plain pairwise add's form)
+
+
+def test_widening_int8_conv_with_8_bit_weights_builds_to_one_group_per_step():
+    """int8-full: per 16 input channels of a pixel and a channel, smull + smlal2 + sadalp."""
+    spec = S(1, 64, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1))
+    ls = int8_long.LongSpec(spec, limit=127)
+    assert ls.name.endswith("_w127")
+    func = int8_long.schedule(int8_long.compute(ls), load_knobs("cortex-a72")["q8l_conv2d"])
+    lib = tvm.compile(standalone(func), target=get_profile("cortex-a72").tvm_target())
+    ops = re.findall(r"^\s+([a-z0-9.]+)\s", lib.mod.inspect_source("s"), re.M)
+    for op, n in (("smull", 48), ("smlal2", 48), ("sadalp", 48), ("smlal", 0)):
+        assert ops.count(op) == n, op

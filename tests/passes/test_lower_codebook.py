@@ -254,7 +254,7 @@ def test_strategy_choice():
     assert (compiler.resolve_strategy("auto", host) == "int8") == \
         kint8.unsigned_input(host.tvm_target())
     assert compiler.resolve_strategy("lut", n1) == "lut"  # asked for: never chosen by auto
-    with pytest.raises(UserError, match=r"unknown strategy 'fast'.*auto, exact, int8, lut"):
+    with pytest.raises(UserError, match=r"'fast'.*auto, exact, int8, int8-full, lut"):
         compiler.resolve_strategy("fast", n1)
 
 
@@ -350,3 +350,44 @@ def test_int8_on_a_core_without_sdot_takes_the_widening_kernel():
     exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
                                [x.numpy()])[0]
     assert 0 < rel_err(got, exact) < 0.05
+
+
+def _consts(mod):
+    """The constant operands of ``main``'s calls."""
+    out = []
+    for block in mod["main"].body.blocks:
+        for b in block.bindings:
+            if isinstance(b.value, relax.Call):
+                for a in b.value.args:
+                    out += [f for f in (a.fields if isinstance(a, relax.Tuple) else [a])
+                            if isinstance(f, tvm.ir.GenericConst)]
+    return out
+
+
+def test_int8_full_keeps_8_bit_weights_on_a_core_without_sdot():
+    """``int8-full`` on cortex-a72: the widening kernel with 8-bit weights (``_w127``, its
+    codebook to +-127), closer to exact than ``int8``'s 7-bit weights; on neoverse-n1 it is
+    ``int8`` (sdot keeps 8 bits anyway)."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    a72, n1, host = (get_profile(t) for t in ("cortex-a72", "neoverse-n1", "x86"))
+    assert compiler.resolve_strategy("int8-full", a72) == "int8-full"
+    outs = {}
+    for strategy in ("exact", "int8", "int8-full"):
+        lowered = compiler.lower(imported, 4, strategy=strategy, target=a72.tvm_target())
+        c3 = next(r for r in lowered.records if r.name == "c3.weight")
+        if strategy != "exact":
+            assert c3.strategy == "int8"
+            assert c3.kernel.endswith("_w127") == (strategy == "int8-full")
+            codebooks = [v for v in (c.value.numpy() for c in _consts(lowered.mod))
+                         if v.dtype == np.int8 and v.size == 16]
+            assert max(int(np.abs(q).max()) for q in codebooks) == (
+                127 if strategy == "int8-full" else 63)
+        outs[strategy] = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    assert 0 < rel_err(outs["int8-full"], outs["exact"]) < rel_err(outs["int8"], outs["exact"])
+    full_n1 = compiler.lower(imported, 4, strategy="int8-full", target=n1.tvm_target())
+    int8_n1 = compiler.lower(imported, 4, strategy="int8", target=n1.tvm_target())
+    assert [r.kernel for r in full_n1.records] == [r.kernel for r in int8_n1.records]
