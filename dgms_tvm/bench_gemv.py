@@ -7,7 +7,11 @@ weights and is checked against its oracle before it is timed:
 - FP32: numpy's BLAS (``W @ x``), our hand-written TVM GEMV (:mod:`.kernels.gemv`, arith
   ``fp32``) and, with ``trials > 0``, TVM's generic GEMV tuned with MetaSchedule here;
 - DGMS ``bits``-bit: the exact kernel (``vpermps`` lookup, FP32 FMA) and the int8 kernel
-  (``vpshufb`` lookup, VNNI ``vpdpbusd``).
+  (``vpshufb`` lookup, VNNI ``vpdpbusd``) where the host has AVX-512, the int8 kernel's AVX2
+  form and the lut kernel (AVX2 ``vpermps``) where it has AVX2.
+
+:func:`device_counts` (``scripts/bench_gemv_arm.py``) counts the aarch64 instructions of the
+codebook dense kernels on an emulated Cortex-A instead.
 
 Two timings per row. *warm*: the same call repeated (``time_evaluator``), so weights that fit
 in the last-level cache are read from it (a 4096x4096 layer at 4 bits is 8 MiB). *cold*:
@@ -33,6 +37,7 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from .errors import UserError
 from .kernels import gemv as kg
 from .kernels.common import standalone
 from .targets import get_profile
@@ -271,4 +276,78 @@ def format_report(res: dict) -> str:
     lines += ["", "warm: one weight copy, calls repeated (time_evaluator); cold: calls rotate "
               "over copies filling 4x the last-level cache (Python loop). Medians over "
               "interleaved rounds; the JSON has each row's range."]
+    return "\n".join(lines)
+
+
+def device_counts(target: str, shapes, bits_list, log=None) -> dict:
+    """M aarch64 instructions per call of each batch-1 dense kernel a codebook layer can run
+    on ``target`` (the generic exact dense kernel, the lut GEMV's ``tbl`` and one-load
+    forms) and of the FP32 GEMV, each measured alone on one local emulated device with the
+    instruction-count plugin (deterministic). The kernels run on random operands: their
+    numbers are checked against the oracles in ``tests/device``."""
+    from .bench_device import Job, _Device, _kernel_job
+    from .device import manager
+    from .device.sysroot import run_dir
+    from .kernels import dense
+    from .schedules import load_knobs
+
+    log = log or (lambda m: print(m, file=sys.stderr, flush=True))
+    profile = get_profile(target)
+    if profile.qemu_cpu is None:
+        raise UserError(f"{target} is not an emulated Cortex-A target")
+    knobs = load_knobs(profile.name)
+    run_dir().mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gemv-arm-", dir=run_dir()))
+    tracker, started = manager.ensure_local(profile.name, 1, log=log)
+    out = {"target": profile.name, "shapes": []}
+    try:
+        dev = _Device(tracker, profile.name, profile, work, True, 300.0)
+        for n, k in shapes:
+            rows = {}
+            for bits in [32, *bits_list]:
+                if bits == 32:
+                    kernels = {"FP32 GEMV": kg.compute(kg.GemvSpec(
+                        1, n, k, 32, arith="fp32", rows=kg.rows_for(n, "fp32")))}
+                else:
+                    kernels = {
+                        "exact (generic dense)": dense.schedule(dense.compute(
+                            dense.DenseSpec(1, n, k, bits=bits)), knobs["cb_dense"]),
+                        "lut (tbl)": kg.compute(kg.GemvSpec(1, n, k, bits, arith="lut",
+                                                            rows=32, form="tbl")),
+                        "lut (one load per lookup)": kg.compute(kg.GemvSpec(
+                            1, n, k, bits, arith="lut", rows=kg.rows_for(n, "lut"),
+                            form="gather"))}
+                for label, func in kernels.items():
+                    func = func.with_attr("global_symbol", "main")
+                    lib = tvm.compile(tvm.IRModule({"main": func}), target=profile.tvm_target())
+                    path = work / f"kernel{len(list(work.glob('*.so')))}.so"
+                    lib.export_library(str(path), fcompile=profile.cross_compiler())
+                    res = _kernel_job(Job(label, "kernel", label, path, "main"), dev, func, 1, 1)
+                    rows.setdefault(label, {})[bits] = res["minstr"]
+                    log(f"[{n}x{k}] {label}, {bits if bits < 32 else 'FP32'}: "
+                        f"{res['minstr']:.3f} M")
+            out["shapes"].append({"n": n, "k": k, "rows": rows})
+        dev.close()
+    finally:
+        if started:
+            manager.stop(pids=started, log=lambda *_: None)
+    return out
+
+
+def format_device_counts(res: dict) -> str:
+    lines = [f"# Batch-1 codebook dense kernels on an emulated {res['target']}: M aarch64 "
+             "instructions per call (TCG plugin, one thread; in brackets the FP32 GEMV's "
+             "count over the kernel's)"]
+    for s in res["shapes"]:
+        rows = s["rows"]
+        fp32 = rows["FP32 GEMV"][32]
+        bits = sorted({b for r in rows.values() for b in r if b < 32}, reverse=True)
+        lines += ["", f"## W [{s['n']} x {s['k']}] (FP32 GEMV: {fp32:.3f} M)", "",
+                  "| kernel | " + " | ".join(f"{b}-bit" for b in bits) + " |",
+                  "|---|" + "---|" * len(bits)]
+        for label, r in rows.items():
+            if label == "FP32 GEMV":
+                continue
+            cells = [f"{r[b]:.3f} ({fp32 / r[b]:.2f}x)" for b in bits]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     return "\n".join(lines)

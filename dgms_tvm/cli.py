@@ -61,3 +61,15 @@ def logs_root(text: str | None):
         if root.exists():
             return root
     return path
+
+
+def shape_nxk(text: str) -> tuple[int, int]:
+    """An argparse type: ``NxK`` (``4096x4096``) as ``(N, K)``."""
+    import argparse
+
+    try:
+        n, k = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shape {text!r} is not NxK (e.g. 4096x4096)") \
+            from None
+    return n, k

@@ -17,16 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
 from dgms_tvm.cli import one_line_errors
+from dgms_tvm.cli import shape_nxk as shape
 from dgms_tvm.errors import UserError
-
-
-def shape(text: str) -> tuple[int, int]:
-    try:
-        n, k = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"shape {text!r} is not NxK (e.g. 4096x4096)") \
-            from None
-    return n, k
 
 
 def parse(argv):

@@ -73,8 +73,8 @@ CHUNK = {"exact": 32, "int8": 128, "fp32": 16, "lut": 1}
 FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": (),
             "lut": ("avx2",)}
 #: Other forms of an arithmetic (``GemvSpec.form``; "" is the one above), with their features.
-FORMS = {"exact": ("",), "int8": ("", "avx2"), "fp32": ("",), "lut": ("", "gather")}
-FORM_FEATURES = {"avx2": ("avx2",), "gather": ()}
+FORMS = {"exact": ("",), "int8": ("", "avx2"), "fp32": ("",), "lut": ("", "tbl", "gather")}
+FORM_FEATURES = {"avx2": ("avx2",), "gather": (), "tbl": ("neon",)}
 #: Output features per vector of the lut kernel (one AVX2 register of float32).
 LUT_LANES = 8
 
@@ -96,7 +96,7 @@ class GemvSpec:
     arith: str = "exact"
     rows: int = 4
     #: "" (the arithmetic's own instructions: module docstring) or another form of it:
-    #: "gather" (lut, any target) or "avx2" (int8 on x86 without VNNI).
+    #: "tbl" (lut, aarch64), "gather" (lut, any target) or "avx2" (int8 on x86 without VNNI).
     form: str = ""
 
     def __post_init__(self):
@@ -112,8 +112,9 @@ class GemvSpec:
 
     @property
     def entries(self) -> int:
-        """Lut: entries per table row, 8 or 16 (the ``2^(g*bits)`` sums, zero-padded)."""
-        return 8 if (1 << (self.group * self.bits)) <= 8 else 16
+        """Lut: entries per table row, 8 or 16 (the ``2^(g*bits)`` sums, zero-padded; 16 for
+        the tbl form, whose byte planes are 16-byte tables)."""
+        return 8 if (1 << (self.group * self.bits)) <= 8 and self.form != "tbl" else 16
 
     @property
     def chunk(self) -> int:
@@ -153,6 +154,10 @@ def supports(spec: GemvSpec, target) -> str:
             return f"{spec.rows} rows per tile (lut: a multiple of {2 * LUT_LANES})"
         if spec.form == "gather":
             return ""
+        if spec.form == "tbl":
+            if "aarch64" not in str(target.attrs.get("mtriple", "")):
+                return "the lut GEMV's tbl form is written for aarch64"
+            return "" if spec.rows == 32 else f"{spec.rows} rows per tile (tbl form: 32)"
     if spec.arith != "fp32" and "x86" not in str(target.attrs.get("mtriple", "x86_64")):
         return f"the {spec.arith} GEMV kernel is written for x86"
     missing = missing_features(target, FORM_FEATURES[spec.form] if spec.form else
@@ -174,10 +179,12 @@ def supports(spec: GemvSpec, target) -> str:
 ROWS = {"exact": 4, "int8": 8, "fp32": 4, "lut": 32}
 
 
-def rows_for(n: int, arith: str) -> int:
+def rows_for(n: int, arith: str, form: str = "") -> int:
     """Rows per register tile for ``n`` features: ``ROWS[arith]`` or the largest power of
     two below it that divides ``n`` (lut: 32, or 16 where that wastes fewer padded rows; the
-    last tile of a lut kernel may be partial)."""
+    last tile of a lut kernel may be partial; its tbl form: 32, 16 per lookup)."""
+    if arith == "lut" and form == "tbl":
+        return 32
     if arith == "lut":
         return 32 if -(-n // 32) * 32 <= -(-n // 16) * 16 else 16
     r = ROWS[arith]
@@ -306,6 +313,11 @@ def _lut(spec: GemvSpec):
     last = N - (NT - 1) * R  # rows of the last tile
     perm = "llvm.x86.avx2.permps"
     gather = spec.form == "gather"
+    tbl = spec.form == "tbl"
+
+    def zip_(n, hi):
+        """Lanes of ``zip1`` (``hi`` 0) / ``zip2`` (1) of two vectors of ``2 n`` lanes."""
+        return [v for j in range(n * hi, n * hi + n) for v in (j, 2 * n + j)]
 
     def xval(X, m, kk):
         if K % G == 0:
@@ -331,9 +343,32 @@ def _lut(spec: GemvSpec):
         v = T.Cast("int32x8", P[nb, q, T.Ramp(h * V, 1, V)])
         return (T.bitwise_and(v, T.Broadcast(15, V)), T.shift_right(v, T.Broadcast(4, V)))
 
+    def plane(tb, q, b: int):
+        """Byte plane ``b`` of table row ``q`` (16 floats): byte ``b`` of every entry, a
+        16-byte ``tbl`` table."""
+        return T.Shuffle([T.reinterpret("uint8x64", tb[T.Ramp(q * 16, 1, 16)])],
+                         [4 * e + b for e in range(16)])
+
+    def tbl_look(tp, q, i):
+        """16 entries ``i`` of row ``q``: 4 ``tbl`` (one per byte plane), then the bytes
+        interleaved back into 16 floats (``zip``)."""
+        p = [T.call_llvm_pure_intrin("uint8x16", "llvm.aarch64.neon.tbl1",
+                                     tp[T.Ramp((q * 4 + b) * 16, 1, 16)], i) for b in range(4)]
+        # zip1 / zip2 of bytes (planes 0, 1 and 2, 3), then of 16-bit halves: 8 zips
+        h = [T.reinterpret("uint16x8", T.Shuffle([p[a], p[a + 1]], zip_(8, half)))
+             for a in (0, 2) for half in (0, 1)]
+        f = [T.Shuffle([h[half], h[2 + half]], zip_(4, quarter))
+             for half in (0, 1) for quarter in (0, 1)]
+        return T.reinterpret("float32x16", T.Shuffle(f, list(range(32))))
+
     @T.macro
     def lookups(P, tb, acc, nb, q):
-        if gather:  # one scalar load per lookup
+        if tbl:  # rows j and 16 + j share byte j: 16 lookups per tbl
+            acc[T.Ramp(0, 1, 16)] = acc[T.Ramp(0, 1, 16)] + tbl_look(tb, q, T.bitwise_and(
+                P[nb, q, T.Ramp(0, 1, 16)], T.Broadcast(T.uint8(15), 16)))
+            acc[T.Ramp(16, 1, 16)] = acc[T.Ramp(16, 1, 16)] + tbl_look(tb, q, T.shift_right(
+                P[nb, q, T.Ramp(0, 1, 16)], T.Broadcast(T.uint8(4), 16)))
+        elif gather:  # one scalar load per lookup
             for j in T.unroll(H):
                 acc[j] = acc[j] + tb[q * EL + T.Cast("int32", T.bitwise_and(
                     P[nb, q, j], T.uint8(15)))]
@@ -344,6 +379,15 @@ def _lut(spec: GemvSpec):
                 lo, hi = nibbles(P, nb, q, h)
                 acc[T.Ramp(h * V, 1, V)] = acc[T.Ramp(h * V, 1, V)] + look(tb, q, lo)
                 acc[T.Ramp(H + h * V, 1, V)] = acc[T.Ramp(H + h * V, 1, V)] + look(tb, q, hi)
+
+    @T.macro
+    def make_planes(tb, tp, nq):
+        if tbl:
+            for q in range(nq):
+                tp[T.Ramp(q * 64, 1, 16)] = plane(tb, q, 0)
+                tp[T.Ramp(q * 64 + 16, 1, 16)] = plane(tb, q, 1)
+                tp[T.Ramp(q * 64 + 32, 1, 16)] = plane(tb, q, 2)
+                tp[T.Ramp(q * 64 + 48, 1, 16)] = plane(tb, q, 3)
 
     @T.macro
     def store(Y, S, acc, m, nb, rows):
@@ -359,15 +403,17 @@ def _lut(spec: GemvSpec):
              EX: T.Buffer((G, EL), "float32"), S: T.Buffer((NT * R,), "float32"),
              Y: T.Buffer((M, N), "float32")):
         tb = T.alloc_buffer((Q * EL,), "float32")
+        tp = T.alloc_buffer((Q * 64 if tbl else 1,), "uint8")
         for m in range(M):
             for q in range(Q):
                 tb[T.Ramp(q * EL, 1, EL)] = row_of(X, EX, m, q)
+            make_planes(tb, tp, Q)
             for nb in T.parallel(NT):
                 acc = T.alloc_buffer((R,), "float32", scope="local")
                 for a in T.unroll(R // V):
                     acc[T.Ramp(a * V, 1, V)] = T.Broadcast(T.float32(0), V)
                 for q in range(Q):
-                    lookups(P, tb, acc, nb, q)
+                    lookups(P, tp if tbl else tb, acc, nb, q)
                 if last == R:
                     store(Y, S, acc, m, nb, R)
                 elif nb < NT - 1:

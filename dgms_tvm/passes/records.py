@@ -80,8 +80,8 @@ class LoweringPolicy:
         Batch-1 codebook dense layers take it too where the GEMV kernel runs (``target``).
         ``lut``: batch-1 codebook dense layers run the activation lookup-table GEMV
         (``kernels.gemv``, FP32 arithmetic); convs stay exact. With ``exact`` (and ``int8``
-        where its GEMV does not run) such a layer takes the lut kernel on x86 hosts where the
-        exact GEMV's AVX-512 is missing and AVX2 is there.
+        where its GEMV does not run) such a layer takes the lut kernel where the exact GEMV's
+        AVX-512 is missing: x86 with AVX2, and aarch64 (its ``tbl`` form).
     epilogues : bool
         Let int8 convs do the BatchNorm / bias, residual add and relu / relu6 after them as
         they write their outputs (True), or leave those ops to TVM (False).

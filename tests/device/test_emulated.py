@@ -145,13 +145,15 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     assert rel_err(got, gemv.reference(gs, x1, w, None)) < 1e-5
 
 
-@pytest.mark.parametrize("cpu,bits", [(CPU, 2), (DOTPROD, 1)])
-def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits):
-    """The lut GEMV (tables of the 16 sums of 2 or 4 products; a partial last tile) in its
-    aarch64 form, with and without dotprod."""
+@pytest.mark.parametrize("cpu,bits,form", [(CPU, 2, "tbl"), (DOTPROD, 1, "tbl"),
+                                           (DOTPROD, 3, "tbl"), (CPU, 2, "gather")])
+def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits, form):
+    """The lut GEMV (tables of the 16 sums of 2 or 4 products, of the 8 codebook products at
+    3 bits; a partial last tile) in its aarch64 forms (tbl on the tables' byte planes; one
+    load per lookup), with and without dotprod."""
     tracker, _ = device
-    ls = gemv.GemvSpec(1, 40, 96, bits, arith="lut", rows=gemv.rows_for(40, "lut"),
-                       form="gather")
+    ls = gemv.GemvSpec(1, 40, 96, bits, arith="lut", rows=gemv.rows_for(40, "lut", form),
+                       form=form)
     assert not gemv.supports(ls, get_profile(cpu).tvm_target())
     cw = random_codebook_weight(rng, (40, 96), bits, scaled=True)
     x1 = rng.normal(size=(1, 96)).astype(np.float32)
@@ -159,6 +161,20 @@ def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits):
         x1, *gemv.operands(ls, cw.indices(), cw.codebook, cw.scale),
         np.zeros((1, 40), np.float32)], tmp_path, cpu)
     assert rel_err(got, gemv.reference(ls, x1, cw.indices(), cw.codebook, cw.scale)) < 1e-5
+
+
+def test_gemv_instruction_count_bench_on_the_emulated_core(device):
+    """scripts/bench_gemv_arm.py's figures at a small shape: every kernel counted, on the
+    devices already serving the key (none started or stopped)."""
+    from dgms_tvm import bench_gemv
+
+    res = bench_gemv.device_counts(CPU, [(40, 64)], [2], log=lambda m: None)
+    rows = res["shapes"][0]["rows"]
+    assert set(rows) == {"FP32 GEMV", "exact (generic dense)", "lut (tbl)",
+                         "lut (one load per lookup)"}
+    assert all(v > 0 for r in rows.values() for v in r.values())
+    assert "| lut (tbl) |" in bench_gemv.format_device_counts(res)
+    assert manager.serving(device[0], CPU) == 2
 
 
 def test_devices_serving_under_a_key_are_counted(device):
