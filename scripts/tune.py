@@ -16,6 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm.cli import one_line_errors
+from dgms_tvm.targets import STRATEGIES
 
 
 def parse(argv):
@@ -36,7 +37,11 @@ def parse(argv):
                    help="default: instructions on emulated devices, else time")
     p.add_argument("--tuning-logs", type=Path, default=DEFAULT_LOGS)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--strategy", default="auto", choices=["auto", "exact", "int8"],
+    p.add_argument("--remeasure", type=int, metavar="ROUNDS",
+                   help="tune nothing: measure each task's best record again against its "
+                        "untuned baseline, interleaved over ROUNDS rounds, and keep those two "
+                        "with the new figures (wall-time logs tuned on a busy machine)")
+    p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
                    help="the DGMS build whose kernels are tuned, as compile.py resolves it "
                         "(default auto: the build compile makes by default)")
     return p.parse_args(argv)
@@ -67,6 +72,14 @@ def main(argv=None):
         loaded = pipeline.load_model(args.model, args.bits, args.seed)
         m = tuning.make_measure(profile, measure, tracker, key, workers,
                                 cache_dir() / "tuning")
+        if args.remeasure:
+            log(f"re-measuring the {args.model} {args.bits}-bit logs for {profile.name} by "
+                f"{m.name} on {m.device}, {args.remeasure} rounds")
+            rows = tuning.remeasure(loaded, args.model, args.bits, profile, m,
+                                    args.tuning_logs, args.remeasure, log=log)
+            print(f"{len(rows)} tasks re-measured: "
+                  f"{tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)}")
+            return
         log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
             f"trials, measured by {m.name} on {m.device}")
         meta = tuning.tune(loaded, args.model, args.bits, profile, args.trials, m,

@@ -302,3 +302,42 @@ def test_shipped_logs_still_match_their_model(folder):
     tasks = [n for n in how if KERNEL_ATTR not in (mod[n].attrs or {})
              or tuning.searchable(FAMILIES[str(mod[n].attrs[KERNEL_ATTR])])]
     assert sum(how[n] == "tuned" for n in tasks) >= len(tasks) // 3, how
+
+
+def test_remeasure_keeps_the_baseline_and_best_with_new_figures(tuned, tmp_path, monkeypatch,
+                                                                 rng):
+    """``tune.py --remeasure``: a record measured during a busy moment (here a figure 1000x
+    too good) no longer wins: each task keeps two records, its untuned baseline and its best,
+    both measured again, interleaved; compile applies the faster and it matches the oracle."""
+    import shutil
+
+    from tvm.s_tir import meta_schedule as ms
+
+    src, *_ = tuned
+    folder = tuning.log_dir(tmp_path, "x86", "digitnet", 4)
+    shutil.copytree(src, folder)
+    (folder / tuning.META).write_text(json.dumps({"measure": "time", "strategy": "exact"}))
+    task = dense_task()
+    db = tuning.open_database(folder)
+    worst = max(db.get_all_tuning_records(), key=lambda r: float(np.mean(
+        [float(s) for s in r.run_secs])))
+    db.commit_tuning_record(ms.database.TuningRecord(  # that schedule, "measured" too fast
+        worst.trace, db.commit_workload(task.workload()), [1e-9], worst.target,
+        worst.args_info))
+    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
+    profile = get_profile("x86")
+    rows = tuning.remeasure(None, "digitnet", 4, profile, tuning.make_measure(profile, "time"),
+                            tmp_path, rounds=2, log=lambda m: None)
+    assert len(rows) == 1 and rows[0]["hand"] > 1e-7 and rows[0]["best"] > 1e-7
+    db = tuning.open_database(folder)
+    secs = [float(np.mean([float(s) for s in r.run_secs])) for r in db.get_all_tuning_records()]
+    assert 1 <= len(secs) <= 2 and min(secs) > 1e-7
+    assert json.loads((folder / tuning.META).read_text())["remeasured"]["rounds"] == 2
+    func = dense.compute(SPEC)
+    mod, _ = tuning.apply_database(tvm.IRModule({"k": func}), db, profile.tvm_target(),
+                                     load_knobs("x86"))
+    cw = random_codebook_weight(rng, SPEC.weight_shape, SPEC.bits)
+    x = rng.normal(size=(SPEC.m, SPEC.k)).astype(np.float32)
+    got = run_kernel(mod["k"], [x, cw.packed, cw.codebook, np.zeros(SPEC.out_shape,
+                                                                     np.float32)])
+    assert rel_err(got, dense.reference(SPEC, x, cw.dense())) < 1e-5
