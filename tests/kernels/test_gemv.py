@@ -276,3 +276,21 @@ def test_bench_gemv_small_shape():
     assert "DGMS 4-bit lut" in dgms
     assert res["read_gbps"] > 0
     assert "DGMS 4-bit lut" in bench_gemv.format_report(res)
+
+
+def test_tbl_form_rebuilds_for_targets_without_it(rng):
+    """A module lowered for aarch64 (the tbl form) builds for this host: the schedule of a
+    target without ``"lookup": "tbl"`` rebuilds it with one load per lookup, same numbers."""
+    from dgms_tvm.kernels.common import SPEC_ATTR
+    from dgms_tvm.schedules import load_knobs
+
+    spec = G(1, 40, 96, 3, arith="lut", rows=32, form="tbl")  # 3 bits: tables of 8, in 16
+    func = gemv.compute(spec)
+    assert gemv.schedule(func, load_knobs("cortex-a72")["cb_gemv"]) is func
+    host = gemv.schedule(func, load_knobs("x86")["cb_gemv"])
+    assert '"form": "gather"' in str(host.attrs[SPEC_ATTR])
+    cw = random_codebook_weight(rng, (40, 96), 3, scaled=True)
+    x = rng.normal(size=(1, 96)).astype(np.float32)
+    got = run_kernel(host, [x, *gemv.operands(spec, cw.indices(), cw.codebook, cw.scale),
+                            np.zeros((1, 40), np.float32)])
+    assert rel_err(got, gemv.reference(spec, x, cw.indices(), cw.codebook, cw.scale)) < 1e-5
