@@ -271,6 +271,15 @@ def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
     knobs = load_knobs("x86")
     _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
     assert how == {"r": "default"}
+    # such a workload only weighs the files: dropping it leaves compile's choice as it was
+    import shutil
+
+    kept = tmp_path / "kept"
+    shutil.copytree(tmp_path / "logs", kept)
+    assert tuning.drop_default_wins(kept) == 1
+    pruned = tuning.open_database(kept)
+    assert not pruned.get_all_tuning_records()
+    assert tuning.apply_database(tvm.IRModule({"r": func}), pruned, target, knobs)[1] == how
     commit(searched, 0.5e-3)
     _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
     assert how == {"r": "tuned"}
