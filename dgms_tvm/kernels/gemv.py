@@ -457,12 +457,37 @@ def _exact(spec: GemvSpec):
     return func
 
 
+def _quantize_x(M: int, K: int, KP: int, signed: bool):
+    """The int8 GEMVs' prologue: ``X`` quantized per tensor (the int8 strategy's ``s_x =
+    max|X| / 127``) into ``xq [M, KP]`` (zero padded), signed (AVX2) or stored + 128 as
+    uint8 (VNNI, which multiplies unsigned by signed bytes); ``sx[0]`` ends as ``s_x``."""
+    tiny = float(TINY)
+    pad = T.int8(0) if signed else T.uint8(128)
+
+    def level(v):
+        c = T.max(T.min(T.round(v), T.float32(127)), T.float32(-127))
+        return T.Cast("int8", c) if signed else T.Cast("uint8", T.Cast("int32", c) + 128)
+
+    @T.macro
+    def quantize(X, xq, sx):
+        sx[0] = T.float32(tiny)
+        for m, k in T.grid(M, K):
+            sx[0] = T.max(sx[0], T.abs(X[m, k]))
+        for m, k in T.grid(M, KP):
+            xq[m, k] = pad
+        for m, k in T.grid(M, K):
+            xq[m, k] = level(X[m, k] * (T.float32(127) / sx[0]))
+        sx[0] = sx[0] / T.float32(127)
+
+    return quantize
+
+
 def _int8_avx2(spec: GemvSpec):
     M, N, K, R, KP = spec.m, spec.n, spec.k, spec.rows, spec.kp
     C = KP // 64
     shuf, sign = "llvm.x86.avx2.pshuf.b", "llvm.x86.avx2.psign.b"
     mub, mwd = "llvm.x86.avx2.pmadd.ub.sw", "llvm.x86.avx2.pmadd.wd"
-    tiny = float(TINY)
+    quantize = _quantize_x(M, K, KP, signed=True)
 
     def half(TB, xq, p, m, c, h):
         """The 32 products of one nibble half of a chunk, summed by 4 into 8 int32 lanes."""
@@ -480,16 +505,7 @@ def _int8_avx2(spec: GemvSpec):
              Y: T.Buffer((M, N), "float32")):
         xq = T.alloc_buffer((M, KP), "int8")
         sx = T.alloc_buffer((1,), "float32")
-        # Quantize X per tensor (the int8 strategy's s_x = max|X| / 127), signed.
-        sx[0] = T.float32(tiny)
-        for m, k in T.grid(M, K):
-            sx[0] = T.max(sx[0], T.abs(X[m, k]))
-        for m, k in T.grid(M, KP):
-            xq[m, k] = T.int8(0)
-        for m, k in T.grid(M, K):
-            xq[m, k] = T.Cast("int8", T.max(T.min(
-                T.round(X[m, k] * (T.float32(127) / sx[0])), T.float32(127)), T.float32(-127)))
-        sx[0] = sx[0] / T.float32(127)
+        quantize(X, xq, sx)
         for nb in T.parallel(N // R):
             acc = T.alloc_buffer((R * 8,), "int32", scope="local")
             tot = T.alloc_buffer((1,), "int32", scope="local")
@@ -538,7 +554,7 @@ def _int8(spec: GemvSpec):
     M, N, K, R, KP = spec.m, spec.n, spec.k, spec.rows, spec.kp
     C = KP // 128
     dot, shuf = "llvm.x86.avx512.vpdpbusd.512", "llvm.x86.avx512.pshuf.b.512"
-    tiny = float(TINY)
+    quantize = _quantize_x(M, K, KP, signed=False)
 
     @T.prim_func(private=True)
     def func(X: T.Buffer((M, K), "float32"), P: T.Buffer((N // R, C, R * 64), "uint8"),
@@ -546,17 +562,7 @@ def _int8(spec: GemvSpec):
              D: T.Buffer((N,), "float32"), Y: T.Buffer((M, N), "float32")):
         xq = T.alloc_buffer((M, KP), "uint8")
         sx = T.alloc_buffer((1,), "float32")
-        # Quantize X per tensor (the int8 strategy's s_x = max|X| / 127), stored + 128.
-        sx[0] = T.float32(tiny)
-        for m, k in T.grid(M, K):
-            sx[0] = T.max(sx[0], T.abs(X[m, k]))
-        for m, k in T.grid(M, KP):
-            xq[m, k] = T.uint8(128)
-        for m, k in T.grid(M, K):
-            xq[m, k] = T.Cast("uint8", T.Cast("int32", T.max(T.min(
-                T.round(X[m, k] * (T.float32(127) / sx[0])), T.float32(127)),
-                T.float32(-127))) + 128)
-        sx[0] = sx[0] / T.float32(127)
+        quantize(X, xq, sx)
         for nb in T.parallel(N // R):
             acc = T.alloc_buffer((R * 16,), "int32", scope="local")
             tot = T.alloc_buffer((1,), "int32", scope="local")
