@@ -44,7 +44,7 @@ def _plain(w2: np.ndarray, bits: int | None) -> CodebookWeight:
             f"{nonzero.size} distinct non-zero values"
             + (f" (more than {(1 << bits) - 1} for {bits} bits)" if bits else "")
         )
-    bits = bits or need
+    bits = need
     codebook = np.concatenate([[0.0], nonzero]).astype(np.float32)
     idx = np.searchsorted(codebook[1:], w2) + 1
     idx[w2 == 0] = 0
@@ -66,19 +66,19 @@ def _row_scale(row_vals: np.ndarray, codebook: np.ndarray) -> tuple[float, int, 
 
     Returns (scale, values matched, values left unmatched, already divided by the scale).
     """
-    best = (1.0, 0, row_vals)
     # Any value of the row may be one already in the codebook: try up to 8 of them as the
-    # anchor (largest first), each against every entry.
+    # anchor (largest first), each against every entry; the first scale that matches most
+    # wins. All candidate scales at once: one row of ``q`` per scale.
     anchors = row_vals[np.argsort(-np.abs(row_vals))[:8]]
-    for s in (anchors[:, None] / codebook[None, :]).ravel():
-        q = row_vals / s
-        _, rel = _nearest(codebook, q)
-        missing = q[rel > 1e-5]
-        if row_vals.size - missing.size > best[1]:
-            best = (s, row_vals.size - missing.size, missing)
-            if not missing.size:
-                break
-    return best
+    scales = (anchors[:, None] / codebook[None, :]).ravel()
+    q = row_vals[None, :] / scales[:, None]
+    _, rel = _nearest(codebook, q)
+    off = rel > 1e-5
+    matched = row_vals.size - off.sum(axis=1)
+    best = int(np.argmax(matched))
+    if matched[best] == 0:
+        return 1.0, 0, row_vals
+    return scales[best], int(matched[best]), q[best][off[best]]
 
 
 def _scaled(w2: np.ndarray, bits: int | None) -> CodebookWeight:
@@ -130,8 +130,7 @@ def _scaled(w2: np.ndarray, bits: int | None) -> CodebookWeight:
     if not np.all(err <= REL_TOL * np.abs(w2)):
         worst = float((err / np.maximum(np.abs(w2), 1e-30)).max())
         raise NotACodebook(f"scaled-codebook fit off by {worst:.2e} relative")
-    return CodebookWeight.from_indices(idx, codebook32, bits or smallest_bits(cb.size),
-                                       scale=scale32)
+    return CodebookWeight.from_indices(idx, codebook32, smallest_bits(cb.size), scale=scale32)
 
 
 def find_codebook(weight: np.ndarray, bits: int | None = None, scaled: bool = True):
@@ -142,14 +141,17 @@ def find_codebook(weight: np.ndarray, bits: int | None = None, scaled: bool = Tr
     weight : np.ndarray
         The dense float weight, output channels first.
     bits : int, optional
-        Required width; by default the smallest supported width that holds the values.
+        Widest width accepted (default: any supported width).
     scaled : bool
         Also try the per-output-channel scaled form (BatchNorm folded by an exporter).
 
     Returns
     -------
     CodebookWeight
-        With ``shape == weight.shape``.
+        With ``shape == weight.shape``, in the narrowest form that holds the layer: the
+        smallest supported width of the plain and the scaled forms (the plain one on a tie,
+        it has no scale). A folded BatchNorm multiplies the distinct values by up to the
+        channel count, so a 2-bit layer of 64 channels also fits a plain 8-bit codebook.
 
     Raises
     ------
@@ -171,4 +173,11 @@ def find_codebook(weight: np.ndarray, bits: int | None = None, scaled: bool = Tr
             cw = _scaled(w2, bits)
         except NotACodebook as scaled_err:
             raise NotACodebook(f"{plain_err}; per-channel: {scaled_err}") from None
+        return CodebookWeight(w.shape, cw.bits, cw.packed, cw.codebook, cw.scale)
+    narrower = [b for b in SUPPORTED_BITS if b < cw.bits]
+    if scaled and narrower and w.shape[0] >= 2:
+        try:  # only a narrower scaled form can win; capping it keeps a miss cheap
+            cw = _scaled(w2, narrower[-1])
+        except NotACodebook:
+            pass
     return CodebookWeight(w.shape, cw.bits, cw.packed, cw.codebook, cw.scale)

@@ -13,6 +13,7 @@ import tvm
 from . import artifact, compiler, frontend, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
+from .passes.records import widened_note
 from .targets import get_profile
 
 
@@ -106,6 +107,8 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     resolved = compiler.resolve_strategy(strategy, profile)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              target=profile.tvm_target())
+    if note := widened_note(lowered.records):
+        _log(note, False)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
          f"({time.perf_counter() - t0:.1f} s)", quiet)
     db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,

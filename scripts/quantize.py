@@ -13,12 +13,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from dgms_tvm import zoo
 from dgms_tvm.cli import one_line_errors
 from dgms_tvm.errors import UserError
+from dgms_tvm.format import SUPPORTED_BITS
 
 
 def parse(argv):
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="digitnet", help=f"built-in: {', '.join(zoo.MODELS)}")
-    p.add_argument("--bits", type=int, default=4, help="1..8 (default 4)")
+    p.add_argument("--bits", type=int, default=4,
+                   help=f"{', '.join(map(str, SUPPORTED_BITS))} (default 4)")
     p.add_argument("--data", default="digits", help="packaged data set (digits)")
     p.add_argument("--epochs", type=int, default=6, help="DGMS fine-tuning epochs")
     p.add_argument("--fp32-epochs", type=int, default=15, help="FP32 pre-training epochs")
@@ -28,7 +30,13 @@ def parse(argv):
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--output", type=Path, default=Path("model.pt2"))
     p.add_argument("--onnx", action="store_true", help="write ONNX (default: .pt2)")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.bits not in SUPPORTED_BITS:  # before any training
+        widths = ", ".join(map(str, SUPPORTED_BITS))
+        raise UserError(f"--bits {args.bits}: the packed widths are {widths}"
+                        + (" (a 5 to 7-bit model would be stored at 8 bits)"
+                           if 4 < args.bits < 8 else ""))
+    return args
 
 
 @one_line_errors
@@ -38,7 +46,6 @@ def main(argv=None):
 
     if args.epochs < 0 or args.fp32_epochs < 0:
         raise UserError("epochs must be >= 0")
-    recipe.check_quant_bits(args.bits)  # before any training
     name, entry = recipe.digits_model(args.model)
     data = recipe.load_data(args.data, entry, args.seed)
     fp32 = recipe.pretrain(name, data, args.fp32_epochs, args.seed)

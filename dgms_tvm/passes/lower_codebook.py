@@ -143,10 +143,18 @@ class _Rewriter(PyExprMutator):
                 record.error = (f"layer {name} (declared {declared}-bit) is not a "
                                 f"{width}-bit codebook: {err}")
             return None
+        if cw.nbytes >= w.nbytes:  # nothing to gain: the FP32 weight is the smaller form
+            record.reason = (f"its {cw.bits}-bit codebook form ({cw.nbytes} bytes) is not "
+                             f"smaller than its FP32 weight ({w.nbytes} bytes)")
+            return None
         record.bits, record.sparsity = cw.bits, cw.sparsity()
         record.codebook_entries = int(np.unique(cw.indices()).size)
         record.scaled = cw.scale is not None
         record.packed_bytes = cw.nbytes
+        need = max(1, int(np.ceil(np.log2(record.codebook_entries))))
+        if need < cw.bits:  # no layout of that width: the next wider one holds it
+            record.widened = (f"its {record.codebook_entries} codebook entries need {need} "
+                              f"bits, packed at {cw.bits}")
         return cw
 
     def _kernel(self, func_factory, spec):

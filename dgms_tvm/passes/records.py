@@ -6,6 +6,8 @@ import dataclasses
 
 import numpy as np
 
+from ..format import SUPPORTED_BITS
+
 
 @dataclasses.dataclass
 class LayerRecord:
@@ -34,6 +36,8 @@ class LayerRecord:
     # input channels / features whose weights are all zero, dropped at compile time (zero
     # skipping: the kernel reduces over the rest)
     zero_inputs: int = 0
+    # set where the layer is packed wider than its values need (no layout of that width)
+    widened: str = ""
     reason: str = ""
     error: str = ""
 
@@ -107,3 +111,15 @@ class LoweringPolicy:
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)
+
+
+def widened_note(records: list[LayerRecord]) -> str:
+    """A warning line naming the lowered layers packed wider than their values need (a 5 to
+    7-bit codebook has no layout of its own: it is stored at 8 bits), or ``""``."""
+    wide = [r for r in records if r.lowered and r.widened]
+    if not wide:
+        return ""
+    more = f" and {len(wide) - 1} more" if len(wide) > 1 else ""
+    return (f"warning: {len(wide)} codebook layer(s) packed wider than their values need: "
+            f"{wide[0].name} {wide[0].widened}{more} (widths with a layout: "
+            f"{', '.join(map(str, SUPPORTED_BITS))})")

@@ -71,6 +71,7 @@ def test_quantize_cli_bad_bits(tmp_path):
          "0", "--epochs", "0", "--output", str(tmp_path / "m.pt2")],
         capture_output=True, text=True, timeout=300)
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines()[-1] == "error: bits must be an integer in 1..8, got 9"
+    want = "error: --bits 9: the packed widths are 1, 2, 3, 4, 8"
+    assert proc.stderr.strip().splitlines()[-1] == want
     assert not (tmp_path / "m.pt2").exists()
     assert np.all([not p.name.startswith(".") for p in tmp_path.iterdir()])
