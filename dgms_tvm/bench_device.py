@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifact, compiler, pipeline
+from . import artifact, compiler, ort_int8, pipeline
 from .device.client import Tracker, check_compatible
 from .errors import UserError
 from .targets import get_profile
@@ -258,7 +258,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     if emulated and peers and onnx_fp32 is None:
         _log("  (no ONNX form of this model: no onnxruntime peer rows)")
     if onnx_fp32 is not None:
-        jobs[2:2] = [Job(PEERS[0], "peer", PEERS[0]), Job(PEERS[1], "peer", PEERS[1])]
+        jobs[2:2] = [Job(label, "peer", label) for label in PEERS]
     workers = workers or device_count(tracker, key)
     _log(f"[3/3] running {len(jobs)} jobs on {workers} device(s) under key {key!r} from "
          f"tracker {tracker}")
@@ -299,6 +299,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), res["bytes"],
                         res["bytes"], 0, res["minstr"]))
     counted = rows[0].minstr is not None
+    int8_peers = {r.label: (r.minstr if counted else r.median_ms) for r in rows
+                  if r.label in PEER_CONFIGS}
     report = {
         "model": model, "bits": bits, "target": profile.name, "device_key": key,
         "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
@@ -311,6 +313,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
         "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
+        "fastest_int8_peer": ort_int8.fastest(int8_peers) if int8_peers else None,
         "layers": _layers(sites, by, builds) if per_layer else [],
         "strategy": builds[f"DGMS {bits}-bit"].manifest.get("strategy"),
         "sparsity": _sparsity(builds[f"DGMS {bits}-bit"].manifest),
@@ -323,7 +326,9 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     return report
 
 
-PEERS = ("onnxruntime FP32 (peer)", "onnxruntime int8 (peer)")
+#: onnxruntime FP32 and its int8 in each documented configuration (``ort_int8``).
+PEER_CONFIGS = {f"onnxruntime int8 {c.name} (peer)": c for c in ort_int8.CONFIGS}
+PEERS = ("onnxruntime FP32 (peer)", *PEER_CONFIGS)
 
 
 def _peer(label, fp32, x, profile, repeat, output) -> dict:
@@ -331,7 +336,8 @@ def _peer(label, fp32, x, profile, repeat, output) -> dict:
     guest process: it needs no device session)."""
     from .device import peer
 
-    model = fp32 if "FP32" in label else peer.quantize_int8(fp32, x)
+    config = PEER_CONFIGS.get(label)
+    model = fp32 if config is None else ort_int8.quantize(fp32, x, config)
     res = peer.run_onnxruntime(model, x, profile, repeat=repeat, workdir=output)
     return dict(res, bytes=len(model))
 
@@ -438,6 +444,12 @@ def format_markdown(rep: dict) -> str:
         dgms = rep["rows"][1]["minstr"]
         lines.append("- peer rows: " + "; ".join(
             f"{r['label']} / DGMS instructions = {r['minstr'] / dgms:.2f}x" for r in peers))
+        int8 = {r["label"]: r["minstr"] for r in peers if r["label"] in PEER_CONFIGS}
+        if int8:
+            best = ort_int8.fastest(int8)
+            lines.append(f"- **fastest onnxruntime int8 configuration on this core: "
+                         f"{PEER_CONFIGS[best].name}; its instructions / DGMS = "
+                         f"{int8[best] / dgms:.2f}x** (the goal is at least 1x)")
     if rep["instruction_ratio"] is not None:
         lines.append(f"- **instruction-count ratio FP32 / DGMS: "
                      f"{rep['instruction_ratio']:.2f}x** "
@@ -521,7 +533,7 @@ def write_report(rep: dict, output: Path) -> None:
     import matplotlib.pyplot as plt
 
     labels = [r["label"] for r in rep["rows"]]
-    colors = ["#888888", "#1f77b4", "#e39c4b", "#c0504d"][: len(labels)]
+    colors = (["#888888", "#1f77b4", "#e39c4b"] + ["#c0504d"] * len(labels))[: len(labels)]
     layers = rep.get("layers") or []
     pair = all(lb in layers[0] for lb in labels[:2]) if layers else False
     if pair:

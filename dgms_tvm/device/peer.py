@@ -38,6 +38,7 @@ n1, n2, repeat = int(n1), int(n2), int(repeat)
 opts = ort.SessionOptions()
 opts.intra_op_num_threads = 1
 opts.inter_op_num_threads = 1
+opts.log_severity_level = 3
 sess = ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
 feed = {sess.get_inputs()[0].name: np.load(xpath)}
 out = sess.run(None, feed)[0]
@@ -122,43 +123,3 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
         per_call = ((c["4"] - c["3"]) - (c["2"] - c["1"])) / (n2 - n1)
         return {"ms": res["ms"], "minstr": per_call * 1e-6,
                 "output": np.load(tmp / "x.npy.out.npy")}
-
-
-def quantize_int8(onnx_model: bytes, x: np.ndarray, samples: int = 8, seed: int = 0) -> bytes:
-    """onnxruntime's static int8 quantization (QDQ, per-channel weights), calibrated on
-    ``x`` and ``samples - 1`` inputs drawn around it."""
-    from onnxruntime.quantization import (
-        CalibrationDataReader,
-        QuantFormat,
-        QuantType,
-        quantize_static,
-    )
-
-    rng = np.random.default_rng(seed)
-    import onnx
-
-    name = onnx.load_from_string(onnx_model).graph.input[0].name
-    batches = [x] + [(x + rng.normal(scale=x.std() or 1.0, size=x.shape)).astype(np.float32)
-                     for _ in range(samples - 1)]
-
-    class Reader(CalibrationDataReader):
-        def __init__(self):
-            self.it = iter(batches)
-
-        def get_next(self):
-            b = next(self.it, None)
-            return None if b is None else {name: b}
-
-    import logging
-
-    root = logging.getLogger()
-    level = root.level
-    root.setLevel(logging.ERROR)  # its "consider pre-processing" advice on every call
-    with tempfile.TemporaryDirectory() as tmp:
-        src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
-        src.write_bytes(onnx_model)
-        quantize_static(str(src), str(dst), Reader(), quant_format=QuantFormat.QDQ,
-                        per_channel=True, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8)
-        root.setLevel(level)
-        return dst.read_bytes()

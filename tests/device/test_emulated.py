@@ -368,8 +368,16 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     files = {p.name for p in tmp_path.iterdir()}
     assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
     doc = json.loads((tmp_path / "report.json").read_text())
-    assert [r["label"] for r in doc["rows"]] == ["FP32", "DGMS 4-bit", "onnxruntime FP32 (peer)",
-                                                 "onnxruntime int8 (peer)"]
+    assert [r["label"] for r in doc["rows"]] == [
+        "FP32", "DGMS 4-bit", "onnxruntime FP32 (peer)",
+        *(f"onnxruntime int8 {c} (peer)" for c in
+          ("U8S8 QDQ", "S8S8 QDQ", "U8S8 QOperator", "S8S8 QOperator"))]
+    # Ours is held against the fastest of onnxruntime's int8 configurations on this core.
+    int8 = {r["label"]: r["minstr"] for r in doc["rows"] if "int8" in r["label"]}
+    assert doc["fastest_int8_peer"] == min(int8, key=int8.get)
+    assert (f"fastest onnxruntime int8 configuration on this core: "
+            f"{doc['fastest_int8_peer'][len('onnxruntime int8 '):-len(' (peer)')]}"
+            in (tmp_path / "report.md").read_text())
     assert all(r["median_ms"] > 0 and r["min_ms"] <= r["median_ms"] <= r["max_ms"]
                for r in doc["rows"])
     assert doc["rows"][1]["lowered"] == 3 and doc["size_ratio"] > 4
