@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import artifact, compiler, frontend, zoo
+from . import artifact, compiler, frontend, interrupt, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
 from .passes.records import widened_note
@@ -107,6 +107,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     resolved = compiler.resolve_strategy(strategy, profile)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              target=profile.tvm_target())
+    interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
@@ -115,7 +116,9 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                                   log=lambda m: _log(m, False))
     applied: dict[str, str] = {}
     module = compiler.prepare(lowered, profile, database=db, applied=applied)
+    interrupt.check()
     exe = tvm.compile(module, target=profile.tvm_target())
+    interrupt.check()
     manifest = make_manifest(loaded, lowered, profile, bits, fp32)
     if not fp32:
         recs = lowered.records
@@ -145,6 +148,7 @@ def write_artifact(build: Build, profile, output: Path) -> None:
     with artifact.staging(output) as tmp:
         kwargs = {"fcompile": fcompile} if fcompile is not None else {}
         build.executable.export_library(str(tmp / artifact.LIBRARY), **kwargs)
+        interrupt.check()  # before the rename: an interrupted build leaves nothing
         artifact.write_manifest(tmp, build.manifest)
 
 
@@ -167,6 +171,7 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
     loaded = loaded or load_model(model, bits, seed)
+    interrupt.check()
     compiler.resolve_strategy(strategy, profile)  # a bad value fails before the import
     build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
