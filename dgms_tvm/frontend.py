@@ -87,7 +87,7 @@ def _first_line(err: BaseException) -> str:
 
 def _fixed_note(name: str, dims: list, shape: list[int]) -> str:
     return (f"input {name!r} has dynamic dimension(s) {', '.join(map(str, dims))}: "
-            f"compiled for shape {shape} only (batch 1)")
+            f"compiled for shape {shape} only (each fixed to 1)")
 
 
 def _fix_dynamic_inputs(mod: tvm.IRModule, num_input: int, notes: list[str]) -> tvm.IRModule:

@@ -365,7 +365,7 @@ def test_compile_dynamic_batch_is_said(suffix, tmp_path, capsys):
                                    str(out), "--quiet", "--tuning-logs", "none"]) == 0
     (line,) = capsys.readouterr().err.strip().splitlines()
     assert line.startswith(f"warning: input '{name}' has dynamic dimension(s) ")
-    assert line.endswith(": compiled for shape [1, 1, 8, 8] only (batch 1)")
+    assert line.endswith(": compiled for shape [1, 1, 8, 8] only (each fixed to 1)")
     if suffix == ".onnx":
         assert f"dimension(s) {dim}:" in line
     assert json.loads((out / "manifest.json").read_text())["inputs"][0]["shape"] == [1, 1, 8, 8]
