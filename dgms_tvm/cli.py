@@ -3,30 +3,23 @@
 from __future__ import annotations
 
 import functools
-import signal
 import sys
-import threading
 import traceback
 
+from . import interrupt
 from .errors import UserError
 
 
-def _terminated(*_):
-    raise KeyboardInterrupt
-
-
 def one_line_errors(main):
-    """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2.
-    Any other exception is a bug: its traceback, then ``internal error: ...`` with its
-    message's first line, exit code 1 (TVM's own exception hook would print only a note for
-    some of its errors, a TVMScript one among them, and lose the message). SIGTERM (``kill``,
-    a CI timeout) ends it as Ctrl-C does, so that its ``finally`` blocks run: the emulated
-    devices a run started are stopped, not left behind."""
+    """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2,
+    an interrupt ``interrupted`` and exit code 130. Any other exception is a bug: its
+    traceback, then ``internal error: ...`` with its message's first line, exit code 1 (TVM's
+    own exception hook would print only a note for some of its errors, a TVMScript one among
+    them, and lose the message) - unless a signal came while TVM ran, which TVM turns into
+    such an exception (see :mod:`.interrupt`)."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
-        main_thread = threading.current_thread() is threading.main_thread()
-        before = signal.signal(signal.SIGTERM, _terminated) if main_thread else None
         try:
             return main(argv) or 0
         except UserError as err:
@@ -36,16 +29,30 @@ def one_line_errors(main):
             print("interrupted", file=sys.stderr)
             return 130
         except Exception as err:  # a bug: reported, not hidden
+            if interrupt.received() is not None:
+                print("interrupted", file=sys.stderr)
+                return 130
             traceback.print_exception(err, file=sys.stderr)
             first = (str(err).strip().splitlines() or [""])[0]
             print(f"internal error (a dgms-tvm bug; please report it with the traceback "
                   f"above): {type(err).__name__}: {first}", file=sys.stderr)
             return 1
-        finally:
-            if main_thread:
-                signal.signal(signal.SIGTERM, before)
 
     return wrapper
+
+
+def run_script(main) -> int:
+    """A script's ``if __name__ == "__main__"``: ``main`` (wrapped by :func:`one_line_errors`)
+    with Ctrl-C and SIGTERM handled as in :func:`.interrupt.handled`, so that either ends it
+    with ``interrupted`` and exit code 130 whatever it was doing, its ``finally`` blocks run
+    (they stop the emulated devices it started). Only here are signal handlers installed:
+    tests call ``main`` itself."""
+    try:
+        with interrupt.handled():
+            return main()
+    except KeyboardInterrupt:  # a signal in the instant after main returned
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 def logs_root(text: str | None):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import logging
 import warnings
 import zipfile
 from pathlib import Path
@@ -48,6 +49,8 @@ class ImportedModel:
     inputs : list of (name, shape, dtype)
     source : str
         What it was imported from (for the manifest).
+    notes : list of str
+        What the import changed that the user should hear of (a dynamic dimension fixed).
     """
 
     mod: tvm.IRModule
@@ -56,6 +59,7 @@ class ImportedModel:
     declared: dict[str, int]
     inputs: list[tuple[str, tuple[int, ...], str]]
     source: str
+    notes: list[str] = dataclasses.field(default_factory=list)
 
 
 def metadata_json(layers: dict[str, int]) -> str:
@@ -81,10 +85,32 @@ def _first_line(err: BaseException) -> str:
     return str(err).splitlines()[0] if str(err) else type(err).__name__
 
 
-def _split_params(mod: tvm.IRModule, source: str, names, declared) -> ImportedModel:
-    mod, params = relax.frontend.detach_params(mod)
+def _fixed_note(name: str, dims: list, shape: list[int]) -> str:
+    return (f"input {name!r} has dynamic dimension(s) {', '.join(map(str, dims))}: "
+            f"compiled for shape {shape} only (each fixed to 1)")
+
+
+def _fix_dynamic_inputs(mod: tvm.IRModule, num_input: int, notes: list[str]) -> tvm.IRModule:
+    """Bind the symbolic dimensions of the model inputs to 1 (the kernels are built for
+    static shapes), with a note per input."""
+    binds = {}
+    for p in mod["main"].params[:num_input]:
+        dims = [d for d in p.ty.shape if not isinstance(d, tvm.tirx.IntImm)]
+        if dims:
+            binds.update({d: 1 for d in dims})
+            shape = [1 if not isinstance(d, tvm.tirx.IntImm) else int(d) for d in p.ty.shape]
+            notes.append(_fixed_note(p.name, dims, shape))
+    return relax.transform.BindSymbolicVars(binds, "main")(mod) if binds else mod
+
+
+def _split_params(mod: tvm.IRModule, source: str, names, declared,
+                  notes: list[str] | None = None) -> ImportedModel:
+    notes = [] if notes is None else notes
     main = mod["main"]
     num_input = int(main.attrs["num_input"]) if "num_input" in main.attrs else 1
+    mod = _fix_dynamic_inputs(mod, num_input, notes)
+    mod, params = relax.frontend.detach_params(mod)
+    main = mod["main"]
     inputs, weights = [], {}
     for i, p in enumerate(main.params):
         if i < num_input:
@@ -92,7 +118,7 @@ def _split_params(mod: tvm.IRModule, source: str, names, declared) -> ImportedMo
         else:
             weights[p.name] = params["main"][i - num_input].numpy()
     return ImportedModel(mod, weights, {k: names.get(k, k) for k in weights}, declared,
-                         inputs, source)
+                         inputs, source, notes)
 
 
 def from_exported_program(ep, declared: dict[str, int] | None = None,
@@ -126,7 +152,15 @@ def load_pt2(path: Path) -> ImportedModel:
     import torch
 
     extra = {METADATA_FILE: ""}
+    if not zipfile.is_zipfile(path):
+        onnx_too = "; an ONNX model? name it .onnx" if _looks_like_onnx(path) else ""
+        raise UserError(f"{path}: not a readable torch.export program (not the zip archive "
+                        f"torch.export.save writes{onnx_too})")
+    # torch logs a 12-line traceback as a warning before raising; the error says it all
+    quiet = logging.getLogger("torch.export")
+    level = quiet.level
     try:
+        quiet.setLevel(logging.ERROR)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             ep = torch.export.load(str(path), extra_files=extra)
@@ -134,11 +168,22 @@ def load_pt2(path: Path) -> ImportedModel:
         raise UserError(f"{path}: not a readable torch.export program "
                         f"({_first_line(err)})"
                         ) from None
+    finally:
+        quiet.setLevel(level)
     return from_exported_program(ep, parse_metadata(extra[METADATA_FILE]), source=str(path))
 
 
+def _looks_like_onnx(path: Path) -> bool:
+    import onnx
+
+    try:
+        return len(onnx.load(str(path)).graph.node) > 0
+    except Exception:  # onnx raises DecodeError and others for what is not ONNX
+        return False
+
+
 def load_onnx(path: Path) -> ImportedModel:
-    """Load an ONNX model; symbolic input dimensions are fixed to 1 (batch 1)."""
+    """Load an ONNX model; symbolic input dimensions are fixed to 1 (batch 1), with a note."""
     import onnx
     from tvm.relax.frontend.onnx import from_onnx
 
@@ -151,12 +196,15 @@ def load_onnx(path: Path) -> ImportedModel:
                         ) from None
     meta = {p.key: p.value for p in model.metadata_props}
     init = {t.name for t in model.graph.initializer}
-    shapes = {}
+    shapes, notes = {}, []
     for inp in model.graph.input:
         if inp.name in init:
             continue
         dims = inp.type.tensor_type.shape.dim
         shapes[inp.name] = [d.dim_value if d.HasField("dim_value") else 1 for d in dims]
+        if dynamic := [d.dim_param or f"dimension {i}" for i, d in enumerate(dims)
+                       if not d.HasField("dim_value")]:
+            notes.append(_fixed_note(inp.name, dynamic, shapes[inp.name]))
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -164,7 +212,7 @@ def load_onnx(path: Path) -> ImportedModel:
                             sanitize_input_names=False)
     except Exception as err:
         raise UserError(f"TVM cannot import {path}: {_first_line(err)}") from None
-    return _split_params(mod, str(path), {}, parse_metadata(meta.get(METADATA_KEY)))
+    return _split_params(mod, str(path), {}, parse_metadata(meta.get(METADATA_KEY)), notes)
 
 
 def onnx_bytes(model, example_inputs: tuple, fold_batchnorm: bool = True,

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import artifact, compiler, frontend, zoo
+from . import artifact, compiler, frontend, interrupt, outputs, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
 from .passes.records import widened_note
@@ -107,6 +107,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     resolved = compiler.resolve_strategy(strategy, profile)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              target=profile.tvm_target())
+    interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
@@ -115,7 +116,9 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                                   log=lambda m: _log(m, False))
     applied: dict[str, str] = {}
     module = compiler.prepare(lowered, profile, database=db, applied=applied)
+    interrupt.check()
     exe = tvm.compile(module, target=profile.tvm_target())
+    interrupt.check()
     manifest = make_manifest(loaded, lowered, profile, bits, fp32)
     if not fp32:
         recs = lowered.records
@@ -140,12 +143,21 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
 
 
 def write_artifact(build: Build, profile, output: Path) -> None:
-    """The library and its manifest into the artifact folder ``output``, atomically."""
+    """The library and its manifest into the artifact folder ``output``, atomically; a full
+    disk or an unwritable location is one line (the linker's message buried "No space left
+    on device")."""
     fcompile = profile.cross_compiler()
-    with artifact.staging(output) as tmp:
-        kwargs = {"fcompile": fcompile} if fcompile is not None else {}
-        build.executable.export_library(str(tmp / artifact.LIBRARY), **kwargs)
-        artifact.write_manifest(tmp, build.manifest)
+    try:
+        with artifact.staging(output) as tmp:
+            kwargs = {"fcompile": fcompile} if fcompile is not None else {}
+            build.executable.export_library(str(tmp / artifact.LIBRARY), **kwargs)
+            interrupt.check()  # before the rename: an interrupted build leaves nothing
+            build.manifest.update(artifact.library_fields(tmp / artifact.LIBRARY))
+            artifact.write_manifest(tmp, build.manifest)
+    except (OSError, RuntimeError) as err:  # RuntimeError: TVM's, with the linker's output
+        if isinstance(err, OSError) or outputs.no_space(err):
+            raise UserError(outputs.describe(err, output, "artifact")) from None
+        raise
 
 
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
@@ -164,9 +176,13 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     profile = get_profile(target)
     profile.cross_compiler()  # fail early when the cross compiler is missing
     artifact.check_output_dir(output)
+    outputs.check_writable(output, "artifact")  # a read-only or full disk: now, not after
     t0 = time.perf_counter()
     _log(f"[1/4] importing {model}", quiet)
     loaded = loaded or load_model(model, bits, seed)
+    interrupt.check()
+    for note in loaded.imported.notes:
+        _log(f"warning: {note}", False)
     compiler.resolve_strategy(strategy, profile)  # a bad value fails before the import
     build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
@@ -249,7 +265,7 @@ def run_artifact(folder: Path, inputs: list[np.ndarray], tracker: str | None = N
     the artifact's target name)."""
     import tvm
 
-    manifest = artifact.read_manifest(folder)
+    manifest = artifact.load(folder)
     tgt = manifest["target"]
     _check_inputs(manifest, inputs)
     if not tgt["triple"].startswith("x86_64"):

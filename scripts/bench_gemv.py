@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 # from the numpy rows timed next to it; parked threads cost our rows a wake-up instead.
 os.environ.setdefault("TVM_THREAD_POOL_SPIN_COUNT", "0")
 
-from dgms_tvm.cli import one_line_errors
+from dgms_tvm.cli import one_line_errors, run_script
 from dgms_tvm.cli import shape_nxk as shape
 from dgms_tvm.errors import UserError
 
@@ -48,4 +48,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -10,7 +10,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm import targets, zoo
-from dgms_tvm.cli import logs_root, one_line_errors
+from dgms_tvm.cli import logs_root, one_line_errors, run_script
 from dgms_tvm.targets import STRATEGIES
 
 
@@ -60,4 +60,4 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

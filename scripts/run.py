@@ -10,7 +10,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from dgms_tvm.cli import one_line_errors
+from dgms_tvm import outputs
+from dgms_tvm.cli import one_line_errors, run_script
 from dgms_tvm.errors import UserError
 
 
@@ -26,18 +27,42 @@ def parse(argv):
     return p.parse_args(argv)
 
 
+#: The first bytes of a .npy file and of a .npz (a zip) one.
+MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
+
+
 def load_inputs(path: Path):
     import numpy as np
 
+    if path.suffix not in MAGIC:
+        raise UserError(f"--input {path}: expected a .npy file, or .npz for several inputs")
     try:
-        data = np.load(path)
+        with path.open("rb") as f:
+            head = f.read(6)
     except FileNotFoundError:
         raise UserError(f"input file {path} not found") from None
-    except (ValueError, OSError) as err:
-        raise UserError(f"{path}: not a .npy/.npz file ({err})") from None
+    except OSError as err:
+        raise UserError(f"input file {path}: {err.strerror}") from None
+    if not head.startswith(MAGIC[path.suffix]):
+        raise UserError(f"{path}: not a NumPy {path.suffix} file")
+    try:
+        data = np.load(path)
+    except (ValueError, OSError) as err:  # an object array, a damaged file
+        raise UserError(f"{path}: not a readable {path.suffix} file of arrays "
+                        f"({str(err).splitlines()[0]})") from None
     if isinstance(data, np.ndarray):
         return [data]
     return [data[k] for k in data.files]
+
+
+def check_output(path: Path) -> None:
+    """Before the run: a name NumPy keeps as given, in a location it can be written to."""
+    if path.suffix not in MAGIC:
+        raise UserError(f"--output {path}: must end in .npy (the first output) or .npz "
+                        "(every output)")
+    if path.is_dir():
+        raise UserError(f"--output {path} is a folder")
+    outputs.check_writable(path)
 
 
 @one_line_errors
@@ -47,14 +72,15 @@ def main(argv=None):
 
     from dgms_tvm import pipeline
 
-    outputs = pipeline.run_artifact(args.artifact, load_inputs(args.input), args.tracker,
-                                    args.key)
+    check_output(args.output)
+    inputs = load_inputs(args.input)
+    results = pipeline.run_artifact(args.artifact, inputs, args.tracker, args.key)
     if args.output.suffix == ".npz":
-        np.savez(args.output, *outputs)
+        outputs.write_atomic(args.output, lambda tmp: np.savez(tmp, *results))
     else:
-        np.save(args.output, outputs[0])
-    print(f"wrote {args.output}: " + ", ".join(f"{o.dtype}{list(o.shape)}" for o in outputs))
+        outputs.write_atomic(args.output, lambda tmp: np.save(tmp, results[0]))
+    print(f"wrote {args.output}: " + ", ".join(f"{o.dtype}{list(o.shape)}" for o in results))
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(run_script(main))

@@ -134,9 +134,9 @@ def run_remote(folder: Path, inputs: list[np.ndarray], tracker: Tracker, key: st
     import tvm
     from tvm import relax
 
-    from ..artifact import read_manifest
+    from ..artifact import load
 
-    manifest = read_manifest(folder)
+    manifest = load(folder)
     check_compatible(manifest, key)
     sess = tracker.request(key, timeout)
     lib_path = Path(folder) / manifest["library"]
