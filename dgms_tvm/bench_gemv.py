@@ -116,7 +116,7 @@ def _tuned_fp32(n, k, target, trials, log):
     from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
-    from . import tuning
+    from . import tuning, tuning_db
 
     x = te.placeholder((1, k), "float32", "X")
     w = te.placeholder((n, k), "float32", "W")
@@ -125,14 +125,16 @@ def _tuned_fp32(n, k, target, trials, log):
     func = te.create_prim_func([x, w, y])
     task = tuning.Task(f"fp32_gemv_n{n}_k{k}", func, 1, 2.0 * n * k, [], None)
     profile = get_profile("x86")
-    work = Path(tempfile.mkdtemp(prefix="dgms-gemv-tune-"))
-    db = tuning.open_database(work / "db", create=True)
     measure = tuning.make_measure(profile, "time")
-    t0 = time.perf_counter()
-    tuning.tune_task(db, task, trials, target, {}, measure, work / "ms", per_iter=16)
-    log(f"  tuned TVM FP32 GEMV {n}x{k}: {trials} trials in {time.perf_counter() - t0:.0f} s")
-    with target:
-        sch = ms.tir_integration.compile_tir(db, task.workload(), target)
+    with tempfile.TemporaryDirectory(prefix="dgms-gemv-tune-") as tmp:
+        work = Path(tmp)
+        db = tuning_db.open_database(work / "db", create=True)
+        t0 = time.perf_counter()
+        tuning.tune_task(db, task, trials, target, {}, measure, work / "ms", per_iter=16)
+        log(f"  tuned TVM FP32 GEMV {n}x{k}: {trials} trials in "
+            f"{time.perf_counter() - t0:.0f} s")
+        with target:
+            sch = ms.tir_integration.compile_tir(db, task.workload(), target)
     return None if sch is None else sch.mod["main"]
 
 

@@ -65,16 +65,17 @@ def fastest_int8_peer(rows: dict) -> str | None:
 def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int = 0,
             tuning_logs=None) -> dict:
     """Build FP32 and codebook variants for this host (hand schedules, and tuned ones when
-    ``tuning_logs`` holds records for the model), check they agree, time them all."""
-    from . import tuning
+    ``tuning_logs`` holds a database for this host's target), check they agree, time them
+    all."""
+    from . import tuning_db
 
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)
     x = loaded.example(seed)
     rows = {}
     outs = {}
-    db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
-                                  log=lambda m: print(m, file=sys.stderr))
+    db, folder = tuning_db.load(tuning_logs, profile.name,
+                                log=lambda m: print(m, file=sys.stderr))
     variants = [("fp32 TVM default", False, False, None, "exact"),
                 ("fp32 same kernels", False, True, None, "exact"),
                 (f"codebook {bits}-bit", True, True, None, "exact"),

@@ -96,8 +96,8 @@ def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
     Codebook kernels are marked opaque, so fusion leaves them whole and their schedule (from
     ``schedules/<target>.json`` unless ``knobs`` is given) applies as written. With a tuning
     ``database``, every kernel it holds a record for gets the tuned schedule instead;
-    ``applied`` then receives {kernel name: "tuned" | "hand" | "default"}. ``schedule=False``
-    stops before any schedule (the tuner's tasks).
+    ``applied`` then receives {kernel name: how it was scheduled} (``apply_records``).
+    ``schedule=False`` stops before any schedule (the tuner's tasks).
     """
     target = profile.tvm_target()
     knobs = knobs if knobs is not None else load_knobs(profile.name)
@@ -114,7 +114,7 @@ def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
     if not schedule:
         return mod
     if database is not None:
-        from .tuning import apply_database
+        from .apply_records import apply_database
 
         mod, how = apply_database(mod, database, target, knobs)
         if applied is not None:

@@ -25,6 +25,7 @@ class LoadedModel:
     name: str
     torch_model: object = None
     example_input: np.ndarray | None = None
+    bits: int | None = None  # the width a built-in model was quantized at
 
     def example(self, seed: int = 0) -> np.ndarray:
         """The built-in model's example input, else a seeded normal one of the input shape."""
@@ -53,7 +54,7 @@ def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
         declared = {name: cw.bits for name, cw in built.codebooks.items()}
         imported = frontend.from_torch(built.model, (built.example_input,), declared)
         imported.source = f"built-in {spec} (seed {seed}, {bits}-bit)"
-        return LoadedModel(imported, spec, built.model, built.example_input.numpy())
+        return LoadedModel(imported, spec, built.model, built.example_input.numpy(), bits)
     path = Path(spec)
     if path.suffix not in (".onnx", ".pt2"):
         if not path.exists():
@@ -97,10 +98,11 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                 quiet: bool = True, t0: float | None = None,
                 tuning_logs: Path | None = None, strategy: str = "auto") -> Build:
     """Lower, schedule and compile an imported model for ``profile``; kernels with a record
-    in the matching tuning logs under ``tuning_logs`` get their tuned schedule. ``strategy``:
-    see :func:`compiler.resolve_strategy` (the FP32 build has no codebook layer to apply it
-    to)."""
-    from . import tuning
+    in the target's tuning database under ``tuning_logs`` (``<root>/<target>/``, whatever
+    model the records came from: they are keyed by each kernel's structure) get their tuned
+    schedule. ``strategy``: see :func:`compiler.resolve_strategy` (the FP32 build has no
+    codebook layer to apply it to)."""
+    from . import apply_records, tuning_db
 
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
@@ -112,8 +114,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
         _log(note, False)
     _log(f"[3/4] building for {profile.name} ({profile.triple}, {profile.mcpu}) "
          f"({time.perf_counter() - t0:.1f} s)", quiet)
-    db, folder = tuning.load_logs(tuning_logs, profile.name, loaded.name, bits,
-                                  log=lambda m: _log(m, False))
+    db, folder = tuning_db.load(tuning_logs, profile.name, log=lambda m: _log(m, False))
     applied: dict[str, str] = {}
     module = compiler.prepare(lowered, profile, database=db, applied=applied)
     interrupt.check()
@@ -128,17 +129,26 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
             "lut": sum(r.strategy == "lut" for r in recs),
             # layers that are no codebook (the stem) in the int8 kernel, weights per channel
             "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
-    tuned = sorted(k for k, v in applied.items() if v == "tuned")
+    tuned = sorted(k for k, v in applied.items() if v == apply_records.TUNED)
+    matched = sum(v in apply_records.MATCHED for v in applied.values())
     manifest["tuning"] = {"logs": str(folder) if db is not None else None,
-                          "kernels": applied, "tuned": len(tuned)}
+                          "kernels": applied, "matched": matched, "tuned": len(tuned)}
     if db is not None:
         manifest["schedules"] = (f"tuned records from {folder} ({len(tuned)} of "
                                  f"{len(applied)} kernels); hand-written "
                                  f"schedules/{profile.name}.json for the rest")
-        _log(f"      tuning logs {folder}: {len(tuned)} of {len(applied)} kernels tuned", quiet)
-        if not tuned:
-            _log(f"warning: no record in {folder} matches a kernel of this build (logs of "
-                 "another model or version?); it is built untuned", False)
+        if matched:
+            kept = matched - len(tuned)
+            _log(f"tuning: {matched} of {len(applied)} kernels matched a record in {folder}"
+                 + (f" ({kept} keep TVM's default, which their records measured best)"
+                    if kept else ""), quiet)
+        else:
+            _log(f"warning: tuning: 0 of {len(applied)} kernels matched a record in {folder}: "
+                 "no record matches a kernel of this build (another target's or an older "
+                 "version's kernels?); it is built untuned", False)
+    elif tuning_logs is not None and folder is not None and \
+            not (folder / tuning_db.DB_FILES[1]).exists():
+        _log(f"tuning: no database in {folder}; hand schedules", quiet)
     return Build(lowered, module, exe, manifest)
 
 
@@ -203,7 +213,9 @@ def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits,
         "format": artifact.ARTIFACT_FORMAT,
         "model": loaded.name,
         "source": imported.source,
-        "bits": bits,
+        # a built-in model compiled without --bits: the width it was quantized at; a file's
+        # None: any width up to 8 accepted (each layer says its own)
+        "bits": bits if bits is not None else loaded.bits,
         "codebook_lowering": not fp32,
         "tvm_version": tvm.__version__,
         "target": {

@@ -54,8 +54,8 @@ def main(argv=None):
             wall = time.perf_counter() - t0
             if proc.returncode:
                 raise SystemExit(f"error: tuning with {n} device(s) failed: {proc.stdout}")
-            meta = json.loads(next(logs.glob("*/*/tuning.json")).read_text())
-            trials = sum(t["trials"] for t in meta["tasks"])
+            meta = json.loads((logs / args.target / "runs.json").read_text())[-1]
+            trials = meta["total_trials"]
             rows.append({"devices": n, "wall_s": wall, "tuning_s": meta["seconds"],
                          "trials": trials})
     base = rows[0]["tuning_s"]

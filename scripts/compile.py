@@ -30,7 +30,8 @@ def parse(argv):
                    help="build the FP32 baseline: same graph, no codebook lowering")
     p.add_argument("--seed", type=int, default=0, help="seed of the built-in model's weights")
     p.add_argument("--tuning-logs", default="tuning_logs",
-                   help="root of the tuning logs to apply (<root>/<target>/<model>-w<bits>/), "
+                   help="root of the tuning logs: the target's database <root>/<target>/ "
+                        "applies to any model (records are keyed by kernel), "
                         "or 'none' for the hand schedules only (default tuning_logs/)")
     p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
                    help="codebook layer arithmetic: exact (float32 activations, matches "

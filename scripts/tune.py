@@ -1,6 +1,7 @@
 #!/usr/bin/env python3
 """Tune a model's kernels (its DGMS build and its FP32 baseline) with MetaSchedule and the
-XGBoost cost model; records go to <tuning-logs>/<target>/<model>-w<bits>/.
+XGBoost cost model; records go to the target's one database, <tuning-logs>/<target>/
+(which compile applies to any model with the same kernels), and the run to its runs.json.
 
 x86 is measured here (wall time). An ARM target is measured on devices from a tracker: the
 local emulated ones by default (started here if none runs under the key, stopped after),
@@ -16,18 +17,21 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm.cli import one_line_errors, run_script
+from dgms_tvm.errors import UserError
 from dgms_tvm.targets import STRATEGIES
 
 
 def parse(argv):
-    from dgms_tvm.tuning import DEFAULT_LOGS
+    from dgms_tvm.tuning_db import DEFAULT_LOGS
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="resnet18")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--target", default="x86")
     p.add_argument("--trials", type=int, default=2000,
-                   help="trials over all tasks of both builds (spread by work per task)")
+                   help="trials over all tasks of both builds, in all (spread by work per "
+                        "task, at least a round of --per-iter each: with fewer, the largest "
+                        "tasks only)")
     p.add_argument("--per-iter", type=int, default=16, help="candidates per search round")
     p.add_argument("--tracker", help="HOST:PORT of real boards (default: local emulated)")
     p.add_argument("--key", help="device key (default: the target name)")
@@ -50,12 +54,17 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
-    from dgms_tvm import pipeline, tuning
+    from dgms_tvm import pipeline, tuning, tuning_db, tuning_remeasure, tuning_run
     from dgms_tvm.device import client, manager
     from dgms_tvm.device.sysroot import cache_dir
     from dgms_tvm.targets import get_profile
+    from dgms_tvm.tuning_budget import check_trials
 
+    check_trials(args.trials, args.per_iter)
+    if args.remeasure is not None and args.remeasure < 1:
+        raise UserError(f"--remeasure must be a positive integer, not {args.remeasure}")
     profile = get_profile(args.target)
+    folder = tuning_db.target_dir(args.tuning_logs, profile.name)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     tracker, key, started, workers, measure = None, None, [], 1, args.measure or "time"
     if profile.is_arm:
@@ -75,22 +84,20 @@ def main(argv=None):
         if args.remeasure:
             log(f"re-measuring the {args.model} {args.bits}-bit logs for {profile.name} by "
                 f"{m.name} on {m.device}, {args.remeasure} rounds")
-            rows = tuning.remeasure(loaded, args.model, args.bits, profile, m,
-                                    args.tuning_logs, args.remeasure, log=log)
-            print(f"{len(rows)} tasks re-measured: "
-                  f"{tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)}")
+            rows = tuning_remeasure.remeasure(loaded, args.model, args.bits, profile, m,
+                                              args.tuning_logs, args.remeasure, log=log)
+            print(f"{len(rows)} tasks re-measured: {folder}")
             return
         log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
             f"trials, measured by {m.name} on {m.device}")
-        meta = tuning.tune(loaded, args.model, args.bits, profile, args.trials, m,
-                           args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log,
-                           strategy=args.strategy)
+        run = tuning_run.tune(loaded, args.model, args.bits, profile, args.trials, m,
+                              args.tuning_logs, per_iter=args.per_iter, seed=args.seed,
+                              log=log, strategy=args.strategy)
     finally:
         if started:
             manager.stop(log=log, pids=started)
-    folder = tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)
-    print(f"{meta['total_trials']} trials in the logs ({meta['seconds']:.0f} s of tuning in "
-          f"all): {folder}")
+    print(f"{run['total_trials']} trials run ({args.trials} requested, {run['seconds']:.0f} s "
+          f"of tuning in all) into {folder}")
 
 
 if __name__ == "__main__":

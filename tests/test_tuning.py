@@ -15,7 +15,7 @@ import pytest
 import tvm
 import tvm_ffi
 
-from dgms_tvm import pipeline, tuning
+from dgms_tvm import apply_records, pipeline, tuning, tuning_db, tuning_remeasure, tuning_run
 from dgms_tvm.kernels import dense
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
@@ -35,7 +35,7 @@ def dense_task(spec=SPEC) -> tuning.Task:
 def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logs")
     profile = get_profile("x86")
-    db = tuning.open_database(folder, create=True)
+    db = tuning_db.open_database(folder, create=True)
     measure = tuning.make_measure(profile, "time")
     done, costs, hand = tuning.tune_task(db, dense_task(), 4, profile.tvm_target(),
                                          load_knobs("x86"), measure,
@@ -47,11 +47,11 @@ def test_tiny_run_writes_records_that_compile_applies(tuned, rng):
     folder, done, costs, hand = tuned
     assert done == 4 and costs and hand is not None
     assert costs[0] <= hand  # the hand schedule is in the database: the best is no worse
-    assert all((folder / f).exists() for f in tuning.DB_FILES)
-    db = tuning.open_database(folder)
+    assert all((folder / f).exists() for f in tuning_db.DB_FILES)
+    db = tuning_db.open_database(folder)
     func = dense.compute(SPEC)
-    mod, how = tuning.apply_database(tvm.IRModule({"k": func}), db,
-                                     get_profile("x86").tvm_target(), load_knobs("x86"))
+    mod, how = apply_records.apply_database(tvm.IRModule({"k": func}), db,
+                                            get_profile("x86").tvm_target(), load_knobs("x86"))
     assert how == {"k": "tuned"}
     applied = mod["k"]
     assert not tvm_ffi.structural_equal(applied, func)  # not the untuned function
@@ -66,8 +66,9 @@ def test_tiny_run_writes_records_that_compile_applies(tuned, rng):
 def test_kernels_without_a_record_keep_their_hand_schedule(tuned):
     folder = tuned[0]
     other = dense.compute(dense.DenseSpec(1, 16, 48, bits=2))
-    mod, how = tuning.apply_database(tvm.IRModule({"o": other}), tuning.open_database(folder),
-                                     get_profile("x86").tvm_target(), load_knobs("x86"))
+    mod, how = apply_records.apply_database(tvm.IRModule({"o": other}),
+                                            tuning_db.open_database(folder),
+                                            get_profile("x86").tvm_target(), load_knobs("x86"))
     assert how == {"o": "hand"}
     hand = dense.schedule(other, load_knobs("x86")["cb_dense"])
     assert tvm_ffi.structural_equal(mod["o"], hand)
@@ -76,12 +77,12 @@ def test_kernels_without_a_record_keep_their_hand_schedule(tuned):
 CHILD = """
 import sys
 from pathlib import Path
-from dgms_tvm import tuning
+from dgms_tvm import tuning, tuning_db
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.test_tuning import dense_task
 p = get_profile("x86")
-db = tuning.open_database(Path(sys.argv[1]), create=True)
+db = tuning_db.open_database(Path(sys.argv[1]), create=True)
 tuning.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
                  tuning.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
 """
@@ -93,7 +94,7 @@ def test_killed_run_leaves_a_loadable_database_and_resumes(tmp_path):
     proc = subprocess.Popen([sys.executable, "-c", CHILD, str(logs), str(work)], cwd=REPO,
                             start_new_session=True, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
-    records = logs / tuning.DB_FILES[1]
+    records = logs / tuning_db.DB_FILES[1]
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if records.exists() and len(records.read_text().splitlines()) >= 5:
@@ -105,7 +106,7 @@ def test_killed_run_leaves_a_loadable_database_and_resumes(tmp_path):
     # A record cut in half by the kill is dropped on load, nothing else.
     with open(records, "a") as f:
         f.write('[0, [["torn')
-    db = tuning.open_database(logs)
+    db = tuning_db.open_database(logs)
     done, costs = tuning.records_of(db, dense_task())
     assert 5 <= done < 64 and costs
     profile = get_profile("x86")
@@ -135,9 +136,9 @@ def _compile(digitnet, logs, tmp_path, capsys):
 
 
 def test_corrupt_logs_warn_and_build_untuned(digitnet, tmp_path, capsys):
-    folder = tuning.log_dir(tmp_path / "logs", "x86", "digitnet", 4)
+    folder = tuning_db.target_dir(tmp_path / "logs", "x86")
     folder.mkdir(parents=True)
-    for name in tuning.DB_FILES:
+    for name in tuning_db.DB_FILES:
         (folder / name).write_text('["not", "a workload"]\n')
     manifest, err = _compile(digitnet, tmp_path / "logs", tmp_path, capsys)
     assert "warning: tuning logs in" in err and "do not load" in err
@@ -145,9 +146,9 @@ def test_corrupt_logs_warn_and_build_untuned(digitnet, tmp_path, capsys):
 
 
 def test_mismatched_logs_warn_and_build_untuned(digitnet, tuned, tmp_path, capsys):
-    folder = tuning.log_dir(tmp_path / "logs", "x86", "digitnet", 4)
+    folder = tuning_db.target_dir(tmp_path / "logs", "x86")
     folder.mkdir(parents=True)
-    for name in tuning.DB_FILES:  # records of another kernel, filed under digitnet
+    for name in tuning_db.DB_FILES:  # records of another kernel only
         (folder / name).write_bytes((tuned[0] / name).read_bytes())
     manifest, err = _compile(digitnet, tmp_path / "logs", tmp_path, capsys)
     assert "no record" in err and "matches a kernel of this build" in err
@@ -161,7 +162,11 @@ def test_task_extraction_covers_both_builds(digitnet):
     assert any(n.startswith("cb_conv2d") for n in names)
     assert any(n.startswith("fp32_conv2d") and "c32" in n for n in names)  # FP32 baseline
     assert sum(t.family is not None for t in tasks) >= 6
-    plan = tuning.budgets(tasks, 100, 8)
+    from dgms_tvm.tuning_budget import budgets
+
+    computing = sum(t.flops > 0 for t in tasks)
+    plan = budgets([t.flops * t.calls for t in tasks], 8 * computing + 10, 8)
+    assert sum(plan) == 8 * computing + 10  # enough for a round each: every kernel gets one
     assert all(b == 0 for t, b in zip(tasks, plan, strict=True) if t.flops == 0)
     assert all(b >= 8 for t, b in zip(tasks, plan, strict=True) if t.flops > 0)
 
@@ -190,12 +195,12 @@ def test_measure_choice_errors():
         tuning.make_measure(get_profile("x86"), "joules")
 
 
-def test_meta_says_what_measured(tmp_path):
+def test_run_entry_says_what_measured(tmp_path):
     profile = get_profile("x86")
     m = tuning.make_measure(profile, "time")
-    meta = tuning._meta("digitnet", 4, profile, m, 10, 1.0, [], "exact")
+    meta = tuning_run._new_entry("digitnet", 4, profile, m, 10, 8, "exact")
     assert meta["measure"] == "time" and meta["run_secs_unit"] == "seconds"
-    assert meta["strategy"] == "exact"
+    assert meta["strategy"] == "exact" and meta["trials_requested"] == 10
     json.dumps(meta)
 
 
@@ -207,18 +212,18 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
     func = te.create_prim_func([a, b])
     task = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None)
     profile = get_profile("x86")
-    db = tuning.open_database(tmp_path / "logs", create=True)
+    db = tuning_db.open_database(tmp_path / "logs", create=True)
     done, costs, base = tuning.tune_task(db, task, 3, profile.tvm_target(), load_knobs("x86"),
                                          tuning.make_measure(profile, "time"), tmp_path,
                                          per_iter=2)
     assert base is not None and done >= 1 and costs[0] <= base
-    mod, how = tuning.apply_database(tvm.IRModule({"r": func}), db, profile.tvm_target(),
-                                     load_knobs("x86"))
+    mod, how = apply_records.apply_database(tvm.IRModule({"r": func}), db,
+                                            profile.tvm_target(), load_knobs("x86"))
     # A searched schedule is applied only where it measured faster than TVM's default
     # (whose record has an empty trace); which one won depends on this run's timings.
     searched = [float(np.mean([float(v) for v in r.run_secs]))
                 for r in db.get_all_tuning_records() if len(r.trace.insts)]
-    assert how == {"r": "tuned" if searched and min(searched) < base else "default"}
+    assert how == {"r": "tuned" if searched and min(searched) < base else "default-measured"}
     x = np.random.default_rng(0).normal(size=(64, 64)).astype(np.float32)
     got = run_kernel(mod["r"], [x, np.zeros((64, 64), np.float32)])
     assert rel_err(got, np.maximum(2 * x, 0)) < 1e-6
@@ -229,16 +234,20 @@ def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
     run does not measure it again; tuning.json keeps the earlier figure, not null."""
     profile = get_profile("x86")
     task = dense_task()
-    folder = tuning.log_dir(tmp_path, "x86", "digitnet", 4)
+    folder = tuning_db.target_dir(tmp_path, "x86")
     folder.mkdir(parents=True)
-    (folder / tuning.META).write_text(json.dumps({"measure": "time", "seconds": 5.0, "tasks": [
-        {"task": task.name, "hand": 2.5e-3}]}))
+    (folder / tuning_db.RUNS).write_text(json.dumps([{
+        "model": "digitnet", "bits": 4, "strategy": "exact", "measure": "time",
+        "trials_requested": 8, "per_iter": 16, "finished": None, "seconds": 5.0,
+        "tasks": [{"task": task.name, "base": 0, "hand": 2.5e-3}]}]))
     monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
     monkeypatch.setattr(tuning, "tune_task", lambda *a, **k: (8, [1e-3], None))
-    meta = tuning.tune(None, "digitnet", 4, profile, 8, tuning.make_measure(profile, "time"),
-                       tmp_path, log=lambda m: None)
-    assert meta["tasks"][0]["hand"] == 2.5e-3
-    assert json.loads((folder / tuning.META).read_text())["tasks"][0]["hand"] == 2.5e-3
+    meta = tuning_run.tune(None, "digitnet", 4, profile, 8,
+                           tuning.make_measure(profile, "time"), tmp_path, log=lambda m: None,
+                           strategy="exact")
+    assert meta["tasks"][0]["hand"] == 2.5e-3 and meta["seconds"] >= 5.0
+    (entry,) = json.loads((folder / tuning_db.RUNS).read_text())  # resumed, not a new run
+    assert entry["tasks"][0]["hand"] == 2.5e-3 and entry["finished"]
 
 
 def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
@@ -253,7 +262,7 @@ def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
     func = te.create_prim_func([a, b])
     wl_mod = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None).workload()
     target = get_profile("x86").tvm_target()
-    db = tuning.open_database(tmp_path / "logs", create=True)
+    db = tuning_db.open_database(tmp_path / "logs", create=True)
     wl = db.commit_workload(wl_mod)
     info = ms.arg_info.ArgInfo.from_prim_func(wl_mod["main"])
     empty = tvm.s_tir.Schedule(wl_mod)
@@ -269,43 +278,48 @@ def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
     (top,) = db.get_top_k(wl, 1)
     assert len(top.trace.insts) > 0  # the premise: the query skips the faster empty record
     knobs = load_knobs("x86")
-    _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
-    assert how == {"r": "default"}
+    _, how = apply_records.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
+    assert how == {"r": "default-measured"}  # TVM's default, which its record measured best
     # such a workload only weighs the files: dropping it leaves compile's choice as it was
     import shutil
 
     kept = tmp_path / "kept"
     shutil.copytree(tmp_path / "logs", kept)
-    assert tuning.drop_default_wins(kept) == 1
-    pruned = tuning.open_database(kept)
+    assert tuning_db.drop_default_wins(kept) == 1
+    pruned = tuning_db.open_database(kept)
     assert not pruned.get_all_tuning_records()
-    assert tuning.apply_database(tvm.IRModule({"r": func}), pruned, target, knobs)[1] == how
+    # TVM's default still (no record left to say it was measured)
+    assert apply_records.apply_database(tvm.IRModule({"r": func}), pruned, target,
+                                        knobs)[1] == {"r": "default"}
     commit(searched, 0.5e-3)
-    _, how = tuning.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
+    _, how = apply_records.apply_database(tvm.IRModule({"r": func}), db, target, knobs)
     assert how == {"r": "tuned"}
 
 
-SHIPPED = sorted(p.parent for p in (REPO / "tuning_logs").glob("*/*/database_tuning_record.json"))
+SHIPPED_RUNS = sorted({(p.parent.name, r["model"], r["bits"], r.get("strategy", "exact"))
+                       for p in (REPO / "tuning_logs").glob(f"*/{tuning_db.RUNS}")
+                       for r in json.loads(p.read_text()) if "trials_requested" in r})
 
 
-@pytest.mark.parametrize("folder", SHIPPED, ids=[f"{p.parent.name}/{p.name}" for p in SHIPPED])
-def test_shipped_logs_still_match_their_model(folder):
+@pytest.mark.parametrize("run", SHIPPED_RUNS, ids=["/".join(map(str, r[:3]))
+                                                   for r in SHIPPED_RUNS])
+def test_shipped_logs_still_match_their_model(run):
     """Shipped records are keyed by each kernel's structure: a change to a kernel's compute
-    would silently stop them applying. Every shipped folder must load and give tuned
-    schedules to its model's kernels."""
-    model, bits = folder.name.rsplit("-w", 1)
-    profile = get_profile(folder.parent.name)
-    db, _ = tuning.load_logs(REPO / "tuning_logs", profile.name, model, int(bits))
+    would silently stop them applying. Every target's database must load and give tuned
+    schedules to the kernels of every model whose run went in."""
+    target, model, bits, strategy = run
+    profile = get_profile(target)
+    db, _ = tuning_db.load(REPO / "tuning_logs", profile.name)
     assert db is not None
     loaded = pipeline.load_model(model, int(bits), 0)
     from dgms_tvm import compiler
 
     # the DGMS build that was tuned (logs from before the strategy was recorded: exact)
-    meta = json.loads((folder / tuning.META).read_text())
     lowered = compiler.lower(loaded.imported, int(bits), target=profile.tvm_target(),
-                             strategy=meta.get("strategy", "exact"))
+                             strategy=strategy)
     mod = compiler.prepare(lowered, profile, schedule=False)
-    _, how = tuning.apply_database(mod, db, profile.tvm_target(), load_knobs(profile.name))
+    _, how = apply_records.apply_database(mod, db, profile.tvm_target(),
+                                          load_knobs(profile.name))
     from dgms_tvm.kernels import FAMILIES, KERNEL_ATTR
 
     tasks = [n for n in how if KERNEL_ATTR not in (mod[n].attrs or {})
@@ -323,11 +337,12 @@ def test_remeasure_keeps_the_baseline_and_best_with_new_figures(tuned, tmp_path,
     from tvm.s_tir import meta_schedule as ms
 
     src, *_ = tuned
-    folder = tuning.log_dir(tmp_path, "x86", "digitnet", 4)
+    folder = tuning_db.target_dir(tmp_path, "x86")
     shutil.copytree(src, folder)
-    (folder / tuning.META).write_text(json.dumps({"measure": "time", "strategy": "exact"}))
+    (folder / tuning_db.RUNS).write_text(json.dumps([{"measure": "time", "model": "digitnet",
+                                                      "bits": 4, "strategy": "exact"}]))
     task = dense_task()
-    db = tuning.open_database(folder)
+    db = tuning_db.open_database(folder)
     worst = max(db.get_all_tuning_records(), key=lambda r: float(np.mean(
         [float(s) for s in r.run_secs])))
     db.commit_tuning_record(ms.database.TuningRecord(  # that schedule, "measured" too fast
@@ -335,16 +350,17 @@ def test_remeasure_keeps_the_baseline_and_best_with_new_figures(tuned, tmp_path,
         worst.args_info))
     monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
     profile = get_profile("x86")
-    rows = tuning.remeasure(None, "digitnet", 4, profile, tuning.make_measure(profile, "time"),
-                            tmp_path, rounds=2, log=lambda m: None)
+    rows = tuning_remeasure.remeasure(None, "digitnet", 4, profile,
+                                      tuning.make_measure(profile, "time"), tmp_path, rounds=2,
+                                      log=lambda m: None)
     assert len(rows) == 1 and rows[0]["hand"] > 1e-7 and rows[0]["best"] > 1e-7
-    db = tuning.open_database(folder)
+    db = tuning_db.open_database(folder)
     secs = [float(np.mean([float(s) for s in r.run_secs])) for r in db.get_all_tuning_records()]
     assert 1 <= len(secs) <= 2 and min(secs) > 1e-7
-    assert json.loads((folder / tuning.META).read_text())["remeasured"]["rounds"] == 2
+    assert json.loads((folder / tuning_db.RUNS).read_text())[-1]["remeasured"]["rounds"] == 2
     func = dense.compute(SPEC)
-    mod, _ = tuning.apply_database(tvm.IRModule({"k": func}), db, profile.tvm_target(),
-                                     load_knobs("x86"))
+    mod, _ = apply_records.apply_database(tvm.IRModule({"k": func}), db,
+                                          profile.tvm_target(), load_knobs("x86"))
     cw = random_codebook_weight(rng, SPEC.weight_shape, SPEC.bits)
     x = rng.normal(size=(SPEC.m, SPEC.k)).astype(np.float32)
     got = run_kernel(mod["k"], [x, cw.packed, cw.codebook, np.zeros(SPEC.out_shape,

@@ -491,21 +491,21 @@ def test_killed_device_is_restarted_and_logged(device, arm_model):
 def test_tuning_through_the_tracker_by_instruction_counts(device, tmp_path, rng):
     """A tiny MetaSchedule run measured on the emulated devices (instruction counts, both
     devices as runners); the applied kernel runs on the device and matches the oracle."""
-    from dgms_tvm import tuning
+    from dgms_tvm import apply_records, tuning, tuning_db
     from tests.test_tuning import dense_task
 
     tracker, _ = device
     profile = get_profile(CPU)
     spec = dense.DenseSpec(1, 32, 64, bits=4)
-    db = tuning.open_database(tmp_path / "logs", create=True)
+    db = tuning_db.open_database(tmp_path / "logs", create=True)
     measure = tuning.make_measure(profile, "instructions", tracker, CPU, 2, tmp_path / "w")
     done, costs, hand = tuning.tune_task(db, dense_task(spec), 4, profile.tvm_target(),
                                          load_knobs(CPU), measure, tmp_path, per_iter=3)
     assert done == 4 and hand is not None and costs[0] <= hand
     # run_secs hold 1e-9 per instruction: a 1x32x64 kernel is thousands of instructions.
     assert all(1e-6 < c < 1e-2 for c in costs)
-    mod, how = tuning.apply_database(tvm.IRModule({"k": dense.compute(spec)}), db,
-                                     profile.tvm_target(), load_knobs(CPU))
+    mod, how = apply_records.apply_database(tvm.IRModule({"k": dense.compute(spec)}), db,
+                                            profile.tvm_target(), load_knobs(CPU))
     assert how == {"k": "tuned"}
     cw = random_codebook_weight(rng, spec.weight_shape, spec.bits)
     x = rng.normal(size=(1, spec.k)).astype(np.float32)
