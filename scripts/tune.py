@@ -50,25 +50,32 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
+    import contextlib
+
     from dgms_tvm import pipeline, tuning
     from dgms_tvm.device import client, manager
     from dgms_tvm.device.sysroot import cache_dir
     from dgms_tvm.targets import get_profile
 
     profile = get_profile(args.target)
+    pipeline.check_model(args.model)  # (before any device starts)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    tracker, key, started, workers, measure = None, None, [], 1, args.measure or "time"
-    if profile.is_arm:
-        key = args.key or profile.name
-        if args.tracker:
-            tracker = client.Tracker(*client.parse_tracker(args.tracker))
-            if not tracker.reachable():
-                tracker.summary()  # one-line error when unreachable
-        else:
-            measure = args.measure or "instructions"
-            tracker, started = manager.ensure_local(profile.name, args.devices, key, log=log)
-        workers = max(1, tracker.free(key))
-    try:
+    tracker, key, workers, measure = None, None, 1, args.measure or "time"
+    with contextlib.ExitStack() as stack:
+        if profile.is_arm:
+            key = args.key or profile.name
+            if args.tracker:
+                tracker = client.Tracker(*client.parse_tracker(args.tracker))
+                if not tracker.reachable():
+                    tracker.summary()  # one-line error when unreachable
+            else:
+                measure = args.measure or "instructions"
+                manager.check_count(args.devices, "--devices")
+                # Devices found running stay running after; those started here stop once
+                # no other run holds them.
+                tracker, _ = stack.enter_context(
+                    manager.local_devices(profile.name, args.devices, key, log=log))
+            workers = max(1, tracker.free(key))
         loaded = pipeline.load_model(args.model, args.bits, args.seed)
         m = tuning.make_measure(profile, measure, tracker, key, workers,
                                 cache_dir() / "tuning")
@@ -85,9 +92,6 @@ def main(argv=None):
         meta = tuning.tune(loaded, args.model, args.bits, profile, args.trials, m,
                            args.tuning_logs, per_iter=args.per_iter, seed=args.seed, log=log,
                            strategy=args.strategy)
-    finally:
-        if started:
-            manager.stop(log=log, pids=started)
     folder = tuning.log_dir(args.tuning_logs, profile.name, args.model, args.bits)
     print(f"{meta['total_trials']} trials in the logs ({meta['seconds']:.0f} s of tuning in "
           f"all): {folder}")
