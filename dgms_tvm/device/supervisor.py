@@ -46,6 +46,7 @@ def counts_path(folder_file: Path, key: str, supervisor: int, index: int) -> Pat
 
 
 _STOPPING = False
+POLL_S = 5.0  # how often the tracker is asked which devices it knows
 
 
 def _record_devices(devices) -> None:
@@ -133,10 +134,14 @@ def main(argv=None) -> int:
         d.start()
     _log(Path(args.log), f"supervisor {os.getpid()}: started {args.count} {args.cpu} "
                          f"device(s) under key {args.key}")
-    started = time.monotonic()
+    started = asked = time.monotonic()
     while not stopping:
         time.sleep(1.0)
-        ports = _registered_ports(host, int(port)) if time.monotonic() - started > 60 else None
+        # The tracker is asked every few seconds only: it accepts one connection at a time
+        # (a listen backlog of 1), and runs' own requests must not queue behind ours.
+        ask = time.monotonic() - started > 60 and time.monotonic() - asked >= POLL_S
+        ports = _registered_ports(host, int(port)) if ask else None
+        asked = time.monotonic() if ask else asked
         for d in devices:
             if stopping:  # (no restart of a device the handler has just ended)
                 break
@@ -147,7 +152,9 @@ def main(argv=None) -> int:
                 d.kill()
                 d.start()
                 continue
-            if ports is None or d.port in ports:
+            if ports is None:  # (not asked this round, or no answer: no news)
+                continue
+            if d.port in ports:
                 d.missing_since = None
             elif d.missing_since is None:
                 d.missing_since = time.monotonic()
