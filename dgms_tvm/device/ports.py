@@ -113,7 +113,7 @@ def spawn_tracker(host: str = "127.0.0.1", port: int | None = None):
     return proc, base
 
 
-def wait_tracker(proc, host: str, port: int, timeout: float = 30.0) -> None:
+def wait_tracker(proc, host: str, port: int, timeout: float = 90.0) -> None:
     """Wait until the tracker ``proc`` answers on ``port``; a clear error (and the process
     group killed) if it exits or another process holds the port."""
     from .client import Tracker
