@@ -212,6 +212,33 @@ def device_count(tracker: Tracker, key: str) -> int:
     return max(1, tracker.free(key))
 
 
+def check_args(model: str, bits: int, target: str, output: Path, repeat: int = 5,
+               number: int = 1, emulated: bool = True):
+    """Refuse bad arguments before anything starts (devices take a minute to come up).
+    Returns the target profile."""
+    from .format import FormatError, check_bits
+
+    pipeline.check_model(model)
+    try:
+        check_bits(bits)
+    except FormatError as err:
+        raise UserError(str(err)) from None
+    profile = get_profile(target)
+    if not profile.is_arm:
+        raise UserError(f"bench runs on a Cortex-A device; {target} is not one "
+                        "(use scripts/bench_x86.py for this host)")
+    if emulated and profile.qemu_cpu is None:
+        raise UserError(f"{target} has no emulated device: give --tracker and --key of a board")
+    if repeat < 1 or number < 1:
+        raise UserError("--repeat and --number must be at least 1")
+    output = Path(output)
+    if output.exists() and not output.is_dir():
+        raise UserError(f"output {output} exists and is not a folder")
+    for sub in ("fp32", f"dgms-w{bits}"):
+        artifact.check_output_dir(output / sub)
+    return profile
+
+
 def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
         emulated: bool = True, counting: bool = True, peers: bool = True,
@@ -221,10 +248,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     under the key, write the report files."""
     import tvm
 
-    profile = get_profile(target)
-    if not profile.is_arm:
-        raise UserError(f"bench runs on a Cortex-A device; {target} is not one "
-                        "(use scripts/bench_x86.py for this host)")
+    profile = check_args(model, bits, target, output, repeat, number, emulated)
     key = key or profile.name
     if not tracker.reachable():
         raise UserError(f"tracker {tracker} is unreachable (start emulated devices with: "

@@ -300,9 +300,8 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     knobs = load_knobs(profile.name)
     run_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gemv-arm-", dir=run_dir()))
-    tracker, started = manager.ensure_local(profile.name, 1, log=log)
     out = {"target": profile.name, "shapes": []}
-    try:
+    with manager.local_devices(profile.name, 1, log=log) as (tracker, _):
         dev = _Device(tracker, profile.name, profile, work, True, 300.0)
         for n, k in shapes:
             rows = {}
@@ -330,9 +329,6 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
                         f"{res['minstr']:.3f} M")
             out["shapes"].append({"n": n, "k": k, "rows": rows})
         dev.close()
-    finally:
-        if started:
-            manager.stop(pids=started, log=lambda *_: None)
     return out
 
 

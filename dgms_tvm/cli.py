@@ -10,18 +10,33 @@ from . import interrupt
 from .errors import UserError
 
 
+def _drop_stdout() -> None:
+    """Point stdout at /dev/null: its unwritten buffer would raise again at exit."""
+    import os
+
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
+
+
 def one_line_errors(main):
     """Run ``main``; a :class:`UserError` becomes ``error: ...`` on stderr and exit code 2,
     an interrupt ``interrupted`` and exit code 130. Any other exception is a bug: its
     traceback, then ``internal error: ...`` with its message's first line, exit code 1 (TVM's
     own exception hook would print only a note for some of its errors, a TVMScript one among
     them, and lose the message) - unless a signal came while TVM ran, which TVM turns into
-    such an exception (see :mod:`.interrupt`)."""
+    such an exception (see :mod:`.interrupt`). A closed stdout (``| head``) ends it quietly
+    with code 141, as a process killed by SIGPIPE."""
 
     @functools.wraps(main)
     def wrapper(argv=None):
         try:
-            return main(argv) or 0
+            code = main(argv) or 0
+            sys.stdout.flush()  # (here, where a closed pipe is caught, not at exit)
+            return code
+        except BrokenPipeError:  # the reader went away (``| head``): quiet, as Unix tools
+            _drop_stdout()
+            return 141
         except UserError as err:
             print(f"error: {err}", file=sys.stderr)
             return 2

@@ -48,6 +48,7 @@ def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
             check_bits(bits)
         except FormatError as err:
             raise UserError(str(err)) from None
+    check_model(spec)
     if spec in zoo.MODELS:
         bits = 4 if bits is None else bits
         built = zoo.build(spec, bits, seed)
@@ -56,6 +57,16 @@ def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
         imported.source = f"built-in {spec} (seed {seed}, {bits}-bit)"
         return LoadedModel(imported, spec, built.model, built.example_input.numpy(), bits)
     path = Path(spec)
+    load = frontend.load_onnx if path.suffix == ".onnx" else frontend.load_pt2
+    return LoadedModel(load(path), path.stem)
+
+
+def check_model(spec: str) -> None:
+    """Refuse a model that is neither a built-in name nor an existing .onnx / .pt2 file
+    (cheap: commands check it before starting anything)."""
+    if spec in zoo.MODELS:
+        return
+    path = Path(spec)
     if path.suffix not in (".onnx", ".pt2"):
         if not path.exists():
             raise UserError(f"model {spec!r} is neither a built-in model "
@@ -63,8 +74,6 @@ def load_model(spec: str, bits: int | None = 4, seed: int = 0) -> LoadedModel:
         raise UserError(f"{spec}: unknown model file type (expected .onnx or .pt2)")
     if not path.is_file():
         raise UserError(f"model file {spec} not found")
-    load = frontend.load_onnx if path.suffix == ".onnx" else frontend.load_pt2
-    return LoadedModel(load(path), path.stem)
 
 
 def onnx_of(loaded: LoadedModel, model: str, x) -> bytes | None:

@@ -35,6 +35,8 @@ def parse(argv):
                    help="root of the tuning logs to apply, or 'none' (default tuning_logs/)")
     p.add_argument("--no-per-layer", action="store_true",
                    help="skip the per-layer breakdown (each kernel run alone)")
+    p.add_argument("--no-peers", action="store_true",
+                   help="skip the onnxruntime peer rows (emulated devices only)")
     p.add_argument("--strategy", default="auto", choices=list(STRATEGIES),
                    help="the DGMS build's codebook conv2d arithmetic (see compile.py; "
                         "default auto)")
@@ -44,26 +46,33 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
+    import contextlib
+
     from dgms_tvm import bench_device
     from dgms_tvm.device import client, manager
 
-    started = []
-    if args.tracker:
-        tracker = client.Tracker(*client.parse_tracker(args.tracker))
-        emulated = False
-    else:
-        tracker, started = manager.ensure_local(args.target, args.devices, args.key,
-                                                log=lambda m: print(m, file=sys.stderr))
-        emulated = True
-    try:
+    # Every argument is checked before any device starts (that takes a minute).
+    emulated = not args.tracker
+    bench_device.check_args(args.model, args.bits, args.target, args.output, args.repeat,
+                            args.number, emulated)
+    log = lambda m: print(m, file=sys.stderr)  # noqa: E731
+    with contextlib.ExitStack() as stack:
+        counting = False
+        if emulated:
+            manager.check_count(args.devices, "--devices")
+            # Devices found running stay running after; devices started here stop once no
+            # other run holds them.
+            tracker, info = stack.enter_context(
+                manager.local_devices(args.target, args.devices, args.key, log=log))
+            counting = info["instruction_counts"]
+        else:
+            tracker = client.Tracker(*client.parse_tracker(args.tracker))
         rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
                                args.output, args.repeat, args.number, emulated=emulated,
+                               counting=counting, peers=not args.no_peers,
                                per_layer=not args.no_per_layer,
                                tuning_logs=logs_root(args.tuning_logs),
                                strategy=args.strategy)
-    finally:
-        if started:
-            manager.stop(log=lambda m: print(m, file=sys.stderr), pids=started)
     print(bench_device.format_markdown(rep))
     print(f"report: {args.output}/report.md, report.json, report.png")
 

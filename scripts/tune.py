@@ -54,6 +54,8 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
+    import contextlib
+
     from dgms_tvm import pipeline, tuning, tuning_db, tuning_remeasure, tuning_run
     from dgms_tvm.device import client, manager
     from dgms_tvm.device.sysroot import cache_dir
@@ -65,19 +67,24 @@ def main(argv=None):
         raise UserError(f"--remeasure must be a positive integer, not {args.remeasure}")
     profile = get_profile(args.target)
     folder = tuning_db.target_dir(args.tuning_logs, profile.name)
+    pipeline.check_model(args.model)  # (before any device starts)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
-    tracker, key, started, workers, measure = None, None, [], 1, args.measure or "time"
-    if profile.is_arm:
-        key = args.key or profile.name
-        if args.tracker:
-            tracker = client.Tracker(*client.parse_tracker(args.tracker))
-            if not tracker.reachable():
-                tracker.summary()  # one-line error when unreachable
-        else:
-            measure = args.measure or "instructions"
-            tracker, started = manager.ensure_local(profile.name, args.devices, key, log=log)
-        workers = max(1, tracker.free(key))
-    try:
+    tracker, key, workers, measure = None, None, 1, args.measure or "time"
+    with contextlib.ExitStack() as stack:
+        if profile.is_arm:
+            key = args.key or profile.name
+            if args.tracker:
+                tracker = client.Tracker(*client.parse_tracker(args.tracker))
+                if not tracker.reachable():
+                    tracker.summary()  # one-line error when unreachable
+            else:
+                measure = args.measure or "instructions"
+                manager.check_count(args.devices, "--devices")
+                # Devices found running stay running after; those started here stop once
+                # no other run holds them.
+                tracker, _ = stack.enter_context(
+                    manager.local_devices(profile.name, args.devices, key, log=log))
+            workers = max(1, tracker.free(key))
         loaded = pipeline.load_model(args.model, args.bits, args.seed)
         m = tuning.make_measure(profile, measure, tracker, key, workers,
                                 cache_dir() / "tuning")
@@ -93,9 +100,6 @@ def main(argv=None):
         run = tuning_run.tune(loaded, args.model, args.bits, profile, args.trials, m,
                               args.tuning_logs, per_iter=args.per_iter, seed=args.seed,
                               log=log, strategy=args.strategy)
-    finally:
-        if started:
-            manager.stop(log=log, pids=started)
     print(f"{run['total_trials']} trials run ({args.trials} requested, {run['seconds']:.0f} s "
           f"of tuning in all) into {folder}")
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import tvm
 
+from dgms_tvm.device.sysroot import cache_dir
 from dgms_tvm.format import CodebookWeight
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.pipeline import rel_err  # noqa: F401  (the tests' comparisons)
@@ -15,6 +18,13 @@ from dgms_tvm.targets import get_profile, host_has
 NEEDS_VNNI = pytest.mark.skipif(
     not host_has("avx512bw", "avx512vnni"),
     reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernels' instruction)")
+
+
+#: Tests that start emulated Cortex-A devices (qemu-user and the sysroot from setup).
+NEEDS_QEMU = pytest.mark.skipif(
+    shutil.which("qemu-aarch64") is None
+    or not (cache_dir() / "sysroot" / "bin" / "guest-python").exists(),
+    reason="no qemu-aarch64 or no device sysroot (scripts/setup.sh builds them)")
 
 
 def random_codebook_weight(rng, shape, bits, scaled=False, sparsity=0.3) -> CodebookWeight:

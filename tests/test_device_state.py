@@ -5,7 +5,7 @@ import subprocess
 import sys
 import time
 
-from dgms_tvm.device import manager
+from dgms_tvm.device import manager, ports, state
 
 
 def _proc():
@@ -17,7 +17,7 @@ def test_stop_only_what_one_run_started(tmp_path, monkeypatch):
     monkeypatch.setenv("DGMS_TVM_RUN_DIR", str(tmp_path))
     tracker, mine, theirs = _proc(), _proc(), _proc()
     addr = "127.0.0.1:9999"
-    manager._save_state([
+    state.save([
         {"kind": "tracker", "pid": tracker.pid, "host": "127.0.0.1", "port": 9999},
         {"kind": "supervisor", "pid": mine.pid, "key": "a", "tracker": addr},
         {"kind": "supervisor", "pid": theirs.pid, "key": "b", "tracker": addr},
@@ -28,22 +28,22 @@ def test_stop_only_what_one_run_started(tmp_path, monkeypatch):
         mine.wait(10)
         time.sleep(0.2)
         assert tracker.poll() is None and theirs.poll() is None
-        left = {e["pid"] for e in manager._load_state()}
+        left = {e["pid"] for e in state.load()}
         assert left == {tracker.pid, theirs.pid}
         # Once nothing else uses it, the tracker goes too.
         assert manager.stop(log=lambda *_: None, pids=[tracker.pid, theirs.pid]) == 2
         tracker.wait(10)
         theirs.wait(10)
-        assert not manager.state_path().exists()
+        assert not state.state_path().exists()
     finally:
         for p in (tracker, mine, theirs):
             p.kill()
 
 
-def test_a_tracker_port_taken_meanwhile_is_not_shared(tmp_path, monkeypatch):
-    """Two runs starting at once can pick the same free port: the one whose tracker cannot
-    bind it must start its own on another port, not use the other run's tracker (its jobs
-    would then run on the other run's devices)."""
+def test_a_tracker_never_shares_a_taken_port(tmp_path, monkeypatch):
+    """A port another process listens on (another run's tracker) is skipped: a tracker
+    started here must not end up using the other run's (its jobs would run on the other
+    run's devices); asked for that port, it is a clear error."""
     import os
     import signal
     import socket
@@ -53,21 +53,20 @@ def test_a_tracker_port_taken_meanwhile_is_not_shared(tmp_path, monkeypatch):
     from dgms_tvm.errors import UserError
 
     monkeypatch.setenv("DGMS_TVM_RUN_DIR", str(tmp_path))
-    other = socket.socket()  # another run's tracker, already listening
-    other.bind(("127.0.0.1", 0))
+    other = socket.socket()  # another run's tracker, already listening on the first port
+    base, fds = ports.claim_ports(ports.TRACKER_PORT)
+    ports.release_fds(fds)
+    other.bind(("127.0.0.1", base))
     other.listen()
-    taken = other.getsockname()[1]
-    picks = iter([taken])
-    real = manager._free_port
-    monkeypatch.setattr(manager, "_free_port",
-                        lambda start, span=200, count=1: next(picks, None) or real(start))
-    entry = None
+    proc = None
     try:
-        entry = manager.start_tracker()
-        assert entry["port"] != taken and manager._listens(entry["pid"], entry["port"])
-        with pytest.raises(UserError, match=f"port {taken} is taken"):
-            manager.start_tracker(port=taken)
+        proc, port = ports.spawn_tracker()
+        ports.wait_tracker(proc, "127.0.0.1", port)
+        assert port != base and ports.listens(proc.pid, port)
+        with pytest.raises(UserError, match=f"port {base} is taken"):
+            ports.spawn_tracker(port=base)
     finally:
         other.close()
-        if entry is not None:
-            os.killpg(entry["pid"], signal.SIGKILL)
+        if proc is not None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -84,10 +84,6 @@ def ensure_plugin(log=print) -> Path:
     return out
 
 
-def counts_file(key: str, index: int) -> Path:
-    return run_dir() / f"insn-{key}-{index}.txt"
-
-
 def marker_library(profile, folder: Path) -> Path:
     """An aarch64 module exporting ``dgms_marker(token)``: ``close(MARKER_BASE + token)``."""
     import tvm
@@ -150,10 +146,13 @@ class Counter:
         return self._token
 
     def _lines(self, f: str) -> list[str]:
-        with open(f, "rb") as fh:
-            start = self._start.get(f, 0)
-            fh.seek(start if start <= os.path.getsize(f) else 0)
-            return fh.read().decode(errors="replace").splitlines()
+        try:
+            with open(f, "rb") as fh:
+                start = self._start.get(f, 0)
+                fh.seek(start if start <= os.path.getsize(f) else 0)
+                return fh.read().decode(errors="replace").splitlines()
+        except FileNotFoundError:  # its device restarted (a fresh file) or its run ended
+            return []
 
     def _find(self, token: int, timeout: float = 10.0) -> list[tuple[str, int]]:
         deadline = time.monotonic() + timeout
@@ -168,9 +167,22 @@ class Counter:
                 break
             time.sleep(0.05)
         if not hits:
-            raise UserError(f"no instruction count logged on device {self.key!r}: start it "
-                            "with instruction counting (scripts/device.py start)")
+            raise UserError(self._why_no_count(token, timeout))
         return hits
+
+    def _why_no_count(self, token: int, timeout: float) -> str:
+        """The error for a marker that no counter file shows: counting off on the devices
+        under the key, or on and the count lost (the device restarted, its file gone)."""
+        from .state import load
+
+        sups = [e for e in load() if e.get("kind") == "supervisor" and e.get("key") == self.key]
+        if sups and not any(e.get("instruction_counts") for e in sups):
+            return (f"the devices under key {self.key!r} run without instruction counting "
+                    f"(restart them with scripts/device.py start --cpu {sups[0]['cpu']})")
+        where = self._file or f"{run_dir()}/insn-{self.key}-*.txt"
+        return (f"marker {token} of this session on device {self.key!r} is in no counter "
+                f"file ({where}) after {timeout:.0f} s: the device restarted mid-session, or "
+                f"its file was removed (events in {run_dir()}/events.log)")
 
     def between(self, fn) -> int:
         """Instructions the device executed while ``fn()`` ran (plus fixed RPC overhead)."""

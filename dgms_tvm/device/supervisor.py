@@ -5,7 +5,11 @@ session of its own. Each server runs in its own process group (TVM's server fork
 session that outlives its parent), so a stop kills whole groups. A server that exits (a
 crashed kernel, a killed process) is restarted and the event is logged; so is one that stays
 missing from the tracker for ``--grace`` seconds while its process lives (a crashed session
-child can leave the parent alive but unregistered).
+child can leave the parent alive but unregistered). Each device's process group is written
+into this supervisor's entry of the state file as it starts (:mod:`dgms_tvm.device.state`),
+so that a stop finds the devices even after the supervisor itself was killed. The
+supervisor holds the claims on its devices' ports (descriptors inherited from the manager,
+see :mod:`dgms_tvm.device.ports`) for as long as it runs.
 """
 
 from __future__ import annotations
@@ -35,6 +39,30 @@ def _registered_ports(host: str, port: int) -> set[int] | None:
         return None
 
 
+def counts_path(folder_file: Path, key: str, supervisor: int, index: int) -> Path:
+    """The instruction-count file of device ``index`` of supervisor ``supervisor``, beside
+    ``folder_file`` (the events log)."""
+    return folder_file.with_name(f"insn-{key}-{supervisor}-{index}.txt")
+
+
+_STOPPING = False
+POLL_S = 5.0  # how often the tracker is asked which devices it knows
+
+
+def _record_devices(devices) -> None:
+    """Write the devices' process groups into this supervisor's state entry (not waiting
+    for the lock once a stop was asked: whoever holds it may be the one stopping us)."""
+    from .state import Abandoned, locked
+
+    try:
+        with locked(signals_held=False, keep_waiting=lambda: not _STOPPING) as entries:
+            for e in entries:
+                if e.get("kind") == "supervisor" and e.get("pid") == os.getpid():
+                    e["devices"] = [d.proc.pid for d in devices if d.proc is not None]
+    except Abandoned:
+        pass
+
+
 class Device:
     def __init__(self, args, index: int):
         self.args, self.index = args, index
@@ -47,8 +75,10 @@ class Device:
         env = dict(os.environ, QEMU_CPU=a.cpu, TVM_NUM_THREADS=str(a.threads))
         if a.plugin:
             # Instruction counts of this device (see dgms_tvm.device.insn); a fresh file per
-            # start, so tokens of a dead process cannot be read back.
-            counts = Path(a.log).with_name(f"insn-{a.key}-{self.index}.txt")
+            # start, so tokens of a dead process cannot be read back. The name holds this
+            # supervisor's pid: another supervisor under the same key (another tracker, or
+            # one left by a killed run) never writes or removes it.
+            counts = counts_path(Path(a.log), a.key, os.getpid(), self.index)
             counts.unlink(missing_ok=True)
             env["QEMU_PLUGIN"] = f"{a.plugin},out={counts}"
         cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
@@ -58,6 +88,7 @@ class Device:
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.missing_since = None
+        _record_devices(self.args.devices)
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -84,6 +115,7 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     host, port = args.tracker.rsplit(":", 1)
     devices = [Device(args, i) for i in range(args.count)]
+    args.devices = devices
     stopping = False
 
     def stop(*_):
@@ -91,7 +123,8 @@ def main(argv=None) -> int:
         # loaded tracker, importing tvm), and a supervisor killed before it ends them would
         # leave them running (each is a session of its own).
         nonlocal stopping
-        stopping = True
+        global _STOPPING
+        stopping = _STOPPING = True
         for d in devices:
             d.kill()
 
@@ -101,10 +134,14 @@ def main(argv=None) -> int:
         d.start()
     _log(Path(args.log), f"supervisor {os.getpid()}: started {args.count} {args.cpu} "
                          f"device(s) under key {args.key}")
-    started = time.monotonic()
+    started = asked = time.monotonic()
     while not stopping:
         time.sleep(1.0)
-        ports = _registered_ports(host, int(port)) if time.monotonic() - started > 60 else None
+        # The tracker is asked every few seconds only: it accepts one connection at a time
+        # (a listen backlog of 1), and runs' own requests must not queue behind ours.
+        ask = time.monotonic() - started > 60 and time.monotonic() - asked >= POLL_S
+        ports = _registered_ports(host, int(port)) if ask else None
+        asked = time.monotonic() if ask else asked
         for d in devices:
             if stopping:  # (no restart of a device the handler has just ended)
                 break
@@ -115,7 +152,9 @@ def main(argv=None) -> int:
                 d.kill()
                 d.start()
                 continue
-            if ports is None or d.port in ports:
+            if ports is None:  # (not asked this round, or no answer: no news)
+                continue
+            if d.port in ports:
                 d.missing_since = None
             elif d.missing_since is None:
                 d.missing_since = time.monotonic()

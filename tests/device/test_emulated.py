@@ -12,7 +12,7 @@ import torch
 import tvm
 
 from dgms_tvm import compiler, pipeline, zoo
-from dgms_tvm.device import client, manager
+from dgms_tvm.device import client, manager, state
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8, int8_long
 from dgms_tvm.kernels.common import FP32_WEIGHT
@@ -34,7 +34,7 @@ def device(tmp_path_factory):
     manager.start(DOTPROD, count=1, tracker=info["tracker"], log=lambda *_: None)
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
     yield tracker, run
-    pids = [e["pid"] for e in manager._load_state()]
+    pids = [e["pid"] for e in state.load()]
     groups = set(pids)
     members = [p for p in psutil.process_iter(["pid"]) if _pgid(p.pid) in groups]
     assert members, "the started processes were not found"
@@ -414,7 +414,7 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
 
     def dying(job, dev, *args):
         if not killed:  # the device dies under the first job: every qemu server is killed
-            (sup,) = [e for e in manager._load_state()
+            (sup,) = [e for e in state.load()
                       if e["kind"] == "supervisor" and e["key"] == CPU]
             for c in psutil.Process(sup["pid"]).children():
                 if "qemu" in " ".join(c.cmdline()):
@@ -470,7 +470,7 @@ def test_instruction_counts_are_stable_within_a_process(device, arm_model, tmp_p
 
 def test_killed_device_is_restarted_and_logged(device, arm_model):
     tracker, run = device
-    (sup,) = [e for e in manager._load_state()
+    (sup,) = [e for e in state.load()
                       if e["kind"] == "supervisor" and e["key"] == CPU]
     servers = [c for c in psutil.Process(sup["pid"]).children() if "qemu" in " ".join(
         c.cmdline())]
