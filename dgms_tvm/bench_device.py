@@ -283,6 +283,13 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         _log("  (no ONNX form of this model: no onnxruntime peer rows)")
     if onnx_fp32 is not None:
         jobs[2:2] = [Job(label, "peer", label) for label in PEERS]
+    kit = None
+    if not emulated and peers:  # onnxruntime is no TVM module: the peers to time by hand
+        onnx_board = pipeline.onnx_of(loaded, model, x)
+        if onnx_board is not None:
+            from .peer_kit import write_kit
+
+            kit = str(write_kit(onnx_board, x, output / "peers").relative_to(output))
     workers = workers or device_count(tracker, key)
     _log(f"[3/3] running {len(jobs)} jobs on {workers} device(s) under key {key!r} from "
          f"tracker {tracker}")
@@ -338,6 +345,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
         "fastest_int8_peer": ort_int8.fastest(int8_peers) if int8_peers else None,
+        "peer_kit": kit,
         "layers": _layers(sites, by, builds) if per_layer else [],
         "strategy": builds[f"DGMS {bits}-bit"].manifest.get("strategy"),
         "sparsity": _sparsity(builds[f"DGMS {bits}-bit"].manifest),
@@ -503,6 +511,11 @@ def format_markdown(rep: dict) -> str:
                                         "hand schedules (no tuning logs for this target)"))
     lines.append(f"- run on {rep.get('devices', 1)} device(s) under the key at once "
                  f"({rep['seconds']:.0f} s in all, compile included)")
+    if rep.get("peer_kit"):
+        lines.append(f"- onnxruntime peers: not run through the tracker (onnxruntime is no TVM "
+                     f"module). To time them on the board, copy `{rep['peer_kit']}/` there and "
+                     "run `python3 time_peers.py` (with `pip install onnxruntime`): FP32 and "
+                     "its int8 in each documented configuration, on this bench's input.")
     if rep["emulated"]:
         lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
                      "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "

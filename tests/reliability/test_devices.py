@@ -280,6 +280,12 @@ def test_the_board_path_bench_and_tune_through_a_tracker(run_dir, tmp_path):
         doc = json.loads((tmp_path / "bench" / "report.json").read_text())
         assert not doc["emulated"] and doc["device_key"] == key
         assert [r["label"] for r in doc["rows"]] == ["FP32", "DGMS 4-bit"]  # (no peers)
+        # ... but the folder that times them on the board, and the report says how.
+        kit = tmp_path / "bench" / doc["peer_kit"]
+        assert sorted(p.name for p in kit.glob("*.onnx")) == [
+            "fp32.onnx", "int8-s8s8-qdq.onnx", "int8-s8s8-qoperator.onnx", "int8-u8s8-qdq.onnx",
+            "int8-u8s8-qoperator.onnx"]
+        assert "python3 time_peers.py" in (tmp_path / "bench" / "report.md").read_text()
         assert all(0 < r["min_ms"] <= r["median_ms"] <= r["max_ms"] and r["minstr"] is None
                    for r in doc["rows"])
         # tune.py --tracker: its measure is time by RPCRunner through the tracker (the whole
@@ -292,7 +298,7 @@ def test_the_board_path_bench_and_tune_through_a_tracker(run_dir, tmp_path):
 
 
 def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
-    from dgms_tvm import tuning
+    from dgms_tvm import tuning, tuning_db
     from dgms_tvm.device.client import Tracker, parse_tracker
     from dgms_tvm.kernels import dense
     from dgms_tvm.schedules import load_knobs
@@ -300,7 +306,7 @@ def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
     from tests.test_tuning import dense_task
 
     profile = get_profile(CPU)
-    db = tuning.open_database(tmp_path / "logs", create=True)
+    db = tuning_db.open_database(tmp_path / "logs", create=True)
     measure = tuning.make_measure(profile, "time", Tracker(*parse_tracker(tracker)), key, 1,
                                   tmp_path / "work")
     assert measure.name == "time" and key in measure.device

@@ -91,3 +91,19 @@ def test_bench_peers_rejects_a_bad_target_in_one_line():
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines()[-1].startswith("error: unknown target")
     assert "Traceback" not in proc.stderr
+
+
+def test_the_board_kit_times_every_configuration(small_onnx, tmp_path):
+    """On a board the peers cannot run through the tracker: bench writes a folder that times
+    them there. Here it runs on this host's onnxruntime, as it would on the board's."""
+    from dgms_tvm.peer_kit import write_kit
+
+    fp32, x = small_onnx
+    kit = write_kit(fp32, x, tmp_path / "peers")
+    proc = subprocess.run([sys.executable, str(kit / "time_peers.py"), "2"],
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    names = [ln.split()[0] for ln in proc.stdout.splitlines()[1:]]
+    assert names == ["fp32", "int8-s8s8-qdq", "int8-s8s8-qoperator", "int8-u8s8-qdq",
+                     "int8-u8s8-qoperator"]
+    assert all(float(ln.split()[1]) > 0 for ln in proc.stdout.splitlines()[1:])
