@@ -12,6 +12,9 @@ A database holds records of one measure (``time`` or ``instructions``): their ``
 are not comparable, and MetaSchedule would rank them together. ``runs.json`` names the
 measure; tuning with another one into the same folder is refused.
 
+The workload file is rewritten compacted (``compact``) after a tuning run and whenever a
+database is written whole; MetaSchedule appends it indented, twice the size.
+
 The database files are append-only JSON lines: a run killed halfway leaves them loadable (a
 torn last line is dropped on load). ``runs.json`` is rewritten whole, atomically (a temporary
 file, then ``os.replace``); a torn one (from an older version) is set aside with a warning.
@@ -19,8 +22,10 @@ file, then ``os.replace``); a torn one (from an older version) is set aside with
 
 from __future__ import annotations
 
+import base64
 import json
 import os
+import struct
 import tempfile
 from pathlib import Path
 
@@ -175,8 +180,39 @@ def pruned(records, keep: int = KEEP) -> list:
     return out
 
 
+def compact_workload_line(line: str) -> str:
+    """One line of ``database_workload.json`` with its module's JSON written without
+    indentation (half the bytes; TVM's loader reads either).
+
+    The line is ``[structural hash, base64 of (uint64 length, TVM's JSON of the IRModule)]``;
+    TVM writes that JSON indented. A line not of that layout is returned as it is."""
+    try:
+        key, blob = json.loads(line)
+        raw = base64.b64decode(blob, validate=True)
+        (size,) = struct.unpack("<Q", raw[:8])
+        if size != len(raw) - 8:
+            return line
+        text = json.dumps(json.loads(raw[8:]), separators=(",", ":")).encode()
+    except (ValueError, TypeError, struct.error):
+        return line
+    packed = base64.b64encode(struct.pack("<Q", len(text)) + text).decode()
+    return json.dumps([key, packed])
+
+
+def compact(folder: Path) -> None:
+    """Rewrite ``folder``'s workload file with every line compacted, atomically."""
+    path = Path(folder) / DB_FILES[0]
+    if not path.exists():
+        return
+    lines = path.read_text().splitlines()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(compact_workload_line(ln) + "\n" for ln in lines if ln.strip()))
+    os.replace(tmp, path)
+
+
 def write_database(records, folder: Path) -> None:
-    """A fresh database in ``folder`` holding ``records`` (replacing what was there)."""
+    """A fresh database in ``folder`` holding ``records`` (replacing what was there), its
+    workloads compacted (``compact_workload_line``): shipped databases stay small."""
     from tvm.s_tir import meta_schedule as ms
 
     folder = Path(folder)
@@ -187,6 +223,7 @@ def write_database(records, folder: Path) -> None:
             fresh.commit_tuning_record(ms.database.TuningRecord(
                 r.trace, fresh.commit_workload(r.workload.mod), r.run_secs, r.target,
                 r.args_info))
+        compact(Path(tmp))
         for name in DB_FILES:
             os.replace(Path(tmp) / name, folder / name)
 

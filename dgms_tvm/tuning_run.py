@@ -102,6 +102,7 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
             tuning_db.write_json_atomic(folder / tuning_db.RUNS, runs)  # after every task
     entry["finished"] = time.strftime("%Y-%m-%d %H:%M:%S")
     tuning_db.write_json_atomic(folder / tuning_db.RUNS, runs)
+    tuning_db.compact(folder)  # MetaSchedule appended its workloads indented
     return entry
 
 

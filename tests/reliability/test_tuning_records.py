@@ -100,6 +100,36 @@ def test_merge_keeps_the_best_records_of_every_model(tmp_path):
         assert how == {"r": "tuned"}
 
 
+def _indented(folder: Path) -> int:
+    """How many workload lines of ``folder``'s database could still be compacted."""
+    lines = (folder / tuning_db.DB_FILES[0]).read_text().splitlines()
+    return sum(tuning_db.compact_workload_line(ln) != ln for ln in lines)
+
+
+def test_a_written_database_is_compact_and_holds_the_same_records(tmp_path):
+    import tvm_ffi
+
+    src = _db_with(tmp_path / "a", _relu(64), [5e-3, 1e-3], empty=6e-3)
+    assert _indented(tmp_path / "a") == 1  # MetaSchedule writes its module JSON indented
+    tuning_db.write_database(list(src.get_all_tuning_records()), tmp_path / "b")
+    assert _indented(tmp_path / "b") == 0
+    size = {m: (tmp_path / m / tuning_db.DB_FILES[0]).stat().st_size for m in "ab"}
+    assert size["b"] < 0.7 * size["a"]
+
+    def key(r):
+        return (tvm_ffi.structural_hash(r.workload.mod), str(r.trace), float(r.run_secs[0]))
+
+    again = tuning_db.open_database(tmp_path / "b").get_all_tuning_records()
+    assert sorted(map(key, again)) == sorted(map(key, src.get_all_tuning_records()))
+    # a line of another layout is left as it is
+    assert tuning_db.compact_workload_line('["1", "bm90IGpzb24="]') == '["1", "bm90IGpzb24="]'
+
+
+@pytest.mark.parametrize("target", ["x86", "cortex-a72", "neoverse-n1"])
+def test_shipped_databases_are_compact(target):
+    assert _indented(tuning_db.DEFAULT_LOGS / target) == 0
+
+
 def test_records_of_two_measures_are_not_mixed(tmp_path):
     _db_with(tmp_path / "a", _relu(), [1e-3])
     tuning_db.write_json_atomic(tmp_path / "a" / tuning_db.RUNS, [{"measure": "time"}])
@@ -212,6 +242,7 @@ def test_tiny_run_keeps_to_its_budget_and_says_what_it_left_out(tiny_run):
     (entry,) = json.loads((logs / "x86" / tuning_db.RUNS).read_text())
     assert entry["measure"] == "time" and entry["finished"] and entry["seconds"] > 0
     assert entry["total_trials"] == run["total_trials"]
+    assert _indented(logs / "x86") == 0  # compacted after the run
 
 
 @pytest.mark.slow
