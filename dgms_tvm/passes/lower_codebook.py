@@ -26,6 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .. import interrupt
 from ..detect import NotACodebook, find_codebook
 from ..format import CodebookWeight
 from ..kernels import conv2d as kconv
@@ -615,9 +616,22 @@ def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
     @tvm.transform.module_pass(opt_level=0, name="LowerCodebookLayers")
     def transform(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
         rw = _Rewriter(mod, policy, records)
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                rw.builder_.update_func(gv, rw.rewrite(func))
-        return relax.transform.DeadCodeElimination()(rw.builder_.finalize())
+        try:
+            for gv, func in mod.functions_items():
+                if isinstance(func, relax.Function):
+                    rw.builder_.update_func(gv, rw.rewrite(func))
+            return relax.transform.DeadCodeElimination()(rw.builder_.finalize())
+        except (KeyboardInterrupt, RuntimeError) as err:
+            if not isinstance(err, KeyboardInterrupt) and interrupt.received() is None:
+                raise
+        # Interrupted mid-rewrite (TVM may have turned it into a RuntimeError). The rewriter
+        # lives until exit (it and its C++ half refer to each other), when its BlockBuilder
+        # would warn of the blocks left open, after the CLI's "interrupted": close them.
+        for _ in range(64):
+            try:
+                rw.builder_._end_block()
+            except Exception:  # none open
+                break
+        raise KeyboardInterrupt
 
     return transform
