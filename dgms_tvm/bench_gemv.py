@@ -171,7 +171,7 @@ def run_shape(n: int, k: int, bits: int, target, rounds: int, trials: int, log,
     for arith, form in (("exact", ""), ("int8", ""), ("int8", "avx2"), ("lut", "")):
         spec = kg.GemvSpec(1, n, k, bits, arith=arith, rows=kg.rows_for(n, arith), form=form)
         label = f"DGMS {bits}-bit {arith}" + (f" ({form})" if form else "")
-        why = kg.supports(spec, target)
+        why = kg.supports(spec, get_profile("x86"))
         if why:
             log(f"  {label}: skipped ({why})")
             continue
@@ -233,7 +233,7 @@ def run(shapes, bits: int = 4, rounds: int = 7, trials: int = 0, log=None,
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     profile = get_profile("x86")
     target = profile.tvm_target()
-    if kg.supports(kg.GemvSpec(1, 16, 32, 4, arith="exact", rows=4), target):
+    if kg.supports(kg.GemvSpec(1, 16, 32, 4, arith="exact", rows=4), profile):
         log(f"note: {profile.description} lacks AVX-512; the DGMS exact and int8 rows are "
             "skipped (the lut row needs AVX2 only)")
     log(f"measuring read bandwidth ({bandwidth_bytes / 2**30:.2f} GiB, "
@@ -297,7 +297,7 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     profile = get_profile(target)
     if profile.qemu_cpu is None:
         raise UserError(f"{target} is not an emulated Cortex-A target")
-    knobs = load_knobs(profile.name)
+    knobs = load_knobs(profile)
     run_dir().mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gemv-arm-", dir=run_dir()))
     out = {"target": profile.name, "shapes": []}

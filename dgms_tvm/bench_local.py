@@ -88,7 +88,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     for label, cb, fp32_kernels, database, strategy in variants:
         t0 = time.perf_counter()
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
-                                 strategy=strategy, target=profile.tvm_target())
+                                 strategy=strategy, profile=profile)
         applied: dict = {}
         exe = tvm.compile(compiler.prepare(lowered, profile, database=database,
                                            applied=applied), target=profile.tvm_target())

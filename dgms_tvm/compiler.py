@@ -12,7 +12,7 @@ from .errors import UserError
 from .frontend import ImportedModel
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
 from .schedules import apply_schedules, load_knobs
-from .targets import STRATEGIES, TargetProfile
+from .targets import TargetProfile
 
 
 @dataclasses.dataclass
@@ -24,7 +24,7 @@ class Lowered:
 
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
-          fp32_kernels: bool = True, strategy: str = "exact", target=None,
+          fp32_kernels: bool = True, strategy: str = "exact", profile=None,
           zero_skip: bool = True) -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
@@ -38,10 +38,11 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     fp32_kernels : bool
         False leaves FP32 conv2d / dense layers to TVM's default lowering (untuned TVM).
     strategy : str
-        ``exact`` or ``int8`` for the codebook conv2d layers (see :func:`resolve_strategy`).
-    target : tvm.target.Target, optional
-        The build's target: batch-1 dense layers use the GEMV kernels where it has their
-        instructions (x86 with AVX-512); without it, the generic dense kernel.
+        ``exact``, ``int8``, ``int8-full`` or ``lut`` (resolved: :mod:`.strategies`).
+    profile : TargetProfile, optional
+        The build's target: batch-1 dense layers use the GEMV kernels where its core has their
+        instructions (x86 with AVX-512), int8 convs the form its core runs; without it, the
+        generic kernels.
     zero_skip : bool
         Drop the all-zero input channels of codebook layers where that pays (see
         :class:`~dgms_tvm.passes.records.LoweringPolicy`).
@@ -51,7 +52,7 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     if codebooks or fp32_kernels:
         policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
                                 codebooks=codebooks, fp32_kernels=fp32_kernels,
-                                strategy=strategy, target=target, zero_skip=zero_skip)
+                                strategy=strategy, profile=profile, zero_skip=zero_skip)
         mod = lower_codebook_layers(policy, records)(mod)
         errors = [r.error for r in records if r.error]
         if errors:
@@ -61,30 +62,6 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
     mod = relax.transform.BindParams("main", binds)(mod)
     return Lowered(mod, records)
-
-
-def resolve_strategy(requested: str, profile: TargetProfile, knobs: dict | None = None) -> str:
-    """The strategy the codebook conv2d layers get: ``auto`` picks by a stated cost model,
-    ``int8`` on cores whose schedule file names an int8 dot-product instruction (``sdot``:
-    16 multiply-adds per instruction against 4 for an FP32 ``fmla``) and on aarch64 cores
-    without one (the widening kernel, :mod:`.kernels.int8_long`: 32 in 5 instructions, and a
-    quarter of the input bytes to load), ``exact`` elsewhere (the int8 kernel's generic
-    vector code has no such advantage); ``vnni`` (x86 ``vpdpbusd``, 64 per instruction
-    against 16 for an AVX-512 FMA) counts where the host has it. Layers the int8 kernels
-    cannot take stay exact either way; the manifest says per layer what it got."""
-    if requested not in STRATEGIES:
-        raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)})")
-    if requested != "auto":
-        return requested
-    knobs = knobs if knobs is not None else load_knobs(profile.name)
-    dot = knobs["q8_conv2d"].get("dot")
-    if dot == "vnni":
-        from .kernels.int8 import unsigned_input
-
-        return "int8" if unsigned_input(profile.tvm_target()) else "exact"
-    from .kernels import int8_long
-
-    return "int8" if dot == "sdot" or int8_long.wanted(profile.tvm_target()) else "exact"
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
@@ -100,7 +77,7 @@ def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
     ``schedule=False`` stops before any schedule (the tuner's tasks).
     """
     target = profile.tvm_target()
-    knobs = knobs if knobs is not None else load_knobs(profile.name)
+    knobs = knobs if knobs is not None else load_knobs(profile)
     seq = tvm.transform.Sequential([
         relax.transform.LegalizeOps(),
         relax.transform.AnnotateTIROpPattern(),

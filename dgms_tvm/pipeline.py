@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import artifact, compiler, frontend, interrupt, outputs, zoo
+from . import artifact, compiler, frontend, interrupt, outputs, strategies, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
 from .passes.records import widened_note
@@ -109,15 +109,15 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     """Lower, schedule and compile an imported model for ``profile``; kernels with a record
     in the target's tuning database under ``tuning_logs`` (``<root>/<target>/``, whatever
     model the records came from: they are keyed by each kernel's structure) get their tuned
-    schedule. ``strategy``: see :func:`compiler.resolve_strategy` (the FP32 build has no
+    schedule. ``strategy``: see :func:`strategies.resolve` (the FP32 build has no
     codebook layer to apply it to)."""
     from . import apply_records, tuning_db
 
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
-    resolved = compiler.resolve_strategy(strategy, profile)
+    resolved = strategies.resolve(strategy, profile)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
-                             target=profile.tvm_target())
+                             profile=profile)
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
@@ -145,7 +145,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     if db is not None:
         manifest["schedules"] = (f"tuned records from {folder} ({len(tuned)} of "
                                  f"{len(applied)} kernels); hand-written "
-                                 f"schedules/{profile.name}.json for the rest")
+                                 f"schedules/{profile.schedule}.json for the rest")
         if matched:
             kept = matched - len(tuned)
             _log(f"tuning: {matched} of {len(applied)} kernels matched a record in {folder}"
@@ -202,7 +202,7 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     interrupt.check()
     for note in loaded.imported.notes:
         _log(f"warning: {note}", False)
-    compiler.resolve_strategy(strategy, profile)  # a bad value fails before the import
+    strategies.check(strategy)  # a bad value fails before the import
     build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
     write_artifact(build, profile, output)
@@ -234,7 +234,7 @@ def make_manifest(loaded: LoadedModel, lowered: compiler.Lowered, profile, bits,
         },
         "library": artifact.LIBRARY,
         "entry": "main",
-        "schedules": f"schedules/{profile.name}.json (hand-written)",
+        "schedules": f"schedules/{profile.schedule}.json (hand-written)",
         "inputs": [{"name": n, "shape": list(s), "dtype": d} for n, s, d in imported.inputs],
         "outputs": compiler.outputs_of(lowered.mod),
         "layers": layers,

@@ -1,7 +1,9 @@
 """Target profiles: every CPU the project compiles for, as data.
 
-One registry, :data:`PROFILES`, maps a name to a :class:`TargetProfile`; CLI choices, the
-schedule files under ``schedules/`` and (later) tracker keys are all keyed by these names.
+One registry, :data:`PROFILES`, maps a name to a :class:`TargetProfile`; CLI choices, tuning
+databases and tracker keys are keyed by these names. What a core can do (``dotprod``,
+``vnni``, ...) is a property of its profile: :data:`CAPABILITIES` is the only table of CPU
+features by name.
 """
 
 from __future__ import annotations
@@ -12,13 +14,6 @@ import os
 import shutil
 
 from .errors import UserError
-
-#: ``--strategy`` values (see :func:`dgms_tvm.compiler.resolve_strategy`). ``lut``
-#: (activation lookup tables, FP32 arithmetic) has a kernel for batch-1 dense layers only
-#: (:mod:`.kernels.gemv`); its convs stay exact. ``int8-full`` is ``int8`` with 8-bit weights
-#: on the cores whose fastest int8 conv keeps 7 (cortex-a53 / a72: about half the error,
-#: slower); elsewhere it is ``int8``.
-STRATEGIES = ("auto", "exact", "int8", "int8-full", "lut")
 
 AARCH64_TRIPLE = "aarch64-linux-gnu"
 AARCH64_CXX = "aarch64-linux-gnu-g++"
@@ -32,7 +27,7 @@ class TargetProfile:
     Attributes
     ----------
     name : str
-        Registry key, also the name of its schedule file ``schedules/<name>.json``.
+        Registry key (CLI choices, tuning_logs/<name>/, tracker keys).
     description : str
         One line for people (board examples).
     triple, mcpu : str
@@ -43,6 +38,8 @@ class TargetProfile:
         Cores the generated code may use (MetaSchedule also needs it).
     qemu_cpu : str or None
         The ``QEMU_CPU`` model that emulates this core, for the emulated device.
+    schedule : str
+        Its hand-schedule knob file, ``schedules/<schedule>.json`` (one per core class).
     """
 
     name: str
@@ -52,14 +49,75 @@ class TargetProfile:
     mattr: tuple[str, ...]
     num_cores: int
     qemu_cpu: str | None = None
+    schedule: str = "aarch64"
 
     @property
     def is_arm(self) -> bool:
         return self.triple.startswith("aarch64")
 
     @property
+    def is_x86(self) -> bool:
+        return self.triple.startswith("x86")
+
+    # -- capabilities: what the core can do, asked by every kernel and the strategy ----------
+    def has(self, capability: str) -> bool:
+        """Whether the core has ``capability`` (a key of :data:`CAPABILITIES`): for an ARM
+        profile what its ``mcpu`` / ``mattr`` give LLVM, for the host what it really has."""
+        if capability not in CAPABILITIES:
+            raise KeyError(f"unknown capability {capability!r} (known: {', '.join(CAPABILITIES)})")
+        return capability in _capabilities(self.triple, self.mcpu, self.mattr)
+
+    @property
+    def capabilities(self) -> tuple[str, ...]:
+        """Every capability the core has, in :data:`CAPABILITIES` order."""
+        return tuple(c for c in CAPABILITIES if self.has(c))
+
+    @property
+    def neon(self) -> bool:
+        """AArch64 Advanced SIMD (every Cortex-A here): ``tbl`` lookups, ``sadalp``."""
+        return self.has("neon")
+
+    @property
+    def dotprod(self) -> bool:
+        """ARMv8.2 ``sdot``: 16 int8 multiply-adds per instruction."""
+        return self.has("dotprod")
+
+    @property
+    def i8mm(self) -> bool:
+        """ARMv8.6 ``smmla``: an int8 2x8 by 8x2 matrix product per instruction."""
+        return self.has("i8mm")
+
+    @property
+    def sve(self) -> bool:
+        return self.has("sve")
+
+    @property
+    def fp16(self) -> bool:
+        """Half-precision arithmetic (``+fullfp16``)."""
+        return self.has("fp16")
+
+    @property
+    def ssse3(self) -> bool:
+        """x86 ``pshufb``: 16 one-byte table lookups per instruction."""
+        return self.has("ssse3")
+
+    @property
+    def avx2(self) -> bool:
+        return self.has("avx2")
+
+    @property
+    def avx512(self) -> bool:
+        """AVX-512 F (``vpermps`` over 16 lanes, 512-bit FMAs)."""
+        return self.has("avx512")
+
+    @property
+    def vnni(self) -> bool:
+        """AVX-512 VNNI with BW: ``vpdpbusd``, 64 u8 x s8 multiply-adds per instruction."""
+        return self.has("vnni")
+
+    @property
     def has_dotprod(self) -> bool:
-        return "+dotprod" in self.mattr
+        return self.dotprod
 
     def tvm_target(self):
         """The ``tvm.target.Target``.
@@ -138,6 +196,7 @@ def _host_profile() -> TargetProfile:
         mcpu=_host_cpu(),
         mattr=off,
         num_cores=os.cpu_count() or 1,
+        schedule="x86",
     )
 
 
@@ -186,14 +245,36 @@ def get_profile(name: str) -> TargetProfile:
     return PROFILES[key]
 
 
-def missing_features(target, features) -> list[str]:
-    """The LLVM target ``features`` (``avx512vnni``, ``dotprod``, ...) that ``target`` lacks:
-    the one check behind every kernel that exists only where its instructions do."""
-    from tvm.target import codegen
+#: Capability -> the LLVM target features it needs. The one table of CPU features by name:
+#: kernels and strategies ask a profile (``profile.vnni``), never LLVM or a feature string.
+CAPABILITIES: dict[str, tuple[str, ...]] = {
+    "neon": ("neon",),
+    "dotprod": ("dotprod",),
+    "i8mm": ("i8mm",),
+    "sve": ("sve",),
+    "fp16": ("fullfp16",),
+    "ssse3": ("ssse3",),
+    "avx2": ("avx2",),
+    "avx512": ("avx512f",),
+    "vnni": ("avx512bw", "avx512vnni"),
+}
 
-    return [f for f in features if not codegen.target_has_features(f, target)]
+
+@functools.cache
+def _capabilities(triple: str, mcpu: str, mattr: tuple[str, ...]) -> frozenset[str]:
+    from tvm.target import Target, codegen
+
+    spec = {"kind": "llvm", "mtriple": triple, "mcpu": mcpu}
+    if mattr:
+        spec["mattr"] = list(mattr)
+    target = Target(spec)
+    arch = "aarch64" if triple.startswith("aarch64") else "x86"
+    own = {"neon", "dotprod", "i8mm", "sve", "fp16"} if arch == "aarch64" else \
+        {"ssse3", "avx2", "avx512", "vnni"}
+    return frozenset(c for c, feats in CAPABILITIES.items() if c in own and all(
+        codegen.target_has_features(f, target) for f in feats))
 
 
-def host_has(*features: str) -> bool:
-    """Whether this host (the ``x86`` profile) has every one of ``features``."""
-    return not missing_features(get_profile("x86").tvm_target(), features)
+def host_has(capability: str) -> bool:
+    """Whether this host (the ``x86`` profile) has ``capability`` (see :data:`CAPABILITIES`)."""
+    return get_profile("x86").has(capability)

@@ -131,15 +131,15 @@ def extract_tasks(loaded, profile, bits: int | None, strategy: str = "auto") -> 
     import tvm_ffi
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from . import compiler
+    from . import compiler, strategies
     from .kernels import FAMILIES
     from .kernels.common import KERNEL_ATTR
 
-    resolved = compiler.resolve_strategy(strategy, profile)
+    resolved = strategies.resolve(strategy, profile)
     tasks: dict[int, Task] = {}
     for label, fp32 in ((f"DGMS {bits}-bit", False), ("FP32", True)):
         lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32,
-                                 strategy=resolved, target=profile.tvm_target())
+                                 strategy=resolved, profile=profile)
         mod = compiler.prepare(lowered, profile, schedule=False)
         for name in compiler.call_sites(mod):
             func = mod[name]

@@ -30,7 +30,7 @@ def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root:
 
     tuning.light_intrinsics()
     target = profile.tvm_target()
-    knobs = load_knobs(profile.name)
+    knobs = load_knobs(profile)
     folder = tuning_db.target_dir(logs_root, profile.name)
     db = tuning_db.open_database(folder)
     runs, _ = tuning_db.read_runs(folder, log)

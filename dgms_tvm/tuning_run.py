@@ -44,8 +44,8 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
 
     from tqdm import tqdm
 
-    from .compiler import resolve_strategy
     from .schedules import load_knobs
+    from .strategies import resolve as resolve_strategy
 
     check_trials(trials, per_iter)
     folder = tuning_db.target_dir(logs_root, profile.name)
@@ -58,7 +58,7 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
     tuning.light_intrinsics()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = profile.tvm_target()
-    knobs = load_knobs(profile.name)
+    knobs = load_knobs(profile)
     resolved = resolve_strategy(strategy, profile)
     tasks = tuning.extract_tasks(loaded, profile, bits, resolved)
     weights = [t.flops * t.calls for t in tasks]

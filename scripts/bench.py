@@ -16,7 +16,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from dgms_tvm.cli import logs_root, one_line_errors, run_script
-from dgms_tvm.targets import STRATEGIES
+from dgms_tvm.strategies import STRATEGIES
 
 
 def parse(argv):

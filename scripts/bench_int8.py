@@ -48,7 +48,7 @@ def _builds(imported, bits, target, int8="int8"):
     out = {}
     for key, strategy in (("exact", "exact"), ("int8", int8)):
         lowered = compiler.lower(imported, bits, strategy=strategy,
-                                 target=get_profile(target).tvm_target())
+                                 profile=get_profile(target))
         out[key] = (compiler.build(lowered, host),
                          sum(r.strategy == "int8" for r in lowered.records))
     return out

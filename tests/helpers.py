@@ -16,7 +16,7 @@ from dgms_tvm.targets import get_profile, host_has
 
 #: Tests of the x86 VNNI int8 micro-kernel: run where this host has its instructions.
 NEEDS_VNNI = pytest.mark.skipif(
-    not host_has("avx512bw", "avx512vnni"),
+    not host_has("vnni"),
     reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernels' instruction)")
 
 

@@ -44,13 +44,23 @@ def test_unknown_target_lists_known_ones():
     assert "\n" not in msg and all(n in msg for n in targets.names())
 
 
-def test_feature_checks():
-    from dgms_tvm.targets import host_has, missing_features
+def test_capabilities_are_what_llvm_gives_each_core():
+    from tvm.target import codegen
 
-    n1, a72 = (targets.get_profile(n).tvm_target() for n in ("neoverse-n1", "cortex-a72"))
-    assert missing_features(n1, ("dotprod", "neon")) == []
-    assert missing_features(a72, ("neon", "dotprod")) == ["dotprod"]
-    assert host_has() and not host_has("no-such-feature")
+    n1, a72, a53 = (targets.get_profile(n) for n in ("neoverse-n1", "cortex-a72", "cortex-a53"))
+    assert n1.capabilities == ("neon", "dotprod", "fp16")
+    assert a72.capabilities == a53.capabilities == ("neon",)
+    assert n1.dotprod and not a72.dotprod and not n1.i8mm and not n1.sve
+    assert not any(p.avx2 or p.vnni or p.ssse3 for p in (n1, a72))
+    host = targets.get_profile("x86")
+    assert not host.neon and not host.dotprod
+    target = host.tvm_target()
+    for cap, features in targets.CAPABILITIES.items():
+        if cap in ("ssse3", "avx2", "avx512", "vnni"):
+            assert host.has(cap) == all(codegen.target_has_features(f, target)
+                                        for f in features), cap
+    with pytest.raises(KeyError):
+        host.has("no-such-capability")
 
 
 def test_host_profile_claims_only_features_the_host_has():

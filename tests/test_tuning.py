@@ -315,7 +315,7 @@ def test_shipped_logs_still_match_their_model(run):
     from dgms_tvm import compiler
 
     # the DGMS build that was tuned (logs from before the strategy was recorded: exact)
-    lowered = compiler.lower(loaded.imported, int(bits), target=profile.tvm_target(),
+    lowered = compiler.lower(loaded.imported, int(bits), profile=profile,
                              strategy=strategy)
     mod = compiler.prepare(lowered, profile, schedule=False)
     _, how = apply_records.apply_database(mod, db, profile.tvm_target(),

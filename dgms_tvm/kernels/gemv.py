@@ -68,13 +68,13 @@ FAMILY = "cb_gemv"
 ARITHS = ("exact", "int8", "fp32", "lut")
 #: Weights per packed chunk, by arithmetic (lut: one group; see :func:`lut_group`).
 CHUNK = {"exact": 32, "int8": 128, "fp32": 16, "lut": 1}
-#: LLVM features each arithmetic's instructions need (fp32 is generic vector code: LLVM
-#: splits its 16 lanes into the target's registers, 4 NEON or 2 AVX2 ones).
-FEATURES = {"exact": ("avx512f",), "int8": ("avx512bw", "avx512vnni"), "fp32": (),
-            "lut": ("avx2",)}
-#: Other forms of an arithmetic (``GemvSpec.form``; "" is the one above), with their features.
+#: Profile capabilities (:data:`dgms_tvm.targets.CAPABILITIES`) each arithmetic's
+#: instructions need (fp32 is generic vector code: LLVM splits its 16 lanes into the target's
+#: registers, 4 NEON or 2 AVX2 ones).
+NEEDS = {"exact": ("avx512",), "int8": ("vnni",), "fp32": (), "lut": ("avx2",)}
+#: Other forms of an arithmetic (``GemvSpec.form``; "" is the one above), with their needs.
 FORMS = {"exact": ("",), "int8": ("", "avx2"), "fp32": ("",), "lut": ("", "tbl", "gather")}
-FORM_FEATURES = {"avx2": ("avx2",), "gather": (), "tbl": ("neon",)}
+FORM_NEEDS = {"avx2": ("avx2",), "gather": (), "tbl": ("neon",)}
 #: Output features per vector of the lut kernel (one AVX2 register of float32).
 LUT_LANES = 8
 
@@ -144,10 +144,8 @@ class GemvSpec:
         return f"{FAMILY}_{self.arith}{form}_m{self.m}_n{self.n}_k{self.k}_b{self.bits}"
 
 
-def supports(spec: GemvSpec, target) -> str:
-    """Why ``spec`` cannot use a GEMV kernel on ``target`` ('' when it can)."""
-    from ..targets import missing_features
-
+def supports(spec: GemvSpec, profile) -> str:
+    """Why ``spec`` cannot use a GEMV kernel on ``profile``'s core ('' when it can)."""
     if spec.arith == "lut":
         if spec.bits > 4:
             return f"{spec.bits}-bit indices (the lut tables hold 16 entries)"
@@ -156,13 +154,13 @@ def supports(spec: GemvSpec, target) -> str:
         if spec.form == "gather":
             return ""
         if spec.form == "tbl":
-            if "aarch64" not in str(target.attrs.get("mtriple", "")):
+            if not profile.is_arm:
                 return "the lut GEMV's tbl form is written for aarch64"
             return "" if spec.rows == 32 else f"{spec.rows} rows per tile (tbl form: 32)"
-    if spec.arith != "fp32" and "x86" not in str(target.attrs.get("mtriple", "x86_64")):
+    if spec.arith != "fp32" and not profile.is_x86:
         return f"the {spec.arith} GEMV kernel is written for x86"
-    missing = missing_features(target, FORM_FEATURES[spec.form] if spec.form else
-                               FEATURES[spec.arith])
+    missing = [c for c in (FORM_NEEDS[spec.form] if spec.form else NEEDS[spec.arith])
+               if not profile.has(c)]
     if missing:
         return f"the target lacks {', '.join(missing)}"
     if spec.arith != "fp32" and spec.bits > 4:
@@ -626,6 +624,6 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 #: Not a tuning task: the kernel has no blocks for MetaSchedule to transform.
 apply = None
-#: Knobs in ``schedules/<target>.json`` are optional (``lookup``: ``tbl`` on aarch64); the
+#: No knobs in the schedule files: ``lookup`` (``tbl`` on aarch64) follows from the core, the
 #: tile (``rows``) is chosen at lowering.
 KNOBS = False

@@ -54,8 +54,6 @@ QUANT_FAMILY = "q8_quant"
 DECODE_FAMILY = "q8_decode"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
 PREDECODED_ATTR = "dgms.predecoded"
-#: The x86 features of the unsigned-input VNNI micro-kernel (``vpdpbusd`` on 512 bits).
-VNNI = ("avx512bw", "avx512vnni")
 #: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
 UNSIGNED_ATTR = "dgms.unsigned"
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
@@ -118,14 +116,10 @@ def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
             + ("_u8" if unsigned else "") + epilogue.suffix)
 
 
-def unsigned_input(target) -> bool:
-    """Whether int8 convs for ``target`` store their input + 128 as uint8: on x86 with VNNI,
-    whose ``vpdpbusd`` multiplies unsigned by signed bytes."""
-    from ..targets import missing_features
-
-    if target is None or "x86" not in str(target.attrs.get("mtriple", "")):
-        return False
-    return not missing_features(target, VNNI)
+def unsigned_input(profile) -> bool:
+    """Whether int8 convs for ``profile``'s core store their input + 128 as uint8: on x86
+    with VNNI, whose ``vpdpbusd`` (512 bits) multiplies unsigned by signed bytes."""
+    return profile is not None and profile.is_x86 and profile.vnni
 
 
 def correction(indices: np.ndarray, q_codebook: np.ndarray) -> np.ndarray:
@@ -509,12 +503,7 @@ def decode_schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The decode is written as loops, not blocks: its schedule picks the lookup."""
     d = json.loads(str(func.attrs[SPEC_ATTR]))
     d["kernel"] = tuple(d["kernel"])
-    lookup = knobs.get("lookup", "scalar")
-    from ..targets import host_has
-
-    if lookup == "pshufb" and not host_has("ssse3"):  # x86 knobs are for this host
-        lookup = "scalar"
-    return decode_compute(DecodeSpec(**d), lookup)
+    return decode_compute(DecodeSpec(**d), knobs.get("lookup", "scalar"))
 
 
 def q16(q_codebook: np.ndarray) -> np.ndarray:
@@ -814,5 +803,6 @@ def quant_apply(sch, knobs: dict, sample: bool = False) -> None:
 
 #: The quantize and decode kernels' entries in the family table (``kernels.FAMILIES``).
 QUANT = types.SimpleNamespace(FAMILY=QUANT_FAMILY, schedule=quant_schedule, apply=quant_apply,
-                              SEARCHABLE=False)
-DECODE = types.SimpleNamespace(FAMILY=DECODE_FAMILY, schedule=decode_schedule, apply=None)
+                              SEARCHABLE=False, KNOBS=False)
+DECODE = types.SimpleNamespace(FAMILY=DECODE_FAMILY, schedule=decode_schedule, apply=None,
+                               KNOBS=False)

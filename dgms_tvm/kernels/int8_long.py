@@ -49,6 +49,8 @@ from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
 SEARCHABLE = False
+#: No knobs in the schedule files: its one choice (``pairwise``) follows from the core.
+KNOBS = False
 apply = None
 #: Input channels summed per accumulator step (one 16-byte vector of a pixel).
 DEPTH = 16
@@ -313,11 +315,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp"))
 
 
-def wanted(target) -> bool:
-    """Whether int8 convs for ``target`` take this kernel: aarch64 cores without the
+def wanted(profile) -> bool:
+    """Whether int8 convs for ``profile``'s core take this kernel: aarch64 cores without the
     dot-product instruction (elsewhere ``sdot`` or x86's VNNI, or the generic int8 kernel)."""
-    from ..targets import missing_features
-
-    if target is None or "aarch64" not in str(target.attrs.get("mtriple", "")):
-        return False
-    return bool(missing_features(target, ("dotprod",)))
+    return profile is not None and profile.is_arm and not profile.dotprod

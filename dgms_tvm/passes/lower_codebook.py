@@ -26,7 +26,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import interrupt
+from .. import interrupt, strategies
 from ..detect import NotACodebook, find_codebook
 from ..format import CodebookWeight
 from ..kernels import conv2d as kconv
@@ -291,10 +291,10 @@ class _Rewriter(PyExprMutator):
         where that chain ends, so that a layer's kernels stay together in ``main``."""
         rec.strategy = "int8"
         # cores without sdot: the widening kernel, which reads 16 input channels at a time
-        depth = 16 if klong.wanted(self.policy.target) else 4
+        depth = 16 if klong.wanted(self.policy.profile) else 4
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kint8.DecodeSpec.of(spec, depth)
-        unsigned = kint8.unsigned_input(self.policy.target)
+        unsigned = kint8.unsigned_input(self.policy.profile)
         predecoded = cw is None or ds.supported()
         if cw is None:
             wq, d = kint8.quantize_weight(value, limit)
@@ -389,7 +389,7 @@ class _Rewriter(PyExprMutator):
 
     @property
     def _int8(self) -> bool:
-        return self.policy.strategy in ("int8", "int8-full")
+        return strategies.is_int8(self.policy.strategy)
 
     def _long(self, spec, ep=None):
         """The widening kernel's spec: 7-bit weights, or 8-bit ones for ``int8-full``."""
@@ -400,7 +400,7 @@ class _Rewriter(PyExprMutator):
         """On cores without sdot, why the widening int8 kernel cannot take ``spec`` (empty
         if it can): the generic int8 kernel is no match for FP32 arithmetic there (ResNet-18
         on cortex-a72: 2612 M instructions against 715 M), so such layers stay exact."""
-        if not klong.wanted(self.policy.target):
+        if not klong.wanted(self.policy.profile):
             return ""
         why = klong.supports(spec)
         if not why and cw is not None and not kint8.DecodeSpec.of(spec, 16).supported():
@@ -567,23 +567,16 @@ class _Rewriter(PyExprMutator):
     def _gemv(self, x2, m, n, k, cw, value, rec, out_ty):
         """A batch-1 dense as a GEMV kernel (:mod:`..kernels.gemv`) where the target has its
         instructions; None to use the generic dense kernel. A codebook layer takes the first
-        of its strategy's list that the target runs; the lut kernel (FP32 arithmetic) stands
-        in for ``exact`` where the exact GEMV's AVX-512 is missing: on aarch64 its ``tbl``
-        form takes 0.68 / 0.35 / 0.18 M instructions for a 1000x512 layer at 4 / 2 / 1 bits,
-        against 3.98 M in the generic dense kernel (``scripts/bench_gemv_arm.py``)."""
-        target = self.policy.target
-        if target is None or m != 1:
+        of its strategy's candidates (:data:`..strategies.GEMV`) that the target runs."""
+        profile = self.policy.profile
+        if profile is None or m != 1:
             return None
-        choices = [("fp32", "")] if cw is None else {
-            "int8": [("int8", ""), ("int8", "avx2"), ("exact", ""), ("lut", ""), ("lut", "tbl")],
-            "lut": [("lut", ""), ("lut", "tbl"), ("lut", "gather")],
-        }.get("int8" if self._int8 else self.policy.strategy,
-              [("exact", ""), ("lut", ""), ("lut", "tbl")])
+        choices = strategies.gemv_candidates(self.policy.strategy, cw is not None)
         for arith, form in choices:
             spec = kgemv.GemvSpec(1, n, k, FP32_WEIGHT if cw is None else cw.bits,
                                   arith=arith, rows=kgemv.rows_for(n, arith, form),
                                   form=form)
-            if not kgemv.supports(spec, target):
+            if not kgemv.supports(spec, profile):
                 break
         else:
             return None

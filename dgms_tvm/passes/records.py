@@ -81,7 +81,7 @@ class LoweringPolicy:
         says why. With ``int8``, a conv2d that is no codebook (the stem) runs the int8 kernel
         too, its float32 weight quantized per output channel (as int8 deployments and
         onnxruntime's static int8 model do); not in the FP32 baseline (``codebooks=False``).
-        Batch-1 codebook dense layers take it too where the GEMV kernel runs (``target``).
+        Batch-1 codebook dense layers take it too where the GEMV kernel runs (``profile``).
         ``lut``: batch-1 codebook dense layers run the activation lookup-table GEMV
         (``kernels.gemv``, FP32 arithmetic); convs stay exact. With ``exact`` (and ``int8``
         where its GEMV does not run) such a layer takes the lut kernel where the exact GEMV's
@@ -89,9 +89,10 @@ class LoweringPolicy:
     epilogues : bool
         Let int8 convs do the BatchNorm / bias, residual add and relu / relu6 after them as
         they write their outputs (True), or leave those ops to TVM (False).
-    target : tvm.target.Target or None
-        The build's target, for kernels that exist only where the target has their
-        instructions (the x86 AVX-512 GEMV of batch-1 dense layers); None: none of those.
+    profile : dgms_tvm.targets.TargetProfile or None
+        The build's target, for kernels that exist only where its core has their
+        instructions (the x86 AVX-512 GEMV of batch-1 dense layers, the int8 convs' forms);
+        None: none of those.
     zero_skip : bool
         Drop the input channels (conv2d, groups 1) and features (2-D dense) of a codebook
         layer whose weights are all zero, where its cost model says it pays (any strategy;
@@ -105,7 +106,7 @@ class LoweringPolicy:
     codebooks: bool = True
     fp32_kernels: bool = True
     strategy: str = "exact"
-    target: object = None
+    profile: object = None
     zero_skip: bool = True
     epilogues: bool = True
 

@@ -137,7 +137,7 @@ def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     assert rel_err(got, dense.reference(spec, x, cw.dense())) < 1e-5
     # the batch-1 float32 dense (an FP32 classifier): the generic GEMV kernel
     gs = gemv.GemvSpec(1, 40, 96, 32, arith="fp32", rows=gemv.rows_for(40, "fp32"))
-    assert not gemv.supports(gs, get_profile(CPU).tvm_target())
+    assert not gemv.supports(gs, get_profile(CPU))
     w = rng.normal(size=(40, 96)).astype(np.float32)
     x1 = rng.normal(size=(1, 96)).astype(np.float32)
     got = _run_kernel_remote(tracker, gemv.compute(gs), [x1, w, np.zeros((1, 40), np.float32)],
@@ -154,7 +154,7 @@ def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits, f
     tracker, _ = device
     ls = gemv.GemvSpec(1, 40, 96, bits, arith="lut", rows=gemv.rows_for(40, "lut", form),
                        form=form)
-    assert not gemv.supports(ls, get_profile(cpu).tvm_target())
+    assert not gemv.supports(ls, get_profile(cpu))
     cw = random_codebook_weight(rng, (40, 96), bits, scaled=True)
     x1 = rng.normal(size=(1, 96)).astype(np.float32)
     got = _run_kernel_remote(tracker, gemv.compute(ls), [

@@ -10,7 +10,7 @@ from dgms_tvm.targets import get_profile
 from tests.helpers import NEEDS_VNNI, random_codebook_weight, rel_err, run_kernel
 
 G = gemv.GemvSpec
-HOST = get_profile("x86").tvm_target()
+HOST = get_profile("x86")
 #: The kernels run where the host has their instructions; elsewhere the pass never picks them.
 NEEDS_AVX512 = pytest.mark.skipif(
     bool(gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), HOST)),
@@ -66,7 +66,7 @@ def test_fp32_matches_oracle(rng):
     """Generic vector code: on every host (and aarch64, see tests/device)."""
     spec = _spec(1, 36, 64, 32, "fp32")
     assert not gemv.supports(spec, HOST)
-    assert not gemv.supports(spec, get_profile("cortex-a72").tvm_target())
+    assert not gemv.supports(spec, get_profile("cortex-a72"))
     w = rng.normal(size=(36, 64)).astype(np.float32)
     x = rng.normal(size=(1, 64)).astype(np.float32)
     got = run_kernel(gemv.compute(spec), [x, w, np.zeros((1, 36), np.float32)])
@@ -156,7 +156,7 @@ def test_pack_layout():
 
 
 def test_supports_says_why_not():
-    arm = get_profile("cortex-a72").tvm_target()
+    arm = get_profile("cortex-a72")
     assert "x86" in gemv.supports(G(1, 4, 32, 4, arith="exact", rows=4), arm)
     assert gemv.supports(G(1, 4, 32, 8, arith="exact", rows=4), HOST)
     assert gemv.supports(G(1, 6, 64, 4, arith="exact", rows=4), HOST)  # 6 rows in tiles of 4
@@ -181,7 +181,7 @@ def test_pass_lowers_batch1_dense_to_gemv(strategy, rng):
     x = rng.normal(size=(1, 64)).astype(np.float32)
     imported = from_torch(lin.eval(), (torch.from_numpy(x),))
     host = get_profile("x86")
-    lowered = compiler.lower(imported, 4, strategy=strategy, target=HOST)
+    lowered = compiler.lower(imported, 4, strategy=strategy, profile=HOST)
     (rec,) = lowered.records
     assert rec.kernel.startswith(f"cb_gemv_{strategy}_m1_n24_k64_b4") and rec.strategy == strategy
     generic = compiler.lower(imported, 4)
@@ -189,7 +189,7 @@ def test_pass_lowers_batch1_dense_to_gemv(strategy, rng):
     got = compiler.run_local(compiler.build(lowered, host), [x])[0]
     want = compiler.run_local(compiler.build(generic, host), [x])[0]
     assert rel_err(got, want) < (1e-5 if strategy == "exact" else 0.05)
-    fp32 = compiler.lower(imported, 4, codebooks=False, target=HOST)
+    fp32 = compiler.lower(imported, 4, codebooks=False, profile=HOST)
     assert fp32.records[0].fp32_kernel == "fp32_gemv_m1_n24_k64"
 
 
@@ -222,7 +222,7 @@ def test_pass_lowers_batch1_dense_to_lut(strategy, rng):
         net[2].weight.copy_(torch.from_numpy(cws[1].dense()))
     x = rng.normal(size=(1, 4, 6, 6)).astype(np.float32)
     imported = from_torch(net.eval(), (torch.from_numpy(x),))
-    lowered = compiler.lower(imported, 2, strategy=strategy, target=HOST)
+    lowered = compiler.lower(imported, 2, strategy=strategy, profile=HOST)
     conv, fc = lowered.records
     avx2 = not gemv.supports(G(1, 24, 128, 2, arith="lut", rows=16), HOST)
     host = get_profile("x86")
@@ -259,7 +259,7 @@ def test_aarch64_batch1_codebook_dense_takes_the_lut_tbl_gemv(rng):
     for cpu in ("cortex-a72", "neoverse-n1"):
         for strategy in ("exact", "int8", "lut"):
             lowered = compiler.lower(imported, 2, strategy=strategy,
-                                     target=get_profile(cpu).tvm_target())
+                                     profile=get_profile(cpu))
             (rec,) = lowered.records
             assert rec.kernel.startswith("cb_gemv_lut_tbl_m1_n40_k64_b2"), (cpu, strategy)
             assert rec.strategy == "lut"

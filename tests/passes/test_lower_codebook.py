@@ -11,7 +11,7 @@ import tvm_ffi
 from torch import nn
 from tvm import relax
 
-from dgms_tvm import compiler, frontend
+from dgms_tvm import compiler, frontend, strategies
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
 from dgms_tvm.kernels import int8 as kint8
@@ -239,8 +239,8 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     from dgms_tvm.targets import host_has
 
     host = get_profile("x86")
-    for_host = compiler.lower(imported, 4, strategy="int8", target=host.tvm_target())
-    unsigned = kint8.unsigned_input(host.tvm_target())
+    for_host = compiler.lower(imported, 4, strategy="int8", profile=host)
+    unsigned = kint8.unsigned_input(host)
     recs = {r.name: r for r in for_host.records}
     assert ("_u8" in recs["conv.weight"].kernel) == unsigned
     assert (recs["fc.weight"].strategy == "int8") == (unsigned or host_has("avx2"))
@@ -250,15 +250,15 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
 
 def test_strategy_choice():
     n1, a72 = get_profile("neoverse-n1"), get_profile("cortex-a72")
-    assert compiler.resolve_strategy("auto", n1) == "int8"  # sdot
-    assert compiler.resolve_strategy("auto", a72) == "int8"  # the widening kernel
-    assert compiler.resolve_strategy("exact", a72) == "exact"
+    assert strategies.resolve("auto", n1) == "int8"  # sdot
+    assert strategies.resolve("auto", a72) == "int8"  # the widening kernel
+    assert strategies.resolve("exact", a72) == "exact"
     host = get_profile("x86")  # VNNI where this host has it
-    assert (compiler.resolve_strategy("auto", host) == "int8") == \
-        kint8.unsigned_input(host.tvm_target())
-    assert compiler.resolve_strategy("lut", n1) == "lut"  # asked for: never chosen by auto
+    assert (strategies.resolve("auto", host) == "int8") == \
+        kint8.unsigned_input(host)
+    assert strategies.resolve("lut", n1) == "lut"  # asked for: never chosen by auto
     with pytest.raises(UserError, match=r"'fast'.*auto, exact, int8, int8-full, lut"):
-        compiler.resolve_strategy("fast", n1)
+        strategies.resolve("fast", n1)
 
 
 class Block(nn.Module):
@@ -335,7 +335,7 @@ def test_int8_on_a_core_without_sdot_takes_the_widening_kernel():
     x = torch.randn(1, 8, 12, 12)
     imported = frontend.from_torch(net, (x,))
     a72 = get_profile("cortex-a72")
-    lowered = compiler.lower(imported, 4, strategy="int8", target=a72.tvm_target())
+    lowered = compiler.lower(imported, 4, strategy="int8", profile=a72)
     recs = {r.name: r for r in lowered.records}
     # 8 input channels: the codebook layer stays exact, the float32 first conv FP32
     assert recs["ds.weight"].strategy == "exact" and "16 at a time" in recs["ds.weight"].reason
@@ -377,10 +377,10 @@ def test_int8_full_keeps_8_bit_weights_on_a_core_without_sdot():
     x = torch.randn(1, 8, 12, 12)
     imported = frontend.from_torch(net, (x,))
     a72, n1, host = (get_profile(t) for t in ("cortex-a72", "neoverse-n1", "x86"))
-    assert compiler.resolve_strategy("int8-full", a72) == "int8-full"
+    assert strategies.resolve("int8-full", a72) == "int8-full"
     outs = {}
     for strategy in ("exact", "int8", "int8-full"):
-        lowered = compiler.lower(imported, 4, strategy=strategy, target=a72.tvm_target())
+        lowered = compiler.lower(imported, 4, strategy=strategy, profile=a72)
         c3 = next(r for r in lowered.records if r.name == "c3.weight")
         if strategy != "exact":
             assert c3.strategy == "int8"
@@ -391,6 +391,6 @@ def test_int8_full_keeps_8_bit_weights_on_a_core_without_sdot():
                 127 if strategy == "int8-full" else 63)
         outs[strategy] = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
     assert 0 < rel_err(outs["int8-full"], outs["exact"]) < rel_err(outs["int8"], outs["exact"])
-    full_n1 = compiler.lower(imported, 4, strategy="int8-full", target=n1.tvm_target())
-    int8_n1 = compiler.lower(imported, 4, strategy="int8", target=n1.tvm_target())
+    full_n1 = compiler.lower(imported, 4, strategy="int8-full", profile=n1)
+    int8_n1 = compiler.lower(imported, 4, strategy="int8", profile=n1)
     assert [r.kernel for r in full_n1.records] == [r.kernel for r in int8_n1.records]

@@ -37,14 +37,14 @@ def test_all_zero_input_channels_are_dropped(strategy, rng):
     net = _pruned_net(rng)
     x = rng.normal(size=(1, 16, 8, 8)).astype(np.float32)
     imported = from_torch(net, (torch.from_numpy(x),))
-    lowered = compiler.lower(imported, 4, strategy=strategy, target=HOST.tvm_target())
+    lowered = compiler.lower(imported, 4, strategy=strategy, profile=HOST)
     conv, fc = lowered.records
     assert (conv.zero_inputs, fc.zero_inputs) == (4, 64)
     assert "_c12_" in conv.kernel and "k448" in fc.kernel  # the kernels reduce over the rest
     # the layer's sparsity counts the dropped channels' zeros too
     assert conv.sparsity >= 4 / 16 and fc.sparsity >= 64 / 512
     got = compiler.run_local(compiler.build(lowered, HOST), [x])[0]
-    kept = compiler.lower(imported, 4, strategy=strategy, target=HOST.tvm_target(),
+    kept = compiler.lower(imported, 4, strategy=strategy, profile=HOST,
                           zero_skip=False)
     assert kept.records[0].zero_inputs == 0 and "_c16_" in kept.records[0].kernel
     same = compiler.run_local(compiler.build(kept, HOST), [x])[0]

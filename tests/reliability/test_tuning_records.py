@@ -270,7 +270,7 @@ def _matched(loaded, target: str, bits, strategy: str) -> tuple[int, int]:
     profile = get_profile(target)
     db, _ = tuning_db.load(SHIPPED, target)
     assert db is not None
-    lowered = compiler.lower(loaded.imported, bits, target=profile.tvm_target(),
+    lowered = compiler.lower(loaded.imported, bits, profile=profile,
                              strategy=strategy)
     mod = compiler.prepare(lowered, profile, schedule=False)
     _, how = apply_records.apply_database(mod, db, profile.tvm_target(),

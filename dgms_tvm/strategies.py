@@ -1,0 +1,72 @@
+"""Strategies as data: what ``--strategy`` may ask for, what ``auto`` picks on a core, and per
+layer kind the ordered kernel candidates each strategy tries.
+
+A codebook layer takes the first candidate of its strategy whose kernel ``supports`` it on
+the build's profile; the record of a layer that got a later one (or none) says why the
+earlier ones could not take it. ``auto`` is resolved once per build, against the profile's
+capabilities (:mod:`dgms_tvm.targets`), never against a schedule file.
+"""
+
+from __future__ import annotations
+
+from .errors import UserError
+
+#: ``--strategy`` values. ``exact``: float32 activations, weights decoded to float32.
+#: ``int8``: activations quantized per tensor at run time, int8 codebook, int32 sums.
+#: ``int8-full``: ``int8`` with 8-bit weights on the cores whose fastest int8 conv keeps 7
+#: (the widening kernel of cortex-a53 / a72: about half the error, slower); elsewhere
+#: ``int8``. ``lut``: activation lookup tables, FP32 arithmetic; it has a kernel for batch-1
+#: dense layers only, its convs stay exact.
+STRATEGIES = ("auto", "exact", "int8", "int8-full", "lut")
+
+#: ``auto``: the first rule whose capability the core has. The int8 conv wins where the core
+#: has a dot-product instruction (``sdot``: 16 multiply-adds per instruction against 4 for an
+#: FP32 ``fmla``; x86 ``vpdpbusd``: 64 against 16 for an AVX-512 FMA), and on aarch64 cores
+#: without one (the widening kernel, :mod:`.kernels.int8_long`: 32 multiply-adds in 5
+#: instructions and a quarter of the input bytes to load); elsewhere the generic int8
+#: vector code has no such advantage.
+AUTO = (
+    ("dotprod", "int8"),
+    ("vnni", "int8"),
+    ("neon", "int8"),
+    (None, "exact"),
+)
+
+#: Batch-1 dense layers: strategy -> the GEMV kernels (arithmetic, form) it tries in order
+#: (:mod:`.kernels.gemv`); none that runs on the core: the generic dense kernel. The lut
+#: kernel (FP32 arithmetic) stands in for ``exact`` where the exact GEMV's AVX-512 is
+#: missing: AVX2 hosts and aarch64 (its ``tbl`` form).
+GEMV = {
+    "exact": (("exact", ""), ("lut", ""), ("lut", "tbl")),
+    "int8": (("int8", ""), ("int8", "avx2"), ("exact", ""), ("lut", ""), ("lut", "tbl")),
+    "lut": (("lut", ""), ("lut", "tbl"), ("lut", "gather")),
+    "fp32": (("fp32", ""),),
+}
+
+
+def check(requested: str) -> None:
+    """Refuse a value that is no strategy (one line, listing the choices)."""
+    if requested not in STRATEGIES:
+        raise UserError(f"unknown strategy {requested!r} (choose from {', '.join(STRATEGIES)})")
+
+
+def resolve(requested: str, profile) -> str:
+    """The strategy a build for ``profile`` uses for ``requested`` (``auto``: by :data:`AUTO`).
+    Layers the int8 kernels cannot take stay exact either way; the manifest says per layer
+    what it got."""
+    check(requested)
+    if requested != "auto":
+        return requested
+    return next(s for cap, s in AUTO if cap is None or profile.has(cap))
+
+
+def is_int8(strategy: str) -> bool:
+    return strategy in ("int8", "int8-full")
+
+
+def gemv_candidates(strategy: str, codebook: bool) -> tuple[tuple[str, str], ...]:
+    """The GEMV kernels a batch-1 dense layer tries under ``strategy`` (a layer that is no
+    codebook: the FP32 GEMV)."""
+    if not codebook:
+        return GEMV["fp32"]
+    return GEMV["int8" if is_int8(strategy) else strategy if strategy in GEMV else "exact"]
