@@ -11,7 +11,7 @@ from tvm import relax
 from .errors import UserError
 from .frontend import ImportedModel
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
-from .schedules import apply_schedules, load_knobs
+from .schedules.hand import apply_schedules, load_knobs
 from .targets import TargetProfile
 
 
@@ -91,7 +91,7 @@ def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
     if not schedule:
         return mod
     if database is not None:
-        from .apply_records import apply_database
+        from .schedules.apply_records import apply_database
 
         mod, how = apply_database(mod, database, target, knobs)
         if applied is not None:

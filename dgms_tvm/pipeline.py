@@ -111,7 +111,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     model the records came from: they are keyed by each kernel's structure) get their tuned
     schedule. ``strategy``: see :func:`strategies.resolve` (the FP32 build has no
     codebook layer to apply it to)."""
-    from . import apply_records, tuning_db
+    from .schedules import apply_records, tuning_db
 
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)

@@ -48,12 +48,12 @@ def main(argv=None):
     args = parse(argv)
     import contextlib
 
-    from dgms_tvm import bench_device
+    from dgms_tvm.bench import on_device, report
     from dgms_tvm.device import client, manager
 
     # Every argument is checked before any device starts (that takes a minute).
     emulated = not args.tracker
-    bench_device.check_args(args.model, args.bits, args.target, args.output, args.repeat,
+    on_device.check_args(args.model, args.bits, args.target, args.output, args.repeat,
                             args.number, emulated)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     with contextlib.ExitStack() as stack:
@@ -67,13 +67,13 @@ def main(argv=None):
             counting = info["instruction_counts"]
         else:
             tracker = client.Tracker(*client.parse_tracker(args.tracker))
-        rep = bench_device.run(args.model, args.bits, args.target, tracker, args.key,
+        rep = on_device.run(args.model, args.bits, args.target, tracker, args.key,
                                args.output, args.repeat, args.number, emulated=emulated,
                                counting=counting, peers=not args.no_peers,
                                per_layer=not args.no_per_layer,
                                tuning_logs=logs_root(args.tuning_logs),
                                strategy=args.strategy)
-    print(bench_device.format_markdown(rep))
+    print(report.format_markdown(rep))
     print(f"report: {args.output}/report.md, report.json, report.png")
 
 

@@ -36,13 +36,13 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
-    from dgms_tvm import bench_gemv
+    from dgms_tvm.bench import gemv_kernels
 
     if args.rounds < 1:
         raise UserError("--rounds must be at least 1")
-    res = bench_gemv.run(args.shape or [(4096, 4096), (16384, 4096)], args.bits,
+    res = gemv_kernels.run(args.shape or [(4096, 4096), (16384, 4096)], args.bits,
                          args.rounds, args.trials)
-    print(bench_gemv.format_report(res))
+    print(gemv_kernels.format_report(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
 

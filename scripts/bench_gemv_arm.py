@@ -29,13 +29,13 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
-    from dgms_tvm import bench_gemv
+    from dgms_tvm.bench import gemv_kernels
     from dgms_tvm.targets import get_profile
 
     get_profile(args.target)  # an unknown target fails before the work
     bits = [int(b) for b in args.bits.split(",")]
-    res = bench_gemv.device_counts(args.target, args.shape or [(1000, 512)], bits)
-    print(bench_gemv.format_device_counts(res))
+    res = gemv_kernels.device_counts(args.target, args.shape or [(1000, 512)], bits)
+    print(gemv_kernels.format_device_counts(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")
 

@@ -38,7 +38,8 @@ def main(argv=None):
     args = parse(argv)
     import numpy as np
 
-    from dgms_tvm import ort_int8, pipeline
+    from dgms_tvm import pipeline
+    from dgms_tvm.bench import ort_int8
     from dgms_tvm.errors import UserError
 
     loaded = pipeline.load_model(args.model, args.bits, 0)
@@ -60,7 +61,7 @@ def main(argv=None):
             res = run_onnxruntime(blob, x, args.profile, repeat=1)
             cost, out = res["minstr"], res["output"]
         else:
-            from dgms_tvm.bench_local import time_onnxruntime
+            from dgms_tvm.bench.on_host import time_onnxruntime
 
             cost = 1e3 * float(np.median(time_onnxruntime(blob, x, args.repeat, args.number)))
             import onnxruntime as ort

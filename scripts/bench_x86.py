@@ -29,11 +29,11 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
-    from dgms_tvm import bench_local
+    from dgms_tvm.bench import on_host
 
-    rep = bench_local.compare(args.model, args.bits, args.repeat, args.number,
+    rep = on_host.compare(args.model, args.bits, args.repeat, args.number,
                               tuning_logs=logs_root(args.tuning_logs))
-    print(bench_local.format_report(rep))
+    print(on_host.format_report(rep))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")
 

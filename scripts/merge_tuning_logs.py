@@ -19,7 +19,7 @@ from dgms_tvm.cli import one_line_errors, run_script
 
 
 def parse(argv):
-    from dgms_tvm.tuning_db import DEFAULT_LOGS, KEEP
+    from dgms_tvm.schedules.tuning_db import DEFAULT_LOGS, KEEP
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--tuning-logs", type=Path, default=DEFAULT_LOGS)
@@ -32,8 +32,8 @@ def parse(argv):
 @one_line_errors
 def main(argv=None):
     args = parse(argv)
-    from dgms_tvm import tuning_db
     from dgms_tvm.errors import UserError
+    from dgms_tvm.schedules import tuning_db
 
     if args.keep_records < 1:
         raise UserError(f"--keep-records must be a positive integer, not {args.keep_records}")

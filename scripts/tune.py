@@ -22,7 +22,7 @@ from dgms_tvm.strategies import STRATEGIES
 
 
 def parse(argv):
-    from dgms_tvm.tuning_db import DEFAULT_LOGS
+    from dgms_tvm.schedules.tuning_db import DEFAULT_LOGS
 
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--model", default="resnet18")
@@ -56,11 +56,13 @@ def main(argv=None):
     args = parse(argv)
     import contextlib
 
-    from dgms_tvm import pipeline, tuning, tuning_db, tuning_remeasure, tuning_run
+    from dgms_tvm import pipeline
     from dgms_tvm.device import client, manager
     from dgms_tvm.device.sysroot import cache_dir
+    from dgms_tvm.schedules import tuning_db
     from dgms_tvm.targets import get_profile
-    from dgms_tvm.tuning_budget import check_trials
+    from dgms_tvm.tune import driver, remeasure, tuner
+    from dgms_tvm.tune.budget import check_trials
 
     check_trials(args.trials, args.per_iter)
     if args.remeasure is not None and args.remeasure < 1:
@@ -86,18 +88,18 @@ def main(argv=None):
                     manager.local_devices(profile.name, args.devices, key, log=log))
             workers = max(1, tracker.free(key))
         loaded = pipeline.load_model(args.model, args.bits, args.seed)
-        m = tuning.make_measure(profile, measure, tracker, key, workers,
+        m = tuner.make_measure(profile, measure, tracker, key, workers,
                                 cache_dir() / "tuning")
         if args.remeasure:
             log(f"re-measuring the {args.model} {args.bits}-bit logs for {profile.name} by "
                 f"{m.name} on {m.device}, {args.remeasure} rounds")
-            rows = tuning_remeasure.remeasure(loaded, args.model, args.bits, profile, m,
+            rows = remeasure.remeasure(loaded, args.model, args.bits, profile, m,
                                               args.tuning_logs, args.remeasure, log=log)
             print(f"{len(rows)} tasks re-measured: {folder}")
             return
         log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
             f"trials, measured by {m.name} on {m.device}")
-        run = tuning_run.tune(loaded, args.model, args.bits, profile, args.trials, m,
+        run = driver.tune(loaded, args.model, args.bits, profile, args.trials, m,
                               args.tuning_logs, per_iter=args.per_iter, seed=args.seed,
                               log=log, strategy=args.strategy)
     print(f"{run['total_trials']} trials run ({args.trials} requested, {run['seconds']:.0f} s "

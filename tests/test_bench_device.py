@@ -1,7 +1,7 @@
 """The device benchmark's per-layer table: int8 layers group their quantize / decode
 kernels with the conv after them, and the table shows each part beside the sum."""
 
-from dgms_tvm import bench_device
+from dgms_tvm.bench import report
 
 
 def test_int8_layer_rows_group_their_kernels_and_show_the_split():
@@ -13,7 +13,7 @@ def test_int8_layer_rows_group_their_kernels_and_show_the_split():
               "q8_conv2d_b_pre": 2.0}
     by = {("kernel", label, nm): {"ms": [counts[nm]], "minstr": counts[nm]}
           for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
-    layers = bench_device._layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, {})
     assert [la["DGMS"]["kernel"] for la in layers] == [
         "q8_quant_a + q8_conv2d_a_w8_pre", "relu", "q8_quant_b + q8_decode_b + q8_conv2d_b_pre"]
     last = layers[2]["DGMS"]
@@ -21,7 +21,7 @@ def test_int8_layer_rows_group_their_kernels_and_show_the_split():
     assert "parts" not in layers[1]["DGMS"] and "parts" not in layers[2]["FP32"]
     rep = {"rows": [{"label": "FP32", "minstr": 12.5}, {"label": "DGMS", "minstr": 4.375}],
            "layers": layers}
-    table = "\n".join(bench_device._layer_lines(rep))
+    table = "\n".join(report._layer_lines(rep))
     assert "| 8.000 | 2.625 (0.125 + 0.500 + 2.000) | 3.05x |" in table
     assert "| sum | | | 12.50 | 4.38 | 2.86x |" in table
 
@@ -41,7 +41,7 @@ def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
             "max_pool2d"]
     by = {("kernel", label, nm): {"ms": [1.0], "minstr": float(i + 1)}
           for label, names in (("FP32", fp32), ("DGMS", dgms)) for i, nm in enumerate(names)}
-    layers = bench_device._layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, {})
     pairs = [(la["FP32"]["kernel"], la["DGMS"]["kernel"].split(" + ")[-1]) for la in layers]
     assert pairs == [(fp32[0], dgms[1]), (fp32[1], "(in a conv's epilogue)"),
                      (fp32[2], dgms[7]), (fp32[3], dgms[4]),
@@ -50,5 +50,5 @@ def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
     assert sum(la["DGMS"]["minstr"] for la in layers) == sum(range(1, 10))
     rep = {"rows": [{"label": "FP32", "minstr": 21.0}, {"label": "DGMS", "minstr": 45.0}],
            "layers": layers}
-    table = "\n".join(bench_device._layer_lines(rep))
+    table = "\n".join(report._layer_lines(rep))
     assert "| 2.000 | 0.000 | - |" in table

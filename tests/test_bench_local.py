@@ -2,11 +2,11 @@
 checked against the others and timed, onnxruntime FP32 and static int8 beside them (each
 documented int8 configuration: U8S8 / S8S8, QDQ / QOperator)."""
 
-from dgms_tvm import bench_local
+from dgms_tvm.bench import on_host
 
 
 def test_compare_reports_every_row():
-    rep = bench_local.compare("digitnet", 4, repeat=1, number=1)
+    rep = on_host.compare("digitnet", 4, repeat=1, number=1)
     assert list(rep["rows"]) == ["fp32 TVM default", "fp32 same kernels", "codebook 4-bit",
                                  "codebook 4-bit int8", "onnxruntime fp32",
                                  "onnxruntime int8 U8S8 QDQ", "onnxruntime int8 S8S8 QDQ",
@@ -16,9 +16,9 @@ def test_compare_reports_every_row():
     assert 0 < rep["int8_rel_err_vs_exact"] < 0.1
     assert all(r["median_ms"] > 0 for r in rep["rows"].values())
     assert rep["rows"]["codebook 4-bit int8"]["lowered"] > 0
-    text = bench_local.format_report(rep)
+    text = on_host.format_report(rep)
     # The goal line holds the build against the fastest int8 configuration, whichever it is.
-    best = bench_local.fastest_int8_peer(rep["rows"])
+    best = on_host.fastest_int8_peer(rep["rows"])
     ms = {k: r["median_ms"] for k, r in rep["rows"].items()}
     assert ms[best] == min(v for k, v in ms.items() if k.startswith("onnxruntime int8"))
     assert (f"fastest onnxruntime int8 configuration here: {best.split(' ', 2)[2]}; it / "

@@ -15,19 +15,20 @@ import pytest
 import tvm
 import tvm_ffi
 
-from dgms_tvm import apply_records, pipeline, tuning, tuning_db, tuning_remeasure, tuning_run
+from dgms_tvm import pipeline
 from dgms_tvm.kernels import dense
-from dgms_tvm.schedules import load_knobs
+from dgms_tvm.schedules import apply_records, load_knobs, tuning_db
 from dgms_tvm.targets import get_profile
+from dgms_tvm.tune import driver, remeasure, tuner
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
 
 SPEC = dense.DenseSpec(2, 32, 64, bits=4)
 REPO = Path(__file__).resolve().parent.parent
 
 
-def dense_task(spec=SPEC) -> tuning.Task:
+def dense_task(spec=SPEC) -> tuner.Task:
     func = dense.compute(spec)
-    return tuning.Task(spec.name, func, 1, 2.0 * spec.m * spec.n * spec.k, ["DGMS 4-bit"],
+    return tuner.Task(spec.name, func, 1, 2.0 * spec.m * spec.n * spec.k, ["DGMS 4-bit"],
                        dense.FAMILY)
 
 
@@ -36,8 +37,8 @@ def tuned(tmp_path_factory):
     folder = tmp_path_factory.mktemp("logs")
     profile = get_profile("x86")
     db = tuning_db.open_database(folder, create=True)
-    measure = tuning.make_measure(profile, "time")
-    done, costs, hand = tuning.tune_task(db, dense_task(), 4, profile.tvm_target(),
+    measure = tuner.make_measure(profile, "time")
+    done, costs, hand = tuner.tune_task(db, dense_task(), 4, profile.tvm_target(),
                                          load_knobs("x86"), measure,
                                          tmp_path_factory.mktemp("work"), per_iter=4)
     return folder, done, costs, hand
@@ -77,14 +78,15 @@ def test_kernels_without_a_record_keep_their_hand_schedule(tuned):
 CHILD = """
 import sys
 from pathlib import Path
-from dgms_tvm import tuning, tuning_db
+from dgms_tvm.tune import tuner
+from dgms_tvm.schedules import tuning_db
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.test_tuning import dense_task
 p = get_profile("x86")
 db = tuning_db.open_database(Path(sys.argv[1]), create=True)
-tuning.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
-                 tuning.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
+tuner.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
+                 tuner.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
 """
 
 
@@ -107,11 +109,11 @@ def test_killed_run_leaves_a_loadable_database_and_resumes(tmp_path):
     with open(records, "a") as f:
         f.write('[0, [["torn')
     db = tuning_db.open_database(logs)
-    done, costs = tuning.records_of(db, dense_task())
+    done, costs = tuner.records_of(db, dense_task())
     assert 5 <= done < 64 and costs
     profile = get_profile("x86")
-    done2, _, hand = tuning.tune_task(db, dense_task(), done + 4, profile.tvm_target(),
-                                      load_knobs("x86"), tuning.make_measure(profile, "time"),
+    done2, _, hand = tuner.tune_task(db, dense_task(), done + 4, profile.tvm_target(),
+                                      load_knobs("x86"), tuner.make_measure(profile, "time"),
                                       work, per_iter=4)
     assert done2 == done + 4  # resumed: four more trials, not a fresh start
     assert hand is None  # the hand schedule was measured by the first run already
@@ -157,12 +159,12 @@ def test_mismatched_logs_warn_and_build_untuned(digitnet, tuned, tmp_path, capsy
 
 
 def test_task_extraction_covers_both_builds(digitnet):
-    tasks = tuning.extract_tasks(digitnet, get_profile("x86"), 4, "exact")
+    tasks = tuner.extract_tasks(digitnet, get_profile("x86"), 4, "exact")
     names = [t.name for t in tasks]
     assert any(n.startswith("cb_conv2d") for n in names)
     assert any(n.startswith("fp32_conv2d") and "c32" in n for n in names)  # FP32 baseline
     assert sum(t.family is not None for t in tasks) >= 6
-    from dgms_tvm.tuning_budget import budgets
+    from dgms_tvm.tune.budget import budgets
 
     computing = sum(t.flops > 0 for t in tasks)
     plan = budgets([t.flops * t.calls for t in tasks], 8 * computing + 10, 8)
@@ -176,8 +178,8 @@ def test_tasks_follow_the_build_compile_makes(digitnet):
     sampled space (hand schedules stay), so the tasks are the FP32 baseline's kernels and the
     int8 build's other kernels, not the exact build's codebook convs that would never run."""
     n1 = get_profile("neoverse-n1")
-    auto = {t.name: t for t in tuning.extract_tasks(digitnet, n1, 4)}
-    exact = {t.name for t in tuning.extract_tasks(digitnet, n1, 4, "exact")}
+    auto = {t.name: t for t in tuner.extract_tasks(digitnet, n1, 4)}
+    exact = {t.name for t in tuner.extract_tasks(digitnet, n1, 4, "exact")}
     assert not any(n.startswith(("cb_conv2d", "q8_")) for n in auto)
     assert any(n.startswith("cb_conv2d") for n in exact)
     assert any("DGMS 4-bit" in t.builds for t in auto.values())  # pooling, batch norm, ...
@@ -188,17 +190,17 @@ def test_measure_choice_errors():
     from dgms_tvm.errors import UserError
 
     with pytest.raises(UserError, match="emulated device only"):
-        tuning.make_measure(get_profile("x86"), "instructions")
+        tuner.make_measure(get_profile("x86"), "instructions")
     with pytest.raises(UserError, match="needs devices"):
-        tuning.make_measure(get_profile("cortex-a72"), "time")
+        tuner.make_measure(get_profile("cortex-a72"), "time")
     with pytest.raises(UserError, match="unknown measure"):
-        tuning.make_measure(get_profile("x86"), "joules")
+        tuner.make_measure(get_profile("x86"), "joules")
 
 
 def test_run_entry_says_what_measured(tmp_path):
     profile = get_profile("x86")
-    m = tuning.make_measure(profile, "time")
-    meta = tuning_run._new_entry("digitnet", 4, profile, m, 10, 8, "exact")
+    m = tuner.make_measure(profile, "time")
+    meta = driver._new_entry("digitnet", 4, profile, m, 10, 8, "exact")
     assert meta["measure"] == "time" and meta["run_secs_unit"] == "seconds"
     assert meta["strategy"] == "exact" and meta["trials_requested"] == 10
     json.dumps(meta)
@@ -210,11 +212,11 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
     a = te.placeholder((64, 64), name="a")
     b = te.compute((64, 64), lambda i, j: te.max(a[i, j] * 2.0, 0.0), name="b")
     func = te.create_prim_func([a, b])
-    task = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None)
+    task = tuner.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None)
     profile = get_profile("x86")
     db = tuning_db.open_database(tmp_path / "logs", create=True)
-    done, costs, base = tuning.tune_task(db, task, 3, profile.tvm_target(), load_knobs("x86"),
-                                         tuning.make_measure(profile, "time"), tmp_path,
+    done, costs, base = tuner.tune_task(db, task, 3, profile.tvm_target(), load_knobs("x86"),
+                                         tuner.make_measure(profile, "time"), tmp_path,
                                          per_iter=2)
     assert base is not None and done >= 1 and costs[0] <= base
     mod, how = apply_records.apply_database(tvm.IRModule({"r": func}), db,
@@ -231,7 +233,7 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
 
 def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
     """A task finished before a kill has its baseline record in the database, so the resumed
-    run does not measure it again; tuning.json keeps the earlier figure, not null."""
+    run does not measure it again; tuner.json keeps the earlier figure, not null."""
     profile = get_profile("x86")
     task = dense_task()
     folder = tuning_db.target_dir(tmp_path, "x86")
@@ -240,10 +242,10 @@ def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
         "model": "digitnet", "bits": 4, "strategy": "exact", "measure": "time",
         "trials_requested": 8, "per_iter": 16, "finished": None, "seconds": 5.0,
         "tasks": [{"task": task.name, "base": 0, "hand": 2.5e-3}]}]))
-    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
-    monkeypatch.setattr(tuning, "tune_task", lambda *a, **k: (8, [1e-3], None))
-    meta = tuning_run.tune(None, "digitnet", 4, profile, 8,
-                           tuning.make_measure(profile, "time"), tmp_path, log=lambda m: None,
+    monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
+    monkeypatch.setattr(tuner, "tune_task", lambda *a, **k: (8, [1e-3], None))
+    meta = driver.tune(None, "digitnet", 4, profile, 8,
+                           tuner.make_measure(profile, "time"), tmp_path, log=lambda m: None,
                            strategy="exact")
     assert meta["tasks"][0]["hand"] == 2.5e-3 and meta["seconds"] >= 5.0
     (entry,) = json.loads((folder / tuning_db.RUNS).read_text())  # resumed, not a new run
@@ -260,7 +262,7 @@ def test_untuned_baseline_better_than_every_searched_record_is_kept(tmp_path):
     a = te.placeholder((64, 64), name="a")
     b = te.compute((64, 64), lambda i, j: te.max(a[i, j] * 2.0, 0.0), name="b")
     func = te.create_prim_func([a, b])
-    wl_mod = tuning.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None).workload()
+    wl_mod = tuner.Task("relu2", func, 1, 64 * 64.0, ["FP32"], None).workload()
     target = get_profile("x86").tvm_target()
     db = tuning_db.open_database(tmp_path / "logs", create=True)
     wl = db.commit_workload(wl_mod)
@@ -323,7 +325,7 @@ def test_shipped_logs_still_match_their_model(run):
     from dgms_tvm.kernels import FAMILIES, KERNEL_ATTR
 
     tasks = [n for n in how if KERNEL_ATTR not in (mod[n].attrs or {})
-             or tuning.searchable(FAMILIES[str(mod[n].attrs[KERNEL_ATTR])])]
+             or tuner.searchable(FAMILIES[str(mod[n].attrs[KERNEL_ATTR])])]
     assert sum(how[n] == "tuned" for n in tasks) >= len(tasks) // 3, how
 
 
@@ -348,10 +350,10 @@ def test_remeasure_keeps_the_baseline_and_best_with_new_figures(tuned, tmp_path,
     db.commit_tuning_record(ms.database.TuningRecord(  # that schedule, "measured" too fast
         worst.trace, db.commit_workload(task.workload()), [1e-9], worst.target,
         worst.args_info))
-    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
+    monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
     profile = get_profile("x86")
-    rows = tuning_remeasure.remeasure(None, "digitnet", 4, profile,
-                                      tuning.make_measure(profile, "time"), tmp_path, rounds=2,
+    rows = remeasure.remeasure(None, "digitnet", 4, profile,
+                                      tuner.make_measure(profile, "time"), tmp_path, rounds=2,
                                       log=lambda m: None)
     assert len(rows) == 1 and rows[0]["hand"] > 1e-7 and rows[0]["best"] > 1e-7
     db = tuning_db.open_database(folder)

@@ -43,8 +43,9 @@ from tvm.script import tirx as T
 
 from .common import SPEC_ATTR, as_kernel, span, splat
 from .conv2d import Conv2dSpec, spec_fields
-from .int8 import Epilogue, QuantSpec
+from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
+from .int8_quant import QuantSpec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -150,9 +151,10 @@ def _addp(a, b):
 
 def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(Xq, s_x, W, D[, B][, R]) -> Y``, already scheduled: ``Xq`` and
-    ``s_x`` from :func:`.int8.quant_compute` of ``spec.quant``, ``W`` the int8 weight as
-    ``spec.weight_shape`` (decoded by :func:`.int8.decode_compute` with depth 16, or tiled at
-    compile time by :func:`.int8.conv_order`); ``B``, ``R``: see :class:`.int8.Epilogue`."""
+    ``s_x`` from :func:`.int8_quant.compute` of ``spec.quant``, ``W`` the int8 weight as
+    ``spec.weight_shape`` (decoded by :func:`.int8_decode.compute` with depth 16, or tiled
+    at compile time by :func:`.int8_decode.conv_order`); ``B``, ``R``: see
+    :class:`.epilogue.Epilogue`."""
     s, ep = spec.conv, spec.epilogue
     qs = spec.quant
     n_, o_ = s.batch, s.out_channels

@@ -34,8 +34,11 @@ from ..kernels import dense as kdense
 from ..kernels import depthwise as kdw
 from ..kernels import gemv as kgemv
 from ..kernels import int8 as kint8
+from ..kernels import int8_decode as kdecode
 from ..kernels import int8_long as klong
+from ..kernels import int8_quant as kquant
 from ..kernels.common import FP32_WEIGHT
+from ..kernels.epilogue import Epilogue
 from .records import LayerRecord, LoweringPolicy
 
 _OP = {n: tvm.ir.Op.get(n) for n in ("relax.nn.conv2d", "relax.matmul", "relax.permute_dims",
@@ -293,27 +296,27 @@ class _Rewriter(PyExprMutator):
         # cores without sdot: the widening kernel, which reads 16 input channels at a time
         depth = 16 if klong.wanted(self.policy.profile) else 4
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
-        ds = kint8.DecodeSpec.of(spec, depth)
+        ds = kdecode.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.profile)
         predecoded = cw is None or ds.supported()
         if cw is None:
-            wq, d = kint8.quantize_weight(value, limit)
-            consts = [relax.const(kint8.conv_order(ds, wq), "int8")]
+            wq, d = kquant.quantize_weight(value, limit)
+            consts = [relax.const(kdecode.conv_order(ds, wq), "int8")]
         else:
-            qcb, d = kint8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
+            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             idx = cw.indices()
-            consts = ([relax.const(kint8.pack_for_decode(ds, idx), "uint8"),
-                       relax.const(kint8.q16(qcb), "int8")] if predecoded else
+            consts = ([relax.const(kdecode.pack_for_decode(ds, idx), "uint8"),
+                       relax.const(kquant.q16(qcb), "int8")] if predecoded else
                       [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
-        corr = [relax.const(kint8.weight_correction(wq) if cw is None else
-                            kint8.correction(idx, qcb), "int32")] if unsigned else []
-        qs = kint8.QuantSpec.of(spec, unsigned, depth)
+        corr = [relax.const(kquant.weight_correction(wq) if cw is None else
+                            kquant.correction(idx, qcb), "int32")] if unsigned else []
+        qs = kquant.QuantSpec.of(spec, unsigned, depth)
 
         def operands():
             """Emit the input's quantize (and the weight's decode) call: the conv's first
             operands."""
             if qs.name not in self.kernels:
-                self.kernels[qs.name] = self.builder_.add_func(kint8.quant_compute(qs),
+                self.kernels[qs.name] = self.builder_.add_func(kquant.compute(qs),
                                                                qs.name)
             q = self.builder_.emit(relax.call_tir(self.kernels[qs.name], [x], out_ty=[
                 relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
@@ -321,7 +324,7 @@ class _Rewriter(PyExprMutator):
             if cw is None or not predecoded:  # tiled already, or decoded inside the conv
                 return [xq, sx, *consts]
             if ds.name not in self.kernels:  # weights decoded 16 at a time by a kernel
-                self.kernels[ds.name] = self.builder_.add_func(kint8.decode_compute(ds),
+                self.kernels[ds.name] = self.builder_.add_func(kdecode.compute(ds),
                                                                ds.name)
             w = self.builder_.emit(relax.call_tir(self.kernels[ds.name], [*consts, sx],
                                                   out_ty=relax.TensorType(ds.shape, "int8")))
@@ -332,7 +335,7 @@ class _Rewriter(PyExprMutator):
                     kint8.name(spec, predecoded=predecoded, unsigned=unsigned, epilogue=ep))
 
         chain = self._epilogue(self.current, spec) if self.policy.epilogues else None
-        ep = chain[1] if chain is not None else kint8.Epilogue()
+        ep = chain[1] if chain is not None else Epilogue()
         kname = kernel_name(ep)
         if cw is None:
             rec.fp32_kernel = kname
@@ -353,8 +356,8 @@ class _Rewriter(PyExprMutator):
             self.deferred[end] = make
         # The call bound here; with an epilogue it and the ops after it up to the chain's end
         # are dead (removed below), their result coming from the call made there.
-        gv = self._int8_kernel(spec, predecoded, unsigned, kint8.Epilogue(),
-                               kernel_name(kint8.Epilogue()), depth)
+        gv = self._int8_kernel(spec, predecoded, unsigned, Epilogue(),
+                               kernel_name(Epilogue()), depth)
         return relax.call_tir(gv, [*operands(), relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
 
@@ -393,7 +396,7 @@ class _Rewriter(PyExprMutator):
 
     def _long(self, spec, ep=None):
         """The widening kernel's spec: 7-bit weights, or 8-bit ones for ``int8-full``."""
-        return klong.LongSpec(spec, ep or kint8.Epilogue(), limit=(
+        return klong.LongSpec(spec, ep or Epilogue(), limit=(
             127 if self.policy.strategy == "int8-full" else klong.WEIGHT_LIMIT))
 
     def _long_supports(self, spec, cw) -> str:
@@ -403,7 +406,7 @@ class _Rewriter(PyExprMutator):
         if not klong.wanted(self.policy.profile):
             return ""
         why = klong.supports(spec)
-        if not why and cw is not None and not kint8.DecodeSpec.of(spec, 16).supported():
+        if not why and cw is not None and not kdecode.DecodeSpec.of(spec, 16).supported():
             why = f"{spec.bits}-bit indices (the widening int8 conv decodes 1, 2 or 4 bits)"
         return why
 
@@ -494,7 +497,7 @@ class _Rewriter(PyExprMutator):
         while not walk.same_as(cur):
             walk = self.users[walk][0][0]
             self.claimed.add(walk)
-        return cur, kint8.Epilogue(bias, res is not None, act), scale, shift, res, steps
+        return cur, Epilogue(bias, res is not None, act), scale, shift, res, steps
 
     def _batch_norm(self, call, var, channels):
         """((scale, shift), the var of its output 0) of an inference BatchNorm whose only use

@@ -14,8 +14,18 @@ import tvm
 from dgms_tvm import compiler, pipeline, zoo
 from dgms_tvm.device import client, manager, state
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8, int8_long
+from dgms_tvm.kernels import (
+    conv2d,
+    dense,
+    depthwise,
+    gemv,
+    int8,
+    int8_decode,
+    int8_long,
+    int8_quant,
+)
 from dgms_tvm.kernels.common import FP32_WEIGHT
+from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
@@ -166,14 +176,14 @@ def test_lut_gemv_runs_on_the_emulated_cores(device, tmp_path, rng, cpu, bits, f
 def test_gemv_instruction_count_bench_on_the_emulated_core(device):
     """scripts/bench_gemv_arm.py's figures at a small shape: every kernel counted, on the
     devices already serving the key (none started or stopped)."""
-    from dgms_tvm import bench_gemv
+    from dgms_tvm.bench import gemv_kernels
 
-    res = bench_gemv.device_counts(CPU, [(40, 64)], [2], log=lambda m: None)
+    res = gemv_kernels.device_counts(CPU, [(40, 64)], [2], log=lambda m: None)
     rows = res["shapes"][0]["rows"]
     assert set(rows) == {"FP32 GEMV", "exact (generic dense)", "lut (tbl)",
                          "lut (one load per lookup)"}
     assert all(v > 0 for r in rows.values() for v in r.values())
-    assert "| lut (tbl) |" in bench_gemv.format_device_counts(res)
+    assert "| lut (tbl) |" in gemv_kernels.format_device_counts(res)
     assert manager.serving(device[0], CPU) == 2
 
 
@@ -201,26 +211,26 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
                  conv2d.Conv2dSpec(1, 3, 17, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3),
                                    bits=FP32_WEIGHT)):
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        qs, ds = int8.QuantSpec.of(spec), int8.DecodeSpec.of(spec)
-        calls = [(int8.quant_schedule(int8.quant_compute(qs), {}),
+        qs, ds = int8_quant.QuantSpec.of(spec), int8_decode.DecodeSpec.of(spec)
+        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape))
-            weights, predecoded = [int8.conv_order(ds, wq)], True
+            wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape))
+            weights, predecoded = [int8_decode.conv_order(ds, wq)], True
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
             wq, predecoded = q[cw.indices()], ds.supported()
         if spec.bits != FP32_WEIGHT and predecoded:  # 4-bit: the NEON tbl decode kernel
             assert load_knobs(cpu)["q8_decode"]["lookup"] == "tbl"
-            calls.append((int8.decode_schedule(int8.decode_compute(ds), load_knobs(cpu)[
-                "q8_decode"]), [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
-                                np.zeros(ds.shape, np.int8)]))
+            calls.append((int8_decode.schedule(int8_decode.compute(ds), load_knobs(cpu)[
+                "q8_decode"]), [int8_decode.pack_for_decode(ds, cw.indices()),
+                                int8_quant.q16(q), (0, 2), np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
         elif spec.bits != FP32_WEIGHT:  # 3-bit: decoded inside the conv
             weights = [cw.packed, q]
         # the 1x1 conv with the BatchNorm shift, residual and relu after it in its epilogue
-        ep = int8.Epilogue(True, True, "relu") if spec.kernel == (1, 1) else int8.Epilogue()
+        ep = Epilogue(True, True, "relu") if spec.kernel == (1, 1) else Epilogue()
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
@@ -245,30 +255,30 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
     lim = int8_long.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
     for spec, ep, limit in (
             (conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
-             int8.Epilogue(True, True, "relu"), lim),
+             Epilogue(True, True, "relu"), lim),
             (conv2d.Conv2dSpec(1, 16, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=2),
-             int8.Epilogue(), lim),
+             Epilogue(), lim),
             (conv2d.Conv2dSpec(1, 24, 6, 6, 4, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
-             int8.Epilogue(True, False, "relu6"), lim),
+             Epilogue(True, False, "relu6"), lim),
             (conv2d.Conv2dSpec(1, 16, 7, 7, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=FP32_WEIGHT),
-             int8.Epilogue(), lim),
+             Epilogue(), lim),
             # int8-full: 8-bit weights, one group of 16 per step
             (conv2d.Conv2dSpec(1, 48, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
-             int8.Epilogue(True, False, "relu"), 127)):
+             Epilogue(True, False, "relu"), 127)):
         ls = int8_long.LongSpec(spec, ep, limit=limit)
-        qs, ds = ls.quant, int8.DecodeSpec.of(spec, depth=16)
+        qs, ds = ls.quant, int8_decode.DecodeSpec.of(spec, depth=16)
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        calls = [(int8.quant_schedule(int8.quant_compute(qs), knobs["q8_quant"]),
+        calls = [(int8_quant.schedule(int8_quant.compute(qs), knobs["q8_quant"]),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            wq, d = int8.quantize_weight(rng.normal(size=spec.weight_shape), limit)
-            weights = [int8.conv_order(ds, wq)]
+            wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape), limit)
+            weights = [int8_decode.conv_order(ds, wq)]
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
+            q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             wq = q[cw.indices()]
-            calls.append((int8.decode_schedule(int8.decode_compute(ds), knobs["q8_decode"]),
-                          [int8.pack_for_decode(ds, cw.indices()), int8.q16(q), (0, 2),
+            calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
+                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_quant.q16(q), (0, 2),
                            np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
         b = rng.normal(size=spec.out_channels).astype(np.float32)
@@ -360,10 +370,10 @@ def test_faults_give_clear_errors(device, arm_model, tmp_path):
 def test_bench_report_from_the_emulated_device(device, tmp_path):
     import json
 
-    from dgms_tvm import bench_device
+    from dgms_tvm.bench import on_device
 
     tracker, _ = device
-    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3,
+    rep = on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3,
                            strategy="exact")
     files = {p.name for p in tmp_path.iterdir()}
     assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
@@ -406,10 +416,10 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
 
 
 def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeypatch):
-    from dgms_tvm import bench_device
+    from dgms_tvm.bench import on_device
 
     tracker, _ = device
-    real = bench_device._model_job
+    real = on_device._model_job
     killed = []
 
     def dying(job, dev, *args):
@@ -422,8 +432,8 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
                     killed.append(c.pid)
         return real(job, dev, *args)
 
-    monkeypatch.setattr(bench_device, "_model_job", dying)
-    rep = bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
+    monkeypatch.setattr(on_device, "_model_job", dying)
+    rep = on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
                            peers=False, per_layer=False, strategy="exact")
     assert killed and rep["max_rel_err_vs_fp32"] < 1e-4
     assert all(r["minstr"] > 0 for r in rep["rows"])
@@ -431,16 +441,16 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
 
 
 def test_bench_gives_a_clear_error_when_the_retry_fails_too(device, tmp_path, monkeypatch):
-    from dgms_tvm import bench_device
+    from dgms_tvm.bench import on_device
 
     tracker, _ = device
 
     def broken(job, dev, *args):
         raise RuntimeError("Socket closed")
 
-    monkeypatch.setattr(bench_device, "_model_job", broken)
+    monkeypatch.setattr(on_device, "_model_job", broken)
     with pytest.raises(UserError, match="failed twice on devices under key"):
-        bench_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
+        on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
                          peers=False, per_layer=False)
     manager.wait_for_devices(tracker, CPU, 2, timeout=60)  # sessions given back
 
@@ -491,15 +501,16 @@ def test_killed_device_is_restarted_and_logged(device, arm_model):
 def test_tuning_through_the_tracker_by_instruction_counts(device, tmp_path, rng):
     """A tiny MetaSchedule run measured on the emulated devices (instruction counts, both
     devices as runners); the applied kernel runs on the device and matches the oracle."""
-    from dgms_tvm import apply_records, tuning, tuning_db
+    from dgms_tvm.schedules import apply_records, tuning_db
+    from dgms_tvm.tune import tuner
     from tests.test_tuning import dense_task
 
     tracker, _ = device
     profile = get_profile(CPU)
     spec = dense.DenseSpec(1, 32, 64, bits=4)
     db = tuning_db.open_database(tmp_path / "logs", create=True)
-    measure = tuning.make_measure(profile, "instructions", tracker, CPU, 2, tmp_path / "w")
-    done, costs, hand = tuning.tune_task(db, dense_task(spec), 4, profile.tvm_target(),
+    measure = tuner.make_measure(profile, "instructions", tracker, CPU, 2, tmp_path / "w")
+    done, costs, hand = tuner.tune_task(db, dense_task(spec), 4, profile.tvm_target(),
                                          load_knobs(CPU), measure, tmp_path, per_iter=3)
     assert done == 4 and hand is not None and costs[0] <= hand
     # run_secs hold 1e-9 per instruction: a 1x32x64 kernel is thousands of instructions.

@@ -269,9 +269,9 @@ def test_aarch64_batch1_codebook_dense_takes_the_lut_tbl_gemv(rng):
 def test_bench_gemv_small_shape():
     """The benchmark checks every row against its oracle before timing; at a small shape it
     runs in seconds and reports every row."""
-    from dgms_tvm import bench_gemv
+    from dgms_tvm.bench import gemv_kernels
 
-    res = bench_gemv.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
+    res = gemv_kernels.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
                          bandwidth_bytes=1 << 22)
     labels = [r["label"] for r in res["shapes"][0]["rows"]]
     dgms = [f"DGMS 4-bit {a}" + (f" ({f})" if f else "")
@@ -281,7 +281,7 @@ def test_bench_gemv_small_shape():
     assert labels == ["numpy FP32 (BLAS)", "TVM FP32 (hand GEMV)", *dgms]
     assert "DGMS 4-bit lut" in dgms
     assert res["read_gbps"] > 0
-    assert "DGMS 4-bit lut" in bench_gemv.format_report(res)
+    assert "DGMS 4-bit lut" in gemv_kernels.format_report(res)
 
 
 def test_tbl_form_rebuilds_for_targets_without_it(rng):

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, int8
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_quant
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
+from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import NEEDS_VNNI, random_codebook_weight, rel_err, run_kernel
@@ -31,13 +32,13 @@ CASES = [
 
 def _weights(spec, rng):
     cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+    q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
     return cw, q, d
 
 
 def quantize_on_host(qs, x):
     """(Xq, s_x) from the quantize kernel of ``qs`` run on this host."""
-    lib = tvm.compile(standalone(int8.quant_compute(qs)), target=get_profile("x86").tvm_target())
+    lib = tvm.compile(standalone(int8_quant.compute(qs)), target=get_profile("x86").tvm_target())
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
@@ -47,15 +48,15 @@ def quantize_on_host(qs, x):
 def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel, unsigned=False):
     """Quantize kernel then int8 conv kernel (hand-scheduled with ``knobs``, else
     unscheduled); ``unsigned``: the +128 uint8 input form with its correction."""
-    qs = int8.QuantSpec.of(spec, unsigned)
-    qf, cf = int8.quant_compute(qs), int8.compute(spec, unsigned=unsigned)
+    qs = int8_quant.QuantSpec.of(spec, unsigned)
+    qf, cf = int8_quant.compute(qs), int8.compute(spec, unsigned=unsigned)
     if knobs is not None:
-        qf, cf = int8.quant_schedule(qf, {}), int8.schedule(cf, knobs)
+        qf, cf = int8_quant.schedule(qf, {}), int8.schedule(cf, knobs)
     lib = tvm.compile(standalone(qf), target=get_profile("x86").tvm_target())
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    corr = [int8.correction(cw.indices(), q)] if unsigned else []
+    corr = [int8_quant.correction(cw.indices(), q)] if unsigned else []
     return run(cf, [xq.numpy(), sx.numpy(), cw.packed, q, d, *corr,
                     np.zeros(spec.out_shape, np.float32)])
 
@@ -113,11 +114,11 @@ def test_unscheduled_int8_conv2d_matches_its_oracle(spec, why, rng):
 def test_quantization_details(rng):
     # The codebook's zero stays exactly zero; the largest entry maps to +-127.
     cb = np.array([0.0, -0.2, 0.1, 0.8], np.float32)
-    q, d = int8.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
+    q, d = int8_quant.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
     assert q.dtype == np.int8 and q[0] == 0 and q[3] == 127 and q[1] == -32
     np.testing.assert_allclose(d, [2 * 0.8 / 127, -0.8 / 127], rtol=1e-6)
     # Inputs round to nearest even, as the kernel's round does.
-    xq, sx = int8.quantize_input(np.array([1.0, 0.5 / 127 * 3, -1.0], np.float32))
+    xq, sx = int8_quant.quantize_input(np.array([1.0, 0.5 / 127 * 3, -1.0], np.float32))
     assert list(xq) == [127, 2, -127] and sx == np.float32(1 / 127)
     # An all-zero input quantizes to zero instead of dividing by zero.
     spec = CASES[0][0]
@@ -131,7 +132,7 @@ def test_quantization_details(rng):
                                         (1, (32, 8, 1, 1))])
 def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     o, c, kh, kw = shape
-    ds = int8.DecodeSpec(o, c, (kh, kw), bits)
+    ds = int8_decode.DecodeSpec(o, c, (kh, kw), bits)
     assert ds.supported()
     idx = rng.integers(0, 1 << bits, size=shape)
     q = np.concatenate([[0], rng.integers(-127, 128, size=(1 << bits) - 1)]).astype(np.int8)
@@ -141,16 +142,16 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     want = q[full].reshape(o // 4, 4, c4 // 4, 4, kh, kw).transpose(0, 4, 5, 2, 1, 3)
     # On the host: one load per weight, and (x86) one pshufb per 16 weights.
     for lookup in ("scalar", "pshufb"):
-        host = tvm.compile(standalone(int8.decode_compute(ds, lookup)), target=HOST)
+        host = tvm.compile(standalone(int8_decode.compute(ds, lookup)), target=HOST)
         w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
-        host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, idx)),
-                     tvm.runtime.tensor(int8.q16(q)), tvm.runtime.tensor(np.zeros(1, np.float32)),
-                     w)
+        host["main"](tvm.runtime.tensor(int8_decode.pack_for_decode(ds, idx)),
+                     tvm.runtime.tensor(int8_quant.q16(q)),
+                     tvm.runtime.tensor(np.zeros(1, np.float32)), w)
         np.testing.assert_array_equal(w.numpy(), want, err_msg=lookup)
         if lookup == "pshufb":
             assert "pshufb" in host.mod.inspect_source("s")
     # The NEON form: one tbl per 16 weights.
-    lib = tvm.compile(standalone(int8.decode_compute(ds, "tbl")),
+    lib = tvm.compile(standalone(int8_decode.compute(ds, "tbl")),
                       target=get_profile("cortex-a72").tvm_target())
     assert "tbl\t" in lib.mod.inspect_source("s")
     # The conv reading the decoded weight equals the one decoding inside.
@@ -158,8 +159,8 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
     x = rng.normal(size=(1, c, 6, 6)).astype(np.float32)
     d = (rng.random(o) + 0.5).astype(np.float32)
     cw = random_codebook_weight(rng, spec.weight_shape, bits)
-    qs = int8.QuantSpec.of(spec)
-    ql = tvm.compile(standalone(int8.quant_compute(qs)), target=get_profile("x86").tvm_target())
+    qs = int8_quant.QuantSpec.of(spec)
+    ql = tvm.compile(standalone(int8_quant.compute(qs)), target=get_profile("x86").tvm_target())
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, np.int8))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     ql["main"](tvm.runtime.tensor(x), xq, sx)
@@ -168,8 +169,8 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
                         [xq.numpy(), sx.numpy(), cw.packed, q, d,
                          np.zeros(spec.out_shape, np.float32)])
     w2 = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
-    host["main"](tvm.runtime.tensor(int8.pack_for_decode(ds, cw.indices())),
-               tvm.runtime.tensor(int8.q16(q)), sx, w2)
+    host["main"](tvm.runtime.tensor(int8_decode.pack_for_decode(ds, cw.indices())),
+               tvm.runtime.tensor(int8_quant.q16(q)), sx, w2)
     pre = run_kernel(int8.schedule(int8.compute(spec, predecoded=True), knobs),
                      [xq.numpy(), sx.numpy(), w2.numpy(), d,
                       np.zeros(spec.out_shape, np.float32)])
@@ -189,7 +190,7 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     spec = dataclasses.replace(spec, bits=FP32_WEIGHT)
     w = rng.normal(size=spec.weight_shape).astype(np.float32)
     w[1] *= 1e-3  # a channel of small weights keeps its precision: the scale is per channel
-    wq, d = int8.quantize_weight(w)
+    wq, d = int8_quant.quantize_weight(w)
     assert wq.dtype == np.int8 and np.abs(wq).max(axis=(1, 2, 3)).tolist() == [127] * len(d)
     err = np.abs(wq * d[:, None, None, None] - w).max(axis=(1, 2, 3))
     assert np.all(err <= d * np.float32(0.5 + 1e-5))
@@ -200,11 +201,11 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     x = x.astype(np.float32)
     unsigned = dot == "vnni"
-    xq, sx = quantize_on_host(int8.QuantSpec.of(spec, unsigned), x)
+    xq, sx = quantize_on_host(int8_quant.QuantSpec.of(spec, unsigned), x)
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, predecoded=True, unsigned=unsigned), knobs)
-    tiled = int8.conv_order(int8.DecodeSpec.of(spec), wq)
-    corr = [int8.weight_correction(wq)] if unsigned else []
+    tiled = int8_decode.conv_order(int8_decode.DecodeSpec.of(spec), wq)
+    corr = [int8_quant.weight_correction(wq)] if unsigned else []
     got = run_kernel(func, [xq, sx, tiled, d, *corr,
                             np.zeros(spec.out_shape, np.float32)])
     assert rel_err(got, int8.reference_int8(spec, x, wq, d)) < 1e-6, spec.name
@@ -212,8 +213,8 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     assert rel_err(got, conv2d.reference(spec, x, w)) < 0.03
 
 
-EPILOGUES = [int8.Epilogue(bias=True, act="relu"), int8.Epilogue(True, True, "relu"),
-             int8.Epilogue(bias=True, act="relu6"), int8.Epilogue(residual=True)]
+EPILOGUES = [Epilogue(bias=True, act="relu"), Epilogue(True, True, "relu"),
+             Epilogue(bias=True, act="relu6"), Epilogue(residual=True)]
 
 
 @pytest.mark.parametrize("ep", EPILOGUES, ids=lambda e: e.suffix)
@@ -229,10 +230,10 @@ def test_epilogue_in_the_dequantize_step(ep, dot, rng):
     r = rng.normal(size=spec.out_shape).astype(np.float32) * 4
     unsigned = dot == "vnni"
     assert int8.name(spec, True, unsigned, ep).endswith(ep.suffix) and ep.suffix
-    xq, sx = quantize_on_host(int8.QuantSpec.of(spec, unsigned), x)
+    xq, sx = quantize_on_host(int8_quant.QuantSpec.of(spec, unsigned), x)
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, unsigned=unsigned, epilogue=ep), knobs)
-    extra = ([int8.correction(cw.indices(), q)] if unsigned else []) + \
+    extra = ([int8_quant.correction(cw.indices(), q)] if unsigned else []) + \
         ([b] if ep.bias else []) + ([r] if ep.residual else [])
     got = run_kernel(func, [xq, sx, cw.packed, q, d, *extra,
                             np.zeros(spec.out_shape, np.float32)])
@@ -256,7 +257,7 @@ def test_register_tile_fits_the_registers():
         knobs = load_knobs(target)["q8_conv2d"]
         for spec, _ in CASES:
             xt, ob = int8.register_tile(spec, knobs)
-            assert int8.padded_out_w(spec) % xt == 0 and (spec.out_channels // 4) % ob == 0
+            assert int8_quant.padded_out_w(spec) % xt == 0 and (spec.out_channels // 4) % ob == 0
             per = 4 if int8.quad(spec, knobs) else 1  # pixels per input load
             assert xt % per == 0 and xt * ob + xt // per + 1 <= knobs["registers"] - 2
     n1 = load_knobs("neoverse-n1")["q8_conv2d"]
@@ -265,26 +266,26 @@ def test_register_tile_fits_the_registers():
     assert int8.quad(same, n1) and int8.register_tile(same, n1) == (8, 2)
     # 7 columns are computed as 8 (the 8th reads zeros and is not written).
     seven = S(1, 512, 7, 7, 512, (3, 3), padding=(1, 1, 1, 1))
-    assert int8.padded_out_w(seven) == 8 and int8.register_tile(seven, n1) == (8, 2)
+    assert int8_quant.padded_out_w(seven) == 8 and int8.register_tile(seven, n1) == (8, 2)
     # Stride 2: 4 pixels per load too (the input deinterleaved by column parity).
     s2 = S(1, 64, 56, 56, 128, (3, 3), (2, 2), (1, 1, 1, 1))
     assert int8.quad(s2, n1) and int8.register_tile(s2, n1) == (4, 4)
-    assert int8.QuantSpec.of(s2).phases == 2
+    assert int8_quant.QuantSpec.of(s2).phases == 2
     assert not int8.quad(s2, load_knobs("cortex-a72")["q8_conv2d"])
 
 
 def test_quantize_vector_runs():
     """Runs of whole vectors where the width allows, else the longest that splits it; the
     blocks where none does (an odd width at column stride 2)."""
-    assert int8._vector_run(int8.QuantSpec(1, 64, 56, 56)) == 8
-    assert int8._vector_run(int8.QuantSpec(1, 64, 14, 14)) == 14
-    assert int8._vector_run(int8.QuantSpec(1, 3, 224, 224, phases=2)) == 16
-    assert int8._vector_run(int8.QuantSpec(1, 8, 9, 9, phases=2)) == 0
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 64, 56, 56)) == 8
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 64, 14, 14)) == 14
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 3, 224, 224, phases=2)) == 16
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 8, 9, 9, phases=2)) == 0
     # 16-channel groups (the widening conv): runs of up to 64 bytes, 128 where none fits
-    assert int8._vector_run(int8.QuantSpec(1, 64, 56, 56, depth=16)) == 4
-    assert int8._vector_run(int8.QuantSpec(1, 64, 14, 14, depth=16)) == 2
-    assert int8._vector_run(int8.QuantSpec(1, 160, 7, 7, depth=16)) == 7
-    func = int8.quant_compute(int8.QuantSpec(1, 16, 8, 8, (1, 1, 1, 1)))
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 64, 56, 56, depth=16)) == 4
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 64, 14, 14, depth=16)) == 2
+    assert int8_quant._vector_run(int8_quant.QuantSpec(1, 160, 7, 7, depth=16)) == 7
+    func = int8_quant.compute(int8_quant.QuantSpec(1, 16, 8, 8, (1, 1, 1, 1)))
     lib = tvm.compile(standalone(func), target=get_profile("neoverse-n1").tvm_target())
     assert "st4\t" in lib.mod.inspect_source("s")  # 4 channels interleaved by the store
 
@@ -299,17 +300,17 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
     assert ("sdot\t" in asm) == sdot
 
 
-@pytest.mark.parametrize("qs", [int8.QuantSpec(1, 64, 16, 16, (1, 1, 1, 1)),
-                                int8.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
-                                int8.QuantSpec(1, 3, 12, 12, (3, 3, 2, 2), phases=2),
-                                int8.QuantSpec(1, 8, 6, 6, (1, 1, 1, 1), phases=3,
+@pytest.mark.parametrize("qs", [int8_quant.QuantSpec(1, 64, 16, 16, (1, 1, 1, 1)),
+                                int8_quant.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
+                                int8_quant.QuantSpec(1, 3, 12, 12, (3, 3, 2, 2), phases=2),
+                                int8_quant.QuantSpec(1, 8, 6, 6, (1, 1, 1, 1), phases=3,
                                                offset=128),
-                                int8.QuantSpec(2, 6, 7, 7),
-                                int8.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
-                                int8.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2),
-                                int8.QuantSpec(1, 24, 8, 8, (1, 1, 1, 1), depth=16),
-                                int8.QuantSpec(1, 32, 7, 7, depth=16),
-                                int8.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)],
+                                int8_quant.QuantSpec(2, 6, 7, 7),
+                                int8_quant.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
+                                int8_quant.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2),
+                                int8_quant.QuantSpec(1, 24, 8, 8, (1, 1, 1, 1), depth=16),
+                                int8_quant.QuantSpec(1, 32, 7, 7, depth=16),
+                                int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)],
                          ids=str)
 @pytest.mark.parametrize("vector", [True, False], ids=["vector", "blocks"])
 def test_quantize_kernel_layout_and_values(qs, vector, rng):
@@ -317,15 +318,16 @@ def test_quantize_kernel_layout_and_values(qs, vector, rng):
     deinterleaved by the conv's stride, zero border and extra columns; s_x exact. Both
     forms: the one written already scheduled (where the width splits into runs) and the
     scheduled blocks."""
-    func = int8.quant_compute(qs, vector=vector)
-    assert (int8.PRESCHEDULED_ATTR in func.attrs) == (vector and int8._vector_run(qs) > 0)
-    lib = tvm.compile(standalone(int8.quant_schedule(func, {})),
+    func = int8_quant.compute(qs, vector=vector)
+    assert (int8_quant.PRESCHEDULED_ATTR in func.attrs) == (
+        vector and int8_quant._vector_run(qs) > 0)
+    lib = tvm.compile(standalone(int8_quant.schedule(func, {})),
                       target=get_profile("x86").tvm_target())
     x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    want_q, want_sx = int8.quantize_input(x)
+    want_q, want_sx = int8_quant.quantize_input(x)
     pt, pl, _, _ = qs.padding
     ph, wq = qs.phases, qs.out_shape[4]
     nhwc = np.full((qs.batch, qs.out_shape[1], ph * wq, qs.c4), qs.offset, np.int16)

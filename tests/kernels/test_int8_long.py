@@ -10,14 +10,15 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, int8, int8_long
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_long, int8_quant
 from dgms_tvm.kernels.common import standalone
+from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
 
 S = conv2d.Conv2dSpec
-E = int8.Epilogue
+E = Epilogue
 HOST = get_profile("x86").tvm_target()
 CASES = [
     (S(1, 16, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1)), E(), "3x3 same"),
@@ -39,19 +40,20 @@ def _run(spec, ep, x, wq, d, b, r, bits=None, limit=int8_long.WEIGHT_LIMIT):
     ls = int8_long.LongSpec(spec, ep, limit=limit)
     qs = ls.quant
     assert qs.depth == 16 and qs.phases == 1
-    lib = tvm.compile(standalone(int8.quant_compute(qs)), target=HOST)
+    lib = tvm.compile(standalone(int8_quant.compute(qs)), target=HOST)
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    ds = int8.DecodeSpec.of(spec, depth=16)
+    ds = int8_decode.DecodeSpec.of(spec, depth=16)
     assert ds.shape == ls.weight_shape
     if bits is None:
-        w = int8.conv_order(ds, wq)
+        w = int8_decode.conv_order(ds, wq)
     else:  # the decode kernel, from the packed indices
         idx, q = bits
-        w = run_kernel(int8.decode_compute(ds), [int8.pack_for_decode(ds, idx), int8.q16(q),
-                                                 sx.numpy(), np.zeros(ds.shape, np.int8)])
-        assert np.array_equal(w, int8.conv_order(ds, wq))
+        w = run_kernel(int8_decode.compute(ds), [int8_decode.pack_for_decode(ds, idx),
+                                                 int8_quant.q16(q), sx.numpy(),
+                                                 np.zeros(ds.shape, np.int8)])
+        assert np.array_equal(w, int8_decode.conv_order(ds, wq))
     extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
     func = int8_long.schedule(int8_long.compute(ls), load_knobs("x86")["q8l_conv2d"])
     return run_kernel(func, [xq.numpy(), sx.numpy(), w, d, *extra,
@@ -77,7 +79,7 @@ def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, limit, rng):
 def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
     spec = S(1, 32, 6, 6, 8, (3, 3), padding=(1, 1, 1, 1), bits=bits, scaled=bits == 4)
     cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=spec.scaled)
-    q, d = int8.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+    q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                   int8_long.WEIGHT_LIMIT)
     assert np.abs(q).max() == int8_long.WEIGHT_LIMIT
     x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)

@@ -264,7 +264,7 @@ def test_the_board_path_bench_and_tune_through_a_tracker(run_dir, tmp_path):
     """A board as the real-board path sees one: an emulated device under a board-like key,
     without the instruction counter, reached only through ``--tracker``. bench times both
     builds with the device's time_evaluator; tune measures candidates with RPCRunner
-    (``tuning.make_measure`` as ``tune.py --tracker --key`` builds it), by time."""
+    (``tuner.make_measure`` as ``tune.py --tracker --key`` builds it), by time."""
     key = "rk3399-board"
     try:
         up = _script("device.py", "start", "--count", "1", "--key", key,
@@ -298,19 +298,19 @@ def test_the_board_path_bench_and_tune_through_a_tracker(run_dir, tmp_path):
 
 
 def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
-    from dgms_tvm import tuning, tuning_db
     from dgms_tvm.device.client import Tracker, parse_tracker
     from dgms_tvm.kernels import dense
-    from dgms_tvm.schedules import load_knobs
+    from dgms_tvm.schedules import load_knobs, tuning_db
     from dgms_tvm.targets import get_profile
+    from dgms_tvm.tune import tuner
     from tests.test_tuning import dense_task
 
     profile = get_profile(CPU)
     db = tuning_db.open_database(tmp_path / "logs", create=True)
-    measure = tuning.make_measure(profile, "time", Tracker(*parse_tracker(tracker)), key, 1,
+    measure = tuner.make_measure(profile, "time", Tracker(*parse_tracker(tracker)), key, 1,
                                   tmp_path / "work")
     assert measure.name == "time" and key in measure.device
-    done, costs, hand = tuning.tune_task(db, dense_task(dense.DenseSpec(1, 32, 64, bits=4)), 2,
+    done, costs, hand = tuner.tune_task(db, dense_task(dense.DenseSpec(1, 32, 64, bits=4)), 2,
                                          profile.tvm_target(), load_knobs(CPU), measure,
                                          tmp_path, per_iter=2)
     # Records in seconds of the device's time_evaluator (a 1x32x64 kernel: microseconds).

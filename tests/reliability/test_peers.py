@@ -15,7 +15,8 @@ import onnx
 import pytest
 import torch
 
-from dgms_tvm import bench_local, frontend, ort_int8
+from dgms_tvm import frontend
+from dgms_tvm.bench import on_host, ort_int8
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -66,7 +67,7 @@ def test_the_goal_line_names_the_fastest_configuration():
            "int8_top1_agrees": True,
            "rows": {k: {"median_ms": v, "min_ms": v, "max_ms": v, "lowered": 0,
                         "tuned_kernels": 0} for k, v in ms.items()}}
-    text = bench_local.format_report(rep)
+    text = on_host.format_report(rep)
     assert ("fastest onnxruntime int8 configuration here: S8S8 QDQ; it / codebook int8 time "
             "ratio: 0.50x (goal at least 1x)") in text
 
@@ -100,7 +101,7 @@ def test_bench_peers_rejects_a_bad_target_in_one_line():
 def test_the_board_kit_times_every_configuration(small_onnx, tmp_path):
     """On a board the peers cannot run through the tracker: bench writes a folder that times
     them there. Here it runs on this host's onnxruntime, as it would on the board's."""
-    from dgms_tvm.peer_kit import write_kit
+    from dgms_tvm.bench.peer_kit import write_kit
 
     fp32, x = small_onnx
     kit = write_kit(fp32, x, tmp_path / "peers")

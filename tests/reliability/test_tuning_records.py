@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm import apply_records, compiler, frontend, pipeline, tuning, tuning_db, tuning_run
+from dgms_tvm import compiler, frontend, pipeline
 from dgms_tvm.errors import UserError
-from dgms_tvm.schedules import load_knobs
+from dgms_tvm.schedules import apply_records, load_knobs, tuning_db
 from dgms_tvm.targets import get_profile
-from dgms_tvm.tuning_budget import budgets, plan_note
+from dgms_tvm.tune import driver, tuner
+from dgms_tvm.tune.budget import budgets, plan_note
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "tuning_logs"
@@ -66,7 +67,7 @@ def _db_with(folder: Path, func, costs: list[float], empty: float | None = None)
     default record of cost ``empty``)."""
     from tvm.s_tir import meta_schedule as ms
 
-    wl_mod = tuning.Task("relu", func, 1, 1.0, ["FP32"], None).workload()
+    wl_mod = tuner.Task("relu", func, 1, 1.0, ["FP32"], None).workload()
     target = get_profile("x86").tvm_target()
     db = tuning_db.open_database(folder, create=True)
     wl = db.commit_workload(wl_mod)
@@ -139,9 +140,9 @@ def test_records_of_two_measures_are_not_mixed(tmp_path):
     (tmp_path / "logs" / "x86").mkdir(parents=True)
     tuning_db.write_json_atomic(tmp_path / "logs" / "x86" / tuning_db.RUNS,
                                 [{"measure": "time"}])
-    m = tuning.Measure("instructions", None, None, "fake")
+    m = tuner.Measure("instructions", None, None, "fake")
     with pytest.raises(UserError, match="measured by time"):
-        tuning_run.tune(None, "digitnet", 4, get_profile("x86"), 8, m, tmp_path / "logs",
+        driver.tune(None, "digitnet", 4, get_profile("x86"), 8, m, tmp_path / "logs",
                         log=lambda _: None)
 
 
@@ -161,16 +162,16 @@ def test_torn_runs_file_warns_and_resumes_from_the_database(tmp_path, monkeypatc
     half a file, and the resume stopped with a JSONDecodeError."""
     profile = get_profile("x86")
     folder = tuning_db.target_dir(tmp_path, "x86")
-    task = tuning.Task("relu", _relu(), 1, 64 * 64.0, ["FP32"], None)
+    task = tuner.Task("relu", _relu(), 1, 64 * 64.0, ["FP32"], None)
     _db_with(folder, task.func, [1e-3, 2e-3, 3e-3])
     (folder / tuning_db.RUNS).write_text('[{"model": "digitnet", "bits": 4, "tas')
     calls = []
-    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
-    monkeypatch.setattr(tuning, "tune_task",
+    monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
+    monkeypatch.setattr(tuner, "tune_task",
                         lambda db, t, budget, *a, **k: calls.append(budget) or (budget, [1e-3],
                                                                                 None))
     logs = []
-    run = tuning_run.tune(None, "digitnet", 4, profile, 8, tuning.make_measure(profile, "time"),
+    run = driver.tune(None, "digitnet", 4, profile, 8, tuner.make_measure(profile, "time"),
                           tmp_path, per_iter=4, log=logs.append)
     assert any("torn" in m for m in logs)
     assert (folder / (tuning_db.RUNS + ".torn")).exists()  # set aside, not lost
@@ -182,15 +183,15 @@ def test_torn_runs_file_warns_and_resumes_from_the_database(tmp_path, monkeypatc
 def test_a_new_run_adds_its_budget_to_records_of_earlier_runs(tmp_path, monkeypatch):
     profile = get_profile("x86")
     folder = tuning_db.target_dir(tmp_path, "x86")
-    task = tuning.Task("relu", _relu(), 1, 64 * 64.0, ["FP32"], None)
+    task = tuner.Task("relu", _relu(), 1, 64 * 64.0, ["FP32"], None)
     _db_with(folder, task.func, [1e-3, 2e-3, 3e-3])  # another model's run left 3 records
     calls = []
-    monkeypatch.setattr(tuning, "extract_tasks", lambda *a: [task])
-    monkeypatch.setattr(tuning, "tune_task",
+    monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
+    monkeypatch.setattr(tuner, "tune_task",
                         lambda db, t, budget, *a, **k: calls.append(budget) or (budget, [1e-3],
                                                                                 None))
-    run = tuning_run.tune(None, "resnet18", 4, profile, 8,
-                          tuning.make_measure(profile, "time"), tmp_path, per_iter=4,
+    run = driver.tune(None, "resnet18", 4, profile, 8,
+                          tuner.make_measure(profile, "time"), tmp_path, per_iter=4,
                           log=lambda _: None)
     assert calls == [3 + 8] and run["tasks"][0] | {"base": 3, "trials": 8} == run["tasks"][0]
 
@@ -224,8 +225,8 @@ def tiny_run(small, tmp_path_factory):
     try:
         profile = get_profile("x86")
         notes = []
-        run = tuning_run.tune(small, "small", None, profile, 3,
-                              tuning.make_measure(profile, "time"), logs, per_iter=3,
+        run = driver.tune(small, "small", None, profile, 3,
+                              tuner.make_measure(profile, "time"), logs, per_iter=3,
                               log=notes.append, strategy="exact")
         left = sorted(p.name for p in private.iterdir())
     finally:

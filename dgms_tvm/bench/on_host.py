@@ -11,9 +11,9 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from . import compiler
-from .pipeline import load_model, onnx_of, rel_err
-from .targets import get_profile
+from .. import compiler
+from ..pipeline import load_model, onnx_of, rel_err
+from ..targets import get_profile
 
 
 def time_vm(executable, inputs, repeat: int, number: int) -> list[float]:
@@ -67,7 +67,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     """Build FP32 and codebook variants for this host (hand schedules, and tuned ones when
     ``tuning_logs`` holds a database for this host's target), check they agree, time them
     all."""
-    from . import tuning_db
+    from ..schedules import tuning_db
 
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)

@@ -8,8 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from . import tuning, tuning_db
-from .tuning_run import run_name
+from ..schedules import tuning_db
+from . import tuner
+from .driver import run_name
 
 
 def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root: Path,
@@ -25,10 +26,10 @@ def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root:
     import tvm_ffi
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels import FAMILIES
-    from .schedules import load_knobs
+    from ..kernels import FAMILIES
+    from ..schedules.hand import load_knobs
 
-    tuning.light_intrinsics()
+    tuner.light_intrinsics()
     target = profile.tvm_target()
     knobs = load_knobs(profile)
     folder = tuning_db.target_dir(logs_root, profile.name)
@@ -36,7 +37,7 @@ def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root:
     runs, _ = tuning_db.read_runs(folder, log)
     strategy = next((r["strategy"] for r in reversed(runs) if r.get("strategy")
                      and (r.get("model"), r.get("bits")) == (run_name(model), bits)), "auto")
-    tasks = tuning.extract_tasks(loaded, profile, bits, strategy)
+    tasks = tuner.extract_tasks(loaded, profile, bits, strategy)
     fresh, measured, out = [], set(), []
     for task in tasks:
         mod = task.workload()
@@ -72,7 +73,7 @@ def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root:
                         times[label].append(float(np.mean([float(s) for s in res.run_secs])))
         finally:
             for _, path in built.values():
-                tuning.remove_artifact(path)
+                tuner.remove_artifact(path)
         row = {"task": task.name}
         for label, (sch, _) in built.items():
             if not times[label]:
@@ -81,8 +82,8 @@ def remeasure(loaded, model: str, bits: int | None, profile, measure, logs_root:
             fresh.append(ms.database.TuningRecord(sch.trace, wl, [row[label]], target, info))
         measured.add(tvm_ffi.structural_hash(mod))
         row.setdefault("best", row.get("hand"))
-        log(f"  {task.name}: untuned {tuning._fmt(row['hand'], measure.name)}, best record "
-            f"{tuning._fmt(row['best'], measure.name)}" if row.get("hand")
+        log(f"  {task.name}: untuned {tuner._fmt(row['hand'], measure.name)}, best record "
+            f"{tuner._fmt(row['best'], measure.name)}" if row.get("hand")
             else f"  {task.name}: -")
         out.append(row)
     others = [r for r in db.get_all_tuning_records()

@@ -29,12 +29,12 @@ import struct
 import tempfile
 from pathlib import Path
 
+from ..errors import UserError
 from .apply_records import record_cost, untuned_wins
-from .errors import UserError
 
 DB_FILES = ("database_workload.json", "database_tuning_record.json")
 RUNS = "runs.json"
-DEFAULT_LOGS = Path(__file__).resolve().parent.parent / "tuning_logs"
+DEFAULT_LOGS = Path(__file__).resolve().parents[2] / "tuning_logs"
 KEEP = 4  # records kept per workload when pruning: the best few, as MetaSchedule ranks them
 
 

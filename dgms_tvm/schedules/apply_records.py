@@ -28,8 +28,8 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels import FAMILIES
-    from .kernels.common import KERNEL_ATTR
+    from ..kernels import FAMILIES
+    from ..kernels.common import KERNEL_ATTR
 
     funcs, how = dict(mod.functions_items()), {}
     untuned_best = untuned_wins(db) if db is not None else set()

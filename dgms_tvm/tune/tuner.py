@@ -10,7 +10,7 @@ kernels (batch norm, pooling, ...) get the generic space, with TVM's default (un
 version measured first the same way.
 
 Records go to the target's one database (``tuning_db``: any model with the same kernel gets
-them); ``tuning_run`` runs a whole model within its budget, ``tuning_remeasure`` measures a
+them); :mod:`.driver` runs a whole model within its budget, :mod:`.remeasure` measures a
 model's best records again.
 
 Measures: ``time`` (wall time: x86 here, a real board through its tracker) or
@@ -32,8 +32,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .apply_records import record_cost
-from .errors import UserError
+from ..errors import UserError
+from ..schedules.apply_records import record_cost
 
 MEASURES = ("time", "instructions")
 
@@ -85,8 +85,7 @@ def export_aarch64(rt_mod) -> str:
 def count_evaluator(session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
     """``RPCRunner`` evaluator measuring instructions per call on an emulated device (the
     key and marker library come from the environment the tuner sets up)."""
-    from .bench_device import SMALL_KERNEL
-    from .device.insn import Counter
+    from ..device.insn import SMALL_KERNEL, Counter
 
     counter = Counter.from_env(session)
     args = repeated_args[0]
@@ -131,9 +130,9 @@ def extract_tasks(loaded, profile, bits: int | None, strategy: str = "auto") -> 
     import tvm_ffi
     from tvm.s_tir.analysis import estimate_tir_flops
 
-    from . import compiler, strategies
-    from .kernels import FAMILIES
-    from .kernels.common import KERNEL_ATTR
+    from .. import compiler, strategies
+    from ..kernels import FAMILIES
+    from ..kernels.common import KERNEL_ATTR
 
     resolved = strategies.resolve(strategy, profile)
     tasks: dict[int, Task] = {}
@@ -222,7 +221,7 @@ def make_measure(profile, measure: str, tracker=None, key: str | None = None,
                                       max_workers=2, timeout_sec=120)
     kwargs = {}
     if measure == "instructions":
-        from .device.insn import Counter
+        from ..device.insn import Counter
 
         Counter.prepare_env(profile, key, workdir)
         kwargs["f_run_evaluator"] = count_evaluator
@@ -244,7 +243,7 @@ def seed_baseline(db, task: Task, target, knobs: dict, measure: Measure) -> floa
     import tvm
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels import FAMILIES
+    from ..kernels import FAMILIES
 
     mod = task.workload()
     sch = tvm.s_tir.Schedule(mod, debug_mask="all")
@@ -276,7 +275,7 @@ def remove_artifact(path: str | None) -> None:
 def _hand_space(task: Task, knobs: dict):
     from tvm.s_tir import meta_schedule as ms
 
-    from .kernels import FAMILIES
+    from ..kernels import FAMILIES
 
     fam = FAMILIES[task.family]
 

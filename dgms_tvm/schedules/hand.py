@@ -13,13 +13,13 @@ from pathlib import Path
 
 import tvm
 
-from .errors import UserError
-from .kernels import FAMILIES, KERNEL_ATTR
-from .targets import TargetProfile, get_profile
+from ..errors import UserError
+from ..kernels import FAMILIES, KERNEL_ATTR
+from ..targets import TargetProfile, get_profile
 
 #: Where the schedule files live (``$DGMS_TVM_SCHEDULES`` overrides).
 SCHEDULE_DIR = Path(os.environ.get("DGMS_TVM_SCHEDULES",
-                                   Path(__file__).resolve().parent.parent / "schedules"))
+                                   Path(__file__).resolve().parents[2] / "schedules"))
 
 
 def capability_knobs(profile: TargetProfile) -> dict[str, dict]:

@@ -37,10 +37,10 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .errors import UserError
-from .kernels import gemv as kg
-from .kernels.common import standalone
-from .targets import get_profile
+from ..errors import UserError
+from ..kernels import gemv as kg
+from ..kernels.common import standalone
+from ..targets import get_profile
 
 LLC_BYTES = 32 << 20  # fallback when sysfs does not say
 
@@ -116,21 +116,22 @@ def _tuned_fp32(n, k, target, trials, log):
     from tvm import te
     from tvm.s_tir import meta_schedule as ms
 
-    from . import tuning, tuning_db
+    from ..schedules import tuning_db
+    from ..tune import tuner
 
     x = te.placeholder((1, k), "float32", "X")
     w = te.placeholder((n, k), "float32", "W")
     r = te.reduce_axis((0, k), "r")
     y = te.compute((1, n), lambda m, j: te.sum(x[m, r] * w[j, r], axis=r), name="gemv")
     func = te.create_prim_func([x, w, y])
-    task = tuning.Task(f"fp32_gemv_n{n}_k{k}", func, 1, 2.0 * n * k, [], None)
+    task = tuner.Task(f"fp32_gemv_n{n}_k{k}", func, 1, 2.0 * n * k, [], None)
     profile = get_profile("x86")
-    measure = tuning.make_measure(profile, "time")
+    measure = tuner.make_measure(profile, "time")
     with tempfile.TemporaryDirectory(prefix="dgms-gemv-tune-") as tmp:
         work = Path(tmp)
         db = tuning_db.open_database(work / "db", create=True)
         t0 = time.perf_counter()
-        tuning.tune_task(db, task, trials, target, {}, measure, work / "ms", per_iter=16)
+        tuner.tune_task(db, task, trials, target, {}, measure, work / "ms", per_iter=16)
         log(f"  tuned TVM FP32 GEMV {n}x{k}: {trials} trials in "
             f"{time.perf_counter() - t0:.0f} s")
         with target:
@@ -287,11 +288,11 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     forms) and of the FP32 GEMV, each measured alone on one local emulated device with the
     instruction-count plugin (deterministic). The kernels run on random operands: their
     numbers are checked against the oracles in ``tests/device``."""
-    from .bench_device import Job, _Device, _kernel_job
-    from .device import manager
-    from .device.sysroot import run_dir
-    from .kernels import dense
-    from .schedules import load_knobs
+    from ..device import manager
+    from ..device.sysroot import run_dir
+    from ..kernels import dense
+    from ..schedules.hand import load_knobs
+    from .on_device import Job, _Device, _kernel_job
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     profile = get_profile(target)

@@ -19,9 +19,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from . import tuning, tuning_db
-from .errors import UserError
-from .tuning_budget import budgets, check_trials, plan_note
+from ..errors import UserError
+from ..schedules import tuning_db
+from . import tuner
+from .budget import budgets, check_trials, plan_note
 
 FORMAT = "dgms-tvm-tuning-run/1"
 
@@ -44,8 +45,8 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
 
     from tqdm import tqdm
 
-    from .schedules import load_knobs
-    from .strategies import resolve as resolve_strategy
+    from ..schedules.hand import load_knobs
+    from ..strategies import resolve as resolve_strategy
 
     check_trials(trials, per_iter)
     folder = tuning_db.target_dir(logs_root, profile.name)
@@ -55,12 +56,12 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
     if have not in (None, measure.name):
         raise UserError(f"{folder} holds records measured by {have}; tune into another "
                         f"--tuning-logs folder to use {measure.name}")
-    tuning.light_intrinsics()
+    tuner.light_intrinsics()
     logging.getLogger("tvm.s_tir.meta_schedule").setLevel(logging.WARNING)
     target = profile.tvm_target()
     knobs = load_knobs(profile)
     resolved = resolve_strategy(strategy, profile)
-    tasks = tuning.extract_tasks(loaded, profile, bits, resolved)
+    tasks = tuner.extract_tasks(loaded, profile, bits, resolved)
     weights = [t.flops * t.calls for t in tasks]
     plan = budgets(weights, trials, per_iter)
     if note := plan_note(weights, plan, per_iter):
@@ -75,22 +76,22 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
     with tempfile.TemporaryDirectory(prefix="dgms-tune-") as work:  # MetaSchedule's logs
         bar = tqdm(list(zip(tasks, plan, strict=True)), desc="tasks", file=sys.stderr)
         for task, budget in bar:
-            done, costs = tuning.records_of(db, task)
+            done, costs = tuner.records_of(db, task)
             # Records already there count as done when the bookkeeping was lost.
             base = earlier[task.name]["base"] if task.name in earlier else (0 if torn else done)
             bar.set_postfix_str(f"{task.name[:40]}: {done - base}/{budget} trials")
             hand = None
             if budget:
-                done, costs, hand = tuning.tune_task(db, task, base + budget, target, knobs,
+                done, costs, hand = tuner.tune_task(db, task, base + budget, target, knobs,
                                                      measure, Path(work), per_iter, seed,
                                                      profile.num_cores)
             hand = hand if hand is not None else earlier.get(task.name, {}).get("hand")
             ran = max(0, done - base)
             if budget:
                 tqdm.write(f"  {task.name}: {ran} trials" + (
-                    f", best {tuning._fmt(costs[0], measure.name)}" if costs else
+                    f", best {tuner._fmt(costs[0], measure.name)}" if costs else
                     ", no valid record") + (
-                    f" (untuned {tuning._fmt(hand, measure.name)})" if hand else ""),
+                    f" (untuned {tuner._fmt(hand, measure.name)})" if hand else ""),
                     file=sys.stderr)
             summary.append({"task": task.name, "builds": task.builds, "calls": task.calls,
                             "base": base, "trials": ran, "budget": budget,

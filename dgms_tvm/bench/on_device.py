@@ -9,9 +9,7 @@ that time is emulation time, not an ARM speed measure: the report says so.
 from __future__ import annotations
 
 import dataclasses
-import json
 import queue
-import re
 import sys
 import threading
 import time
@@ -19,10 +17,16 @@ from pathlib import Path
 
 import numpy as np
 
-from . import artifact, compiler, ort_int8, pipeline
-from .device.client import Tracker, check_compatible
-from .errors import UserError
-from .targets import get_profile
+from .. import artifact, compiler, pipeline
+from ..device.client import Tracker, check_compatible
+from ..device.insn import SMALL_KERNEL
+from ..errors import UserError
+from ..targets import get_profile
+from . import ort_int8
+from .ort_int8 import PEER_CONFIGS, PEERS
+from .report import layers as _layers
+from .report import sparsity as _sparsity
+from .report import write_report
 
 
 @dataclasses.dataclass
@@ -53,7 +57,6 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-SMALL_KERNEL = 2e6  # instructions; the serving process adds a few thousand around any call
 
 
 class _Device:
@@ -66,7 +69,7 @@ class _Device:
         self.modules: dict[Path, object] = {}
         self.counter = None
         if counting:
-            from .device.insn import Counter
+            from ..device.insn import Counter
 
             self.counter = Counter(self.sess, profile, key, workdir)
 
@@ -216,7 +219,7 @@ def check_args(model: str, bits: int, target: str, output: Path, repeat: int = 5
                number: int = 1, emulated: bool = True):
     """Refuse bad arguments before anything starts (devices take a minute to come up).
     Returns the target profile."""
-    from .format import FormatError, check_bits
+    from ..format import FormatError, check_bits
 
     pipeline.check_model(model)
     try:
@@ -358,248 +361,12 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     return report
 
 
-#: onnxruntime FP32 and its int8 in each documented configuration (``ort_int8``).
-PEER_CONFIGS = {f"onnxruntime int8 {c.name} (peer)": c for c in ort_int8.CONFIGS}
-PEERS = ("onnxruntime FP32 (peer)", *PEER_CONFIGS)
-
-
 def _peer(label, fp32, x, profile, repeat, output) -> dict:
     """onnxruntime FP32 or static int8 on the same emulated core, in the same run (a local
     guest process: it needs no device session)."""
-    from .device import peer
+    from ..device import peer
 
     config = PEER_CONFIGS.get(label)
     model = fp32 if config is None else ort_int8.quantize(fp32, x, config)
     res = peer.run_onnxruntime(model, x, profile, repeat=repeat, workdir=output)
     return dict(res, bytes=len(model))
-
-
-def _layers(sites: dict, by: dict, builds: dict) -> list[dict]:
-    """Per call site of ``main``: each build's kernel and its time / instructions per call.
-    An int8 layer's input quantization and weight decode (kernels of their own, just before
-    it) count in that layer's row. The builds come from the same graph: with as many sites
-    they pair by position; otherwise (int8 convs doing the BatchNorm / add / relu after them)
-    each site of the first build pairs with the next unpaired one of the second that runs the
-    same layer (convs by their shape, other kernels by name), and a site with none is done in
-    a conv's epilogue there."""
-    labels = list(sites)
-    first, second = (_group(sites[lb]) for lb in labels)
-    if len(first) == len(second):
-        return [{"index": i, labels[0]: _entry(a, labels[0], by),
-                 labels[1]: _entry(b, labels[1], by)}
-                for i, (a, b) in enumerate(zip(first, second, strict=True))]
-    used, rows = [False] * len(second), []
-    for a in first:
-        ea = _entry(a, labels[0], by)
-        j = next((j for j, b in enumerate(second) if not used[j] and _key(b) == _key(a)), None)
-        if j is None:
-            eb = {"kernel": "(in a conv's epilogue)", "median_ms": 0.0,
-                  "minstr": None if ea["minstr"] is None else 0.0}
-        else:
-            used[j] = True
-            eb = _entry(second[j], labels[1], by)
-        rows.append({labels[0]: ea, labels[1]: eb})
-    for j in (j for j, u in enumerate(used) if not u):  # in the second build only
-        eb = _entry(second[j], labels[1], by)
-        rows.append({labels[0]: {"kernel": "-", "median_ms": 0.0,
-                                 "minstr": None if eb["minstr"] is None else 0.0},
-                     labels[1]: eb})
-    return [{"index": i, **r} for i, r in enumerate(rows)]
-
-
-#: The shape part of a conv kernel's name: the same layer in any build / strategy.
-_CONV_SHAPE = re.compile(r"conv2d(_n\d+_c\d+_h\d+_w\d+_o\d+_k\d+x\d+_s\d+x\d+_p[\dx]+"
-                         r"_d\d+x\d+_g\d+)")
-
-
-def _key(group: list[str]) -> str:
-    m = _CONV_SHAPE.search(group[-1])
-    return "conv2d" + m.group(1) if m else group[-1]
-
-
-def _sparsity(manifest: dict) -> dict | None:
-    """Share of exact zeros (DGMS's pinned component) over the codebook layers' weights, and
-    per layer."""
-    layers = [r for r in manifest["layers"] if r.get("sparsity") is not None and r["lowered"]]
-    if not layers:
-        return None
-    sizes = [int(np.prod(r["shape"])) for r in layers]
-    zeros = sum(r["sparsity"] * n for r, n in zip(layers, sizes, strict=True))
-    return {"overall": zeros / sum(sizes),
-            "layers": {r["name"]: r["sparsity"] for r in layers},
-            "zero_inputs": sum(r.get("zero_inputs", 0) for r in layers)}
-
-
-def _group(names: list[str]) -> list[list[str]]:
-    """Call sites as layers: an int8 layer's quantize and decode kernels join the site
-    after them."""
-    from .kernels.int8 import DECODE_FAMILY, QUANT_FAMILY
-
-    out, pending = [], []
-    for name in names:
-        pending.append(name)
-        if not name.startswith((QUANT_FAMILY, DECODE_FAMILY)):
-            out.append(pending)
-            pending = []
-    return out + ([pending] if pending else [])
-
-
-def _entry(names: list[str], label: str, by: dict) -> dict:
-    parts = [_strip(by[("kernel", label, nm)]) for nm in names]
-    mi = [p["minstr"] for p in parts]
-    out = {"kernel": " + ".join(names), "median_ms": sum(p["median_ms"] for p in parts),
-           "minstr": None if None in mi else sum(mi)}
-    if len(parts) > 1:  # an int8 layer: what its quantize / decode / conv kernels take each
-        out["parts"] = [{"kernel": nm, **p} for nm, p in zip(names, parts, strict=True)]
-    return out
-
-
-def _strip(res: dict) -> dict:
-    ms = res["ms"]
-    return {"median_ms": float(np.median(ms)), "minstr": res["minstr"]}
-
-
-def format_markdown(rep: dict) -> str:
-    lines = [f"# {rep['model']} {rep['bits']}-bit vs FP32 on {rep['target']} "
-             f"(device key `{rep['device_key']}`, tracker {rep['tracker']})", "",
-             "| build | M instructions | median ms | min ms | max ms | weights MiB | "
-             "library MiB | lowered |",
-             "|---|---|---|---|---|---|---|---|"]
-    for r in rep["rows"]:
-        mi = "-" if r["minstr"] is None else f"{r['minstr']:.1f}"
-        lines.append(f"| {r['label']} | {mi} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
-                     f"{r['max_ms']:.2f} | {r['weight_bytes'] / 2**20:.2f} | "
-                     f"{r['library_bytes'] / 2**20:.2f} | {r['lowered']} |")
-    lines.append("")
-    peers = [r for r in rep["rows"][2:] if r["minstr"]]
-    if peers and rep["rows"][1]["minstr"]:
-        dgms = rep["rows"][1]["minstr"]
-        lines.append("- peer rows: " + "; ".join(
-            f"{r['label']} / DGMS instructions = {r['minstr'] / dgms:.2f}x" for r in peers))
-        int8 = {r["label"]: r["minstr"] for r in peers if r["label"] in PEER_CONFIGS}
-        if int8:
-            best = ort_int8.fastest(int8)
-            lines.append(f"- **fastest onnxruntime int8 configuration on this core: "
-                         f"{PEER_CONFIGS[best].name}; its instructions / DGMS = "
-                         f"{int8[best] / dgms:.2f}x** (the goal is at least 1x)")
-    if rep["instruction_ratio"] is not None:
-        lines.append(f"- **instruction-count ratio FP32 / DGMS: "
-                     f"{rep['instruction_ratio']:.2f}x** "
-                     "(aarch64 instructions per inference, counted inside the device process "
-                     "by a TCG plugin: the ARM speed proxy on an emulated device)")
-    lines += [f"- time ratio FP32 / DGMS: {rep['speedup_time']:.2f}x; weight size "
-              f"ratio {rep['size_ratio']:.2f}x",
-              f"- DGMS outputs vs FP32 reference: max relative error "
-              f"{rep['max_rel_err_vs_fp32']:.1e}; top-1 "
-              f"{'agrees' if rep.get('top1_agrees_with_fp32') else 'DIFFERS'}",
-              f"- {rep['repeat']} repeats x {rep['number']} calls, batch 1"]
-    if rep.get("sparsity"):
-        sp = rep["sparsity"]["layers"].values()
-        lines.append(f"- DGMS weight sparsity (exact zeros): {rep['sparsity']['overall']:.1%} "
-                     f"over the codebook layers (per layer {min(sp):.1%} to {max(sp):.1%}; "
-                     "report.json lists each); zero skipping dropped "
-                     f"{rep['sparsity'].get('zero_inputs', 0)} all-zero input channels "
-                     "(the rest of the zeros are scattered)")
-    if rep.get("strategy"):
-        st = rep["strategy"]
-        lines.append(f"- DGMS strategy {st['requested']} -> {st['resolved']} ("
-                     + ", ".join(f"{n} conv layers {k}" for k, n in st["layers"].items() if n)
-                     + ")")
-    for label, t in (rep.get("tuning") or {}).items():
-        lines.append(f"- {label}: " + (f"{t['tuned_kernels']} of {t['kernels']} kernels from "
-                                        f"tuning logs {t['logs']}" if t["logs"] else
-                                        "hand schedules (no tuning logs for this target)"))
-    lines.append(f"- run on {rep.get('devices', 1)} device(s) under the key at once "
-                 f"({rep['seconds']:.0f} s in all, compile included)")
-    if rep.get("peer_kit"):
-        lines.append(f"- onnxruntime peers: not run through the tracker (onnxruntime is no TVM "
-                     f"module). To time them on the board, copy `{rep['peer_kit']}/` there and "
-                     "run `python3 time_peers.py` (with `pip install onnxruntime`): FP32 and "
-                     "its int8 in each documented configuration, on this bench's input.")
-    if rep["emulated"]:
-        lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
-                     "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "
-                     "integer code, so time ratios are biased): a side column only.")
-    lines += _layer_lines(rep)
-    return "\n".join(lines) + "\n"
-
-
-def _layer_lines(rep: dict) -> list[str]:
-    layers = rep.get("layers") or []
-    if not layers:
-        return []
-    labels = [r["label"] for r in rep["rows"][:2]]
-    if not all(lb in layers[0] for lb in labels):
-        return []
-    counted = layers[0][labels[0]]["minstr"] is not None
-    unit = "M instr" if counted else "ms"
-    key = "minstr" if counted else "median_ms"
-    lines = ["", f"## Per layer: every kernel call of `main`, run alone on the device "
-             f"({'instructions per call' if counted else 'median time per call'})", "",
-             f"| # | {labels[0]} kernel | {labels[1]} kernel | {labels[0]} {unit} | "
-             f"{labels[1]} {unit} | {labels[0]} / {labels[1]} |", "|---|---|---|---|---|---|"]
-    tot = [0.0, 0.0]
-    for layer in layers:
-        a, b = layer[labels[0]], layer[labels[1]]
-        tot[0] += a[key]
-        tot[1] += b[key]
-        ratio = f"{a[key] / b[key]:.2f}x" if a[key] and b[key] else "-"
-        lines.append(f"| {layer['index']} | `{a['kernel']}` | `{b['kernel']}` | "
-                     f"{_cell(a, key)} | {_cell(b, key)} | {ratio} |")
-    whole = [rep["rows"][i]["minstr" if counted else "median_ms"] for i in (0, 1)]
-    lines.append(f"| sum | | | {tot[0]:.2f} | {tot[1]:.2f} | {tot[0] / tot[1]:.2f}x |")
-    lines += ["", f"- the kernels run alone add up to {tot[0] / whole[0]:.0%} ({labels[0]}) "
-              f"and {tot[1] / whole[1]:.0%} ({labels[1]}) of the whole-model figure; the rest "
-              "is the VM, allocation and the call overhead"]
-    return lines
-
-
-def _cell(entry: dict, key: str) -> str:
-    """A layer's figure; an int8 layer's split over its kernels after it, in order."""
-    if "parts" not in entry:
-        return f"{entry[key]:.3f}"
-    return f"{entry[key]:.3f} ({' + '.join(f'{p[key]:.3f}' for p in entry['parts'])})"
-
-
-def write_report(rep: dict, output: Path) -> None:
-    (output / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
-    (output / "report.md").write_text(format_markdown(rep))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [r["label"] for r in rep["rows"]]
-    colors = (["#888888", "#1f77b4", "#e39c4b"] + ["#c0504d"] * len(labels))[: len(labels)]
-    layers = rep.get("layers") or []
-    pair = all(lb in layers[0] for lb in labels[:2]) if layers else False
-    if pair:
-        fig, (ax, lax) = plt.subplots(2, 1, figsize=(9, 0.7 * len(labels) + 5.6),
-                                      gridspec_kw={"height_ratios": [1, 1.6]})
-        key = "minstr" if layers[0][labels[0]]["minstr"] is not None else "median_ms"
-        idx = np.arange(len(layers))
-        for k, lb in enumerate(labels[:2]):
-            lax.bar(idx + (k - 0.5) * 0.4, [layer[lb][key] for layer in layers], 0.4,
-                    label=lb, color=colors[k])
-        lax.set_xlabel("kernel call in execution order (#)")
-        lax.set_ylabel("M instructions per call" if key == "minstr" else "ms per call")
-        lax.legend(fontsize=8)
-        lax.set_title("per layer", fontsize=9)
-    else:
-        fig, ax = plt.subplots(figsize=(7, 0.7 * len(labels) + 1.6))
-    if rep["instruction_ratio"]:
-        ax.barh(labels, [r["minstr"] for r in rep["rows"]], color=colors)
-        ax.set_xlabel("M aarch64 instructions per inference (emulated core, one thread)")
-    else:
-        med = np.array([r["median_ms"] for r in rep["rows"]])
-        lo = med - np.array([r["min_ms"] for r in rep["rows"]])
-        hi = np.array([r["max_ms"] for r in rep["rows"]]) - med
-        ax.barh(labels, med, xerr=[lo, hi], color=colors, capsize=4)
-        ax.set_xlabel("latency per inference, ms (median, min-max)")
-    ratio = (f"instructions FP32 / DGMS = {rep['instruction_ratio']:.2f}x"
-             if rep["instruction_ratio"] else f"time FP32 / DGMS = {rep['speedup_time']:.2f}x")
-    ax.set_title(f"{rep['model']} on {rep['target']}: {ratio}", fontsize=10)
-    ax.invert_yaxis()
-    fig.tight_layout()
-    fig.savefig(output / "report.png", dpi=120)
-    plt.close(fig)

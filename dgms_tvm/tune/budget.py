@@ -10,7 +10,7 @@ their untuned schedules).
 
 from __future__ import annotations
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def check_trials(trials: int, per_iter: int) -> None:

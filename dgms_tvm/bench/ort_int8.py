@@ -82,3 +82,8 @@ def quantize(onnx_model: bytes, x: np.ndarray, config: Int8Config, samples: int 
 def fastest(costs: dict[str, float]) -> str:
     """The configuration name with the lowest cost (time or instructions) in ``costs``."""
     return min(costs, key=costs.__getitem__)
+
+
+#: Report labels: onnxruntime FP32 and its int8 in each documented configuration.
+PEER_CONFIGS = {f"onnxruntime int8 {c.name} (peer)": c for c in CONFIGS}
+PEERS = ("onnxruntime FP32 (peer)", *PEER_CONFIGS)
