@@ -1,10 +1,10 @@
 """The int8 GEMV: the int8 strategy's arithmetic at batch 1 (x86).
 
-The int8 strategy (see :mod:`dgms_tvm.kernels.int8_quant`): the codebook as int8 entries with one scale, ``X``
-quantized per call symmetrically per tensor. The int8 codebook sits in a 16-byte table
-(repeated in each 128-bit lane) and ``vpshufb`` turns 64 indices into 64 int8 weights;
-``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by signed
-bytes, so the kernel stores ``Xq + 128`` and subtracts ``128 * sum_k Wq[n, k]`` (a
+The int8 strategy (see :mod:`dgms_tvm.kernels.int8_quant`): the codebook as int8 entries
+with one scale, ``X`` quantized per call symmetrically per tensor. The int8 codebook sits in
+a 16-byte table (repeated in each 128-bit lane) and ``vpshufb`` turns 64 indices into 64
+int8 weights; ``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by
+signed bytes, so the kernel stores ``Xq + 128`` and subtracts ``128 * sum_k Wq[n, k]`` (a
 per-feature constant made at pack time). Needs ``avx512bw`` and ``avx512vnni``.
 
 Form ``avx2``: the int8 arithmetic on x86 without VNNI: 32 indices to int8 weights per
