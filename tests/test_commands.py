@@ -1,0 +1,58 @@
+"""The ``dgms-tvm`` console command and the script shims that run the same subcommands."""
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from dgms_tvm import commands
+
+ROOT = Path(__file__).resolve().parents[1]
+CONSOLE = Path(sys.executable).parent / "dgms-tvm"  # installed by setup.sh (pip install -e)
+
+
+def _run(*argv):
+    return subprocess.run(argv, capture_output=True, text=True, timeout=300, cwd=ROOT)
+
+
+def test_console_command_lists_every_subcommand():
+    res = _run(str(CONSOLE), "--help")
+    assert res.returncode == 0, res.stderr
+    assert all(f"  {name} " in res.stdout for name in commands.COMMANDS)
+
+
+def test_help_imports_neither_tvm_nor_torch():
+    res = _run(sys.executable, "-c", "import sys; from dgms_tvm import commands; "
+               "commands.main(['--help']); print(sorted(m for m in ('tvm', 'torch') "
+               "if m in sys.modules))")
+    assert res.returncode == 0 and res.stdout.strip().endswith("[]"), res.stdout + res.stderr
+
+
+@pytest.mark.parametrize("argv,needle", [(["frob"], "unknown command 'frob'"),
+                                         (["compile", "--target", "cortex-a999"],
+                                          "unknown target 'cortex-a999'")])
+def test_bad_input_is_one_line_and_exit_code_2(argv, needle):
+    res = _run(sys.executable, "-m", "dgms_tvm", *argv)
+    lines = res.stderr.strip().splitlines()
+    assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
+
+
+def test_no_command_prints_usage_and_exit_code_2():
+    res = _run(sys.executable, "-m", "dgms_tvm")
+    assert res.returncode == 2 and res.stderr.startswith("usage: dgms-tvm")
+
+
+def test_subcommand_usage_names_the_command():
+    res = _run(sys.executable, "-m", "dgms_tvm", "run", "--help")
+    assert res.returncode == 0 and res.stdout.startswith("usage: dgms-tvm run")
+
+
+@pytest.mark.parametrize("name", sorted(commands.COMMANDS))
+def test_each_script_is_a_shim_of_its_subcommand(name):
+    spec = importlib.util.spec_from_file_location(f"{name}_shim", ROOT / "scripts" / f"{name}.py")
+    shim = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(shim)
+    assert shim.main is importlib.import_module(f"dgms_tvm.commands.{name}").main
+    assert len((ROOT / "scripts" / f"{name}.py").read_text().splitlines()) < 20
