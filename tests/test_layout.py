@@ -140,3 +140,12 @@ def test_cpu_features_are_named_in_at_most_two_modules():
     naming = {n for n, p in MODULES.items() if _names_features(p)}
     assert "targets" in naming  # the check sees the table itself
     assert naming <= FEATURE_MODULES, sorted(naming - FEATURE_MODULES)
+
+
+def test_readme_is_short_and_speaks_to_any_reader():
+    readme = (PACKAGE.parent / "README.md").read_text()
+    assert readme.count("\n") <= 150
+    assert "this session" not in readme
+    # the two commands of the set-up contract, the second exactly what CI runs
+    ci = (PACKAGE.parent / ".ci" / "run").read_text().strip().splitlines()[-1]
+    assert ci in readme and "bash scripts/setup.sh && .venv/bin/dgms-tvm bench" in readme

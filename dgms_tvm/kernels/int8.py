@@ -177,8 +177,8 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
     steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
     width, per = padded_out_w(spec, unsigned), (4 if quad(spec, knobs, unsigned) else 1)
     # x86 VNNI: one 512-bit accumulator and one vpdpbusd per 4 pixels x 4 channels, and each
-    # 4 pixels' inputs take a load and a permute (measured on a 64-channel 56x56 3x3 conv:
-    # 0.33 ms at 8 columns x 4 blocks against 0.39 at 8 x 2 and 0.41 at 8 x 8).
+    # 4 pixels' inputs take a load and a permute (the tile sizes it measured best at:
+    # docs/kernels.md).
     lanes = 4 if per == 4 and knobs.get("dot") == "vnni" else 1
     best, cost = (per, 1), float("inf")
     for xt in (d for d in range(per, max(knobs["ow_tile"], per) + 1, per) if width % d == 0):
@@ -197,9 +197,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
 #: (each register 4 pixels of one channel: stored as they are, where pixel-major ones are
 #: transposed by lane moves). With fewer, LLVM unrolls the whole reduction loop, hoists the
 #: channel-major form's per-lane weight broadcasts out of the tile loop and spills them
-#: (neoverse-n1, M instructions pixel-major -> channel-major: ResNet-18's 3-channel 7x7 stem
-#: 16.4 -> 17.7, MobileNetV2's 3x3 stem 2.36 -> 2.79 and its 32 -> 192 1x1 convs 0.83 -> 0.96;
-#: 64 -> 384 1x1 0.73 -> 0.66, and the 64-channel and wider 3x3 convs of ResNet-18 gain).
+#: (the neoverse-n1 counts behind the threshold: docs/kernels.md).
 CHANNEL_MAJOR_BLOCKS = 16
 
 def channel_major(spec: Conv2dSpec) -> bool:

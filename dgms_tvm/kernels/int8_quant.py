@@ -140,9 +140,9 @@ def padded_out_w(spec: Conv2dSpec, unsigned: bool = False) -> int:
     """Output columns the int8 conv computes: rounded up to 4 (4 pixels' inputs are 16
     contiguous bytes of the quantized input: one load for 4 ``sdot``); the extra columns read
     zeros and are not written out. With the unsigned (x86 VNNI) input, up to 8: the 8-column
-    register tile then fits every width (a 128-channel 28x28 3x3 conv here: 0.49 ms in
-    4-column tiles, 0.37 ms computing 32 columns in 8-column ones), where on a dotprod core
-    the extra columns cost more sdot than the wider tile saves."""
+    register tile then fits every width, which measured faster on x86 despite the extra
+    columns (docs/kernels.md), where on a dotprod core the extra columns cost more sdot than
+    the wider tile saves."""
     multiple = 8 if unsigned else 4
     return (spec.out_w + multiple - 1) // multiple * multiple
 

@@ -104,8 +104,8 @@ class Int8ConvLowering:
 
     def _long_supports(self, spec, cw) -> str:
         """On cores without sdot, why the widening int8 kernel cannot take ``spec`` (empty
-        if it can): the generic int8 kernel is no match for FP32 arithmetic there (ResNet-18
-        on cortex-a72: 2612 M instructions against 715 M), so such layers stay exact."""
+        if it can): the generic int8 kernel is no match for FP32 arithmetic there
+        (docs/kernels.md), so such layers stay exact."""
         if not klong.wanted(self.policy.profile):
             return ""
         why = klong.supports(spec)

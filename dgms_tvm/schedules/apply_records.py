@@ -78,9 +78,8 @@ def untuned_wins(db) -> set[int]:
     trace (TVM's default, what the tuner records first for a kernel without a hand schedule).
 
     MetaSchedule counts a record with an empty trace as invalid: its queries skip it and
-    return the best *searched* schedule, even one measured slower than the baseline (a
-    cortex-a72 BatchNorm kernel: baseline 2.1 M instructions, best searched 11.5 M). Such a
-    kernel must keep TVM's default.
+    return the best *searched* schedule, even one measured slower than the baseline (seen on
+    a cortex-a72 BatchNorm kernel: docs/kernels.md). Such a kernel must keep TVM's default.
     """
     import tvm_ffi
 

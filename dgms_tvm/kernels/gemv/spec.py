@@ -123,8 +123,8 @@ def supports(spec: GemvSpec, profile) -> str:
     return ""
 
 #: Rows per register tile, by arithmetic: int8 accumulators are one register per row and
-#: each 128-byte ``Xq`` load then serves 8 rows (measured 0.10 against 0.10-0.12 ms with 4
-#: rows for 4096x4096, noisy); exact keeps 4 rows (8 measured no better).
+#: each 128-byte ``Xq`` load then serves 8 rows; exact keeps 4 rows, 8 measuring no better
+#: (docs/kernels.md).
 ROWS = {"exact": 4, "int8": 8, "fp32": 4, "lut": 32}
 
 def rows_for(n: int, arith: str, form: str = "") -> int:
