@@ -13,7 +13,6 @@ same compute and schedule).
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -30,12 +29,13 @@ from .common import (
     decode_index,
     i64,
 )
+from .protocol import KernelFamily, Spec
 
 FAMILY = "cb_conv2d"
 
 
 @dataclasses.dataclass(frozen=True)
-class Conv2dSpec:
+class Conv2dSpec(Spec):
     """Every parameter a codebook conv2d kernel is specialised on."""
 
     batch: int
@@ -163,7 +163,7 @@ def compute(spec: Conv2dSpec) -> tvm.tirx.PrimFunc:
     func = te.create_prim_func(args)
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        SPEC_ATTR: s.to_json(),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")  # private: the Relax module names it
@@ -211,7 +211,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 def apply(sch, knobs: dict, sample: bool = False) -> None:
     """The schedule's steps on ``sch`` (``sample``: as a tuning design space, see Tiler)."""
-    spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
+    spec = Conv2dSpec.from_func(sch.mod["main"])
     tile = Tiler(sch, sample)
     conv, dec, pad = sch.get_sblock("conv"), sch.get_sblock("decode"), sch.get_sblock("pad")
     n, o, yy, xx, ri, rr, rq = sch.get_loops(conv)
@@ -253,14 +253,6 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     tile.finish(conv, ri)
 
 
-def spec_fields(d: dict) -> dict:
-    """A :class:`Conv2dSpec`'s fields read back from JSON (its pairs and quadruple tuples
-    again)."""
-    d = dict(d)
-    for k in ("kernel", "stride", "padding", "dilation"):
-        d[k] = tuple(d[k])
-    return d
-
-
-def _spec_from(func: tvm.tirx.PrimFunc) -> dict:
-    return spec_fields(json.loads(str(func.attrs[SPEC_ATTR])))
+#: The exact conv: any conv2d (groups included), tuned by MetaSchedule from its hand schedule.
+KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, reference, apply=apply,
+                      searchable=True, knobs=True)

@@ -10,7 +10,6 @@ weight operand is the float32 ``W[N, K]`` itself (the FP32 baseline, same comput
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -27,12 +26,13 @@ from .common import (
     decode_index,
     i64,
 )
+from .protocol import KernelFamily, Spec
 
 FAMILY = "cb_dense"
 
 
 @dataclasses.dataclass(frozen=True)
-class DenseSpec:
+class DenseSpec(Spec):
     """Every parameter a codebook dense kernel is specialised on."""
 
     m: int
@@ -88,7 +88,7 @@ def compute(spec: DenseSpec) -> tvm.tirx.PrimFunc:
     args = [x, p] + ([] if fp32 else [cb]) + ([sc] if sc is not None else []) + [y]
     return te.create_prim_func(args).with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        SPEC_ATTR: s.to_json(),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")  # private: the Relax module names it
@@ -112,7 +112,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 def apply(sch, knobs: dict, sample: bool = False) -> None:
     """The schedule's steps on ``sch`` (``sample``: as a tuning design space, see Tiler)."""
-    spec = DenseSpec(**json.loads(str(sch.mod["main"].attrs[SPEC_ATTR])))
+    spec = DenseSpec.from_func(sch.mod["main"])
     tile = Tiler(sch, sample)
     dense, dec = sch.get_sblock("dense"), sch.get_sblock("decode")
     m, n, k = sch.get_loops(dense)
@@ -135,3 +135,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     tile.vectorize(lambda: ni, lambda: sch.get_loops(dec)[-1], lambda: sch.get_loops(acc)[-1])
     # Step 3. Accumulator initialisation split off last.
     tile.finish(dense, ko)
+
+
+#: The generic dense kernel: any dense layer, tuned by MetaSchedule from its hand schedule.
+KERNEL = KernelFamily(FAMILY, DenseSpec, compute, schedule, reference, apply=apply,
+                      searchable=True, knobs=True)

@@ -25,7 +25,6 @@ moving data, not in arithmetic. The kernel is written already scheduled (TVMScri
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -34,27 +33,25 @@ from tvm.script import tirx as T
 from ..format import row_bytes
 from .common import (
     FP32_WEIGHT,
-    SPEC_ATTR,
     as_kernel,
     best_tile,
     decode_index,
     span,
     splat,
 )
-from .conv2d import Conv2dSpec, spec_fields
+from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
+from .protocol import KernelFamily, Spec
 
 FAMILY = "dw_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
-SEARCHABLE = False
-apply = None
 ACTS = ("", "relu", "relu6")
 #: Most parallel chunks of channels (enough for the cores of the boards we target).
 CHUNKS = 16
 
 
 @dataclasses.dataclass(frozen=True)
-class DepthwiseSpec:
+class DepthwiseSpec(Spec):
     """A depthwise conv (``groups == in_channels == out_channels``), its epilogue and tile."""
 
     conv: Conv2dSpec
@@ -78,18 +75,11 @@ class DepthwiseSpec:
         return (FAMILY + self.conv.name.split("conv2d", 1)[1]
                 + (f"_{self.act}" if self.act else ""))
 
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
 
-    @classmethod
-    def from_json(cls, text: str) -> DepthwiseSpec:
-        d = json.loads(text)
-        c = spec_fields(d.pop("conv"))
-        return cls(Conv2dSpec(**c), **d)
-
-
-def supports(spec: Conv2dSpec) -> str:
-    """Empty when ``spec`` is a depthwise conv this kernel takes, else why not."""
+def supports(spec: Conv2dSpec, profile=None) -> str:
+    """Empty when ``spec`` is a depthwise conv this kernel takes (on any core), else why
+    not."""
+    del profile
     if not (spec.groups == spec.in_channels == spec.out_channels) or spec.groups == 1:
         return "not a depthwise conv (groups == channels, one filter per channel)"
     if spec.bits != FP32_WEIGHT and spec.bits > 8:
@@ -263,7 +253,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The kernel rebuilt with the target's ``lanes`` / ``rows`` (``schedules/<target>.json``)."""
-    spec = DepthwiseSpec.from_json(str(func.attrs[SPEC_ATTR]))
+    spec = DepthwiseSpec.from_func(func)
     spec = dataclasses.replace(spec, lanes=int(knobs.get("lanes", spec.lanes)),
                                rows=int(knobs.get("rows", spec.rows)))
     return compute(spec)
@@ -282,3 +272,8 @@ def reference(spec: DepthwiseSpec, x, weight, m=None, b=None) -> np.ndarray:
     if spec.act == "relu6":
         y = np.minimum(y, 6)
     return y.astype(np.float32)
+
+
+#: Written already scheduled (no blocks: no tuning space); its knobs: ``lanes``, ``rows``.
+KERNEL = KernelFamily(FAMILY, DepthwiseSpec, compute, schedule, reference, supports,
+                      knobs=True)

@@ -17,31 +17,28 @@ pass keeps the others exact).
 
 from __future__ import annotations
 
-import dataclasses
-import json
-
 import numpy as np
 import tvm
 from tvm import te
 
 from ..format import row_bytes
 from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, decode_index, i64
-from .conv2d import Conv2dSpec, _spec_from
+from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .epilogue import Epilogue
 from .int8_quant import QuantSpec, padded_out_w, quantize_input
+from .protocol import KernelFamily
 
 FAMILY = "q8_conv2d"
-#: No sampled design space yet: tuning leaves the int8 kernels to their hand schedules.
-SEARCHABLE = False
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
 PREDECODED_ATTR = "dgms.predecoded"
 #: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
 UNSIGNED_ATTR = "dgms.unsigned"
 
 
-def supports(spec: Conv2dSpec) -> str:
-    """Empty when the int8 strategy can take ``spec``, else why not."""
+def supports(spec: Conv2dSpec, profile=None) -> str:
+    """Empty when the int8 conv can take ``spec`` (on any core), else why not."""
+    del profile
     if spec.groups != 1:
         return "grouped / depthwise conv (int8 strategy needs groups == 1)"
     if spec.out_channels % 4:
@@ -139,7 +136,7 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     func = te.create_prim_func([xq, sx, *weights, d, *extra, y])
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        SPEC_ATTR: s.to_json(),
         PREDECODED_ATTR: int(predecoded),
         UNSIGNED_ATTR: int(unsigned),
         "op_pattern": OPAQUE,
@@ -217,7 +214,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 def apply(sch, knobs: dict, sample: bool = False) -> None:
     """The schedule's steps on ``sch`` (no sampled form yet: tuning leaves int8 kernels to
     this hand schedule)."""
-    spec = Conv2dSpec(**_spec_from(sch.mod["main"]))
+    spec = Conv2dSpec.from_func(sch.mod["main"])
     func = sch.mod["main"]
     predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
     unsigned = UNSIGNED_ATTR in func.attrs and bool(int(func.attrs[UNSIGNED_ATTR]))
@@ -294,3 +291,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         sch.vectorize(o4)
         sch.decompose_reduction(acc, rr)
     del sample
+
+
+#: No sampled design space yet: tuning leaves the int8 conv to its hand schedule.
+KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, reference, supports, apply=apply,
+                      knobs=True)

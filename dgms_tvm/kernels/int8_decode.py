@@ -5,7 +5,6 @@ turned into its int8 weights in the order the conv reads them, 16 per table look
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -13,16 +12,13 @@ from tvm.script import tirx as T
 
 from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR
 from .conv2d import Conv2dSpec
+from .protocol import KernelFamily, Spec
 
 FAMILY = "q8_decode"
-#: Written as loops: no blocks for MetaSchedule, no knobs in the schedule files (its lookup
-#: instruction follows from the core: :func:`dgms_tvm.schedules.capability_knobs`).
-apply = None
-KNOBS = False
 
 
 @dataclasses.dataclass(frozen=True)
-class DecodeSpec:
+class DecodeSpec(Spec):
     """The weight decode of an int8 conv2d: indices re-packed in the order the conv reads
     them, ``[O/4, kh, kw, C4/d, 4 (o), d (c)]`` (``d``: ``depth``, 4 for ``sdot``, 16 for the
     widening conv), in chunks of ``16 * 8/bits`` indices: byte ``j`` of a chunk holds indices
@@ -76,6 +72,12 @@ def conv_order(spec: DecodeSpec, w: np.ndarray) -> np.ndarray:
     full = np.zeros((o, c4, kh, kw), w.dtype)
     full[:, :c] = w
     return full.reshape(o // 4, 4, c4 // d, d, kh, kw).transpose(0, 4, 5, 2, 1, 3).copy()
+
+def reference(spec: DecodeSpec, indices: np.ndarray, q_codebook: np.ndarray) -> np.ndarray:
+    """NumPy oracle of the kernel: the int8 weights ``q_codebook[indices]`` in the conv's
+    order."""
+    return conv_order(spec, np.asarray(q_codebook)[np.asarray(indices)])
+
 
 def pack_for_decode(spec: DecodeSpec, indices: np.ndarray) -> np.ndarray:
     """The ``uint8[nbytes]`` operand of the decode kernel from ``indices[O, C, kh, kw]``."""
@@ -139,12 +141,15 @@ def compute(spec: DecodeSpec, lookup: str = "scalar") -> tvm.tirx.PrimFunc:
                         T.shift_right(P[i * 16 + j], T.uint8(s * bits)), T.uint8(mask)))]
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(spec)),
+        SPEC_ATTR: spec.to_json(),
         "op_pattern": OPAQUE,
     })
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The decode is written as loops, not blocks: its schedule picks the lookup."""
-    d = json.loads(str(func.attrs[SPEC_ATTR]))
-    d["kernel"] = tuple(d["kernel"])
-    return compute(DecodeSpec(**d), knobs.get("lookup", "scalar"))
+    return compute(DecodeSpec.from_func(func), knobs.get("lookup", "scalar"))
+
+
+#: Written as loops (no blocks for MetaSchedule); its lookup instruction follows from the core
+#: (:func:`dgms_tvm.schedules.capability_knobs`), so no knobs.
+KERNEL = KernelFamily(FAMILY, DecodeSpec, compute, schedule, reference)

@@ -35,24 +35,20 @@ the pairwise add is the NEON intrinsic where the schedule file says so (``sadalp
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .common import SPEC_ATTR, as_kernel, span, splat
-from .conv2d import Conv2dSpec, spec_fields
+from .common import as_kernel, span, splat
+from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_quant import QuantSpec
+from .protocol import KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
-SEARCHABLE = False
-#: No knobs in the schedule files: its one choice (``pairwise``) follows from the core.
-KNOBS = False
-apply = None
 #: Input channels summed per accumulator step (one 16-byte vector of a pixel).
 DEPTH = 16
 #: Largest weight magnitude: 4 products with inputs within +-127 fit a 16-bit lane.
@@ -62,7 +58,7 @@ PIXELS = 4
 CHANNELS = 4
 
 
-def supports(spec: Conv2dSpec) -> str:
+def supports(spec: Conv2dSpec, profile=None) -> str:
     """Empty when this kernel takes ``spec``, else why not. Input channels are padded to a
     multiple of 16 with zeros; where that would add more than a third to the arithmetic (the
     3-channel stem) the layer is better served otherwise."""
@@ -79,7 +75,7 @@ def supports(spec: Conv2dSpec) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
-class LongSpec:
+class LongSpec(Spec):
     """A conv the widening kernel takes, and the epilogue fused into it."""
 
     conv: Conv2dSpec
@@ -110,15 +106,6 @@ class LongSpec:
     def name(self) -> str:
         return (FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
                 + ("_w127" if self.limit == 127 else ""))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> LongSpec:
-        d = json.loads(text)
-        c = spec_fields(d.pop("conv"))
-        return cls(Conv2dSpec(**c), Epilogue(**d.pop("epilogue")), **d)
 
 
 def _half(v, hi: int):
@@ -313,7 +300,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The kernel rebuilt with the target's instructions (``schedules/<target>.json``:
     ``"pairwise": "sadalp"`` on aarch64)."""
-    spec = LongSpec.from_json(str(func.attrs[SPEC_ATTR]))
+    spec = LongSpec.from_func(func)
     return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp"))
 
 
@@ -321,3 +308,8 @@ def wanted(profile) -> bool:
     """Whether int8 convs for ``profile``'s core take this kernel: aarch64 cores without the
     dot-product instruction (elsewhere ``sdot`` or x86's VNNI, or the generic int8 kernel)."""
     return profile is not None and profile.is_arm and not profile.dotprod
+
+
+#: Written already scheduled; its one choice (``pairwise``) follows from the core, so it has
+#: no knobs in the schedule files.
+KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, supports)

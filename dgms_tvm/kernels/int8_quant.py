@@ -15,7 +15,6 @@ the output, so one 2^b-entry table serves every channel.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
@@ -24,12 +23,9 @@ from tvm.script import tirx as T
 
 from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, i64, span, splat
 from .conv2d import Conv2dSpec
+from .protocol import KernelFamily, Spec
 
 FAMILY = "q8_quant"
-#: No sampled design space: tuning leaves it to its hand schedule.
-SEARCHABLE = False
-#: No knobs in the schedule files.
-KNOBS = False
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
 TINY = np.float32(1e-30)
 
@@ -82,7 +78,7 @@ def weight_correction(wq: np.ndarray) -> np.ndarray:
     return (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32)
 
 @dataclasses.dataclass(frozen=True)
-class QuantSpec:
+class QuantSpec(Spec):
     """The activation quantization in front of an int8 conv2d: input shape and padding."""
 
     batch: int
@@ -146,6 +142,21 @@ def padded_out_w(spec: Conv2dSpec, unsigned: bool = False) -> int:
     multiple = 8 if unsigned else 4
     return (spec.out_w + multiple - 1) // multiple * multiple
 
+def reference(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.float32]:
+    """NumPy oracle of the kernel: ``(Xq, s_x)``, ``Xq`` in :attr:`QuantSpec.out_shape`'s
+    layout (pad value ``offset`` outside the input and past its channels)."""
+    q, sx = quantize_input(x)
+    s = spec
+    pt, pl, _, _ = s.padding
+    n, hp, groups, phases, wq, d = s.out_shape
+    plane = np.full((n, hp, s.c4, phases * wq), s.offset, np.int64)
+    plane[:, pt:pt + s.height, :s.channels, pl:pl + s.width] = \
+        q.astype(np.int64).transpose(0, 2, 1, 3) + s.offset
+    # [n, h, group, channel, column] -> [n, h, group, phase, column // phases, channel]
+    out = plane.reshape(n, hp, groups, d, wq, phases).transpose(0, 1, 2, 5, 4, 3)
+    return out.astype(s.dtype), sx
+
+
 #: Function attribute of a kernel written already scheduled (TVMScript loops, no blocks).
 PRESCHEDULED_ATTR = "dgms.prescheduled"
 
@@ -199,7 +210,7 @@ def compute(spec: QuantSpec, vector: bool = True) -> tvm.tirx.PrimFunc:
     func = te.create_prim_func([x, xq, sx])
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        SPEC_ATTR: s.to_json(),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }).without_attr("global_symbol")
@@ -283,7 +294,7 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
 
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(s)),
+        SPEC_ATTR: s.to_json(),
         PRESCHEDULED_ATTR: 1,
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
@@ -299,8 +310,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 def apply(sch, knobs: dict, sample: bool = False) -> None:
     """max|X| in vector lanes (rfactor), quantize along rows (contiguous reads), then pad in
     channel vectors."""
-    spec = QuantSpec(**{k: tuple(v) if k == "padding" else v
-                        for k, v in json.loads(str(sch.mod["main"].attrs[SPEC_ATTR])).items()})
+    spec = QuantSpec.from_func(sch.mod["main"])
     amax = sch.get_sblock("amax")
     _, _, _, ah, aw = sch.get_loops(amax)
     hw = spec.height * spec.width
@@ -320,3 +330,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.parallel(sch.fuse(n, h))
     sch.vectorize(sch.fuse(j, c4) if spec.out_shape[4] * spec.depth <= 64 else c4)
     del knobs, sample
+
+
+#: Hand-scheduled only (no sampled design space), no knobs.
+KERNEL = KernelFamily(FAMILY, QuantSpec, compute, schedule, reference, apply=apply)

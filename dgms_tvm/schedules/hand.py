@@ -53,7 +53,7 @@ def load_knobs(target: str | TargetProfile, directory: Path | None = None) -> di
     except json.JSONDecodeError as err:
         raise UserError(f"{path}: invalid JSON ({err})") from None
     # A family whose kernels are written already scheduled has no knobs to require.
-    missing = [f for f in FAMILIES if f not in doc and getattr(FAMILIES[f], "KNOBS", True)]
+    missing = [f for f in FAMILIES if f not in doc and FAMILIES[f].knobs]
     if missing:
         raise UserError(f"{path}: no knobs for kernel families {missing}")
     derived = capability_knobs(profile)

@@ -164,7 +164,7 @@ def searchable(family) -> bool:
     """Whether a kernel family has a sampled design space (``apply(..., sample=True)`` turns
     its tile sizes into decisions): the GEMV kernels are written already scheduled, and the
     int8 ones have only their hand schedule so far."""
-    return family.apply is not None and getattr(family, "SEARCHABLE", True)
+    return family.searchable
 
 
 

@@ -23,13 +23,12 @@ parallel, ``rows`` features per register tile sharing each ``X`` load.
 from __future__ import annotations
 
 import dataclasses
-import json
 
 import numpy as np
 import tvm
 
-from ..common import SPEC_ATTR
 from ..int8_quant import quantize_codebook, quantize_input
+from ..protocol import KernelFamily
 from . import exact, fp32, int8, lut
 from .packing import (
     Int8Weights,
@@ -94,20 +93,18 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     for a target whose schedule file does not say ``"lookup": "tbl"``: there it is rebuilt
     in its one-load-per-lookup form, the same sums in the same order (so a module lowered for
     aarch64 builds for this host too, as the tests' host twins of ARM builds do)."""
-    spec = GemvSpec(**json.loads(str(func.attrs[SPEC_ATTR])))
+    spec = GemvSpec.from_func(func)
     if spec.form == "tbl" and knobs.get("lookup") != "tbl":
         return compute(dataclasses.replace(spec, form="gather"))
     return func
 
-#: Not a tuning task: the kernel has no blocks for MetaSchedule to transform.
-apply = None
-
-#: No knobs in the schedule files: ``lookup`` (``tbl`` on aarch64) follows from the core, the
-#: tile (``rows``) is chosen at lowering.
-KNOBS = False
 
 
-__all__ = ["ARITHS", "CHUNK", "FAMILY", "FORMS", "KNOBS", "LUT_LANES", "ROWS", "GemvSpec",
-           "Int8Weights", "apply", "codebook16", "compute", "int8_weights", "lut_codebooks",
+#: Written already scheduled (no blocks for MetaSchedule); no knobs: ``lookup`` (``tbl`` on
+#: aarch64) follows from the core, the tile (``rows``) is chosen at lowering.
+KERNEL = KernelFamily(FAMILY, GemvSpec, compute, schedule, reference, supports)
+
+__all__ = ["ARITHS", "CHUNK", "FAMILY", "FORMS", "KERNEL", "LUT_LANES", "ROWS", "GemvSpec",
+           "Int8Weights", "codebook16", "compute", "int8_weights", "lut_codebooks",
            "lut_group", "lut_pack", "lut_scale", "operands", "pack", "reference", "rows_for",
            "schedule", "supports"]

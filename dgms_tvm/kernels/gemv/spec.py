@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 
 from ..common import KERNEL_ATTR, OPAQUE, SPEC_ATTR
+from ..protocol import Spec
 
 FAMILY = "cb_gemv"
 
@@ -39,7 +39,7 @@ def lut_group(bits: int) -> int:
     return {1: 4, 2: 2}.get(bits, 1)
 
 @dataclasses.dataclass(frozen=True)
-class GemvSpec:
+class GemvSpec(Spec):
     """Every parameter a GEMV kernel is specialised on."""
 
     m: int
@@ -143,7 +143,7 @@ def rows_for(n: int, arith: str, form: str = "") -> int:
 def finish(func, spec: GemvSpec):
     return func.with_attrs({
         KERNEL_ATTR: FAMILY,
-        SPEC_ATTR: json.dumps(dataclasses.asdict(spec)),
+        SPEC_ATTR: spec.to_json(),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     })

@@ -23,7 +23,7 @@ from dgms_tvm.tune import driver, remeasure, tuner
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
 
 SPEC = dense.DenseSpec(2, 32, 64, bits=4)
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 
 
 def dense_task(spec=SPEC) -> tuner.Task:

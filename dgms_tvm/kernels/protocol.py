@@ -1,0 +1,104 @@
+"""The kernel protocol: what every kernel family provides, and the one codec of its spec.
+
+A kernel family is the value of its PrimFuncs' ``dgms.kernel`` attribute. Its module builds
+one :class:`KernelFamily` (``KERNEL``) and the registry, :data:`dgms_tvm.kernels.FAMILIES`,
+maps the attribute to it: schedule application, tuning and the benchmarks reach a kernel
+only through it, never through module globals.
+
+Every spec is a frozen dataclass with the :class:`Spec` mixin: its JSON (the ``dgms.spec``
+attribute, read back by :meth:`Spec.from_func`) is ``json.dumps(dataclasses.asdict(spec))``
+exactly. That text is part of the kernel's structure, hence of the workload hash its tuning
+records are keyed by: it must not change for a spec that did not.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from collections.abc import Callable
+
+from .common import SPEC_ATTR
+
+
+class Spec:
+    """Mixin of the kernel specs: one JSON codec for all of them."""
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str):
+        return _decode(cls, json.loads(text))
+
+    @classmethod
+    def from_func(cls, func):
+        """The spec a kernel PrimFunc was made from."""
+        return cls.from_json(str(func.attrs[SPEC_ATTR]))
+
+
+def _decode(tp, value):
+    """``value`` (parsed JSON) as type ``tp``: dataclasses field by field, tuples again."""
+    if isinstance(tp, type) and dataclasses.is_dataclass(tp):
+        hints = typing.get_type_hints(tp)
+        return tp(**{f.name: _decode(hints[f.name], value[f.name])
+                     for f in dataclasses.fields(tp) if f.name in value})
+    if tp is tuple or typing.get_origin(tp) is tuple:
+        return tuple(value)
+    return value
+
+
+def _no_layer(spec, profile) -> str:
+    """``supports`` of a family no strategy chooses by itself (the pass makes it for the
+    conv it serves)."""
+    del spec, profile
+    return ""
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelFamily:
+    """One kernel family.
+
+    Attributes
+    ----------
+    family : str
+        Its ``dgms.kernel`` value.
+    spec : type
+        Its spec dataclass (with :class:`Spec`).
+    compute : callable
+        ``compute(spec, ...) -> PrimFunc``: the unscheduled kernel (or, for a kernel written
+        already scheduled, the kernel itself).
+    schedule : callable
+        ``schedule(func, knobs) -> PrimFunc``: its hand schedule from its knobs (the family's
+        section of ``schedules/*.json``, with the profile's capability knobs).
+    reference : callable
+        The NumPy oracle the kernel is tested against.
+    supports : callable
+        ``supports(spec, profile) -> str``: why it cannot take that layer on that core, or
+        ``""`` when it can; a layer's manifest ``reason`` is made of these.
+    apply : callable or None
+        ``apply(sch, knobs, sample=False)``: the hand schedule's steps on a
+        ``tvm.s_tir.Schedule``; with ``sample=True`` its tiles become MetaSchedule decisions.
+        None for a kernel written already scheduled (no blocks to transform).
+    searchable : bool
+        Whether tuning searches it (``apply(..., sample=True)`` is a design space); the
+        others keep their hand schedule.
+    knobs : bool
+        Whether every schedule file must hold its knob section.
+    """
+
+    family: str
+    spec: type
+    compute: Callable
+    schedule: Callable
+    reference: Callable
+    supports: Callable = _no_layer
+    apply: Callable | None = None
+    searchable: bool = False
+    knobs: bool = False
+
+    def __post_init__(self):
+        if not issubclass(self.spec, Spec):
+            raise TypeError(f"{self.family}: its spec {self.spec.__name__} lacks the Spec codec")
+        if self.searchable and self.apply is None:
+            raise TypeError(f"{self.family}: searchable, but it has no apply() to sample")

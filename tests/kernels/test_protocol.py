@@ -1,0 +1,88 @@
+"""The kernel protocol: every registered family is complete, its spec's JSON reads back to the
+same spec (and is the text tuning records were keyed by), and the quantize and decode
+kernels match their NumPy oracles."""
+
+import dataclasses
+import json
+
+import numpy as np
+import pytest
+import tvm
+
+from dgms_tvm import kernels
+from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8_decode, int8_long, int8_quant
+from dgms_tvm.kernels.common import KERNEL_ATTR, standalone
+from dgms_tvm.kernels.epilogue import Epilogue
+from dgms_tvm.targets import get_profile
+from tests.helpers import random_codebook_weight, run_kernel
+
+C = conv2d.Conv2dSpec
+SPECS = [
+    C(1, 16, 10, 10, 32, (3, 3), (2, 1), (1, 0, 2, 1), (2, 1), bits=3, scaled=True),
+    dense.DenseSpec(4, 24, 40, 2),
+    depthwise.DepthwiseSpec(C(1, 8, 9, 9, 8, (3, 3), padding=(1, 1, 1, 1), groups=8),
+                            act="relu6", lanes=8, rows=4),
+    gemv.GemvSpec(1, 64, 128, 4, arith="lut", rows=32, form="tbl"),
+    int8_long.LongSpec(C(1, 32, 8, 8, 16, (3, 3), padding=(1, 1, 1, 1)),
+                       Epilogue(True, True, "relu"), sadalp=True, limit=127),
+    int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1), extra=3, phases=2, offset=128),
+    int8_decode.DecodeSpec(16, 6, (3, 3), 2, depth=16),
+]
+
+
+def test_every_family_is_registered_under_its_attribute():
+    assert len(kernels.FAMILIES) == 8
+    for name, fam in kernels.FAMILIES.items():
+        assert fam.family == name and issubclass(fam.spec, kernels.Spec)
+        assert callable(fam.compute) and callable(fam.schedule) and callable(fam.reference)
+        assert not fam.searchable or fam.apply is not None
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda s: type(s).__name__)
+def test_spec_json_reads_back_and_keeps_its_text(spec):
+    text = spec.to_json()
+    assert text == json.dumps(dataclasses.asdict(spec))  # the text tuning records hash
+    assert type(spec).from_json(text) == spec
+
+
+def test_a_kernel_names_its_family_and_spec():
+    spec = SPECS[0]
+    func = conv2d.compute(spec)
+    assert str(func.attrs[KERNEL_ATTR]) == conv2d.FAMILY
+    assert C.from_func(func) == spec
+
+
+QUANT = [int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1)),
+         int8_quant.QuantSpec.of(C(1, 16, 9, 11, 24, (3, 3), (2, 2), (1, 1, 1, 1))),
+         int8_quant.QuantSpec.of(C(2, 8, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1)),
+                                 unsigned=True),
+         int8_quant.QuantSpec.of(C(1, 20, 6, 6, 16, (1, 1)), depth=16)]
+
+
+@pytest.mark.parametrize("qs", QUANT, ids=lambda q: q.name)
+@pytest.mark.parametrize("vector", [True, False])
+def test_quantize_kernel_matches_its_oracle(qs, vector, rng):
+    x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
+    x[0, 0, 0, 0] = 40.0  # an extreme value sets the scale
+    lib = tvm.compile(standalone(int8_quant.schedule(int8_quant.compute(qs, vector), {})),
+                      target=get_profile("x86").tvm_target())
+    xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
+    sx = tvm.runtime.tensor(np.zeros(1, np.float32))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    want, want_sx = int8_quant.reference(qs, x)
+    np.testing.assert_array_equal(xq.numpy(), want)
+    assert sx.numpy()[0] == want_sx
+
+
+@pytest.mark.parametrize("bits", [1, 2, 4])
+@pytest.mark.parametrize("depth", [4, 16])
+def test_decode_kernel_matches_its_oracle(bits, depth, rng):
+    ds = int8_decode.DecodeSpec(16, 24, (3, 3), bits, depth)
+    assert ds.supported()
+    cw = random_codebook_weight(rng, (16, 24, 3, 3), bits)
+    q, _ = int8_quant.quantize_codebook(cw.codebook, cw.scale, 16)
+    q[-1] = -127  # the extreme entry
+    got = run_kernel(int8_decode.compute(ds), [int8_decode.pack_for_decode(ds, cw.indices()),
+                                               int8_quant.q16(q), np.zeros(1, np.float32),
+                                               np.zeros(ds.shape, np.int8)])
+    np.testing.assert_array_equal(got, int8_decode.reference(ds, cw.indices(), q))
