@@ -1,0 +1,128 @@
+"""The int8 piece of the lowering (``passes/int8_conv.py``): which convs take the int8
+kernels on which core, what the rest say, and the numbers against the exact build."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from dgms_tvm import compiler, frontend, strategies
+from dgms_tvm.errors import UserError
+from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
+from dgms_tvm.kernels import int8 as kint8
+from dgms_tvm.quant import hard_quantize
+from dgms_tvm.targets import get_profile
+from tests.helpers import rel_err
+from tests.passes.graphs import Block, main_calls, main_consts, quantized_net
+
+
+def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
+    net, _ = quantized_net()
+    x = torch.randn(1, 3, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    exact = compiler.lower(imported, 4)
+    lowered = compiler.lower(imported, 4, strategy="int8")
+    by_name = {r.name: r for r in lowered.records}
+    assert by_name["conv.weight"].strategy == "int8"
+    assert by_name["conv.weight"].kernel.startswith("q8_conv2d_")
+    for name in ("dw.weight", "grouped.weight"):
+        assert by_name[name].strategy == "exact" and "groups" in by_name[name].reason
+    assert by_name["fc.weight"].strategy == "exact"
+    # Not a codebook: its FP32 weight quantized per channel, through the same int8 kernel (it
+    # stays FP32 in the exact build and in the FP32 baseline).
+    stem = by_name["stem.weight"]
+    assert not stem.lowered and stem.strategy == "int8"
+    assert stem.fp32_kernel.startswith("q8_conv2d_") and "_w8_pre" in stem.fp32_kernel
+    assert {r.name: r for r in exact.records}["stem.weight"].strategy is None
+    fp32 = compiler.lower(imported, 4, codebooks=False, strategy="int8")
+    assert all(r.strategy is None for r in fp32.records)
+    families = [str(f.attrs[KERNEL_ATTR]) for op, f in main_calls(lowered.mod) if op == "call_tir"]
+    assert families[:5] == ["q8_quant", "q8_conv2d", "q8_quant", "q8_decode", "q8_conv2d"]
+    target = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, target), [x.numpy()])[0]
+    want = compiler.run_local(compiler.build(exact, target), [x.numpy()])[0]
+    assert 0 < rel_err(got, want) < 0.05  # int8 rounding: close, not equal
+    # For this host as target: on x86 with VNNI the input is stored + 128 (uint8) and the
+    # sums corrected per channel; the batch-1 classifier is an int8 GEMV (VNNI, or its AVX2
+    # form).
+    from dgms_tvm.targets import host_has
+
+    host = get_profile("x86")
+    for_host = compiler.lower(imported, 4, strategy="int8", profile=host)
+    unsigned = kint8.unsigned_input(host)
+    recs = {r.name: r for r in for_host.records}
+    assert ("_u8" in recs["conv.weight"].kernel) == unsigned
+    assert (recs["fc.weight"].strategy == "int8") == (unsigned or host_has("avx2"))
+    got_host = compiler.run_local(compiler.build(for_host, target), [x.numpy()])[0]
+    assert 0 < rel_err(got_host, want) < 0.05
+
+def test_strategy_choice():
+    n1, a72 = get_profile("neoverse-n1"), get_profile("cortex-a72")
+    assert strategies.resolve("auto", n1) == "int8"  # sdot
+    assert strategies.resolve("auto", a72) == "int8"  # the widening kernel
+    assert strategies.resolve("exact", a72) == "exact"
+    host = get_profile("x86")  # VNNI where this host has it
+    assert (strategies.resolve("auto", host) == "int8") == \
+        kint8.unsigned_input(host)
+    assert strategies.resolve("lut", n1) == "lut"  # asked for: never chosen by auto
+    with pytest.raises(UserError, match=r"'fast'.*auto, exact, int8, int8-full, lut"):
+        strategies.resolve("fast", n1)
+
+def test_int8_on_a_core_without_sdot_takes_the_widening_kernel():
+    """For cortex-a72 (no dotprod) the int8 convs are the widening kernel (16 input channels
+    at a time) behind a depth-16 quantize and decode; layers with too few input channels for
+    it stay exact (the generic int8 kernel is slower than FP32 there) and say so. Built for
+    this host, the same module runs the kernels' plain vector form."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    a72 = get_profile("cortex-a72")
+    lowered = compiler.lower(imported, 4, strategy="int8", profile=a72)
+    recs = {r.name: r for r in lowered.records}
+    # 8 input channels: the codebook layer stays exact, the float32 first conv FP32
+    assert recs["ds.weight"].strategy == "exact" and "16 at a time" in recs["ds.weight"].reason
+    assert recs["c1.weight"].strategy is None
+    assert recs["c1.weight"].fp32_kernel.startswith("fp32_conv2d_")
+    for name in ("c2.weight", "c3.weight", "c4.weight"):
+        assert recs[name].strategy == "int8" and recs[name].kernel.startswith("q8l_conv2d_")
+    assert recs["c2.weight"].epilogue == "batch_norm+add+relu"
+    called = [f for op, f in main_calls(lowered.mod) if op == "call_tir"]
+    quants = [json.loads(str(f.attrs[SPEC_ATTR])) for f in called
+              if str(f.attrs[KERNEL_ATTR]) == "q8_quant"]
+    assert len(quants) == 3 and all(q["depth"] == 16 for q in quants)
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
+                               [x.numpy()])[0]
+    assert 0 < rel_err(got, exact) < 0.05
+
+def test_int8_full_keeps_8_bit_weights_on_a_core_without_sdot():
+    """``int8-full`` on cortex-a72: the widening kernel with 8-bit weights (``_w127``, its
+    codebook to +-127), closer to exact than ``int8``'s 7-bit weights; on neoverse-n1 it is
+    ``int8`` (sdot keeps 8 bits anyway)."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    a72, n1, host = (get_profile(t) for t in ("cortex-a72", "neoverse-n1", "x86"))
+    assert strategies.resolve("int8-full", a72) == "int8-full"
+    outs = {}
+    for strategy in ("exact", "int8", "int8-full"):
+        lowered = compiler.lower(imported, 4, strategy=strategy, profile=a72)
+        c3 = next(r for r in lowered.records if r.name == "c3.weight")
+        if strategy != "exact":
+            assert c3.strategy == "int8"
+            assert c3.kernel.endswith("_w127") == (strategy == "int8-full")
+            codebooks = [v for v in (c.value.numpy() for c in main_consts(lowered.mod))
+                         if v.dtype == np.int8 and v.size == 16]
+            assert max(int(np.abs(q).max()) for q in codebooks) == (
+                127 if strategy == "int8-full" else 63)
+        outs[strategy] = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    assert 0 < rel_err(outs["int8-full"], outs["exact"]) < rel_err(outs["int8"], outs["exact"])
+    full_n1 = compiler.lower(imported, 4, strategy="int8-full", profile=n1)
+    int8_n1 = compiler.lower(imported, 4, strategy="int8", profile=n1)
+    assert [r.kernel for r in full_n1.records] == [r.kernel for r in int8_n1.records]

@@ -1,0 +1,50 @@
+"""Strategies as data: what ``auto`` picks on each core (from its capabilities, never from a
+schedule file), and the GEMV candidates each strategy tries in order."""
+
+import pytest
+
+from dgms_tvm import strategies, targets
+from dgms_tvm.errors import UserError
+
+
+class _Core:
+    """A profile with the capabilities given (what ``auto`` reads of a profile)."""
+
+    def __init__(self, *caps):
+        self.caps = set(caps)
+
+    def has(self, cap):
+        return cap in self.caps
+
+
+@pytest.mark.parametrize("caps,want", [
+    (("neon", "dotprod"), "int8"),  # sdot
+    (("neon",), "int8"),  # the widening kernel
+    (("avx2", "avx512", "vnni"), "int8"),  # vpdpbusd
+    (("avx2", "avx512"), "exact"),  # AVX-512 without VNNI: the int8 kernel has no edge
+    (("avx2",), "exact"),
+    ((), "exact"),
+])
+def test_auto_follows_the_capabilities(caps, want):
+    assert strategies.resolve("auto", _Core(*caps)) == want
+
+
+def test_every_profile_resolves_and_asked_strategies_stay():
+    for name in targets.PROFILES:
+        p = targets.get_profile(name)
+        assert strategies.resolve("auto", p) == ("int8" if p.is_arm or p.vnni else "exact")
+        for s in strategies.STRATEGIES[1:]:
+            assert strategies.resolve(s, p) == s
+
+
+def test_an_unknown_strategy_is_one_line():
+    with pytest.raises(UserError, match=r"^unknown strategy 'fast' \(choose from auto, exact"):
+        strategies.check("fast")
+
+
+def test_gemv_candidates():
+    assert strategies.gemv_candidates("int8-full", True) == strategies.GEMV["int8"]
+    assert strategies.gemv_candidates("exact", False) == (("fp32", ""),)
+    assert strategies.gemv_candidates("lut", True)[0] == ("lut", "")
+    # the lut kernel stands in for exact where the exact GEMV's AVX-512 is missing
+    assert ("lut", "tbl") in strategies.gemv_candidates("exact", True)
