@@ -41,7 +41,7 @@ def main(argv=None):
     if args.rounds < 1:
         raise UserError("--rounds must be at least 1")
     res = gemv_kernels.run(args.shape or [(4096, 4096), (16384, 4096)], args.bits,
-                         args.rounds, args.trials)
+                           args.rounds, args.trials)
     print(gemv_kernels.format_report(res))
     if args.json:
         args.json.write_text(json.dumps(res, indent=2) + "\n")

@@ -32,7 +32,7 @@ def main(argv=None):
     from dgms_tvm.bench import on_host
 
     rep = on_host.compare(args.model, args.bits, args.repeat, args.number,
-                              tuning_logs=logs_root(args.tuning_logs))
+                          tuning_logs=logs_root(args.tuning_logs))
     print(on_host.format_report(rep))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")

@@ -51,7 +51,7 @@ def main(argv=None):
     # Every argument is checked before any device starts (that takes a minute).
     emulated = not args.tracker
     on_device.check_args(args.model, args.bits, args.target, args.output, args.repeat,
-                            args.number, emulated)
+                         args.number, emulated)
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     with contextlib.ExitStack() as stack:
         counting = False
@@ -65,11 +65,11 @@ def main(argv=None):
         else:
             tracker = client.Tracker(*client.parse_tracker(args.tracker))
         rep = on_device.run(args.model, args.bits, args.target, tracker, args.key,
-                               args.output, args.repeat, args.number, emulated=emulated,
-                               counting=counting, peers=not args.no_peers,
-                               per_layer=not args.no_per_layer,
-                               tuning_logs=logs_root(args.tuning_logs),
-                               strategy=args.strategy)
+                            args.output, args.repeat, args.number, emulated=emulated,
+                            counting=counting, peers=not args.no_peers,
+                            per_layer=not args.no_per_layer,
+                            tuning_logs=logs_root(args.tuning_logs),
+                            strategy=args.strategy)
     print(report.format_markdown(rep))
     print(f"report: {args.output}/report.md, report.json, report.png")
 

@@ -86,19 +86,19 @@ def main(argv=None):
             workers = max(1, tracker.free(key))
         loaded = pipeline.load_model(args.model, args.bits, args.seed)
         m = tuner.make_measure(profile, measure, tracker, key, workers,
-                                cache_dir() / "tuning")
+                               cache_dir() / "tuning")
         if args.remeasure:
             log(f"re-measuring the {args.model} {args.bits}-bit logs for {profile.name} by "
                 f"{m.name} on {m.device}, {args.remeasure} rounds")
             rows = remeasure.remeasure(loaded, args.model, args.bits, profile, m,
-                                              args.tuning_logs, args.remeasure, log=log)
+                                       args.tuning_logs, args.remeasure, log=log)
             print(f"{len(rows)} tasks re-measured: {folder}")
             return
         log(f"tuning {args.model} {args.bits}-bit and FP32 for {profile.name}, {args.trials} "
             f"trials, measured by {m.name} on {m.device}")
         run = driver.tune(loaded, args.model, args.bits, profile, args.trials, m,
-                              args.tuning_logs, per_iter=args.per_iter, seed=args.seed,
-                              log=log, strategy=args.strategy)
+                          args.tuning_logs, per_iter=args.per_iter, seed=args.seed,
+                          log=log, strategy=args.strategy)
     print(f"{run['total_trials']} trials run ({args.trials} requested, {run['seconds']:.0f} s "
           f"of tuning in all) into {folder}")
 

@@ -83,8 +83,8 @@ def tune(loaded, model: str, bits: int | None, profile, trials: int, measure, lo
             hand = None
             if budget:
                 done, costs, hand = tuner.tune_task(db, task, base + budget, target, knobs,
-                                                     measure, Path(work), per_iter, seed,
-                                                     profile.num_cores)
+                                                    measure, Path(work), per_iter, seed,
+                                                    profile.num_cores)
             hand = hand if hand is not None else earlier.get(task.name, {}).get("hand")
             ran = max(0, done - base)
             if budget:

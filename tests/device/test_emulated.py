@@ -374,7 +374,7 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
 
     tracker, _ = device
     rep = on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=3,
-                           strategy="exact")
+                        strategy="exact")
     files = {p.name for p in tmp_path.iterdir()}
     assert {"report.json", "report.md", "report.png", "fp32", "dgms-w4"} <= files
     doc = json.loads((tmp_path / "report.json").read_text())
@@ -434,7 +434,7 @@ def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeyp
 
     monkeypatch.setattr(on_device, "_model_job", dying)
     rep = on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
-                           peers=False, per_layer=False, strategy="exact")
+                        peers=False, per_layer=False, strategy="exact")
     assert killed and rep["max_rel_err_vs_fp32"] < 1e-4
     assert all(r["minstr"] > 0 for r in rep["rows"])
     manager.wait_for_devices(tracker, CPU, 2, timeout=180)
@@ -451,7 +451,7 @@ def test_bench_gives_a_clear_error_when_the_retry_fails_too(device, tmp_path, mo
     monkeypatch.setattr(on_device, "_model_job", broken)
     with pytest.raises(UserError, match="failed twice on devices under key"):
         on_device.run("digitnet", 4, CPU, tracker, None, tmp_path, repeat=1,
-                         peers=False, per_layer=False)
+                      peers=False, per_layer=False)
     manager.wait_for_devices(tracker, CPU, 2, timeout=60)  # sessions given back
 
 
@@ -511,7 +511,7 @@ def test_tuning_through_the_tracker_by_instruction_counts(device, tmp_path, rng)
     db = tuning_db.open_database(tmp_path / "logs", create=True)
     measure = tuner.make_measure(profile, "instructions", tracker, CPU, 2, tmp_path / "w")
     done, costs, hand = tuner.tune_task(db, dense_task(spec), 4, profile.tvm_target(),
-                                         load_knobs(CPU), measure, tmp_path, per_iter=3)
+                                        load_knobs(CPU), measure, tmp_path, per_iter=3)
     assert done == 4 and hand is not None and costs[0] <= hand
     # run_secs hold 1e-9 per instruction: a 1x32x64 kernel is thousands of instructions.
     assert all(1e-6 < c < 1e-2 for c in costs)

@@ -272,7 +272,7 @@ def test_bench_gemv_small_shape():
     from dgms_tvm.bench import gemv_kernels
 
     res = gemv_kernels.run([(64, 128)], bits=4, rounds=1, trials=0, log=lambda m: None,
-                         bandwidth_bytes=1 << 22)
+                           bandwidth_bytes=1 << 22)
     labels = [r["label"] for r in res["shapes"][0]["rows"]]
     dgms = [f"DGMS 4-bit {a}" + (f" ({f})" if f else "")
             for a, f in (("exact", ""), ("int8", ""), ("int8", "avx2"), ("lut", ""))

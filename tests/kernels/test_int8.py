@@ -304,7 +304,7 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
                                 int8_quant.QuantSpec(1, 3, 15, 15, (2, 1, 2, 0)),
                                 int8_quant.QuantSpec(1, 3, 12, 12, (3, 3, 2, 2), phases=2),
                                 int8_quant.QuantSpec(1, 8, 6, 6, (1, 1, 1, 1), phases=3,
-                                               offset=128),
+                                                     offset=128),
                                 int8_quant.QuantSpec(2, 6, 7, 7),
                                 int8_quant.QuantSpec(1, 8, 7, 7, (1, 1, 1, 1), extra=1),
                                 int8_quant.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2),

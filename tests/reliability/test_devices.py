@@ -308,10 +308,10 @@ def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
     profile = get_profile(CPU)
     db = tuning_db.open_database(tmp_path / "logs", create=True)
     measure = tuner.make_measure(profile, "time", Tracker(*parse_tracker(tracker)), key, 1,
-                                  tmp_path / "work")
+                                 tmp_path / "work")
     assert measure.name == "time" and key in measure.device
     done, costs, hand = tuner.tune_task(db, dense_task(dense.DenseSpec(1, 32, 64, bits=4)), 2,
-                                         profile.tvm_target(), load_knobs(CPU), measure,
-                                         tmp_path, per_iter=2)
+                                        profile.tvm_target(), load_knobs(CPU), measure,
+                                        tmp_path, per_iter=2)
     # Records in seconds of the device's time_evaluator (a 1x32x64 kernel: microseconds).
     assert done == 2 and hand is not None and costs and all(1e-7 < c < 0.1 for c in costs)

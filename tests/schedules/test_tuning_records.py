@@ -143,7 +143,7 @@ def test_records_of_two_measures_are_not_mixed(tmp_path):
     m = tuner.Measure("instructions", None, None, "fake")
     with pytest.raises(UserError, match="measured by time"):
         driver.tune(None, "digitnet", 4, get_profile("x86"), 8, m, tmp_path / "logs",
-                        log=lambda _: None)
+                    log=lambda _: None)
 
 
 # --- runs.json: atomic, and a torn one does not stop a resume ---------------------------------
@@ -172,7 +172,7 @@ def test_torn_runs_file_warns_and_resumes_from_the_database(tmp_path, monkeypatc
                                                                                 None))
     logs = []
     run = driver.tune(None, "digitnet", 4, profile, 8, tuner.make_measure(profile, "time"),
-                          tmp_path, per_iter=4, log=logs.append)
+                      tmp_path, per_iter=4, log=logs.append)
     assert any("torn" in m for m in logs)
     assert (folder / (tuning_db.RUNS + ".torn")).exists()  # set aside, not lost
     # rebuilt from the database: its 3 records count as done, 5 more make the budget of 8
@@ -191,8 +191,8 @@ def test_a_new_run_adds_its_budget_to_records_of_earlier_runs(tmp_path, monkeypa
                         lambda db, t, budget, *a, **k: calls.append(budget) or (budget, [1e-3],
                                                                                 None))
     run = driver.tune(None, "resnet18", 4, profile, 8,
-                          tuner.make_measure(profile, "time"), tmp_path, per_iter=4,
-                          log=lambda _: None)
+                      tuner.make_measure(profile, "time"), tmp_path, per_iter=4,
+                      log=lambda _: None)
     assert calls == [3 + 8] and run["tasks"][0] | {"base": 3, "trials": 8} == run["tasks"][0]
 
 
@@ -226,8 +226,8 @@ def tiny_run(small, tmp_path_factory):
         profile = get_profile("x86")
         notes = []
         run = driver.tune(small, "small", None, profile, 3,
-                              tuner.make_measure(profile, "time"), logs, per_iter=3,
-                              log=notes.append, strategy="exact")
+                          tuner.make_measure(profile, "time"), logs, per_iter=3,
+                          log=notes.append, strategy="exact")
         left = sorted(p.name for p in private.iterdir())
     finally:
         mp.undo()

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 def dense_task(spec=SPEC) -> tuner.Task:
     func = dense.compute(spec)
     return tuner.Task(spec.name, func, 1, 2.0 * spec.m * spec.n * spec.k, ["DGMS 4-bit"],
-                       dense.FAMILY)
+                      dense.FAMILY)
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,8 @@ def tuned(tmp_path_factory):
     db = tuning_db.open_database(folder, create=True)
     measure = tuner.make_measure(profile, "time")
     done, costs, hand = tuner.tune_task(db, dense_task(), 4, profile.tvm_target(),
-                                         load_knobs("x86"), measure,
-                                         tmp_path_factory.mktemp("work"), per_iter=4)
+                                        load_knobs("x86"), measure,
+                                        tmp_path_factory.mktemp("work"), per_iter=4)
     return folder, done, costs, hand
 
 
@@ -86,7 +86,7 @@ from tests.test_tuning import dense_task
 p = get_profile("x86")
 db = tuning_db.open_database(Path(sys.argv[1]), create=True)
 tuner.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
-                 tuner.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
+                tuner.make_measure(p, "time"), Path(sys.argv[2]), per_iter=4)
 """
 
 
@@ -113,8 +113,8 @@ def test_killed_run_leaves_a_loadable_database_and_resumes(tmp_path):
     assert 5 <= done < 64 and costs
     profile = get_profile("x86")
     done2, _, hand = tuner.tune_task(db, dense_task(), done + 4, profile.tvm_target(),
-                                      load_knobs("x86"), tuner.make_measure(profile, "time"),
-                                      work, per_iter=4)
+                                     load_knobs("x86"), tuner.make_measure(profile, "time"),
+                                     work, per_iter=4)
     assert done2 == done + 4  # resumed: four more trials, not a fresh start
     assert hand is None  # the hand schedule was measured by the first run already
 
@@ -216,8 +216,8 @@ def test_other_kernels_are_tuned_against_tvms_default(tmp_path):
     profile = get_profile("x86")
     db = tuning_db.open_database(tmp_path / "logs", create=True)
     done, costs, base = tuner.tune_task(db, task, 3, profile.tvm_target(), load_knobs("x86"),
-                                         tuner.make_measure(profile, "time"), tmp_path,
-                                         per_iter=2)
+                                        tuner.make_measure(profile, "time"), tmp_path,
+                                        per_iter=2)
     assert base is not None and done >= 1 and costs[0] <= base
     mod, how = apply_records.apply_database(tvm.IRModule({"r": func}), db,
                                             profile.tvm_target(), load_knobs("x86"))
@@ -245,8 +245,8 @@ def test_resumed_run_keeps_the_baselines_measured_before(tmp_path, monkeypatch):
     monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
     monkeypatch.setattr(tuner, "tune_task", lambda *a, **k: (8, [1e-3], None))
     meta = driver.tune(None, "digitnet", 4, profile, 8,
-                           tuner.make_measure(profile, "time"), tmp_path, log=lambda m: None,
-                           strategy="exact")
+                       tuner.make_measure(profile, "time"), tmp_path, log=lambda m: None,
+                       strategy="exact")
     assert meta["tasks"][0]["hand"] == 2.5e-3 and meta["seconds"] >= 5.0
     (entry,) = json.loads((folder / tuning_db.RUNS).read_text())  # resumed, not a new run
     assert entry["tasks"][0]["hand"] == 2.5e-3 and entry["finished"]
@@ -353,8 +353,8 @@ def test_remeasure_keeps_the_baseline_and_best_with_new_figures(tuned, tmp_path,
     monkeypatch.setattr(tuner, "extract_tasks", lambda *a: [task])
     profile = get_profile("x86")
     rows = remeasure.remeasure(None, "digitnet", 4, profile,
-                                      tuner.make_measure(profile, "time"), tmp_path, rounds=2,
-                                      log=lambda m: None)
+                               tuner.make_measure(profile, "time"), tmp_path, rounds=2,
+                               log=lambda m: None)
     assert len(rows) == 1 and rows[0]["hand"] > 1e-7 and rows[0]["best"] > 1e-7
     db = tuning_db.open_database(folder)
     secs = [float(np.mean([float(s) for s in r.run_secs])) for r in db.get_all_tuning_records()]
