@@ -1,6 +1,7 @@
 """The ``dgms-tvm`` console command and the script shims that run the same subcommands."""
 
 import importlib.util
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -56,3 +57,17 @@ def test_each_script_is_a_shim_of_its_subcommand(name):
     spec.loader.exec_module(shim)
     assert shim.main is importlib.import_module(f"dgms_tvm.commands.{name}").main
     assert len((ROOT / "scripts" / f"{name}.py").read_text().splitlines()) < 20
+
+
+def test_code_fingerprint_is_the_same_for_the_same_build(tmp_path):
+    """scripts/code_fingerprint.py, the check of a structural change: two runs of one
+    checkout agree, and an FP32 build differs from the DGMS one."""
+    outs = []
+    for i in range(2):
+        res = _run(sys.executable, "scripts/code_fingerprint.py", "--models", "digitnet",
+                   "--targets", "x86", "--strategies", "exact", "--json",
+                   str(tmp_path / f"{i}.json"))
+        assert res.returncode == 0, res.stderr
+        outs.append(json.loads((tmp_path / f"{i}.json").read_text()))
+    assert outs[0] == outs[1] and set(outs[0]) == {"digitnet x86 exact", "digitnet x86 FP32"}
+    assert outs[0]["digitnet x86 exact"]["code"] != outs[0]["digitnet x86 FP32"]["code"]

@@ -32,7 +32,10 @@ def main(argv: list[str] | None = None) -> int:
 
     argv = sys.argv[1:] if argv is None else list(argv)
     if not argv or argv[0] in ("-h", "--help"):
-        print(usage(), file=sys.stdout if argv else sys.stderr)
+        try:
+            print(usage(), file=sys.stdout if argv else sys.stderr, flush=True)
+        except BrokenPipeError:  # (``| head``)
+            return 141
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     if name not in COMMANDS:
