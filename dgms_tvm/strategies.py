@@ -44,6 +44,41 @@ GEMV = {
 }
 
 
+#: Conv2d layers: strategy -> the kernel families it tries in order (``int8``: the int8 conv
+#: of the core, :data:`INT8_CONV`). The first whose ``supports`` takes the layer wins; an
+#: int8 layer that lands on a later (exact) one keeps the int8 conv's reason in its record.
+#: ``lut`` has no conv kernel: its convs are exact.
+CONV2D = {
+    "exact": ("dw_conv2d", "cb_conv2d"),
+    "lut": ("dw_conv2d", "cb_conv2d"),
+    "int8": ("int8", "dw_conv2d", "cb_conv2d"),
+    "int8-full": ("int8", "dw_conv2d", "cb_conv2d"),
+}
+
+#: The int8 conv of a core: the first rule whose capability it has. Aarch64 cores without
+#: ``sdot`` take the widening kernel (the generic int8 conv is slower than FP32 there:
+#: docs/kernels.md); ``sdot`` and x86 VNNI cores the 4x4x4 micro-kernel, others its
+#: generic vector form.
+INT8_CONV = (
+    ("dotprod", "q8_conv2d"),
+    ("neon", "q8l_conv2d"),
+    (None, "q8_conv2d"),
+)
+
+
+def int8_conv(profile) -> str:
+    """The int8 conv family for ``profile``'s core (the generic one without a profile)."""
+    if profile is None:
+        return "q8_conv2d"
+    return next(f for cap, f in INT8_CONV if cap is None or profile.has(cap))
+
+
+def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
+    """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
+    fams = CONV2D["int8" if is_int8(strategy) else strategy if strategy in CONV2D else "exact"]
+    return tuple(int8_conv(profile) if f == "int8" else f for f in fams)
+
+
 def check(requested: str) -> None:
     """Refuse a value that is no strategy (one line, listing the choices)."""
     if requested not in STRATEGIES:

@@ -40,10 +40,11 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from .common import as_kernel, span, splat
+from .common import FP32_WEIGHT, as_kernel, span, splat
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
+from .int8_decode import DecodeSpec
 from .int8_quant import QuantSpec
 from .protocol import KernelFamily, Spec
 
@@ -72,6 +73,16 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
         return (f"{c} input channels (the widening int8 conv sums 16 at a time: padding to "
                 f"{padded} adds more than a third)")
     return ""
+
+
+def takes(spec: Conv2dSpec, profile=None) -> str:
+    """:func:`supports`, and for a codebook layer whether the decode kernel reads its width
+    (the layer's weights reach this kernel decoded 16 at a time): the family's
+    ``supports``."""
+    why = supports(spec, profile)
+    if not why and spec.bits != FP32_WEIGHT and not DecodeSpec.of(spec, DEPTH).supported():
+        why = f"{spec.bits}-bit indices (the widening int8 conv decodes 1, 2 or 4 bits)"
+    return why
 
 
 @dataclasses.dataclass(frozen=True)
@@ -304,12 +315,6 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp"))
 
 
-def wanted(profile) -> bool:
-    """Whether int8 convs for ``profile``'s core take this kernel: aarch64 cores without the
-    dot-product instruction (elsewhere ``sdot`` or x86's VNNI, or the generic int8 kernel)."""
-    return profile is not None and profile.is_arm and not profile.dotprod
-
-
 #: Written already scheduled; its one choice (``pairwise``) follows from the core, so it has
 #: no knobs in the schedule files.
-KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, supports)
+KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes)

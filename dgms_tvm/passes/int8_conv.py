@@ -18,15 +18,16 @@ from ..kernels.epilogue import Epilogue
 class Int8ConvLowering:
     """Mixin of the rewriter (:mod:`.lower_codebook`)."""
 
-    def _int8_conv2d(self, x, cw, value, spec, rec, out_ty):
+    def _int8_conv2d(self, x, cw, value, spec, rec, out_ty, family):
         """Quantize the input, decode the weight (kernels of their own where they can), then the
-        int8 conv (see kernels.int8). A layer that is no codebook (``cw`` None: the stem) gets
-        its float32 weight quantized per output channel, tiled in the conv's order at compile
-        time. With an epilogue (the BatchNorm, add, relu after it) the three calls are made
-        where that chain ends, so that a layer's kernels stay together in ``main``."""
+        int8 conv ``family`` (the core's: see kernels.int8 and kernels.int8_long). A
+        layer that is no codebook (``cw`` None: the stem) gets its float32 weight
+        quantized per output channel, tiled in the conv's order at compile time. With an
+        epilogue (the BatchNorm, add, relu after it) the three calls are made where that
+        chain ends, so that a layer's kernels stay together in ``main``."""
         rec.strategy = "int8"
-        # cores without sdot: the widening kernel, which reads 16 input channels at a time
-        depth = 16 if klong.wanted(self.policy.profile) else 4
+        # the widening kernel (cores without sdot) reads 16 input channels at a time
+        depth = klong.DEPTH if family == klong.FAMILY else 4
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kdecode.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.profile)
@@ -101,17 +102,6 @@ class Int8ConvLowering:
         """The widening kernel's spec: 7-bit weights, or 8-bit ones for ``int8-full``."""
         return klong.LongSpec(spec, ep or Epilogue(), limit=(
             127 if self.policy.strategy == "int8-full" else klong.WEIGHT_LIMIT))
-
-    def _long_supports(self, spec, cw) -> str:
-        """On cores without sdot, why the widening int8 kernel cannot take ``spec`` (empty
-        if it can): the generic int8 kernel is no match for FP32 arithmetic there
-        (docs/kernels.md), so such layers stay exact."""
-        if not klong.wanted(self.policy.profile):
-            return ""
-        why = klong.supports(spec)
-        if not why and cw is not None and not kdecode.DecodeSpec.of(spec, 16).supported():
-            why = f"{spec.bits}-bit indices (the widening int8 conv decodes 1, 2 or 4 bits)"
-        return why
 
     def _int8_kernel(self, spec, predecoded, unsigned, ep, kname, depth=4):
         if kname not in self.kernels:

@@ -26,11 +26,11 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .. import interrupt
+from .. import interrupt, strategies
 from ..detect import NotACodebook, find_codebook
+from ..kernels import FAMILIES
 from ..kernels import conv2d as kconv
 from ..kernels import depthwise as kdw
-from ..kernels import int8 as kint8
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
 from .epilogue import EpilogueMatcher
@@ -216,18 +216,29 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering, EpilogueMatcher)
             rec.strategy = "exact"
         if self.policy.strategy == "lut" and cw is not None:
             rec.reason = "exact: no lut conv2d kernel (lut covers batch-1 dense layers)"
-        if not kdw.supports(spec):
-            if self._int8 and cw is not None:
-                rec.reason = f"exact: {kint8.supports(spec)}"
+        family, why = self._choose(spec)
+        if why and cw is not None and self._int8:  # the int8 conv could not take it
+            rec.reason = f"exact: {why}"
+        if family == kdw.FAMILY:
             return self._depthwise(x, cw, value, spec, rec, out_ty)
-        if self._int8 and self.policy.codebooks:
-            why = kint8.supports(spec) or self._long_supports(spec, cw)
-            if not why:
-                return self._int8_conv2d(x, cw, value, spec, rec, out_ty)
-            if cw is not None:
-                rec.reason = f"exact: {why}"
+        if family != kconv.FAMILY:
+            return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)
         return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
+
+    def _choose(self, spec) -> tuple[str, str]:
+        """(the family of the first candidate of the strategy that takes ``spec`` on the
+        build's core, the reason the first candidate gave when it is not that one): the
+        candidates are data (:data:`dgms_tvm.strategies.CONV2D`), what takes a layer is each
+        family's ``supports``. The FP32 build's convs are exact whatever the strategy."""
+        strategy = self.policy.strategy if self.policy.codebooks else "exact"
+        first = ""
+        for family in strategies.conv2d_candidates(strategy, self.policy.profile):
+            why = FAMILIES[family].supports(spec, self.policy.profile)
+            if not why:
+                return family, first
+            first = first or why
+        raise AssertionError(f"no kernel takes {spec.name}")  # cb_conv2d takes any conv
 
     def _depthwise(self, x, cw, value, spec, rec, out_ty):
         """A depthwise conv (any strategy, FP32 arithmetic: see kernels.depthwise) with the

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
+from dgms_tvm import strategies
 from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_long, int8_quant
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.kernels.epilogue import Epilogue
@@ -112,8 +113,10 @@ def test_layers_the_widening_kernel_does_not_take():
     assert "groups" in int8_long.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
     assert "output channels" in int8_long.supports(S(1, 16, 8, 8, 6, (1, 1)))
     a72, n1 = (get_profile(t) for t in ("cortex-a72", "neoverse-n1"))
-    assert int8_long.wanted(a72) and not int8_long.wanted(n1)
-    assert not int8_long.wanted(get_profile("x86"))
+    assert strategies.int8_conv(a72) == int8_long.FAMILY
+    assert strategies.int8_conv(n1) == strategies.int8_conv(get_profile("x86")) == "q8_conv2d"
+    assert "4-bit" not in int8_long.takes(S(1, 32, 8, 8, 16, (1, 1), bits=4))
+    assert "3-bit indices" in int8_long.takes(S(1, 32, 8, 8, 16, (1, 1), bits=3))
 
 
 def test_widening_int8_conv_builds_to_long_multiplies_on_aarch64():
