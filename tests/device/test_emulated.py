@@ -503,7 +503,7 @@ def test_tuning_through_the_tracker_by_instruction_counts(device, tmp_path, rng)
     devices as runners); the applied kernel runs on the device and matches the oracle."""
     from dgms_tvm.schedules import apply_records, tuning_db
     from dgms_tvm.tune import tuner
-    from tests.test_tuning import dense_task
+    from tests.tune.test_tuner import dense_task
 
     tracker, _ = device
     profile = get_profile(CPU)

@@ -303,7 +303,7 @@ def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
     from dgms_tvm.schedules import load_knobs, tuning_db
     from dgms_tvm.targets import get_profile
     from dgms_tvm.tune import tuner
-    from tests.test_tuning import dense_task
+    from tests.tune.test_tuner import dense_task
 
     profile = get_profile(CPU)
     db = tuning_db.open_database(tmp_path / "logs", create=True)

@@ -82,7 +82,7 @@ from dgms_tvm.tune import tuner
 from dgms_tvm.schedules import tuning_db
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
-from tests.test_tuning import dense_task
+from tests.tune.test_tuner import dense_task
 p = get_profile("x86")
 db = tuning_db.open_database(Path(sys.argv[1]), create=True)
 tuner.tune_task(db, dense_task(), 64, p.tvm_target(), load_knobs("x86"),
