@@ -95,7 +95,7 @@ def _cycle() -> list[str] | None:
 def test_the_import_graph_is_read():
     # (the checks below are only as good as the graph: it holds the known edges)
     assert "schedules.hand" in GRAPH["compiler"]
-    assert "kernels.int8" in GRAPH["passes.lower_codebook"]
+    assert "kernels.int8" in GRAPH["passes.int8_conv"]
     assert "tune.tuner" in GRAPH["tune.driver"] and "device.insn" in GRAPH["tune.tuner"]
 
 
