@@ -115,9 +115,6 @@ class TargetProfile:
         """AVX-512 VNNI with BW: ``vpdpbusd``, 64 u8 x s8 multiply-adds per instruction."""
         return self.has("vnni")
 
-    @property
-    def has_dotprod(self) -> bool:
-        return self.dotprod
 
     def tvm_target(self):
         """The ``tvm.target.Target``.

@@ -15,7 +15,7 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
                               "q8l_conv2d", "q8_quant", "q8_decode"}
         # The int8 strategy's sdot schedule exactly where the core has dotprod; the widening
         # kernel's NEON pairwise add on every ARM core.
-        assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.has_dotprod
+        assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.dotprod
         assert (knobs["q8l_conv2d"].get("pairwise") == "sadalp") == p.is_arm
 
 
@@ -25,7 +25,7 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
 def test_arm_profiles(name, dotprod):
     p = targets.get_profile(name)
     assert p.is_arm and p.triple == "aarch64-linux-gnu" and "+neon" in p.mattr
-    assert p.has_dotprod == dotprod
+    assert p.dotprod == dotprod
     assert bool(p.tvm_target().attrs["feature.has_dotprod"]) == dotprod
     assert p.qemu_cpu == name
 

@@ -77,7 +77,7 @@ def cpu_prefix(profile, folder: Path) -> Path:
         link = prefix / d
         if not link.is_symlink():
             link.symlink_to(sysroot.root / d)
-    features = _V82 if profile.has_dotprod else _V80
+    features = _V82 if profile.dotprod else _V80
     text = "".join(f"processor\t: {i}\nBogoMIPS\t: 100.00\nFeatures\t: {features}\n"
                    f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
                    f"CPU part\t: {_PART.get(profile.name, '0xd08')}\nCPU revision\t: 0\n\n"
