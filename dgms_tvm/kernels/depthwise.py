@@ -41,7 +41,7 @@ from .common import (
 )
 from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
-from .protocol import KernelFamily, Spec
+from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "dw_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -275,5 +275,13 @@ def reference(spec: DepthwiseSpec, x, weight, m=None, b=None) -> np.ndarray:
 
 
 #: Written already scheduled (no blocks: no tuning space); its knobs: ``lanes``, ``rows``.
+def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
+    """(name, kernel) of the depthwise conv ``func`` made again with ``epilogue``'s
+    activation (its BatchNorm / bias fold into ``M`` / ``W`` and ``B``)."""
+    spec = dataclasses.replace(DepthwiseSpec.from_func(func), act=epilogue.act)
+    return spec.name, compute(spec)
+
+
 KERNEL = KernelFamily(FAMILY, DepthwiseSpec, compute, schedule, reference, supports,
-                      knobs=True)
+                      knobs=True, fusion=Fusion(with_epilogue, scale=("M", "W"), shift="B",
+                                                residual=False))

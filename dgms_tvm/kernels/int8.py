@@ -27,7 +27,7 @@ from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .epilogue import Epilogue
 from .int8_quant import QuantSpec, padded_out_w, quantize_input
-from .protocol import KernelFamily
+from .protocol import Fusion, KernelFamily
 
 FAMILY = "q8_conv2d"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
@@ -293,6 +293,14 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     del sample
 
 
+def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
+    """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
+    spec = Conv2dSpec.from_func(func)
+    pre, uns = (bool(int(func.attrs[a])) for a in (PREDECODED_ATTR, UNSIGNED_ATTR))
+    return (name(spec, predecoded=pre, unsigned=uns, epilogue=epilogue),
+            compute(spec, predecoded=pre, unsigned=uns, epilogue=epilogue))
+
+
 #: No sampled design space yet: tuning leaves the int8 conv to its hand schedule.
 KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, reference, supports, apply=apply,
-                      knobs=True)
+                      knobs=True, fusion=Fusion(with_epilogue, scale=("D",)))

@@ -152,4 +152,4 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 #: Written as loops (no blocks for MetaSchedule); its lookup instruction follows from the core
 #: (:func:`dgms_tvm.schedules.capability_knobs`), so no knobs.
-KERNEL = KernelFamily(FAMILY, DecodeSpec, compute, schedule, reference)
+KERNEL = KernelFamily(FAMILY, DecodeSpec, compute, schedule, reference, operand=True)

@@ -46,7 +46,7 @@ from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
 from .int8_quant import QuantSpec
-from .protocol import KernelFamily, Spec
+from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -317,4 +317,11 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 #: Written already scheduled; its one choice (``pairwise``) follows from the core, so it has
 #: no knobs in the schedule files.
-KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes)
+def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
+    """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
+    spec = dataclasses.replace(LongSpec.from_func(func), epilogue=epilogue)
+    return spec.name, compute(spec)
+
+
+KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes,
+                      fusion=Fusion(with_epilogue, scale=("D",)))

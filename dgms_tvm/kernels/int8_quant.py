@@ -333,4 +333,5 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
 
 
 #: Hand-scheduled only (no sampled design space), no knobs.
-KERNEL = KernelFamily(FAMILY, QuantSpec, compute, schedule, reference, apply=apply)
+KERNEL = KernelFamily(FAMILY, QuantSpec, compute, schedule, reference, apply=apply,
+                      operand=True)

@@ -56,6 +56,32 @@ def _no_layer(spec, profile) -> str:
 
 
 @dataclasses.dataclass(frozen=True)
+class Fusion:
+    """How a conv family takes the ops after it as its epilogue (the pass of
+    :mod:`dgms_tvm.passes.epilogue` folds them in).
+
+    Attributes
+    ----------
+    make : callable
+        ``make(func, epilogue) -> (name, PrimFunc)``: the kernel ``func`` (made without an
+        epilogue) made again with ``epilogue`` (a :class:`~.epilogue.Epilogue`).
+    scale : tuple of str
+        The operand, by buffer name (the first one the kernel has), its outputs are scaled
+        by per output channel along its first axis: a folded BatchNorm's scale goes there.
+    shift : str
+        The operand holding a per-channel shift already (its outputs' ``B``), or ``""``:
+        then the shift is appended when the epilogue has a bias.
+    residual : bool
+        Whether it can add a residual (appended last).
+    """
+
+    make: Callable
+    scale: tuple[str, ...]
+    shift: str = ""
+    residual: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
 class KernelFamily:
     """One kernel family.
 
@@ -85,6 +111,11 @@ class KernelFamily:
         others keep their hand schedule.
     knobs : bool
         Whether every schedule file must hold its knob section.
+    fusion : Fusion or None
+        How it takes the ops after it (a conv's epilogue); None: it takes none.
+    operand : bool
+        Whether it prepares an operand of one conv (the input's quantize, the weight's
+        decode): the epilogue pass emits it with that conv.
     """
 
     family: str
@@ -96,6 +127,8 @@ class KernelFamily:
     apply: Callable | None = None
     searchable: bool = False
     knobs: bool = False
+    fusion: Fusion | None = None
+    operand: bool = False
 
     def __post_init__(self):
         if not issubclass(self.spec, Spec):

@@ -33,64 +33,31 @@ from ..kernels import conv2d as kconv
 from ..kernels import depthwise as kdw
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
-from .epilogue import EpilogueMatcher
+from .epilogue import fuse_epilogues
 from .int8_conv import Int8ConvLowering
 from .ops import OP, UNSUPPORTED, float32_out, static_shape
 from .records import LayerRecord, LoweringPolicy
 from .zero_skip import skip_zero_inputs
 
 
-def _uses(func):
-    """(var -> [(binding var, value) of each binding that reads it], var -> bound value) over
-    ``func``'s bindings; the function's result counts as a reader (with var None)."""
-    users, bound = {}, {}
-
-    def reads(expr):
-        found = []
-        relax.analysis.post_order_visit(
-            expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
-        return found
-
-    body = func.body
-    for block in body.blocks:
-        for b in block.bindings:
-            value = getattr(b, "value", None)
-            if value is None:
-                continue
-            bound[b.var] = value
-            for v in {id(x): x for x in reads(value)}.values():
-                users.setdefault(v, []).append((b.var, value))
-    for v in reads(body.body):
-        users.setdefault(v, []).append((None, body.body))
-    return users, bound
-
-
 @mutator
-class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering, EpilogueMatcher):
-    """Codebook layers to kernel calls: conv2d here, dense (:mod:`.dense`), the int8 conv
-    (:mod:`.int8_conv`) and the epilogue match (:mod:`.epilogue`) in mixins of their own."""
+class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
+    """Codebook layers to kernel calls: conv2d here, dense (:mod:`.dense`) and the int8 conv
+    (:mod:`.int8_conv`) in mixins of their own. The ops after a conv are left to the
+    epilogue pass (:mod:`.epilogue`)."""
 
     def __init__(self, mod, policy: LoweringPolicy, records: list[LayerRecord]):
         super().__init__(mod)
         self.policy, self.records, self.kernels = policy, records, {}
         self.n_const = 0
-        self.users: dict = {}  # var -> [(binding var, value)] of the function being rewritten
-        self.bound: dict = {}  # var -> its value in that function (bindings not visited yet)
-        self.current = None  # the var the call being visited is bound to
-        self.deferred: dict = {}  # var -> builds the fused call to bind to it instead
-        self.claimed: set = set()  # vars of ops some conv's epilogue does
-
-    def rewrite(self, func):
-        self.users, self.bound = _uses(func)
-        return self.visit_expr(func)
+        self.layer_of: dict = {}  # var a conv's kernel call is bound to -> its record
+        self.made: LayerRecord | None = None  # the record of the call being visited
 
     def visit_var_binding_(self, binding):
-        make = self.deferred.pop(binding.var, None)
-        if make is not None:  # the end of a fused epilogue: the conv with it, here
-            self.set_var_remap(binding.var, self.builder_.emit(make(), binding.var.name))
-            return
-        self.current = binding.var
+        self.made = None
         super().visit_var_binding_(binding)
+        if self.made is not None:
+            self.layer_of[self.get_var_remap(binding.var)] = self.made
 
     def _weight(self, expr) -> tuple[str, np.ndarray] | None:
         """(name, value) of a constant weight operand, or None when it is not constant."""
@@ -241,33 +208,22 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering, EpilogueMatcher)
         raise AssertionError(f"no kernel takes {spec.name}")  # cb_conv2d takes any conv
 
     def _depthwise(self, x, cw, value, spec, rec, out_ty):
-        """A depthwise conv (any strategy, FP32 arithmetic: see kernels.depthwise) with the
-        BatchNorm / bias and relu / relu6 after it as its epilogue: the fused call is made
-        where that chain ends, as for the int8 conv."""
-        chain = (self._epilogue(self.current, spec, residual=False)
-                 if self.policy.epilogues else None)
+        """A depthwise conv (any strategy, FP32 arithmetic: see kernels.depthwise), with
+        ``M`` (the layer's scale) and ``B`` (zero) for the epilogue pass to fold the BatchNorm
+        / bias after it into."""
         o = spec.out_channels
-
-        def call(act, scale, shift):
-            dspec = kdw.DepthwiseSpec(spec, act=act)
-            self._note(rec, cw, dspec)
-            gv = self._kernel(kdw.compute, dspec)
-            if cw is None:
-                w = (np.asarray(value, np.float64).reshape(o, -1) * scale[:, None])
-                consts = [w.astype(np.float32)]
-            else:
-                m = (np.ones(o) if cw.scale is None else np.asarray(cw.scale, np.float64))
-                consts = [cw.packed, cw.codebook, (m * scale).astype(np.float32)]
-            consts.append(shift.astype(np.float32))
-            return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(c))
-                                            for c in consts)], out_ty=out_ty)
-
-        if chain is not None:
-            end, ep, scale, shift, _, steps = chain
-            rec.epilogue = "+".join(steps)
-            self.deferred[end] = lambda: call(ep.act, scale, shift)
-        # the call bound here (dead with an epilogue: see _int8_conv2d)
-        return call("", np.ones(o), np.zeros(o))
+        dspec = kdw.DepthwiseSpec(spec)
+        self._note(rec, cw, dspec)
+        self.made = rec
+        gv = self._kernel(kdw.compute, dspec)
+        if cw is None:
+            consts = [np.asarray(value, np.float32).reshape(o, -1)]
+        else:
+            m = np.ones(o) if cw.scale is None else np.asarray(cw.scale, np.float64)
+            consts = [cw.packed, cw.codebook, m.astype(np.float32)]
+        consts.append(np.zeros(o, np.float32))
+        return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(c)) for c in consts)],
+                              out_ty=out_ty)
 
 
 def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
@@ -291,8 +247,11 @@ def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):
         try:
             for gv, func in mod.functions_items():
                 if isinstance(func, relax.Function):
-                    rw.builder_.update_func(gv, rw.rewrite(func))
-            return relax.transform.DeadCodeElimination()(rw.builder_.finalize())
+                    rw.builder_.update_func(gv, rw.visit_expr(func))
+            mod = rw.builder_.finalize()
+            if policy.epilogues:
+                return fuse_epilogues(policy.weights, rw.layer_of)(mod)
+            return relax.transform.DeadCodeElimination()(mod)
         except (KeyboardInterrupt, RuntimeError) as err:
             if not isinstance(err, KeyboardInterrupt) and interrupt.received() is None:
                 raise

@@ -26,3 +26,28 @@ def static_shape(expr) -> tuple[int, ...] | None:
 def float32_out(dtype) -> bool:
     """Importers leave out_dtype unset (None / "" / void) or float32."""
     return dtype is None or str(dtype) in ("", "void", "float32")
+
+
+def uses(func):
+    """(var -> [(binding var, value) of each binding that reads it], var -> bound value) over
+    ``func``'s bindings; the function's result counts as a reader (with var None)."""
+    users, bound = {}, {}
+
+    def reads(expr):
+        found = []
+        relax.analysis.post_order_visit(
+            expr, lambda e: found.append(e) if isinstance(e, relax.Var) else None)
+        return found
+
+    body = func.body
+    for block in body.blocks:
+        for b in block.bindings:
+            value = getattr(b, "value", None)
+            if value is None:
+                continue
+            bound[b.var] = value
+            for v in {id(x): x for x in reads(value)}.values():
+                users.setdefault(v, []).append((b.var, value))
+    for v in reads(body.body):
+        users.setdefault(v, []).append((None, body.body))
+    return users, bound

@@ -1,8 +1,10 @@
-"""The epilogue piece of the lowering (``passes/epilogue.py``): the BatchNorm, bias,
+"""The epilogue pass (``passes/epilogue.py``): the BatchNorm, bias,
 residual add and relu / relu6 after a conv done by its kernel as it writes; structure and
 numbers against the unfused build."""
 
+import dataclasses
 
+import numpy as np
 import torch
 import tvm
 import tvm_ffi
@@ -10,7 +12,10 @@ from tvm import relax
 
 from dgms_tvm import compiler, frontend
 from dgms_tvm.kernels import KERNEL_ATTR
-from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
+from dgms_tvm.kernels import depthwise as kdw
+from dgms_tvm.kernels.common import FP32_WEIGHT
+from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.passes import LoweringPolicy, fuse_epilogues, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile
 from tests.helpers import rel_err
@@ -59,3 +64,72 @@ def test_int8_convs_do_the_ops_after_them_as_they_write():
                                [x.numpy()])[0]
     assert rel_err(got, plain) < 1e-5
     assert 0 < rel_err(got, exact) < 0.05
+
+
+def _depthwise_module(after):
+    """``main``: a depthwise conv kernel (FP32 weight), then what ``after(bb, y)`` emits."""
+    spec = kdw.DepthwiseSpec(Conv2dSpec(1, 8, 6, 6, 8, (3, 3), padding=(1, 1, 1, 1), groups=8,
+                                        bits=FP32_WEIGHT))
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((8, 9)).astype(np.float32)
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            gv = bb.add_func(kdw.compute(spec), spec.name)
+            y = bb.emit(relax.call_tir(gv, [x, relax.const(w), relax.const(np.zeros(8,
+                                                                                 np.float32))],
+                                       out_ty=relax.TensorType((1, 8, 6, 6), "float32")))
+            out = bb.emit_output(after(bb, y))
+        bb.emit_func_output(out)
+    return bb.get(), spec, w
+
+
+def _bn_params():
+    rng = np.random.default_rng(1)
+    return [rng.uniform(0.5, 1.5, 8), rng.uniform(-0.3, 0.3, 8), rng.uniform(-0.2, 0.2, 8),
+            rng.uniform(0.5, 1.5, 8)]
+
+
+def _bn_relu6(bb, y):
+    bn = bb.emit(relax.op.nn.batch_norm(y, *(relax.const(p.astype(np.float32))
+                                             for p in _bn_params()), axis=1, epsilon=1e-5,
+                                        training=False))
+    return bb.emit(relax.op.clip(bb.emit(relax.TupleGetItem(bn, 0)), 0.0, 6.0))
+
+
+def test_fuse_epilogues_before_and_expected():
+    """The BatchNorm and relu6 after a depthwise conv become its kernel's: W scaled by the
+    BatchNorm's g per channel, B its shift, the kernel the relu6 one; numbers unchanged."""
+    before, spec, w = _depthwise_module(_bn_relu6)
+    after = fuse_epilogues()(before)
+    gamma, beta, mean, var = (p.astype(np.float32).astype(np.float64) for p in _bn_params())
+    g = gamma / np.sqrt(var + 1e-5)
+    fused = dataclasses.replace(spec, act="relu6")
+    bb = relax.BlockBuilder()
+    x = relax.Var("x", relax.TensorType((1, 8, 6, 6), "float32"))
+    with bb.function("main", [x]):
+        with bb.dataflow():
+            gv = bb.add_func(kdw.compute(fused), fused.name)
+            out = bb.emit_output(bb.emit(relax.call_tir(gv, [
+                x, relax.const((w * g[:, None]).astype(np.float32)),
+                relax.const((beta - mean * g).astype(np.float32))],
+                out_ty=relax.TensorType((1, 8, 6, 6), "float32"))))
+        bb.emit_func_output(out)
+    tvm.ir.assert_structural_equal(after, bb.get())
+    xs = np.random.default_rng(2).standard_normal((1, 8, 6, 6)).astype(np.float32)
+    host = get_profile("x86")
+    got, want = (compiler.run_local(compiler.build(compiler.Lowered(m, []), host), [xs])[0]
+                 for m in (after, before))
+    assert rel_err(got, want) < 1e-6 and got.max() <= 6.0
+
+
+def test_fuse_epilogues_leaves_a_conv_read_twice():
+    """A conv whose output is read twice keeps its plain kernel: fused, the kernel would
+    write only the relu's value."""
+
+    def two_users(bb, y):
+        return bb.emit(relax.op.add(bb.emit(relax.op.nn.relu(y)), y))
+
+    before, _, _ = _depthwise_module(two_users)
+    tvm.ir.assert_structural_equal(fuse_epilogues()(before), before)
