@@ -10,6 +10,7 @@ from tvm import relax
 
 from .errors import UserError
 from .frontend import ImportedModel
+from .kernels import conv_layer
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
 from .schedules.hand import apply_schedules, load_knobs
 from .targets import TargetProfile
@@ -121,6 +122,13 @@ def call_sites(mod: tvm.IRModule) -> list[str]:
 
     relax.analysis.post_order_visit(mod["main"].body, visit)
     return names
+
+
+def site_layers(mod: tvm.IRModule) -> dict[str, object]:
+    """Each PrimFunc ``main`` calls -> the layer it runs: a conv's shape
+    (:func:`dgms_tvm.kernels.conv_layer`), the same in every build of a model, else its
+    name."""
+    return {name: conv_layer(mod[name]) or name for name in call_sites(mod)}
 
 
 def kernel_module(mod: tvm.IRModule) -> tvm.IRModule:

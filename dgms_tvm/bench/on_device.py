@@ -261,7 +261,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     loaded = pipeline.load_model(model, bits, seed)  # once, for both builds
     x = loaded.example(seed)
     labels = {"FP32": True, f"DGMS {bits}-bit": False}
-    builds, folders, sites, funcs, jobs = {}, {}, {}, {}, []
+    builds, folders, sites, keys, funcs, jobs = {}, {}, {}, {}, {}, []
     for i, (label, fp32) in enumerate(labels.items(), 1):
         _log(f"[{i}/3] compiling {label} for {profile.name}")
         folder = output / ("fp32" if fp32 else f"dgms-w{bits}")
@@ -274,6 +274,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         jobs.append(Job(f"{label} model", "model", label, folder / b.manifest["library"]))
         if per_layer:
             sites[label] = compiler.call_sites(b.module)
+            keys[label] = compiler.site_layers(b.module)
             kmod = compiler.kernel_module(b.module)
             kpath = folder / "kernels.so"
             tvm.compile(kmod, target=profile.tvm_target()).export_library(
@@ -349,7 +350,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
         "fastest_int8_peer": ort_int8.fastest(int8_peers) if int8_peers else None,
         "peer_kit": kit,
-        "layers": _layers(sites, by, builds) if per_layer else [],
+        "layers": _layers(sites, by, keys) if per_layer else [],
         "strategy": builds[f"DGMS {bits}-bit"].manifest.get("strategy"),
         "sparsity": _sparsity(builds[f"DGMS {bits}-bit"].manifest),
         "tuning": {label: {"logs": b.manifest["tuning"]["logs"],

@@ -4,7 +4,6 @@ report.md / report.json / report.png (:func:`write_report`)."""
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 
 import numpy as np
@@ -13,15 +12,21 @@ from . import ort_int8
 from .ort_int8 import PEER_CONFIGS
 
 
-def layers(sites: dict, by: dict, builds: dict) -> list[dict]:
+def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
     """Per call site of ``main``: each build's kernel and its time / instructions per call.
     An int8 layer's input quantization and weight decode (kernels of their own, just before
     it) count in that layer's row. The builds come from the same graph: with as many sites
     they pair by position; otherwise (int8 convs doing the BatchNorm / add / relu after them)
     each site of the first build pairs with the next unpaired one of the second that runs the
-    same layer (convs by their shape, other kernels by name), and a site with none is done in
-    a conv's epilogue there."""
+    same layer (``keys[label][name]``: :func:`dgms_tvm.compiler.site_layers`, a conv's shape;
+    the kernel's name where not given), and a site with none is done in a conv's epilogue
+    there."""
     labels = list(sites)
+    keys = keys or {}
+
+    def key(label, group):
+        return keys.get(label, {}).get(group[-1], group[-1])
+
     first, second = (_group(sites[lb]) for lb in labels)
     if len(first) == len(second):
         return [{"index": i, labels[0]: _entry(a, labels[0], by),
@@ -30,7 +35,8 @@ def layers(sites: dict, by: dict, builds: dict) -> list[dict]:
     used, rows = [False] * len(second), []
     for a in first:
         ea = _entry(a, labels[0], by)
-        j = next((j for j, b in enumerate(second) if not used[j] and _key(b) == _key(a)), None)
+        j = next((j for j, b in enumerate(second)
+                  if not used[j] and key(labels[1], b) == key(labels[0], a)), None)
         if j is None:
             eb = {"kernel": "(in a conv's epilogue)", "median_ms": 0.0,
                   "minstr": None if ea["minstr"] is None else 0.0}
@@ -44,16 +50,6 @@ def layers(sites: dict, by: dict, builds: dict) -> list[dict]:
                                  "minstr": None if eb["minstr"] is None else 0.0},
                      labels[1]: eb})
     return [{"index": i, **r} for i, r in enumerate(rows)]
-
-
-#: The shape part of a conv kernel's name: the same layer in any build / strategy.
-_CONV_SHAPE = re.compile(r"conv2d(_n\d+_c\d+_h\d+_w\d+_o\d+_k\d+x\d+_s\d+x\d+_p[\dx]+"
-                         r"_d\d+x\d+_g\d+)")
-
-
-def _key(group: list[str]) -> str:
-    m = _CONV_SHAPE.search(group[-1])
-    return "conv2d" + m.group(1) if m else group[-1]
 
 
 def sparsity(manifest: dict) -> dict | None:

@@ -4,11 +4,29 @@ compute, a NumPy oracle, a hand schedule and what it supports, bound by the prot
 
 from . import conv2d, dense, depthwise, gemv, int8, int8_decode, int8_long, int8_quant
 from .common import KERNEL_ATTR, SPEC_ATTR
+from .conv2d import Conv2dSpec
 from .protocol import KernelFamily, Spec
 
 #: Kernel family (the value of the ``dgms.kernel`` function attribute) -> its protocol.
 FAMILIES: dict[str, KernelFamily] = {m.KERNEL.family: m.KERNEL for m in (
     conv2d, dense, depthwise, gemv, int8, int8_long, int8_quant, int8_decode)}
 
-__all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d", "dense",
+
+
+def conv_layer(func) -> tuple | None:
+    """The conv a kernel PrimFunc runs, by its shape alone (its spec's
+    :class:`~.conv2d.Conv2dSpec` without the weight's width): the same layer in any build,
+    strategy or epilogue; None for a kernel that runs no conv (or no codebook kernel)."""
+    attrs = func.attrs
+    if attrs is None or KERNEL_ATTR not in attrs or str(attrs[KERNEL_ATTR]) not in FAMILIES:
+        return None
+    spec = FAMILIES[str(attrs[KERNEL_ATTR])].spec.from_func(func)
+    conv = getattr(spec, "conv", spec)
+    if not isinstance(conv, Conv2dSpec):
+        return None
+    return (conv.batch, conv.in_channels, conv.height, conv.width, conv.out_channels,
+            conv.kernel, conv.stride, conv.padding, conv.dilation, conv.groups)
+
+
+__all__ = ["FAMILIES", "conv_layer", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d", "dense",
            "depthwise", "gemv", "int8", "int8_decode", "int8_long", "int8_quant"]

@@ -13,7 +13,7 @@ def test_int8_layer_rows_group_their_kernels_and_show_the_split():
               "q8_conv2d_b_pre": 2.0}
     by = {("kernel", label, nm): {"ms": [counts[nm]], "minstr": counts[nm]}
           for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
-    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by)
     assert [la["DGMS"]["kernel"] for la in layers] == [
         "q8_quant_a + q8_conv2d_a_w8_pre", "relu", "q8_quant_b + q8_decode_b + q8_conv2d_b_pre"]
     last = layers[2]["DGMS"]
@@ -28,7 +28,8 @@ def test_int8_layer_rows_group_their_kernels_and_show_the_split():
 
 def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
     """An int8 conv doing the BatchNorm / add / relu after it leaves fewer sites than the
-    FP32 build: layers pair by the conv's shape; the FP32 BatchNorm rows show 0 beside them.
+    FP32 build: layers pair by the conv each kernel runs (its spec's shape, from
+    ``compiler.site_layers``); the FP32 BatchNorm rows show 0 beside them.
     The residual block's two convs run in another order in the DGMS build (the add's inputs
     first), and still pair."""
     c1 = "conv2d_n1_c8_h8_w8_o16_k3x3_s2x2_p1x1x1x1_d1x1_g1"
@@ -41,7 +42,9 @@ def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
             "max_pool2d"]
     by = {("kernel", label, nm): {"ms": [1.0], "minstr": float(i + 1)}
           for label, names in (("FP32", fp32), ("DGMS", dgms)) for i, nm in enumerate(names)}
-    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, {})
+    keys = {label: {nm: next((c for c in (c1, c2, ds) if c in nm), nm) for nm in names}
+            for label, names in (("FP32", fp32), ("DGMS", dgms))}
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, keys)
     pairs = [(la["FP32"]["kernel"], la["DGMS"]["kernel"].split(" + ")[-1]) for la in layers]
     assert pairs == [(fp32[0], dgms[1]), (fp32[1], "(in a conv's epilogue)"),
                      (fp32[2], dgms[7]), (fp32[3], dgms[4]),
@@ -52,3 +55,25 @@ def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
            "layers": layers}
     table = "\n".join(report._layer_lines(rep))
     assert "| 2.000 | 0.000 | - |" in table
+
+
+def test_site_layers_name_the_conv_whatever_its_kernel():
+    """The same conv under the FP32, exact and int8 builds (and with its epilogue) has one
+    key; a kernel that runs no conv keeps its name."""
+    import torch
+
+    from dgms_tvm import compiler, frontend
+    from dgms_tvm.quant import hard_quantize
+    from tests.passes.graphs import Block
+
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 4)
+    imported = frontend.from_torch(net, (torch.randn(1, 8, 12, 12),))
+    builds = [compiler.lower(imported, codebooks=False), compiler.lower(imported, 4),
+              compiler.lower(imported, 4, strategy="int8")]
+    convs = [[k for k in compiler.site_layers(b.mod).values() if isinstance(k, tuple)]
+             for b in builds]
+    assert len(convs[0]) == 5 and convs[0] == convs[1]
+    assert sorted(convs[2]) == sorted(convs[0])  # the residual's two convs in another order
+    assert (1, 8, 12, 12, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1) in convs[0]
