@@ -87,8 +87,9 @@ class LoweringPolicy:
         where its GEMV does not run) such a layer takes the lut kernel where the exact GEMV's
         AVX-512 is missing: x86 with AVX2, and aarch64 (its ``tbl`` form).
     epilogues : bool
-        Let int8 convs do the BatchNorm / bias, residual add and relu / relu6 after them as
-        they write their outputs (True), or leave those ops to TVM (False).
+        Run the epilogue pass (:mod:`.epilogue`) after the lowering: the int8 and depthwise
+        convs do the BatchNorm / bias, residual add and relu / relu6 after them as they write
+        their outputs (True), or leave those ops to TVM (False).
     profile : dgms_tvm.targets.TargetProfile or None
         The build's target, for kernels that exist only where its core has their
         instructions (the x86 AVX-512 GEMV of batch-1 dense layers, the int8 convs' forms);

@@ -86,3 +86,15 @@ def main_consts(mod):
                     out += [f for f in (a.fields if isinstance(a, relax.Tuple) else [a])
                             if isinstance(f, tvm.ir.GenericConst)]
     return out
+
+def relax_main(params: dict, body):
+    """An IRModule whose ``main`` takes ``params`` (name -> shape, float32) and returns what
+    ``body(bb, *vars)`` emits in its dataflow block (written with BlockBuilder, as the
+    Before / Expected modules of the pass tests)."""
+    bb = relax.BlockBuilder()
+    args = [relax.Var(n, relax.TensorType(s, "float32")) for n, s in params.items()]
+    with bb.function("main", args):
+        with bb.dataflow():
+            out = bb.emit_output(body(bb, *args))
+        bb.emit_func_output(out)
+    return bb.get()

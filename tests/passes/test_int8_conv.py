@@ -6,15 +6,22 @@ import json
 import numpy as np
 import pytest
 import torch
+import tvm
+from tvm import relax
 
 from dgms_tvm import compiler, frontend, strategies
+from dgms_tvm.detect import find_codebook
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
 from dgms_tvm.kernels import int8 as kint8
+from dgms_tvm.kernels import int8_decode as kdecode
+from dgms_tvm.kernels import int8_quant as kquant
+from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile
-from tests.helpers import rel_err
-from tests.passes.graphs import Block, main_calls, main_consts, quantized_net
+from tests.helpers import random_codebook_weight, rel_err
+from tests.passes.graphs import Block, main_calls, main_consts, quantized_net, relax_main
 
 
 def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
@@ -126,3 +133,45 @@ def test_int8_full_keeps_8_bit_weights_on_a_core_without_sdot():
     full_n1 = compiler.lower(imported, 4, strategy="int8-full", profile=n1)
     int8_n1 = compiler.lower(imported, 4, strategy="int8", profile=n1)
     assert [r.kernel for r in full_n1.records] == [r.kernel for r in int8_n1.records]
+
+
+def test_before_and_expected():
+    """Under int8 (no target: the sdot-form kernel, signed input) a 4-bit codebook conv
+    becomes three calls: the input's quantize (int8 and its scale), the weight's decode
+    from packed indices and the int8 codebook, the int8 conv with the per-channel factor;
+    numbers close to the conv's."""
+    rng = np.random.default_rng(2)
+    w = random_codebook_weight(rng, (16, 8, 3, 3), 4).dense()
+    shapes = {"x": (1, 8, 6, 6), "w": w.shape}
+    before = relax_main(shapes, lambda bb, x, wv: bb.emit(
+        relax.op.nn.conv2d(x, wv, padding=1)))
+    records = []
+    after = lower_codebook_layers(LoweringPolicy({"w": w}, 4, strategy="int8",
+                                                 zero_skip=False), records)(before)
+    cw = find_codebook(w, 4)
+    spec = Conv2dSpec(1, 8, 6, 6, 16, (3, 3), padding=(1, 1, 1, 1), bits=cw.bits)
+    qs, ds = kquant.QuantSpec.of(spec), kdecode.DecodeSpec.of(spec)
+    qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, 16, 127)
+    name = kint8.name(spec, predecoded=True)
+
+    def expected(bb, x, _w):
+        q = bb.emit(relax.call_tir(bb.add_func(kquant.compute(qs), qs.name), [x], out_ty=[
+            relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
+        xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
+        wq = bb.emit(relax.call_tir(bb.add_func(kdecode.compute(ds), ds.name), [
+            relax.const(kdecode.pack_for_decode(ds, cw.indices()), "uint8"),
+            relax.const(kquant.q16(qcb), "int8"), sx],
+            out_ty=relax.TensorType(ds.shape, "int8")))
+        conv = bb.add_func(kint8.compute(spec, predecoded=True), name)
+        return bb.emit(relax.call_tir(conv, [xq, sx, wq, relax.const(d, "float32")],
+                                      out_ty=relax.TensorType(spec.out_shape, "float32")))
+
+    tvm.ir.assert_structural_equal(after, relax_main(shapes, expected))
+    assert records[0].kernel == name and records[0].strategy == "int8"
+    xs = rng.standard_normal((1, 8, 6, 6)).astype(np.float32)
+    mod = relax.transform.BindParams("main", {"w": tvm.runtime.tensor(w)})(after)
+    got = compiler.run_local(compiler.build(compiler.Lowered(mod, records),
+                                            get_profile("x86")), [xs])[0]
+    want = torch.nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(w),
+                                      padding=1).numpy()
+    assert 0 < rel_err(got, want) < 0.03

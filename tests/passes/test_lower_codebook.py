@@ -2,6 +2,7 @@
 (which ops were replaced, by what) and numbers (equal to the un-rewritten model)."""
 
 
+import numpy as np
 import pytest
 import torch
 import tvm
@@ -9,12 +10,14 @@ from torch import nn
 from tvm import relax
 
 from dgms_tvm import compiler, frontend
+from dgms_tvm.detect import find_codebook
 from dgms_tvm.errors import UserError
+from dgms_tvm.kernels import conv2d as kconv
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.targets import get_profile
-from tests.helpers import rel_err
-from tests.passes.graphs import lower_model, main_calls, quantized_net
+from tests.helpers import random_codebook_weight, rel_err
+from tests.passes.graphs import lower_model, main_calls, quantized_net, relax_main
 
 
 def test_structure_and_numbers():
@@ -116,3 +119,34 @@ def test_pass_on_constants_bound_in_the_ir():
     assert all(r.name.startswith("constant_") for r in records)
     exe = compiler.build(compiler.Lowered(mod, records), get_profile("x86"))
     assert rel_err(compiler.run_local(exe, [x.numpy()])[0], net(x).detach().numpy()) < 1e-4
+
+
+def test_conv2d_before_and_expected():
+    """A conv2d whose weight parameter is a 4-bit codebook becomes one call of the codebook
+    conv kernel on the packed indices and the codebook; numbers as the conv's."""
+    rng = np.random.default_rng(0)
+    w = random_codebook_weight(rng, (8, 4, 3, 3), 4).dense()
+    shapes = {"x": (1, 4, 6, 6), "w": w.shape}
+    before = relax_main(shapes, lambda bb, x, wv: bb.emit(
+        relax.op.nn.conv2d(x, wv, strides=2, padding=1)))
+    records = []
+    after = lower_codebook_layers(LoweringPolicy({"w": w}, 4, zero_skip=False),
+                                  records)(before)
+    cw = find_codebook(w, 4)
+    spec = kconv.Conv2dSpec(1, 4, 6, 6, 8, (3, 3), stride=(2, 2), padding=(1, 1, 1, 1),
+                            bits=cw.bits)
+
+    def expected(bb, x, _w):
+        gv = bb.add_func(kconv.compute(spec), spec.name)
+        return bb.emit(relax.call_tir(gv, [x, relax.const(cw.packed), relax.const(cw.codebook)],
+                                      out_ty=relax.TensorType(spec.out_shape, "float32")))
+
+    tvm.ir.assert_structural_equal(after, relax_main(shapes, expected))
+    assert [(r.name, r.kernel) for r in records] == [("w", spec.name)]
+    xs = rng.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    mod = relax.transform.BindParams("main", {"w": tvm.runtime.tensor(w)})(after)
+    got = compiler.run_local(compiler.build(compiler.Lowered(mod, records),
+                                            get_profile("x86")), [xs])[0]
+    want = nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(w), stride=2,
+                                padding=1).numpy()
+    assert rel_err(got, want) < 1e-5

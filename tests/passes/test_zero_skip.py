@@ -4,12 +4,20 @@ zero are dropped at compile time (DGMS's pinned zero component), in every strate
 import numpy as np
 import pytest
 import torch
+import tvm
 from torch import nn
+from tvm import relax
 
 from dgms_tvm import compiler
+from dgms_tvm.detect import find_codebook
+from dgms_tvm.format import CodebookWeight
 from dgms_tvm.frontend import from_torch
+from dgms_tvm.kernels import conv2d as kconv
+from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
+from tests.passes.graphs import relax_main
 
 HOST = get_profile("x86")
 
@@ -71,3 +79,35 @@ def test_dropping_must_pay(rng):
     assert 1 <= d < 8 and rec.zero_inputs == 0
     assert f"{d} all-zero input channels kept" in rec.reason
     assert "_c16_" in rec.kernel
+
+
+def test_before_and_expected(rng):
+    """Input channel 1's weights all zero: the input is gathered down to channels 0, 2, 3
+    (one ``take``) and the conv runs on them, its indices without that channel."""
+    cw0 = random_codebook_weight(rng, (16, 4, 3, 3), 4)
+    w = cw0.dense()
+    w[:, 1] = 0
+    shapes = {"x": (1, 4, 6, 6), "w": w.shape}
+    before = relax_main(shapes, lambda bb, x, wv: bb.emit(
+        relax.op.nn.conv2d(x, wv, padding=1)))
+    records = []
+    after = lower_codebook_layers(LoweringPolicy({"w": w}, 4), records)(before)
+    cw = find_codebook(w, 4)
+    keep = np.array([0, 2, 3])
+    kept = CodebookWeight.from_indices(cw.indices().take(keep, axis=1), cw.codebook, cw.bits)
+    spec = Conv2dSpec(1, 3, 6, 6, 16, (3, 3), padding=(1, 1, 1, 1), bits=cw.bits)
+
+    def expected(bb, x, _w):
+        gv = bb.add_func(kconv.compute(spec), spec.name)
+        xk = bb.emit(relax.op.take(x, relax.const(keep.astype(np.int64)), axis=1))
+        return bb.emit(relax.call_tir(gv, [xk, relax.const(kept.packed),
+                                           relax.const(kept.codebook)],
+                                      out_ty=relax.TensorType(spec.out_shape, "float32")))
+
+    tvm.ir.assert_structural_equal(after, relax_main(shapes, expected))
+    assert records[0].zero_inputs == 1
+    xs = rng.normal(size=(1, 4, 6, 6)).astype(np.float32)
+    mod = relax.transform.BindParams("main", {"w": tvm.runtime.tensor(w)})(after)
+    got = compiler.run_local(compiler.build(compiler.Lowered(mod, records), HOST), [xs])[0]
+    want = nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(w), padding=1).numpy()
+    assert rel_err(got, want) < 1e-5
