@@ -28,5 +28,6 @@ def conv_layer(func) -> tuple | None:
             conv.kernel, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-__all__ = ["FAMILIES", "conv_layer", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d", "dense",
-           "depthwise", "gemv", "int8", "int8_decode", "int8_long", "int8_quant"]
+__all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d",
+           "conv_layer", "dense", "depthwise", "gemv", "int8", "int8_decode", "int8_long",
+           "int8_quant"]
