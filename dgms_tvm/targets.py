@@ -256,6 +256,15 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
     "vnni": ("avx512bw", "avx512vnni"),
 }
 
+#: The capabilities an aarch64 core may have.
+AARCH64_CAPABILITIES = ("neon", "dotprod", "i8mm", "sve", "fp16")
+
+
+def aarch64_mattr() -> str:
+    """An LLVM ``-mattr`` with every aarch64 capability: for tools that must read any code
+    our kernels emit (llvm-mca weighing executed blocks, whatever the core)."""
+    return ",".join(f"+{f}" for c in AARCH64_CAPABILITIES for f in CAPABILITIES[c])
+
 
 @functools.cache
 def _capabilities(triple: str, mcpu: str, mattr: tuple[str, ...]) -> frozenset[str]:

@@ -19,6 +19,7 @@ import numpy as np
 
 from .. import artifact, compiler, pipeline
 from ..device.client import Tracker, check_compatible
+from ..device.cycles import estimate, model_of
 from ..device.insn import SMALL_KERNEL
 from ..errors import UserError
 from ..targets import get_profile
@@ -39,6 +40,7 @@ class Row:
     weight_bytes: int
     lowered: int
     minstr: float | None = None  # M aarch64 instructions per inference (emulated device)
+    mcycles: float | None = None  # M estimated cycles per inference (device.cycles)
 
 
 @dataclasses.dataclass
@@ -64,6 +66,7 @@ class _Device:
 
     def __init__(self, tracker: Tracker, key: str, profile, workdir: Path, counting: bool,
                  timeout: float):
+        self.profile = profile
         self.sess = tracker.request(key, timeout=timeout)
         self.dev = self.sess.cpu()
         self.modules: dict[Path, object] = {}
@@ -90,11 +93,11 @@ class _Device:
         return self.modules[path]
 
     def measure(self, make_eval, repeat: int, number: int):
-        """Times (ms) and, when counting, M instructions per call of one remote function;
-        ``make_eval(number, repeat)`` gives its ``time_evaluator``."""
+        """Times (ms) and, when counting, M instructions and M estimated cycles per call of
+        one remote function; ``make_eval(number, repeat)`` gives its ``time_evaluator``."""
         if self.counter is None:
             res = make_eval(number, repeat)()
-            return [1e3 * s for s in res.results], None
+            return [1e3 * s for s in res.results], None, None
         times: list[float] = []
 
         def factory(n):
@@ -106,7 +109,9 @@ class _Device:
         if per_call < SMALL_KERNEL:  # small: average over more calls, above the RPC noise
             per_call = self.counter.per_call(factory, 1, 1 + min(100, int(
                 SMALL_KERNEL / max(per_call, 1e4))))
-        return times[-1:], 1e-6 * per_call
+        ex = self.counter.executions
+        mcycles = None if ex is None else 1e-6 * estimate(ex, self.profile.mcpu).cycles
+        return times[-1:], 1e-6 * per_call, mcycles
 
 
 def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) -> dict:
@@ -119,14 +124,14 @@ def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) 
     out = (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
     res = vm.time_evaluator("main", dev.dev, number=number, repeat=repeat)(arg)
     ms = [1e3 * s for s in res.results]
-    minstr = None
+    minstr = mcycles = None
     if dev.counter is not None:
         def make_eval(n, r):
             ev = vm.time_evaluator("main", dev.dev, number=n, repeat=r)
             return lambda: ev(arg)
 
-        _, minstr = dev.measure(make_eval, 1, 1)
-    return {"output": out, "ms": ms, "minstr": minstr}
+        _, minstr, mcycles = dev.measure(make_eval, 1, 1)
+    return {"output": out, "ms": ms, "minstr": minstr, "mcycles": mcycles}
 
 
 def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
@@ -146,8 +151,8 @@ def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
         ev = rmod.time_evaluator(job.name, dev.dev, number=n, repeat=r)
         return lambda: ev(*args)
 
-    ms, minstr = dev.measure(make_eval, repeat, number)
-    return {"ms": ms, "minstr": minstr}
+    ms, minstr, mcycles = dev.measure(make_eval, repeat, number)
+    return {"ms": ms, "minstr": minstr, "mcycles": mcycles}
 
 
 def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, workdir: Path,
@@ -314,7 +319,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         s = b.manifest["summary"]
         rows.append(Row(label, float(np.median(res["ms"])), min(res["ms"]), max(res["ms"]),
                         (folders[label] / b.manifest["library"]).stat().st_size,
-                        s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"]))
+                        s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"],
+                        res["mcycles"]))
     ref, got = outs.values()
     err = pipeline.rel_err(got, ref)
     int8_layers = sum(v for k, v in (builds[f"DGMS {bits}-bit"].manifest.get("strategy")
@@ -332,7 +338,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                             f"{pipeline.rel_err(res['output'], ref):.1e}")
         ms = res["ms"]
         rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), res["bytes"],
-                        res["bytes"], 0, res["minstr"]))
+                        res["bytes"], 0, res["minstr"], res.get("mcycles")))
     counted = rows[0].minstr is not None
     int8_peers = {r.label: (r.minstr if counted else r.median_ms) for r in rows
                   if r.label in PEER_CONFIGS}
@@ -348,6 +354,8 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         "size_ratio": rows[0].weight_bytes / rows[1].weight_bytes,
         "threads": 1 if emulated else None,
         "instruction_ratio": (rows[0].minstr / rows[1].minstr) if counted else None,
+        "cycle_ratio": (rows[0].mcycles / rows[1].mcycles) if rows[1].mcycles else None,
+        "cycle_model": model_of(profile.mcpu) if rows[1].mcycles else None,
         "fastest_int8_peer": ort_int8.fastest(int8_peers) if int8_peers else None,
         "peer_kit": kit,
         "layers": _layers(sites, by, keys) if per_layer else [],

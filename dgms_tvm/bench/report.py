@@ -39,15 +39,15 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
                   if not used[j] and key(labels[1], b) == key(labels[0], a)), None)
         if j is None:
             eb = {"kernel": "(in a conv's epilogue)", "median_ms": 0.0,
-                  "minstr": None if ea["minstr"] is None else 0.0}
+                  **{k: None if ea[k] is None else 0.0 for k in ("minstr", "mcycles")}}
         else:
             used[j] = True
             eb = _entry(second[j], labels[1], by)
         rows.append({labels[0]: ea, labels[1]: eb})
     for j in (j for j, u in enumerate(used) if not u):  # in the second build only
         eb = _entry(second[j], labels[1], by)
-        rows.append({labels[0]: {"kernel": "-", "median_ms": 0.0,
-                                 "minstr": None if eb["minstr"] is None else 0.0},
+        rows.append({labels[0]: {"kernel": "-", "median_ms": 0.0, **{
+            k: None if eb[k] is None else 0.0 for k in ("minstr", "mcycles")}},
                      labels[1]: eb})
     return [{"index": i, **r} for i, r in enumerate(rows)]
 
@@ -81,9 +81,10 @@ def _group(names: list[str]) -> list[list[str]]:
 
 def _entry(names: list[str], label: str, by: dict) -> dict:
     parts = [_strip(by[("kernel", label, nm)]) for nm in names]
-    mi = [p["minstr"] for p in parts]
+    mi, mc = [p["minstr"] for p in parts], [p["mcycles"] for p in parts]
     out = {"kernel": " + ".join(names), "median_ms": sum(p["median_ms"] for p in parts),
-           "minstr": None if None in mi else sum(mi)}
+           "minstr": None if None in mi else sum(mi),
+           "mcycles": None if None in mc else sum(mc)}
     if len(parts) > 1:  # an int8 layer: what its quantize / decode / conv kernels take each
         out["parts"] = [{"kernel": nm, **p} for nm, p in zip(names, parts, strict=True)]
     return out
@@ -91,18 +92,20 @@ def _entry(names: list[str], label: str, by: dict) -> dict:
 
 def _strip(res: dict) -> dict:
     ms = res["ms"]
-    return {"median_ms": float(np.median(ms)), "minstr": res["minstr"]}
+    return {"median_ms": float(np.median(ms)), "minstr": res["minstr"],
+            "mcycles": res.get("mcycles")}
 
 
 def format_markdown(rep: dict) -> str:
     lines = [f"# {rep['model']} {rep['bits']}-bit vs FP32 on {rep['target']} "
              f"(device key `{rep['device_key']}`, tracker {rep['tracker']})", "",
-             "| build | M instructions | median ms | min ms | max ms | weights MiB | "
-             "library MiB | lowered |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| build | M instructions | M cycles (estimated) | median ms | min ms | max ms | "
+             "weights MiB | library MiB | lowered |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in rep["rows"]:
         mi = "-" if r["minstr"] is None else f"{r['minstr']:.1f}"
-        lines.append(f"| {r['label']} | {mi} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
+        mc = "-" if r.get("mcycles") is None else f"{r['mcycles']:.1f}"
+        lines.append(f"| {r['label']} | {mi} | {mc} | {r['median_ms']:.2f} | {r['min_ms']:.2f} | "
                      f"{r['max_ms']:.2f} | {r['weight_bytes'] / 2**20:.2f} | "
                      f"{r['library_bytes'] / 2**20:.2f} | {r['lowered']} |")
     lines.append("")
@@ -111,6 +114,10 @@ def format_markdown(rep: dict) -> str:
         dgms = rep["rows"][1]["minstr"]
         lines.append("- peer rows: " + "; ".join(
             f"{r['label']} / DGMS instructions = {r['minstr'] / dgms:.2f}x" for r in peers))
+        cyc = rep["rows"][1].get("mcycles")
+        if cyc and all(r.get("mcycles") for r in peers):
+            lines.append("- peer rows by estimated cycles: " + "; ".join(
+                f"{r['label']} / DGMS = {r['mcycles'] / cyc:.2f}x" for r in peers))
         int8 = {r["label"]: r["minstr"] for r in peers if r["label"] in PEER_CONFIGS}
         if int8:
             best = ort_int8.fastest(int8)
@@ -122,6 +129,10 @@ def format_markdown(rep: dict) -> str:
                      f"{rep['instruction_ratio']:.2f}x** "
                      "(aarch64 instructions per inference, counted inside the device process "
                      "by a TCG plugin: the ARM speed proxy on an emulated device)")
+    if rep.get("cycle_ratio") is not None:
+        lines.append(f"- **estimated-cycle ratio FP32 / DGMS: {rep['cycle_ratio']:.2f}x** (each "
+                     "executed block weighed by llvm-mca's scheduling model "
+                     f"{rep['cycle_model']}: the second ARM speed proxy)")
     lines += [f"- time ratio FP32 / DGMS: {rep['speedup_time']:.2f}x; weight size "
               f"ratio {rep['size_ratio']:.2f}x",
               f"- DGMS outputs vs FP32 reference: max relative error "
@@ -167,22 +178,37 @@ def _layer_lines(rep: dict) -> list[str]:
     if not all(lb in layers[0] for lb in labels):
         return []
     counted = layers[0][labels[0]]["minstr"] is not None
+    cyc = counted and all(layer[lb].get("mcycles") is not None
+                          for layer in layers for lb in labels)
     unit = "M instr" if counted else "ms"
     key = "minstr" if counted else "median_ms"
+    head = (f"| # | {labels[0]} kernel | {labels[1]} kernel | {labels[0]} {unit} | "
+            f"{labels[1]} {unit} | {labels[0]} / {labels[1]} |")
+    if cyc:
+        head += f" {labels[0]} M cycles | {labels[1]} M cycles | cycles ratio |"
     lines = ["", f"## Per layer: every kernel call of `main`, run alone on the device "
-             f"({'instructions per call' if counted else 'median time per call'})", "",
-             f"| # | {labels[0]} kernel | {labels[1]} kernel | {labels[0]} {unit} | "
-             f"{labels[1]} {unit} | {labels[0]} / {labels[1]} |", "|---|---|---|---|---|---|"]
-    tot = [0.0, 0.0]
+             f"({'instructions per call' if counted else 'median time per call'}"
+             f"{', and estimated cycles' if cyc else ''})", "", head,
+             "|---" * (9 if cyc else 6) + "|"]
+    tot, ctot = [0.0, 0.0], [0.0, 0.0]
     for layer in layers:
         a, b = layer[labels[0]], layer[labels[1]]
         tot[0] += a[key]
         tot[1] += b[key]
         ratio = f"{a[key] / b[key]:.2f}x" if a[key] and b[key] else "-"
-        lines.append(f"| {layer['index']} | `{a['kernel']}` | `{b['kernel']}` | "
-                     f"{_cell(a, key)} | {_cell(b, key)} | {ratio} |")
+        line = (f"| {layer['index']} | `{a['kernel']}` | `{b['kernel']}` | "
+                f"{_cell(a, key)} | {_cell(b, key)} | {ratio} |")
+        if cyc:
+            ctot[0] += a["mcycles"]
+            ctot[1] += b["mcycles"]
+            cr = f"{a['mcycles'] / b['mcycles']:.2f}x" if a["mcycles"] and b["mcycles"] else "-"
+            line += f" {_cell(a, 'mcycles')} | {_cell(b, 'mcycles')} | {cr} |"
+        lines.append(line)
     whole = [rep["rows"][i]["minstr" if counted else "median_ms"] for i in (0, 1)]
-    lines.append(f"| sum | | | {tot[0]:.2f} | {tot[1]:.2f} | {tot[0] / tot[1]:.2f}x |")
+    last = f"| sum | | | {tot[0]:.2f} | {tot[1]:.2f} | {tot[0] / tot[1]:.2f}x |"
+    if cyc:
+        last += f" {ctot[0]:.2f} | {ctot[1]:.2f} | {ctot[0] / ctot[1]:.2f}x |"
+    lines.append(last)
     lines += ["", f"- the kernels run alone add up to {tot[0] / whole[0]:.0%} ({labels[0]}) "
               f"and {tot[1] / whole[1]:.0%} ({labels[1]}) of the whole-model figure; the rest "
               "is the VM, allocation and the call overhead"]
@@ -222,7 +248,17 @@ def write_report(rep: dict, output: Path) -> None:
         lax.set_title("per layer", fontsize=9)
     else:
         fig, ax = plt.subplots(figsize=(7, 0.7 * len(labels) + 1.6))
-    if rep["instruction_ratio"]:
+    if rep["instruction_ratio"] and rep.get("cycle_ratio"):
+        y = np.arange(len(labels))
+        ax.barh(y - 0.2, [r["minstr"] for r in rep["rows"]], 0.4, color=colors,
+                label="M instructions")
+        ax.barh(y + 0.2, [r["mcycles"] or 0 for r in rep["rows"]], 0.4, color=colors,
+                hatch="//", alpha=0.6, label="M cycles (estimated)")
+        ax.set_yticks(y, labels)
+        ax.legend(fontsize=8)
+        ax.set_xlabel("per inference (emulated core, one thread; cycles by "
+                      f"{rep['cycle_model']})")
+    elif rep["instruction_ratio"]:
         ax.barh(labels, [r["minstr"] for r in rep["rows"]], color=colors)
         ax.set_xlabel("M aarch64 instructions per inference (emulated core, one thread)")
     else:
@@ -233,6 +269,8 @@ def write_report(rep: dict, output: Path) -> None:
         ax.set_xlabel("latency per inference, ms (median, min-max)")
     ratio = (f"instructions FP32 / DGMS = {rep['instruction_ratio']:.2f}x"
              if rep["instruction_ratio"] else f"time FP32 / DGMS = {rep['speedup_time']:.2f}x")
+    if rep.get("cycle_ratio"):
+        ratio += f", est. cycles {rep['cycle_ratio']:.2f}x"
     ax.set_title(f"{rep['model']} on {rep['target']}: {ratio}", fontsize=10)
     ax.invert_yaxis()
     fig.tight_layout()

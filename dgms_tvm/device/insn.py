@@ -14,6 +14,7 @@ which cancels the RPC and timer overheads around the calls.
 from __future__ import annotations
 
 import glob
+import hashlib
 import os
 import secrets
 import shutil
@@ -24,6 +25,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
+from .blocks import BlockLog
 from .sysroot import cache_dir, run_dir
 
 MARKER_BASE = 0x44470000
@@ -34,8 +36,17 @@ PLUGIN_SOURCE = Path(__file__).with_name("insn_plugin.c")
 SMALL_KERNEL = 2e6
 
 
+def blocks_path(counts: Path) -> Path:
+    """The block log (executions per translation block, :mod:`.blocks`) beside a device's
+    count file."""
+    return counts.with_suffix(".blocks")
+
+
 def plugin_path() -> Path:
-    return cache_dir() / "plugin" / "libdgmsinsn.so"
+    """The plugin built from this source: one file per source version, so that a rebuild
+    never replaces a plugin that running devices have loaded."""
+    digest = hashlib.sha1(PLUGIN_SOURCE.read_bytes()).hexdigest()[:12]
+    return cache_dir() / "plugin" / f"libdgmsinsn-{digest}.so"
 
 
 def _deb_src_enabled() -> bool:
@@ -55,15 +66,9 @@ def _enable_deb_src() -> None:
     subprocess.run(["apt-get", "update", "-qq"], check=False, capture_output=True)
 
 
-def ensure_plugin(log=print) -> Path:
-    """Build the instruction-count plugin if missing; return its path."""
-    out = plugin_path()
-    stamp = out.with_suffix(".src")
-    if out.exists() and stamp.exists() and stamp.read_text() == PLUGIN_SOURCE.read_text():
-        return out
-    if shutil.which("gcc") is None:
-        raise UserError("gcc not found: it builds the instruction-count plugin")
-    log("building the qemu instruction-count plugin (qemu-plugin.h from Debian's qemu source)")
+def _fetch_header(header: Path) -> None:
+    """``qemu-plugin.h`` from Debian's qemu source package (Debian ships no plugin header),
+    kept beside the plugins."""
     if os.geteuid() == 0 and not _deb_src_enabled():
         _enable_deb_src()
     with tempfile.TemporaryDirectory() as tmp:
@@ -76,14 +81,32 @@ def ensure_plugin(log=print) -> Path:
         with tarfile.open(origs[0]) as tf:
             member = next(m for m in tf.getmembers()
                           if m.name.endswith("include/qemu/qemu-plugin.h"))
-            member.name = "qemu-plugin.h"
+            member.name = header.name
             tf.extract(member, tmp, filter="data")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        build = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{tmp}", "-o", str(out),
-                                str(PLUGIN_SOURCE)], capture_output=True, text=True)
-        if build.returncode:
-            raise UserError(f"building the plugin failed: {build.stderr.strip()[:200]}")
-    stamp.write_text(PLUGIN_SOURCE.read_text())
+        part = header.with_suffix(f".{os.getpid()}.part")
+        shutil.copyfile(Path(tmp) / header.name, part)
+        os.replace(part, header)
+
+
+def ensure_plugin(log=print) -> Path:
+    """Build the instruction-count plugin if missing; return its path."""
+    out = plugin_path()
+    if out.exists():
+        return out
+    if shutil.which("gcc") is None:
+        raise UserError("gcc not found: it builds the instruction-count plugin")
+    log("building the qemu instruction-count plugin")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    header = out.parent / "qemu-plugin.h"
+    if not header.exists():
+        _fetch_header(header)
+    part = out.with_suffix(f".{os.getpid()}.part")  # whole or not at all
+    build = subprocess.run(["gcc", "-shared", "-fPIC", "-O2", f"-I{header.parent}", "-o",
+                            str(part), str(PLUGIN_SOURCE)], capture_output=True, text=True)
+    if build.returncode:
+        part.unlink(missing_ok=True)
+        raise UserError(f"building the plugin failed: {build.stderr.strip()[:200]}")
+    os.replace(part, out)
     return out
 
 
@@ -128,6 +151,13 @@ class Counter:
             hits = self._find(tok)
             if len(hits) == 1:
                 self._file = hits[0][0]
+        # the device's block log (blocks_path), where it keeps one: executions per block
+        blocks = blocks_path(Path(self._file))
+        self._blocks = BlockLog(blocks) if blocks.exists() else None
+        #: Executions of each block (by its bytes) per call in the last :meth:`per_call`;
+        #: None where the device keeps no block log.
+        self.executions: dict[bytes, float] | None = None
+        self._last: dict[bytes, int] = {}
 
     @classmethod
     def prepare_env(cls, profile, key: str, workdir: Path) -> None:
@@ -188,16 +218,27 @@ class Counter:
                 f"its file was removed (events in {run_dir()}/events.log)")
 
     def between(self, fn) -> int:
-        """Instructions the device executed while ``fn()`` ran (plus fixed RPC overhead)."""
+        """Instructions the device executed while ``fn()`` ran (plus fixed RPC overhead);
+        with a block log, each block's executions then are in ``self._last``."""
         a, b = self._next(), self._next()
         self._mark(a)
         fn()
         self._mark(b)
-        return self._find(b)[-1][1] - self._find(a)[-1][1]
+        count = self._find(b)[-1][1] - self._find(a)[-1][1]
+        if self._blocks is not None:  # written before the count line that _find saw
+            self._blocks.update(keep={a, b})
+            self._last = self._blocks.between(a, b, forget=True)
+        return count
 
     def per_call(self, evaluator_factory, n1: int = 1, n2: int = 3) -> float:
         """Instructions per call: counts over ``n1`` and ``n2`` calls of a remote
-        ``time_evaluator`` (``evaluator_factory(number)``), differenced."""
+        ``time_evaluator`` (``evaluator_factory(number)``), differenced; with a block log,
+        each block's executions per call likewise (``self.executions``)."""
         c1 = self.between(evaluator_factory(n1))
+        e1 = self._last
         c2 = self.between(evaluator_factory(n2))
+        if self._blocks is not None:
+            e2 = self._last
+            self.executions = {c: (e2.get(c, 0) - e1.get(c, 0)) / (n2 - n1)
+                               for c in {*e1, *e2}}
         return (c2 - c1) / (n2 - n1)

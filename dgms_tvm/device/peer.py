@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
+from .blocks import BlockLog
+from .cycles import estimate
 from .insn import MARKER_BASE, ensure_plugin
 from .sysroot import ensure_sysroot
 
@@ -93,7 +95,8 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
     Returns
     -------
     dict
-        ``{"ms": [...], "minstr": per-inference M instructions, "output": ndarray}``.
+        ``{"ms": [...], "minstr": per-inference M instructions, "mcycles": M estimated
+        cycles (:mod:`.cycles`), "output": ndarray}``.
     """
     sysroot = ensure_sysroot()
     plugin = ensure_plugin()
@@ -102,10 +105,10 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
         (tmp / "model.onnx").write_bytes(onnx_model)
         np.save(tmp / "x.npy", np.ascontiguousarray(x))
         (tmp / "peer.py").write_text(GUEST_SCRIPT)
-        counts = tmp / "insn.txt"
+        counts, blocks = tmp / "insn.txt", tmp / "insn.blocks"
         env = dict(os.environ, QEMU_CPU=profile.qemu_cpu,
                    DGMS_QEMU_PREFIX=str(cpu_prefix(profile, tmp)),
-                   QEMU_PLUGIN=f"{plugin},out={counts}")
+                   QEMU_PLUGIN=f"{plugin},out={counts},blocks={blocks}")
         env.pop("QEMU_LD_PREFIX", None)
         tokens = ["1", "2", "3", "4"]
         proc = subprocess.run(
@@ -121,5 +124,9 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
             tok, _, n = line.partition(" ")
             c.setdefault(tok, int(n))
         per_call = ((c["4"] - c["3"]) - (c["2"] - c["1"])) / (n2 - n1)
+        log = BlockLog.read(blocks)
+        e1, e2 = log.between(1, 2), log.between(3, 4)
+        ex = {k: (e2.get(k, 0) - e1.get(k, 0)) / (n2 - n1) for k in {*e1, *e2}}
         return {"ms": res["ms"], "minstr": per_call * 1e-6,
+                "mcycles": estimate(ex, profile.mcpu).cycles * 1e-6,
                 "output": np.load(tmp / "x.npy.out.npy")}

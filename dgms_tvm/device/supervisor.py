@@ -79,8 +79,10 @@ class Device:
             # supervisor's pid: another supervisor under the same key (another tracker, or
             # one left by a killed run) never writes or removes it.
             counts = counts_path(Path(a.log), a.key, os.getpid(), self.index)
+            blocks = counts.with_suffix(".blocks")  # what ran: the cycle estimate (insn.py)
             counts.unlink(missing_ok=True)
-            env["QEMU_PLUGIN"] = f"{a.plugin},out={counts}"
+            blocks.unlink(missing_ok=True)
+            env["QEMU_PLUGIN"] = f"{a.plugin},out={counts},blocks={blocks}"
         cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
                "--key", a.key, "--host", "127.0.0.1", "--port", str(self.port),
                "--port-end", str(self.port + 1), "--load-library", a.runtime_extra]

@@ -397,6 +397,12 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
     assert all(r["minstr"] > 0 for r in doc["rows"])
     assert doc["instruction_ratio"] == pytest.approx(
         doc["rows"][0]["minstr"] / doc["rows"][1]["minstr"])
+    # Both measures for every row (ours and the peers): estimated cycles beside instructions.
+    assert all(r["mcycles"] > 0.2 * r["minstr"] for r in doc["rows"])
+    assert doc["cycle_ratio"] == pytest.approx(
+        doc["rows"][0]["mcycles"] / doc["rows"][1]["mcycles"])
+    assert doc["cycle_model"] == "cortex-a57 (standing in for cortex-a72)"
+    assert "estimated-cycle ratio FP32 / DGMS" in (tmp_path / "report.md").read_text()
     # The jobs spread over both devices under the key: each device's counter log holds the
     # markers of the jobs it ran.
     assert doc["devices"] == 2
@@ -411,6 +417,8 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
         assert all(layer[label]["minstr"] > 0 for layer in layers)
         total = sum(layer[label]["minstr"] for layer in layers)
         assert 0.7 < total / doc["rows"][i]["minstr"] < 1.05
+        cycles = sum(layer[label]["mcycles"] for layer in layers)
+        assert 0.6 < cycles / doc["rows"][i]["mcycles"] < 1.1
     assert sum("cb_conv2d" in layer["DGMS 4-bit"]["kernel"] for layer in layers) == 3
     assert "## Per layer" in (tmp_path / "report.md").read_text()
 
