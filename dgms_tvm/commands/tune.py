@@ -4,7 +4,8 @@ XGBoost cost model; records go to the target's one database, <tuning-logs>/<targ
 
 x86 is measured here (wall time). An ARM target is measured on devices from a tracker: the
 local emulated ones by default (started here if none runs under the key, stopped after),
-by their instruction counts unless --measure time; a real board with --tracker/--key (time).
+by their instruction counts (or their estimated cycles: --measure cycles) unless --measure
+time; a real board with --tracker/--key (time).
 Killed at any point, the logs stay loadable, and the same command resumes."""
 
 from __future__ import annotations
@@ -34,8 +35,9 @@ def parse(argv):
     p.add_argument("--key", help="device key (default: the target name)")
     p.add_argument("--devices", type=int, default=2,
                    help="emulated devices to start when none runs (default 2)")
-    p.add_argument("--measure", choices=("time", "instructions"),
-                   help="default: instructions on emulated devices, else time")
+    p.add_argument("--measure", choices=("time", "instructions", "cycles"),
+                   help="default: instructions on emulated devices, else time; cycles: the "
+                        "estimate of each executed block by the core's llvm-mca model")
     p.add_argument("--tuning-logs", type=Path, default=DEFAULT_LOGS)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--remeasure", type=int, metavar="ROUNDS",
@@ -73,6 +75,9 @@ def main(argv=None):
         if profile.is_arm:
             key = args.key or profile.name
             if args.tracker:
+                if measure != "time":
+                    raise UserError(f"--measure {measure} needs the emulated devices (a board "
+                                    "is measured by time): leave out --tracker")
                 tracker = client.Tracker(*client.parse_tracker(args.tracker))
                 if not tracker.reachable():
                     tracker.summary()  # one-line error when unreachable

@@ -134,7 +134,7 @@ class Counter:
     first marker tells which file is this session's, and later markers are read from that
     file only, with tokens in sequence so that none repeats within the session."""
 
-    ENV_KEY, ENV_LIB = "DGMS_COUNT_KEY", "DGMS_COUNT_MARKER"
+    ENV_KEY, ENV_LIB, ENV_CYCLES = "DGMS_COUNT_KEY", "DGMS_COUNT_MARKER", "DGMS_COUNT_CYCLES"
 
     def __init__(self, sess, profile, key: str, workdir: Path | None, lib: Path | None = None):
         self.key = key
@@ -160,12 +160,17 @@ class Counter:
         self._last: dict[bytes, int] = {}
 
     @classmethod
-    def prepare_env(cls, profile, key: str, workdir: Path) -> None:
-        """Build the marker library and say where it is (and the device key) in the
-        environment, for processes that will count (MetaSchedule's runner workers)."""
+    def prepare_env(cls, profile, key: str, workdir: Path, cycles: bool = False) -> None:
+        """Build the marker library and say where it is (and the device key; with
+        ``cycles``, the core whose model weighs the blocks) in the environment, for
+        processes that will count (MetaSchedule's runner workers)."""
         Path(workdir).mkdir(parents=True, exist_ok=True)
         os.environ[cls.ENV_LIB] = str(marker_library(profile, Path(workdir)))
         os.environ[cls.ENV_KEY] = key
+        if cycles:
+            os.environ[cls.ENV_CYCLES] = profile.mcpu
+        else:
+            os.environ.pop(cls.ENV_CYCLES, None)
 
     @classmethod
     def from_env(cls, sess) -> Counter:

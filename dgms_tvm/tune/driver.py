@@ -129,8 +129,9 @@ def _new_entry(model, bits, profile, measure, trials, per_iter, strategy: str) -
     return {"format": FORMAT, "model": run_name(model), "bits": bits,
             "strategy": strategy,  # of the DGMS build whose kernels were tuned
             "target": profile.name, "measure": measure.name,
-            "run_secs_unit": ("1e-9 per aarch64 instruction"
-                              if measure.name == "instructions" else "seconds"),
+            "run_secs_unit": {"instructions": "1e-9 per aarch64 instruction",
+                              "cycles": "1e-9 per estimated cycle (llvm-mca model of "
+                                        f"{profile.mcpu})"}.get(measure.name, "seconds"),
             "measured_on": measure.device, "machine": platform.machine(),
             "trials_requested": trials, "per_iter": per_iter, "total_trials": 0,
             "seconds": 0.0, "started": time.strftime("%Y-%m-%d %H:%M:%S"),

@@ -35,7 +35,9 @@ import numpy as np
 from ..errors import UserError
 from ..schedules.apply_records import record_cost
 
-MEASURES = ("time", "instructions")
+#: How a candidate is measured: wall time (x86 here, or a board), or on an emulated device
+#: its instructions per call or its estimated cycles per call (:mod:`dgms_tvm.device.cycles`).
+MEASURES = ("time", "instructions", "cycles")
 
 
 # --- making MetaSchedule affordable on a small machine ---------------------------------------
@@ -83,8 +85,10 @@ def export_aarch64(rt_mod) -> str:
 
 
 def count_evaluator(session, rt_mod, device, evaluator_config, repeated_args) -> list[float]:
-    """``RPCRunner`` evaluator measuring instructions per call on an emulated device (the
-    key and marker library come from the environment the tuner sets up)."""
+    """``RPCRunner`` evaluator measuring instructions (or, where the environment the tuner
+    sets up says ``cycles``, estimated cycles) per call on an emulated device (the key and
+    marker library come from that environment too)."""
+    from ..device.cycles import estimate
     from ..device.insn import SMALL_KERNEL, Counter
 
     counter = Counter.from_env(session)
@@ -99,6 +103,11 @@ def count_evaluator(session, rt_mod, device, evaluator_config, repeated_args) ->
     if per_call < SMALL_KERNEL:  # a few thousand instructions of RPC noise: average more
         per_call = counter.per_call(factory, 1, 1 + min(100, int(SMALL_KERNEL / max(per_call,
                                                                                    1e4))))
+    mcpu = os.environ.get(Counter.ENV_CYCLES)
+    if mcpu:
+        if counter.executions is None:
+            raise RuntimeError("the device keeps no block log: no cycle estimate")
+        per_call = estimate(counter.executions, mcpu).cycles
     return [1e-9 * max(per_call, 1.0)]
 
 
@@ -206,7 +215,7 @@ def make_measure(profile, measure: str, tracker=None, key: str | None = None,
         raise UserError(f"unknown measure {measure!r} (choose from {', '.join(MEASURES)})")
     if not profile.is_arm:
         if measure != "time":
-            raise UserError("instruction counts exist on an emulated device only; "
+            raise UserError(f"{measure} exist on an emulated device only; "
                             f"{profile.name} is measured by time")
         builder = ms.builder.LocalBuilder(f_build=fast_build, max_workers=profile.num_cores,
                                           timeout_sec=60)
@@ -220,10 +229,10 @@ def make_measure(profile, measure: str, tracker=None, key: str | None = None,
     builder = ms.builder.LocalBuilder(f_build=fast_build, f_export=export_aarch64,
                                       max_workers=2, timeout_sec=120)
     kwargs = {}
-    if measure == "instructions":
+    if measure in ("instructions", "cycles"):
         from ..device.insn import Counter
 
-        Counter.prepare_env(profile, key, workdir)
+        Counter.prepare_env(profile, key, workdir, cycles=measure == "cycles")
         kwargs["f_run_evaluator"] = count_evaluator
     runner = ms.runner.RPCRunner(
         ms.runner.RPCConfig(tracker_host=tracker.host, tracker_port=tracker.port,
@@ -333,4 +342,6 @@ def tune_task(db, task: Task, budget: int, target, knobs: dict, measure: Measure
 
 
 def _fmt(cost: float, measure: str) -> str:
-    return f"{cost * 1e3:.3f} M instr" if measure == "instructions" else f"{cost * 1e3:.4f} ms"
+    if measure in ("instructions", "cycles"):
+        return f"{cost * 1e3:.3f} M {'instr' if measure == 'instructions' else 'cycles'}"
+    return f"{cost * 1e3:.4f} ms"
