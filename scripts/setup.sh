@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # One-time set-up on a fresh Debian/Ubuntu machine, safe to re-run:
 #   1. system packages: the aarch64 cross toolchain (g++-aarch64-linux-gnu), qemu-user and
-#      llvm-16 (its llvm-mca weighs executed code by each core's scheduling model);
+#      llvm-19 (its llvm-mca weighs executed code by each core's scheduling model);
 #   2. a virtual environment in .venv with the project and its pinned Python packages;
 #   3. the aarch64 sysroot the emulated Cortex-A devices run in (Debian arm64 packages and
 #      PyPI aarch64 wheels, unpacked, never installed; adds dpkg's arm64 architecture).
@@ -12,7 +12,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v aarch64-linux-gnu-g++ >/dev/null 2>&1 || need+=(g++-aarch64-linux-gnu)
 command -v qemu-aarch64 >/dev/null 2>&1 || need+=(qemu-user)
-command -v llvm-mca-16 >/dev/null 2>&1 || need+=(llvm-16)
+command -v llvm-mca-19 >/dev/null 2>&1 || need+=(llvm-19)
 if [ ${#need[@]} -gt 0 ]; then
   sudo=""
   [ "$(id -u)" -ne 0 ] && sudo="sudo"
