@@ -59,6 +59,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
+_warned: list = []  # the one warning of a run without cycle estimates
 
 
 class _Device:
@@ -109,10 +110,21 @@ class _Device:
         if per_call < SMALL_KERNEL:  # small: average over more calls, above the RPC noise
             per_call = self.counter.per_call(factory, 1, 1 + min(100, int(
                 SMALL_KERNEL / max(per_call, 1e4))))
-        ex = self.counter.executions
-        mcycles = None if ex is None else 1e-6 * estimate(ex, self.profile.mcpu).cycles
-        return times[-1:], 1e-6 * per_call, mcycles
+        return times[-1:], 1e-6 * per_call, self._mcycles(self.counter.executions)
 
+    def _mcycles(self, executions) -> float | None:
+        """M estimated cycles per call, or None (with one warning) where there is no
+        estimate: a device without a block log, or no llvm-mca here."""
+        try:
+            if executions is None:
+                raise UserError("the device keeps no block log (started by an older version: "
+                                "restart it)")
+            return 1e-6 * estimate(executions, self.profile.mcpu).cycles
+        except UserError as err:
+            if not _warned:
+                _warned.append(err)
+                _log(f"warning: no cycle estimate: {err}")
+            return None
 
 def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) -> dict:
     import tvm
@@ -133,7 +145,6 @@ def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) 
         _, minstr, mcycles = dev.measure(make_eval, 1, 1)
     return {"output": out, "ms": ms, "minstr": minstr, "mcycles": mcycles}
 
-
 def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
     import tvm
     from tvm.s_tir.meta_schedule.arg_info import ArgInfo
@@ -153,7 +164,6 @@ def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
 
     ms, minstr, mcycles = dev.measure(make_eval, repeat, number)
     return {"ms": ms, "minstr": minstr, "mcycles": mcycles}
-
 
 def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, workdir: Path,
               counting: bool, workers: int, timeout: float = 300.0) -> None:
@@ -214,11 +224,9 @@ def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, wor
     if failed:
         raise failed[0]
 
-
 def device_count(tracker: Tracker, key: str) -> int:
     """Devices free under ``key`` now (at least 1: a busy farm is waited for)."""
     return max(1, tracker.free(key))
-
 
 def check_args(model: str, bits: int, target: str, output: Path, repeat: int = 5,
                number: int = 1, emulated: bool = True):
@@ -245,7 +253,6 @@ def check_args(model: str, bits: int, target: str, output: Path, repeat: int = 5
     for sub in ("fp32", f"dgms-w{bits}"):
         artifact.check_output_dir(output / sub)
     return profile
-
 
 def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
@@ -368,7 +375,6 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     }
     write_report(report, output)
     return report
-
 
 def _peer(label, fp32, x, profile, repeat, output) -> dict:
     """onnxruntime FP32 or static int8 on the same emulated core, in the same run (a local

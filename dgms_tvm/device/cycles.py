@@ -24,6 +24,7 @@ import re
 import shutil
 import subprocess
 import tempfile
+import threading
 from functools import cache
 from pathlib import Path
 
@@ -139,7 +140,7 @@ def block_cycles(codes: list[bytes], model: str) -> dict[bytes, float | None]:
     if missing:
         known.update({keys[c]: v for c, v in _run_mca(missing, model, tool).items()})
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
+        tmp = path.with_suffix(f".{os.getpid()}-{threading.get_ident()}.tmp")  # bench threads
         tmp.write_text(json.dumps(known))
         os.replace(tmp, path)
     return {c: known[keys[c]] for c in codes}
