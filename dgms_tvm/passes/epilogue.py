@@ -227,15 +227,12 @@ class _Fuser(PyExprMutator):
             value = bound.get(v) if isinstance(v, relax.DataflowVar) else None
             if v in found or value is None:
                 continue
-            if isinstance(value, relax.TupleGetItem):
-                inner = value.tuple_value
-            else:
-                family = self._family(value)
-                if family is None or not family.operand:
-                    continue
-                inner = None
+            item = isinstance(value, relax.TupleGetItem)  # an item of an operand kernel's
+            family = self._family(bound.get(value.tuple_value) if item else value)
+            if family is None or not family.operand:
+                continue
             found.add(v)
-            todo += [inner] if inner is not None else read(value)
+            todo += [value.tuple_value] if item else read(value)
         readers = {conv.var}
         while True:  # keep those read only by the conv and by each other
             keep = {v for v in found if all(u in found or u in readers

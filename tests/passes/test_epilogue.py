@@ -35,6 +35,7 @@ def test_int8_convs_do_the_ops_after_them_as_they_write():
     x = torch.randn(1, 8, 12, 12)
     imported = frontend.from_torch(net, (x,))
     fused = compiler.lower(imported, 4, strategy="int8")
+    relax.analysis.well_formed(fused.mod)  # raises where a var is used undefined
     steps = {r.name: r.epilogue for r in fused.records}
     assert steps == {"c1.weight": "batch_norm+relu", "c2.weight": "batch_norm+add+relu",
                      "ds.weight": "batch_norm", "c3.weight": "bias+relu6", "c4.weight": ""}
@@ -133,3 +134,29 @@ def test_fuse_epilogues_leaves_a_conv_read_twice():
 
     before, _, _ = _depthwise_module(two_users)
     tvm.ir.assert_structural_equal(fuse_epilogues()(before), before)
+
+
+class _ProjectThenConv(torch.nn.Module):
+    """A MobileNetV2 block's end: a conv whose chain ends in its BatchNorm (no activation),
+    read by the input quantize of the next int8 conv, which has a chain of its own."""
+
+    def __init__(self):
+        super().__init__()
+        self.c1, self.bn = torch.nn.Conv2d(8, 16, 1, bias=False), torch.nn.BatchNorm2d(16)
+        self.c2, self.bn2 = torch.nn.Conv2d(16, 8, 1, bias=False), torch.nn.BatchNorm2d(8)
+
+    def forward(self, x):
+        return torch.nn.functional.relu6(self.bn2(self.c2(self.bn(self.c1(x)))))
+
+
+def test_a_chain_ending_in_a_batch_norm_feeds_the_next_int8_conv():
+    torch.manual_seed(0)
+    net = _ProjectThenConv().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 8, 6, 6)
+    imported = frontend.from_torch(net, (x,))
+    fused = compiler.lower(imported, 4, strategy="int8")
+    relax.analysis.well_formed(fused.mod)  # raises where a var is used undefined
+    assert [r.epilogue for r in fused.records] == ["batch_norm", "batch_norm+relu6"]
+    got = compiler.run_local(compiler.build(fused, get_profile("x86")), [x.numpy()])[0]
+    assert rel_err(got, net(x).detach().numpy()) < 0.05
