@@ -59,7 +59,7 @@ def _log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-_warned: list = []  # the one warning of a run without cycle estimates
+_warned: list = []  # the warnings given: no cycle estimate, unreadable blocks
 
 
 class _Device:
@@ -119,9 +119,15 @@ class _Device:
             if executions is None:
                 raise UserError("the device keeps no block log (started by an older version: "
                                 "restart it)")
-            return 1e-6 * estimate(executions, self.profile.mcpu).cycles
+            est = estimate(executions, self.profile.mcpu)
+            if est.unparsed and len(_warned) < 2:
+                _warned.append(est)
+                _log(f"note: llvm-mca could not read {len(est.unparsed)} hot block(s) (the "
+                     f"first: {est.unparsed[0]!r}); charged at the others' cycles per "
+                     f"instruction ({est.coverage:.1%} of the instructions weighed)")
+            return 1e-6 * est.cycles
         except UserError as err:
-            if not _warned:
+            if not any(isinstance(w, UserError) for w in _warned):
                 _warned.append(err)
                 _log(f"warning: no cycle estimate: {err}")
             return None

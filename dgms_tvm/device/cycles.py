@@ -147,14 +147,18 @@ def block_cycles(codes: list[bytes], model: str) -> dict[bytes, float | None]:
 
 
 def _run_mca(codes: list[bytes], model: str, tool: str) -> dict[bytes, float | None]:
-    """One llvm-mca run, a code region per block; a block it cannot read is left out and
-    the rest run again."""
+    """One llvm-mca run, a code region per block. A block it cannot read (None) is left out
+    and the rest run again: found by the line of its error, or, where llvm-mca fails
+    without one, by halving the set until the failing blocks stand alone."""
     bodies = {c: disassemble(c) for c in codes}
     # an encoding the disassembler does not know (".inst 0x..."): no instruction to weigh
     result: dict[bytes, float | None] = {
         c: None for c in codes if not bodies[c] or any(ln.startswith(".") for ln in bodies[c])}
-    todo = [c for c in codes if c not in result]
-    while todo:
+    pending = [[c for c in codes if c not in result]]
+    while pending:
+        todo = pending.pop()
+        if not todo:
+            continue
         text, first_line = [], {}
         for i, c in enumerate(todo):
             text.append(f"# LLVM-MCA-BEGIN r{i}")
@@ -173,17 +177,20 @@ def _run_mca(codes: list[bytes], model: str, tool: str) -> dict[bytes, float | N
             drop = {max((i for i, s in starts if s <= line), default=0) for line in bad}
             for i in drop:
                 result[todo[i]] = None
-            todo = [c for i, c in enumerate(todo) if i not in drop]
+            pending.append([c for i, c in enumerate(todo) if i not in drop])
             continue
-        if proc.returncode:
-            raise UserError(f"llvm-mca failed: {proc.stderr.strip()[:200]}")
+        if proc.returncode:  # no line to blame: halve
+            if len(todo) == 1:
+                result[todo[0]] = None
+            else:
+                pending += [todo[: len(todo) // 2], todo[len(todo) // 2:]]
+            continue
         regions = re.findall(r"Code Region - r(\d+)\s+Iterations:\s+(\d+)\s+Instructions:\s+"
                              r"\d+\s+Total Cycles:\s+(\d+)", proc.stdout)
         for i, iters, total in regions:
             result[todo[int(i)]] = int(total) / int(iters)
         for c in todo:
             result.setdefault(c, None)
-        todo = []
     return result
 
 
