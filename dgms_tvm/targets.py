@@ -260,10 +260,16 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 AARCH64_CAPABILITIES = ("neon", "dotprod", "i8mm", "sve", "fp16")
 
 
+#: Extensions no kernel asks for, which the code around them uses (libc's atomics, CRC).
+AARCH64_ASM_ONLY = ("lse", "rcpc", "crc")
+
+
 def aarch64_mattr() -> str:
-    """An LLVM ``-mattr`` with every aarch64 capability: for tools that must read any code
-    our kernels emit (llvm-mca weighing executed blocks, whatever the core)."""
-    return ",".join(f"+{f}" for c in AARCH64_CAPABILITIES for f in CAPABILITIES[c])
+    """An LLVM ``-mattr`` with every aarch64 capability and :data:`AARCH64_ASM_ONLY`: for
+    tools that must read any code a device runs (llvm-mca weighing executed blocks,
+    whatever the core)."""
+    return ",".join([*(f"+{f}" for c in AARCH64_CAPABILITIES for f in CAPABILITIES[c]),
+                     *(f"+{f}" for f in AARCH64_ASM_ONLY)])
 
 
 @functools.cache

@@ -123,7 +123,8 @@ def disassemble(code: bytes) -> list[str]:
 
 
 def _cache_path(model: str, tool: str) -> Path:
-    return cache_dir() / "cycles" / f"{model}-llvm{_mca_version(tool)}.json"
+    reads = hashlib.sha1(aarch64_mattr().encode()).hexdigest()[:8]  # what it can read
+    return cache_dir() / "cycles" / f"{model}-llvm{_mca_version(tool)}-{reads}.json"
 
 
 def block_cycles(codes: list[bytes], model: str) -> dict[bytes, float | None]:
