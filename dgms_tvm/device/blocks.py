@@ -77,3 +77,9 @@ class BlockLog:
                 if self._keep is not None:
                     self._keep.discard(t)
         return out
+
+
+def per_call(first: dict[bytes, int], second: dict[bytes, int], calls: int) -> dict[bytes, float]:
+    """Executions per call of each block: two runs' executions (``second`` of ``calls`` more
+    calls than ``first``) differenced, so that what surrounds the calls cancels."""
+    return {c: (second.get(c, 0) - first.get(c, 0)) / calls for c in {*first, *second}}

@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 from ..errors import UserError
-from .blocks import BlockLog
+from .blocks import BlockLog, per_call
 from .sysroot import cache_dir, run_dir
 
 MARKER_BASE = 0x44470000
@@ -244,6 +244,5 @@ class Counter:
         c2 = self.between(evaluator_factory(n2))
         if self._blocks is not None:
             e2 = self._last
-            self.executions = {c: (e2.get(c, 0) - e1.get(c, 0)) / (n2 - n1)
-                               for c in {*e1, *e2}}
+            self.executions = per_call(e1, e2, n2 - n1)
         return (c2 - c1) / (n2 - n1)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import UserError
-from .blocks import BlockLog
+from .blocks import BlockLog, per_call
 from .cycles import estimate
 from .insn import MARKER_BASE, ensure_plugin
 from .sysroot import ensure_sysroot
@@ -123,10 +123,9 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
         for line in counts.read_text().splitlines():
             tok, _, n = line.partition(" ")
             c.setdefault(tok, int(n))
-        per_call = ((c["4"] - c["3"]) - (c["2"] - c["1"])) / (n2 - n1)
+        instr = ((c["4"] - c["3"]) - (c["2"] - c["1"])) / (n2 - n1)
         log = BlockLog.read(blocks)
-        e1, e2 = log.between(1, 2), log.between(3, 4)
-        ex = {k: (e2.get(k, 0) - e1.get(k, 0)) / (n2 - n1) for k in {*e1, *e2}}
-        return {"ms": res["ms"], "minstr": per_call * 1e-6,
+        ex = per_call(log.between(1, 2), log.between(3, 4), n2 - n1)
+        return {"ms": res["ms"], "minstr": instr * 1e-6,
                 "mcycles": estimate(ex, profile.mcpu).cycles * 1e-6,
                 "output": np.load(tmp / "x.npy.out.npy")}
