@@ -41,6 +41,7 @@ class Row:
     lowered: int
     minstr: float | None = None  # M aarch64 instructions per inference (emulated device)
     mcycles: float | None = None  # M estimated cycles per inference (device.cycles)
+    hot: list | None = None  # the blocks charged the most cycles (cycles.Hot, as dicts)
 
 
 @dataclasses.dataclass
@@ -60,6 +61,7 @@ def _log(msg: str) -> None:
 
 
 _warned: list = []  # the warnings given: no cycle estimate, unreadable blocks
+NO_CYCLES = {"mcycles": None, "hot": None}
 
 
 class _Device:
@@ -94,11 +96,12 @@ class _Device:
         return self.modules[path]
 
     def measure(self, make_eval, repeat: int, number: int):
-        """Times (ms) and, when counting, M instructions and M estimated cycles per call of
-        one remote function; ``make_eval(number, repeat)`` gives its ``time_evaluator``."""
+        """Times (ms) and, when counting, M instructions per call of one remote function and
+        its cycle figures (:meth:`Estimate.figures`); ``make_eval(number, repeat)`` gives its
+        ``time_evaluator``."""
         if self.counter is None:
             res = make_eval(number, repeat)()
-            return [1e3 * s for s in res.results], None, None
+            return [1e3 * s for s in res.results], None, NO_CYCLES
         times: list[float] = []
 
         def factory(n):
@@ -110,10 +113,10 @@ class _Device:
         if per_call < SMALL_KERNEL:  # small: average over more calls, above the RPC noise
             per_call = self.counter.per_call(factory, 1, 1 + min(100, int(
                 SMALL_KERNEL / max(per_call, 1e4))))
-        return times[-1:], 1e-6 * per_call, self._mcycles(self.counter.executions)
+        return times[-1:], 1e-6 * per_call, self._cycles(self.counter.executions)
 
-    def _mcycles(self, executions) -> float | None:
-        """M estimated cycles per call, or None (with one warning) where there is no
+    def _cycles(self, executions) -> dict:
+        """The cycle figures per call, or none (with one warning) where there is no
         estimate: a device without a block log, or no llvm-mca here."""
         try:
             if executions is None:
@@ -125,12 +128,12 @@ class _Device:
                 _log(f"note: llvm-mca could not read {len(est.unparsed)} hot block(s) (the "
                      f"first: {est.unparsed[0]!r}); charged at the others' cycles per "
                      f"instruction ({est.coverage:.1%} of the instructions weighed)")
-            return 1e-6 * est.cycles
+            return est.figures()
         except UserError as err:
             if not any(isinstance(w, UserError) for w in _warned):
                 _warned.append(err)
                 _log(f"warning: no cycle estimate: {err}")
-            return None
+            return NO_CYCLES
 
 def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) -> dict:
     import tvm
@@ -142,14 +145,14 @@ def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) 
     out = (out if isinstance(out, tvm.runtime.Tensor) else out[0]).numpy()
     res = vm.time_evaluator("main", dev.dev, number=number, repeat=repeat)(arg)
     ms = [1e3 * s for s in res.results]
-    minstr = mcycles = None
+    minstr, cycles = None, NO_CYCLES
     if dev.counter is not None:
         def make_eval(n, r):
             ev = vm.time_evaluator("main", dev.dev, number=n, repeat=r)
             return lambda: ev(arg)
 
-        _, minstr, mcycles = dev.measure(make_eval, 1, 1)
-    return {"output": out, "ms": ms, "minstr": minstr, "mcycles": mcycles}
+        _, minstr, cycles = dev.measure(make_eval, 1, 1)
+    return {"output": out, "ms": ms, "minstr": minstr, **cycles}
 
 def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
     import tvm
@@ -168,8 +171,8 @@ def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
         ev = rmod.time_evaluator(job.name, dev.dev, number=n, repeat=r)
         return lambda: ev(*args)
 
-    ms, minstr, mcycles = dev.measure(make_eval, repeat, number)
-    return {"ms": ms, "minstr": minstr, "mcycles": mcycles}
+    ms, minstr, cycles = dev.measure(make_eval, repeat, number)
+    return {"ms": ms, "minstr": minstr, **cycles}
 
 def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, workdir: Path,
               counting: bool, workers: int, timeout: float = 300.0) -> None:
@@ -333,7 +336,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         rows.append(Row(label, float(np.median(res["ms"])), min(res["ms"]), max(res["ms"]),
                         (folders[label] / b.manifest["library"]).stat().st_size,
                         s["weight_bytes_codebook"], s["layers_lowered"], res["minstr"],
-                        res["mcycles"]))
+                        res["mcycles"], res["hot"]))
     ref, got = outs.values()
     err = pipeline.rel_err(got, ref)
     int8_layers = sum(v for k, v in (builds[f"DGMS {bits}-bit"].manifest.get("strategy")
@@ -351,7 +354,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
                             f"{pipeline.rel_err(res['output'], ref):.1e}")
         ms = res["ms"]
         rows.append(Row(label, float(np.median(ms)), min(ms), max(ms), res["bytes"],
-                        res["bytes"], 0, res["minstr"], res.get("mcycles")))
+                        res["bytes"], 0, res["minstr"], res.get("mcycles"), res.get("hot")))
     counted = rows[0].minstr is not None
     int8_peers = {r.label: (r.minstr if counted else r.median_ms) for r in rows
                   if r.label in PEER_CONFIGS}

@@ -166,8 +166,24 @@ def format_markdown(rep: dict) -> str:
         lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
                      "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "
                      "integer code, so time ratios are biased): a side column only.")
-    lines += _layer_lines(rep)
+    lines += _hot_lines(rep) + _layer_lines(rep)
     return "\n".join(lines) + "\n"
+
+
+def _hot_lines(rep: dict) -> list[str]:
+    """Where each row's estimated cycles go: the blocks charged the most, by their mnemonics
+    (what tells one kernel's code from another's where the two measures disagree)."""
+    rows = [r for r in rep["rows"] if r.get("hot")]
+    if not rows:
+        return []
+    lines = ["", f"## Where the estimated cycles go ({rep.get('cycle_model')})", "",
+             "The blocks charged the most cycles in each row: share of the row's cycles, the "
+             "block's instructions, its cycles per instruction, its commonest mnemonics.", ""]
+    for r in rows:
+        lines.append(f"- **{r['label']}**: " + "; ".join(
+            f"{h['share']:.0%} in {h['instructions']} instr at {h['cpi']:.2f} cycles/instr "
+            f"({h['mix']})" for h in r["hot"]))
+    return lines
 
 
 def _layer_lines(rep: dict) -> list[str]:

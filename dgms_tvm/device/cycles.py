@@ -16,6 +16,7 @@ reported, and charged like the cold ones. Results are cached by block bytes, cor
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import hashlib
 import json
@@ -38,6 +39,20 @@ OBJDUMP = "aarch64-linux-gnu-objdump"
 
 
 @dataclasses.dataclass
+class Hot:
+    """One of the blocks charged the most cycles: what names the code behind a figure."""
+
+    share: float  # of the estimated cycles
+    cpi: float  # the block's cycles per instruction (steady state, one iteration)
+    instructions: int  # in the block
+    mix: str  # its commonest mnemonics, e.g. "8 fmla, 4 ldr, 1 subs"
+
+
+#: Blocks named in :attr:`Estimate.top`.
+TOP = 3
+
+
+@dataclasses.dataclass
 class Estimate:
     """Estimated cycles of the code between two markers on one core."""
 
@@ -47,10 +62,15 @@ class Estimate:
     hot_blocks: int
     model: str  # the llvm-mca -mcpu that weighed them
     unparsed: list[str]  # blocks llvm-mca could not read (their first instructions)
+    top: list[Hot] = dataclasses.field(default_factory=list)  # where the cycles go
 
     @property
     def cpi(self) -> float:
         return self.cycles / self.instructions if self.instructions else 0.0
+
+    def figures(self) -> dict:
+        """What a report keeps: M cycles and the blocks that cost the most."""
+        return {"mcycles": 1e-6 * self.cycles, "hot": [dataclasses.asdict(h) for h in self.top]}
 
 
 #: The llvm-mca builds tried, newest first: LLVM 19 has a Neoverse-N1 model of its own
@@ -226,6 +246,17 @@ def estimate(executions: dict[bytes, float], model: str,
     w_cycles = sum(executions[c] * per_iter[c] for c in weighed)
     cpi = w_cycles / w_insns if w_insns else 1.0
     unparsed = [disassemble(c)[0] if c else "" for c in hot if per_iter[c] is None]
-    return Estimate(w_cycles + (total - w_insns) * cpi, total,
-                    sum(abs(insns[c]) for c in weighed) / size, len(hot), model_of(model),
-                    unparsed)
+    cycles = w_cycles + (total - w_insns) * cpi
+    return Estimate(cycles, total, sum(abs(insns[c]) for c in weighed) / size, len(hot),
+                    model_of(model), unparsed, _top(executions, per_iter, weighed, cycles))
+
+
+def _top(executions, per_iter, weighed, cycles: float) -> list[Hot]:
+    ranked = sorted(weighed, key=lambda c: (-abs(executions[c] * per_iter[c]), c))[:TOP]
+    out = []
+    for c in ranked:
+        mnemonics = collections.Counter(line.split(None, 1)[0] for line in disassemble(c))
+        mix = ", ".join(f"{n} {m}" for m, n in mnemonics.most_common(4))
+        out.append(Hot(executions[c] * per_iter[c] / cycles if cycles else 0.0,
+                       per_iter[c] / (len(c) // 4), len(c) // 4, mix))
+    return out

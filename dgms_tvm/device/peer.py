@@ -126,6 +126,5 @@ def run_onnxruntime(onnx_model: bytes, x: np.ndarray, profile, repeat: int = 3,
         instr = ((c["4"] - c["3"]) - (c["2"] - c["1"])) / (n2 - n1)
         log = BlockLog.read(blocks)
         ex = per_call(log.between(1, 2), log.between(3, 4), n2 - n1)
-        return {"ms": res["ms"], "minstr": instr * 1e-6,
-                "mcycles": estimate(ex, profile.mcpu).cycles * 1e-6,
+        return {"ms": res["ms"], "minstr": instr * 1e-6, **estimate(ex, profile.mcpu).figures(),
                 "output": np.load(tmp / "x.npy.out.npy")}

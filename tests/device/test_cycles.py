@@ -2,6 +2,7 @@
 from the core's documented rates, run under qemu-user with the counting plugin; the estimate
 repeats; a block llvm-mca cannot read is reported."""
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -57,6 +58,20 @@ def test_independent_fmla_reach_the_throughput_bound(tmp_path):
     e = cycles.estimate(_loop(tmp_path, INDEPENDENT), "neoverse-n1")
     assert e.model == "neoverse-n1" and e.coverage >= 0.99 and not e.unparsed
     assert e.cycles / N == pytest.approx(4.0, rel=0.1)
+
+
+def test_the_estimate_names_the_block_the_cycles_go_to(tmp_path):
+    """The loop's body is the block charged (nearly) all the cycles, named by its mnemonics:
+    8 fmla, a subs and a b.ne in 10 instructions at 0.4 cycles each."""
+    e = cycles.estimate(_loop(tmp_path, INDEPENDENT), "neoverse-n1")
+    loop = e.top[0]
+    assert loop.share > 0.99 and loop.instructions == 10
+    assert loop.mix.split(", ")[0] == "8 fmla" and {"1 subs", "1 b.ne"} <= set(
+        loop.mix.split(", "))
+    assert loop.cpi == pytest.approx(0.4, rel=0.1)
+    assert sum(h.share for h in e.top) <= 1 + 1e-9 and len(e.top) <= cycles.TOP
+    assert e.figures() == {"mcycles": pytest.approx(e.cycles * 1e-6),
+                           "hot": [dataclasses.asdict(h) for h in e.top]}
 
 
 def test_a_dependent_chain_gets_its_latency_bound(tmp_path):

@@ -403,6 +403,11 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
         doc["rows"][0]["mcycles"] / doc["rows"][1]["mcycles"])
     assert doc["cycle_model"] == "cortex-a57 (standing in for cortex-a72)"
     assert "estimated-cycle ratio FP32 / DGMS" in (tmp_path / "report.md").read_text()
+    # ... and where the cycles go: every row names its costliest blocks, by mnemonics.
+    for r in doc["rows"]:
+        assert 0 < len(r["hot"]) <= 3 and all(0 < h["share"] <= 1 and h["mix"]
+                                              for h in r["hot"])
+    assert "## Where the estimated cycles go" in (tmp_path / "report.md").read_text()
     # The jobs spread over both devices under the key: each device's counter log holds the
     # markers of the jobs it ran.
     assert doc["devices"] == 2
