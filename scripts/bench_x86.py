@@ -23,6 +23,10 @@ def parse(argv):
     p.add_argument("--tuning-logs", default="tuning_logs",
                    help="root of the tuning logs (tuned rows when they hold this model), "
                         "or 'none'")
+    p.add_argument("--per-layer", action="store_true",
+                   help="also time the codebook int8 build's layers one by one beside the "
+                        "fastest onnxruntime int8 configuration's (its profiler), and sum the "
+                        "gap by kind of layer")
     return p.parse_args(argv)
 
 
@@ -32,7 +36,7 @@ def main(argv=None):
     from dgms_tvm.bench import on_host
 
     rep = on_host.compare(args.model, args.bits, args.repeat, args.number,
-                          tuning_logs=logs_root(args.tuning_logs))
+                          tuning_logs=logs_root(args.tuning_logs), per_layer=args.per_layer)
     print(on_host.format_report(rep))
     if args.json:
         args.json.write_text(json.dumps(rep, indent=2) + "\n")

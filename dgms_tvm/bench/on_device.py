@@ -156,15 +156,10 @@ def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) 
 
 def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
     import tvm
-    from tvm.s_tir.meta_schedule.arg_info import ArgInfo
 
-    rng = np.random.default_rng(0)
-    args = []
-    for info in ArgInfo.from_prim_func(func):
-        shape, dtype = [int(d) for d in info.shape], str(info.dtype)
-        a = (rng.integers(0, 256, shape).astype(dtype) if "int" in dtype
-             else rng.normal(size=shape).astype(dtype))
-        args.append(tvm.runtime.tensor(a, dev.dev))
+    from .operands import random_inputs
+
+    args = [tvm.runtime.tensor(a, dev.dev) for a in random_inputs(func)]
     rmod = dev.module(job.path)
 
     def make_eval(n, r):

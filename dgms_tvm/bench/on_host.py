@@ -63,17 +63,17 @@ def fastest_int8_peer(rows: dict) -> str | None:
 
 
 def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int = 0,
-            tuning_logs=None) -> dict:
+            tuning_logs=None, per_layer: bool = False) -> dict:
     """Build FP32 and codebook variants for this host (hand schedules, and tuned ones when
     ``tuning_logs`` holds a database for this host's target), check they agree, time them
-    all."""
+    all. ``per_layer``: the codebook int8 build's layers beside the fastest onnxruntime int8
+    configuration's (:mod:`.host_layers`)."""
     from ..schedules import tuning_db
 
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)
     x = loaded.example(seed)
-    rows = {}
-    outs = {}
+    rows, outs, prepared, blobs = {}, {}, {}, {}
     db, folder = tuning_db.load(tuning_logs, profile.name,
                                 log=lambda m: print(m, file=sys.stderr))
     variants = [("fp32 TVM default", False, False, None, "exact"),
@@ -90,8 +90,9 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
                                  strategy=strategy, profile=profile)
         applied: dict = {}
-        exe = tvm.compile(compiler.prepare(lowered, profile, database=database,
-                                           applied=applied), target=profile.tvm_target())
+        prepared[label] = compiler.prepare(lowered, profile, database=database,
+                                           applied=applied)
+        exe = tvm.compile(prepared[label], target=profile.tvm_target())
         build_s = time.perf_counter() - t0
         print(f"  built {label} in {build_s:.1f} s; timing", file=sys.stderr, flush=True)
         outs[label] = compiler.run_local(exe, [x])[0]
@@ -111,6 +112,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                   flush=True)
             peers.append((f"{PEER_INT8} {config.name}", ort_int8.quantize(onnx_model, x, config)))
         for label, blob in peers:
+            blobs[label] = blob
             secs = time_onnxruntime(blob, x, repeat, number)
             rows[label] = {"median_ms": 1e3 * float(np.median(secs)),
                            "min_ms": 1e3 * min(secs), "max_ms": 1e3 * max(secs),
@@ -121,7 +123,18 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     int8_err = rel_err(outs[f"codebook {bits}-bit int8"], outs[f"codebook {bits}-bit"])
     top1 = bool(np.argmax(outs[f"codebook {bits}-bit int8"]) ==
                 np.argmax(outs[f"codebook {bits}-bit"]))
+    layers = None
+    if per_layer and blobs:
+        from . import host_layers
+
+        ours = f"codebook {bits}-bit int8" + (" tuned" if db is not None else "")
+        peer = fastest_int8_peer(rows)
+        print(f"  per layer: {ours} vs {peer}", file=sys.stderr, flush=True)
+        layers = {"ours": ours, "peer": peer, **host_layers.pair(
+            host_layers.ours(prepared[ours], profile, repeat, number),
+            host_layers.onnxruntime(blobs[peer], x, repeat * number))}
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
+            "layers": layers,
             "threads": os.environ.get("TVM_NUM_THREADS"),
             "max_rel_err_between_builds": err, "int8_rel_err_vs_exact": int8_err,
             "int8_top1_agrees": top1, "tuning_logs": str(folder) if db else None}
@@ -163,4 +176,8 @@ def format_report(rep: dict) -> str:
                          f"{ms['fp32 tuned'] / tuned_cb:.2f}x (goal at least 1x)")
             lines.append(f"tuned TVM FP32 / onnxruntime FP32 time: "
                          f"{ms['fp32 tuned'] / ms['onnxruntime fp32']:.2f}x (goal: at most 1.5x)")
+    if rep.get("layers"):
+        from .host_layers import format_lines
+
+        lines += format_lines(rep["layers"], rep["layers"]["ours"], rep["layers"]["peer"])
     return "\n".join(lines)

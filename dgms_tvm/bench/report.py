@@ -12,6 +12,17 @@ from . import ort_int8
 from .ort_int8 import PEER_CONFIGS
 
 
+def kind_of(layer) -> str:
+    """The kind of a layer (:func:`dgms_tvm.compiler.site_layers`): ``depthwise``, ``1x1``,
+    ``3x3 s2`` ... for a conv, ``other`` for the rest."""
+    if not isinstance(layer, tuple):
+        return "other"
+    _, c, _, _, _, kernel, stride, _, _, groups = layer
+    if groups > 1 and groups == c:
+        return "depthwise"
+    return f"{kernel[0]}x{kernel[1]}" + (f" s{stride[0]}" if max(stride) > 1 else "")
+
+
 def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
     """Per call site of ``main``: each build's kernel and its time / instructions per call.
     An int8 layer's input quantization and weight decode (kernels of their own, just before
@@ -27,9 +38,14 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
     def key(label, group):
         return keys.get(label, {}).get(group[-1], group[-1])
 
-    first, second = (_group(sites[lb]) for lb in labels)
+    def kind(a, b):
+        return kind_of(next((k for k in (key(labels[0], a) if a else None,
+                                         key(labels[1], b) if b else None)
+                             if isinstance(k, tuple)), None))
+
+    first, second = (group_sites(sites[lb]) for lb in labels)
     if len(first) == len(second):
-        return [{"index": i, labels[0]: _entry(a, labels[0], by),
+        return [{"index": i, "kind": kind(a, b), labels[0]: _entry(a, labels[0], by),
                  labels[1]: _entry(b, labels[1], by)}
                 for i, (a, b) in enumerate(zip(first, second, strict=True))]
     used, rows = [False] * len(second), []
@@ -43,12 +59,14 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
         else:
             used[j] = True
             eb = _entry(second[j], labels[1], by)
-        rows.append({labels[0]: ea, labels[1]: eb})
+        # a layer the second build does in a conv's epilogue counts with that conv's kind
+        k = kind(a, None) if j is not None or not rows else rows[-1]["kind"]
+        rows.append({"kind": k, labels[0]: ea, labels[1]: eb})
     for j in (j for j, u in enumerate(used) if not u):  # in the second build only
         eb = _entry(second[j], labels[1], by)
-        rows.append({labels[0]: {"kernel": "-", "median_ms": 0.0, **{
-            k: None if eb[k] is None else 0.0 for k in ("minstr", "mcycles")}},
-                     labels[1]: eb})
+        ea = {"kernel": "-", "median_ms": 0.0,
+              **{k: None if eb[k] is None else 0.0 for k in ("minstr", "mcycles")}}
+        rows.append({"kind": kind(None, second[j]), labels[0]: ea, labels[1]: eb})
     return [{"index": i, **r} for i, r in enumerate(rows)]
 
 
@@ -65,7 +83,7 @@ def sparsity(manifest: dict) -> dict | None:
             "zero_inputs": sum(r.get("zero_inputs", 0) for r in layers)}
 
 
-def _group(names: list[str]) -> list[list[str]]:
+def group_sites(names: list[str]) -> list[list[str]]:
     """Call sites as layers: an int8 layer's quantize and decode kernels join the site
     after them."""
     from ..kernels import int8_decode, int8_quant
@@ -166,7 +184,7 @@ def format_markdown(rep: dict) -> str:
         lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
                      "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "
                      "integer code, so time ratios are biased): a side column only.")
-    lines += _hot_lines(rep) + _layer_lines(rep)
+    lines += _hot_lines(rep) + _kind_lines(rep) + _layer_lines(rep)
     return "\n".join(lines) + "\n"
 
 
@@ -183,6 +201,47 @@ def _hot_lines(rep: dict) -> list[str]:
         lines.append(f"- **{r['label']}**: " + "; ".join(
             f"{h['share']:.0%} in {h['instructions']} instr at {h['cpi']:.2f} cycles/instr "
             f"({h['mix']})" for h in r["hot"]))
+    return lines
+
+
+def by_kind(rep: dict) -> dict[str, dict]:
+    """The per-layer table summed by kind of layer, for both builds: layers, and each
+    build's M instructions and M cycles (None where not counted)."""
+    labels = [r["label"] for r in rep["rows"][:2]]
+    out: dict[str, dict] = {}
+    for layer in rep.get("layers") or []:
+        k = out.setdefault(layer.get("kind", "other"), {"layers": 0, **{
+            f"{lb} {m}": 0.0 for lb in labels for m in ("minstr", "mcycles")}})
+        k["layers"] += 1
+        for lb in labels:
+            for m in ("minstr", "mcycles"):
+                v = layer[lb].get(m)
+                k[f"{lb} {m}"] = None if v is None or k[f"{lb} {m}"] is None else (
+                    k[f"{lb} {m}"] + v)
+    return out
+
+
+def _kind_lines(rep: dict) -> list[str]:
+    """Where the two builds differ, and where the two measures do: the per-layer table by
+    kind of layer, with cycles per instruction."""
+    kinds = by_kind(rep)
+    a, b = (r["label"] for r in rep["rows"][:2])
+    if not kinds or any(k[f"{lb} mcycles"] is None for k in kinds.values() for lb in (a, b)):
+        return []
+    lines = ["", "## By kind of layer (the per-layer table summed; a BatchNorm / add / relu "
+             "kernel counts with the conv whose epilogue does it in the other build)", "",
+             f"| kind | layers | {a} M instr | {b} M instr | by instr | {a} M cycles | "
+             f"{b} M cycles | by cycles | {a} cycles/instr | {b} cycles/instr |",
+             "|---" * 10 + "|"]
+
+    def ratio(x, y, unit="x"):
+        return f"{x / y:.2f}{unit}" if x and y else "-"
+
+    for name, k in sorted(kinds.items(), key=lambda kv: -kv[1][f"{a} mcycles"]):
+        ai, bi, ac, bc = (k[f"{lb} {m}"] for m in ("minstr", "mcycles") for lb in (a, b))
+        lines.append(f"| {name} | {k['layers']} | {ai:.1f} | {bi:.1f} | {ratio(ai, bi)} | "
+                     f"{ac:.1f} | {bc:.1f} | {ratio(ac, bc)} | {ratio(ac, ai, '')} | "
+                     f"{ratio(bc, bi, '')} |")
     return lines
 
 

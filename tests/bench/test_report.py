@@ -77,3 +77,31 @@ def test_site_layers_name_the_conv_whatever_its_kernel():
     assert len(convs[0]) == 5 and convs[0] == convs[1]
     assert sorted(convs[2]) == sorted(convs[0])  # the residual's two convs in another order
     assert (1, 8, 12, 12, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1) in convs[0]
+
+
+def test_layers_sum_by_kind_with_their_epilogues():
+    """The per-layer table by kind of layer: a depthwise, a 1x1 and a strided 3x3 conv each
+    a kind; a BatchNorm the other build does in a conv's epilogue counts with that conv; the
+    rest is ``other``; both measures and cycles per instruction per kind."""
+    dw = (1, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8)
+    pw = (1, 8, 8, 8, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    s2 = (1, 16, 8, 8, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    assert [report.kind_of(k) for k in (dw, pw, s2, "max_pool2d")] == [
+        "depthwise", "1x1", "3x3 s2", "other"]
+    fp32 = ["f_dw", "f_bn", "f_pw", "f_s2", "max_pool2d"]
+    dgms = ["d_dw", "q8_quant_a", "d_pw", "d_s2", "max_pool2d"]
+    keys = {"FP32": {"f_dw": dw, "f_pw": pw, "f_s2": s2},
+            "DGMS": {"d_dw": dw, "d_pw": pw, "d_s2": s2}}
+    fig = {"f_dw": 2.0, "f_bn": 1.0, "f_pw": 8.0, "f_s2": 4.0, "max_pool2d": 0.5,
+           "d_dw": 2.0, "q8_quant_a": 0.5, "d_pw": 1.5, "d_s2": 2.0}
+    by = {("kernel", label, nm): {"ms": [1.0], "minstr": fig[nm], "mcycles": 2 * fig[nm]}
+          for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, keys)
+    assert [la["kind"] for la in layers] == ["depthwise", "depthwise", "1x1", "3x3 s2", "other"]
+    rep = {"rows": [{"label": "FP32"}, {"label": "DGMS"}], "layers": layers}
+    kinds = report.by_kind(rep)
+    assert kinds["depthwise"] == {"layers": 2, "FP32 minstr": 3.0, "FP32 mcycles": 6.0,
+                                  "DGMS minstr": 2.0, "DGMS mcycles": 4.0}
+    assert kinds["1x1"]["DGMS minstr"] == 2.0  # its input quantize counts in it
+    text = "\n".join(report._kind_lines(rep))
+    assert "| 1x1 | 1 | 8.0 | 2.0 | 4.00x | 16.0 | 4.0 | 4.00x | 2.00 | 2.00 |" in text
