@@ -41,11 +41,11 @@ def ours(prepared, profile, repeat: int, number: int) -> list[dict]:
     rows = []
     layers = compiler.site_layers(prepared)
     for names in group_sites(compiler.call_sites(prepared)):
-        ms = 0.0
+        parts = []
         for name in names:
             args = [tvm.runtime.tensor(a, dev) for a in random_inputs(prepared[name])]
             res = lib.time_evaluator(name, dev, number=number, repeat=repeat)(*args)
-            ms += 1e3 * float(np.median(res.results))
+            parts.append(1e3 * float(np.median(res.results)))
         layer = layers.get(names[-1])
         key = None
         if isinstance(layer, tuple):
@@ -53,8 +53,8 @@ def ours(prepared, profile, repeat: int, number: int) -> list[dict]:
             spec = conv2d.Conv2dSpec(n, c, h, w, o, tuple(kernel), tuple(stride),
                                      tuple(padding), tuple(dilation), groups, bits=8)
             key = conv_key(n, c, h, w, o, spec.out_h, spec.out_w)
-        rows.append({"kernels": " + ".join(names), "ms": ms, "key": key,
-                     "kind": kind_of(layer)})
+        rows.append({"kernels": " + ".join(names), "ms": sum(parts), "parts": parts,
+                     "key": key, "kind": kind_of(layer)})
     return rows
 
 
@@ -117,7 +117,8 @@ def pair(mine: list[dict], theirs: list[dict]) -> dict:
         paired.add(j)
         t = theirs[j]
         rows.append({"kernels": m["kernels"], "kind": m["kind"], "key": list(m["key"]),
-                     "ms": m["ms"], "peer_op": t["op"], "peer_ms": t["ms"]})
+                     "ms": m["ms"], "parts": m.get("parts", [m["ms"]]), "peer_op": t["op"],
+                     "peer_ms": t["ms"]})
     peer_other = sum(t["ms"] for j, t in enumerate(theirs) if j not in paired)
     kinds: dict[str, dict] = {}
     for r in rows:
@@ -141,10 +142,12 @@ def format_lines(per: dict, ours_label: str, peer_label: str) -> list[str]:
         lines.append(f"{kind:<14} {k['layers']!s:>6} {k['ms']:>8.2f} {k['peer_ms']:>8.2f} "
                      f"{ratio:>8.2f}x {k['ms'] - k['peer_ms']:>8.2f}")
     lines.append(f"{'#':>3} {'kind':<10} {'C_in x H x W -> C_out x OH x OW':<32} {'ours ms':>8} "
-                 f"{'peer ms':>8} {'ratio':>6}  kernels")
+                 f"{'peer ms':>8} {'ratio':>6}  kernels (ms each)")
     for i, r in enumerate(per["layers"]):
         _, c, h, w, o, oh, ow = r["key"]
         shape = f"{c}x{h}x{w} -> {o}x{oh}x{ow}"
         lines.append(f"{i:>3} {r['kind']:<10} {shape:<32} {r['ms']:>8.3f} {r['peer_ms']:>8.3f} "
-                     f"{r['ms'] / max(r['peer_ms'], 1e-9):>5.2f}x  {r['kernels']}")
+                     f"{r['ms'] / max(r['peer_ms'], 1e-9):>5.2f}x  " + " + ".join(
+                         f"{k} ({ms:.3f})" for k, ms in zip(r["kernels"].split(" + "),
+                                                            r["parts"], strict=True)))
     return lines

@@ -30,6 +30,8 @@ def test_compare_reports_every_row():
     assert len(per["layers"]) == 4  # digitnet's four convs
     assert all(r["ms"] > 0 and r["peer_ms"] > 0 and r["peer_op"] in host_layers.ORT_CONVS
                for r in per["layers"])
+    assert all(len(r["parts"]) == len(r["kernels"].split(" + ")) and
+               abs(sum(r["parts"]) - r["ms"]) < 1e-9 for r in per["layers"])
     assert sum(k["layers"] for k in per["kinds"].values()) == 4
     assert per["peer_other_ms"] > 0 and per["other_ms"] > 0
     assert "per layer: codebook 4-bit int8 vs" in text and "layer kind" in text
