@@ -426,6 +426,10 @@ def test_bench_report_from_the_emulated_device(device, tmp_path):
         assert 0.6 < cycles / doc["rows"][i]["mcycles"] < 1.1
     assert sum("cb_conv2d" in layer["DGMS 4-bit"]["kernel"] for layer in layers) == 3
     assert "## Per layer" in (tmp_path / "report.md").read_text()
+    # ... summed by kind of layer (digitnet's convs are 3x3 ones; the rest is other)
+    kinds = {layer["kind"] for layer in layers}
+    assert "other" in kinds and any(k.startswith("3x3") for k in kinds)
+    assert "## By kind of layer" in (tmp_path / "report.md").read_text()
 
 
 def test_bench_retries_once_when_a_device_dies_mid_run(device, tmp_path, monkeypatch):
