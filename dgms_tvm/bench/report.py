@@ -61,7 +61,8 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
             eb = _entry(second[j], labels[1], by)
         # a layer the second build does in a conv's epilogue counts with that conv's kind
         k = kind(a, None) if j is not None or not rows else rows[-1]["kind"]
-        rows.append({"kind": k, labels[0]: ea, labels[1]: eb})
+        rows.append({"kind": k, labels[0]: ea, labels[1]: eb,
+                     **({"epilogue": True} if j is None else {})})
     for j in (j for j, u in enumerate(used) if not u):  # in the second build only
         eb = _entry(second[j], labels[1], by)
         ea = {"kernel": "-", "median_ms": 0.0,
@@ -205,14 +206,15 @@ def _hot_lines(rep: dict) -> list[str]:
 
 
 def by_kind(rep: dict) -> dict[str, dict]:
-    """The per-layer table summed by kind of layer, for both builds: layers, and each
-    build's M instructions and M cycles (None where not counted)."""
+    """The per-layer table summed by kind of layer, for both builds: layers (a row the other
+    build does in a conv's epilogue adds its figures, not a layer), and each build's M
+    instructions and M cycles (None where not counted)."""
     labels = [r["label"] for r in rep["rows"][:2]]
     out: dict[str, dict] = {}
     for layer in rep.get("layers") or []:
         k = out.setdefault(layer.get("kind", "other"), {"layers": 0, **{
             f"{lb} {m}": 0.0 for lb in labels for m in ("minstr", "mcycles")}})
-        k["layers"] += 1
+        k["layers"] += not layer.get("epilogue")
         for lb in labels:
             for m in ("minstr", "mcycles"):
                 v = layer[lb].get(m)

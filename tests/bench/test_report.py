@@ -98,9 +98,10 @@ def test_layers_sum_by_kind_with_their_epilogues():
           for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
     layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, keys)
     assert [la["kind"] for la in layers] == ["depthwise", "depthwise", "1x1", "3x3 s2", "other"]
+    assert [bool(la.get("epilogue")) for la in layers] == [False, True, False, False, False]
     rep = {"rows": [{"label": "FP32"}, {"label": "DGMS"}], "layers": layers}
     kinds = report.by_kind(rep)
-    assert kinds["depthwise"] == {"layers": 2, "FP32 minstr": 3.0, "FP32 mcycles": 6.0,
+    assert kinds["depthwise"] == {"layers": 1, "FP32 minstr": 3.0, "FP32 mcycles": 6.0,
                                   "DGMS minstr": 2.0, "DGMS mcycles": 4.0}
     assert kinds["1x1"]["DGMS minstr"] == 2.0  # its input quantize counts in it
     text = "\n".join(report._kind_lines(rep))
