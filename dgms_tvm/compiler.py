@@ -12,6 +12,7 @@ from .errors import UserError
 from .frontend import ImportedModel
 from .kernels import conv_layer
 from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
+from .passes.batchnorm import fold_batch_norm
 from .schedules.hand import apply_schedules, load_knobs
 from .targets import TargetProfile
 
@@ -62,7 +63,8 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     # Bind every weight: those the lowering replaced are no longer used and simply vanish.
     binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
     mod = relax.transform.BindParams("main", binds)(mod)
-    return Lowered(mod, records)
+    # the BatchNorms no conv kernel took: a multiply-add each, not TVM's division
+    return Lowered(fold_batch_norm(mod), records)
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,
