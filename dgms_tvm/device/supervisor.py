@@ -70,18 +70,27 @@ class Device:
         self.proc: subprocess.Popen | None = None
         self.missing_since: float | None = None
 
+    def _logs(self) -> tuple[Path, Path]:
+        """Its instruction-count file and block log (what ran: the cycle estimate, insn.py).
+        The names hold this supervisor's pid: another supervisor under the same key (another
+        tracker, or one left by a killed run) never writes or removes them."""
+        counts = counts_path(Path(self.args.log), self.args.key, os.getpid(), self.index)
+        return counts, counts.with_suffix(".blocks")
+
+    def forget(self) -> None:
+        """Remove its logs once it is gone: nothing reads them after its runs (a block log
+        grows by megabytes per run)."""
+        for f in self._logs():
+            f.unlink(missing_ok=True)
+
     def start(self) -> None:
         a = self.args
         env = dict(os.environ, QEMU_CPU=a.cpu, TVM_NUM_THREADS=str(a.threads))
         if a.plugin:
-            # Instruction counts of this device (see dgms_tvm.device.insn); a fresh file per
-            # start, so tokens of a dead process cannot be read back. The name holds this
-            # supervisor's pid: another supervisor under the same key (another tracker, or
-            # one left by a killed run) never writes or removes it.
-            counts = counts_path(Path(a.log), a.key, os.getpid(), self.index)
-            blocks = counts.with_suffix(".blocks")  # what ran: the cycle estimate (insn.py)
-            counts.unlink(missing_ok=True)
-            blocks.unlink(missing_ok=True)
+            # Instruction counts of this device (see dgms_tvm.device.insn); fresh files per
+            # start, so tokens of a dead process cannot be read back.
+            self.forget()
+            counts, blocks = self._logs()
             env["QEMU_PLUGIN"] = f"{a.plugin},out={counts},blocks={blocks}"
         cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
                "--key", a.key, "--host", "127.0.0.1", "--port", str(self.port),
@@ -167,6 +176,7 @@ def main(argv=None) -> int:
                 d.start()
     for d in devices:
         d.kill()
+        d.forget()
     _log(Path(args.log), f"supervisor {os.getpid()}: stopped")
     return 0
 

@@ -197,6 +197,8 @@ def _assert_nothing_left(run_dir: Path) -> None:
     left = [" ".join(p.cmdline())[:120] for p in _ours(run_dir)]
     assert not left, f"left running: {left}"
     assert state.load() == []
+    # nor the devices' counter files and block logs (megabytes a run)
+    assert not sorted(run_dir.glob("insn-*")), sorted(run_dir.glob("insn-*"))
 
 
 @NEEDS_QEMU
