@@ -145,9 +145,9 @@ def format_markdown(rep: dict) -> str:
                          f"{int8[best] / dgms:.2f}x** (the goal is at least 1x)")
             by_cyc = {r["label"]: r.get("mcycles") for r in peers if r["label"] in int8}
             if cyc and all(by_cyc.values()):  # the same question by the second measure
-                best = ort_int8.fastest(by_cyc)
-                lines.append(f"- **fastest by estimated cycles: {PEER_CONFIGS[best].name}; its "
-                             f"cycles / DGMS = {by_cyc[best] / cyc:.2f}x**")
+                quickest = ort_int8.fastest(by_cyc)
+                lines.append(f"- **fastest by estimated cycles: {PEER_CONFIGS[quickest].name}; "
+                             f"its cycles / DGMS = {by_cyc[quickest] / cyc:.2f}x**")
     if rep["instruction_ratio"] is not None:
         lines.append(f"- **instruction-count ratio FP32 / DGMS: "
                      f"{rep['instruction_ratio']:.2f}x** "

@@ -21,13 +21,9 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
+from .ops import batch_norm_scale_shift
+
 _BN = tvm.ir.Op.get("relax.nn.batch_norm")
-
-
-def scale_shift(gamma, beta, mean, var, epsilon: float) -> tuple[np.ndarray, np.ndarray]:
-    """The per-channel ``(s, t)`` of ``x * s + t`` equal to the inference BatchNorm."""
-    s = np.asarray(gamma, np.float64) / np.sqrt(np.asarray(var, np.float64) + epsilon)
-    return s, np.asarray(beta, np.float64) - np.asarray(mean, np.float64) * s
 
 
 @mutator
@@ -42,12 +38,7 @@ class _Fold(PyExprMutator):
                 or not isinstance(ty, relax.TensorType) or ty.dtype != "float32"
                 or ty.shape is None):
             return call
-        gamma, beta, mean, var = (p.value.numpy() for p in params)
-        if not attrs.scale:
-            gamma = np.ones_like(gamma)
-        if not attrs.center:
-            beta = np.zeros_like(beta)
-        s, t = scale_shift(gamma, beta, mean, var, float(attrs.epsilon))
+        s, t = batch_norm_scale_shift(attrs, *(p.value.numpy() for p in params))
         ndim = len(ty.shape)
         axis = int(attrs.axis) % ndim
         shape = [1] * ndim

@@ -35,7 +35,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import FAMILIES, KERNEL_ATTR
 from ..kernels.epilogue import Epilogue
-from .ops import OP, static_shape, uses
+from .ops import OP, batch_norm_scale_shift, static_shape, uses
 
 _IN, _LHS, _RHS = wildcard(), wildcard(), wildcard()
 _BN = [wildcard() for _ in range(4)]  # gamma, beta, mean, var
@@ -113,9 +113,7 @@ class _Match:
                                    for e in call.args[1:5])
         if any(v is None for v in (gamma, beta, mean, var_)):
             return None
-        g = (gamma if a.scale else 1.0) / np.sqrt(var_ + float(a.epsilon))
-        b = (beta if a.center else 0.0) - mean * g
-        return (g, b), users[0][0]
+        return batch_norm_scale_shift(a, gamma, beta, mean, var_), users[0][0]
 
     def chain(self, var, out_shape, residual: bool) -> Chain | None:
         """The chain after the conv bound to ``var`` (output ``out_shape``), or None."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import tvm
 from tvm import relax
 
@@ -51,3 +52,13 @@ def uses(func):
     for v in reads(body.body):
         users.setdefault(v, []).append((None, body.body))
     return users, bound
+
+
+def batch_norm_scale_shift(attrs, gamma, beta, mean, var):
+    """The per-channel ``(s, t)``, in float64, with ``x * s + t`` equal to an inference
+    BatchNorm of these attributes and parameters (``attrs.scale`` / ``attrs.center`` off:
+    no gamma / beta)."""
+    g = np.asarray(gamma, np.float64) if attrs.scale else 1.0
+    s = g / np.sqrt(np.asarray(var, np.float64) + float(attrs.epsilon))
+    b = np.asarray(beta, np.float64) if attrs.center else 0.0
+    return s, b - np.asarray(mean, np.float64) * s
