@@ -92,7 +92,9 @@ def test_a_run_stops_only_what_it_started(run_dir):
     ones started for runs stop when the last run holding them lets go, with their devices
     and the tracker started for them; a run killed without letting go is dropped later."""
     tracker, found, shared, shared_dev, orphan = (_sleeper() for _ in range(5))
-    me, other, dead = 111, 222, 333
+    # run pids no real process can have (above any pid_max): real pids wrap around to small
+    # numbers on a machine up for long
+    me, other, dead = (2**22 + i for i in (1, 2, 3))
     addr = "127.0.0.1:9999"
     state.save([
         {"kind": "tracker", "pid": tracker.pid, "host": "127.0.0.1", "port": 9999,
@@ -107,7 +109,7 @@ def test_a_run_stops_only_what_it_started(run_dir):
     alive = {me, other}
     real = state.alive
     try:
-        state.alive = lambda pid: pid in alive or (pid > 1000 and real(pid))
+        state.alive = lambda pid: pid in alive or real(pid)
         # My run ends: the devices it found stay, the shared ones stay (the other run uses
         # them); the orphan (its run was killed) goes.
         assert manager.release(me, log=lambda *_: None) == 1
