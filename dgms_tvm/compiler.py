@@ -8,13 +8,14 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import strategies
 from .errors import UserError
 from .frontend import ImportedModel
 from .kernels import conv_layer
-from .passes import LayerRecord, LoweringPolicy, lower_codebook_layers
+from .passes import LayerRecord, LoweringPolicy, int8_chain, lower_codebook_layers
 from .passes.batchnorm import fold_batch_norm
 from .schedules.hand import apply_schedules, load_knobs
-from .targets import TargetProfile
+from .targets import TargetProfile, get_profile
 
 
 @dataclasses.dataclass
@@ -27,7 +28,7 @@ class Lowered:
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
           fp32_kernels: bool = True, strategy: str = "exact", profile=None,
-          zero_skip: bool = True) -> Lowered:
+          zero_skip: bool = True, calibration: list[np.ndarray] | None = None) -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
@@ -48,6 +49,10 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     zero_skip : bool
         Drop the all-zero input channels of codebook layers where that pays (see
         :class:`~dgms_tvm.passes.records.LoweringPolicy`).
+    calibration : list of ndarray, optional
+        Inputs (each the model's one input) to calibrate int8 between layers on, in an int8
+        build (:mod:`.passes.int8_chain`: the module is built and run on this host for it);
+        None keeps every int8 conv's run-time input quantize.
     """
     records: list[LayerRecord] = []
     mod = imported.mod
@@ -64,7 +69,26 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
     binds = {n: tvm.runtime.tensor(v) for n, v in imported.weights.items()}
     mod = relax.transform.BindParams("main", binds)(mod)
     # the BatchNorms no conv kernel took: a multiply-add each, not TVM's division
-    return Lowered(fold_batch_norm(mod), records)
+    mod = fold_batch_norm(mod)
+    if calibration and codebooks and strategies.is_int8(strategy):
+        mod = _chain_int8(mod, records, calibration)
+    return Lowered(mod, records)
+
+
+def _chain_int8(mod: tvm.IRModule, records: list[LayerRecord],
+                inputs: list[np.ndarray]) -> tvm.IRModule:
+    """int8 between layers (:mod:`.passes.int8_chain`), each candidate's level measured by
+    running the module built for this host (its kernels' plain vector forms: the same
+    values) on ``inputs``."""
+    probe, count = int8_chain.probe(mod)
+    if not count:
+        return mod
+    exe = build(Lowered(probe, []), get_profile("x86"))
+    levels = np.zeros(count)
+    for x in inputs:
+        outs = run_local(exe, [x])[-count:]
+        levels = np.maximum(levels, [float(np.abs(o).max()) for o in outs])
+    return int8_chain.chain_int8(list(levels), records)(mod)
 
 
 def prepare(lowered: Lowered, profile: TargetProfile, knobs: dict | None = None,

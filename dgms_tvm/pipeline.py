@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import artifact, compiler, frontend, interrupt, outputs, strategies, zoo
+from . import artifact, calibration, compiler, frontend, interrupt, outputs, strategies, zoo
 from .errors import UserError
 from .format import FormatError, check_bits
 from .passes.records import widened_note
@@ -117,7 +117,8 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     resolved = strategies.resolve(strategy, profile)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
-                             profile=profile)
+                             profile=profile,
+                             calibration=calibration.samples(loaded.example()))
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)

@@ -11,7 +11,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
-from .. import compiler
+from .. import calibration, compiler
 from ..pipeline import load_model, onnx_of, rel_err
 from ..targets import get_profile
 
@@ -88,7 +88,8 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     for label, cb, fp32_kernels, database, strategy in variants:
         t0 = time.perf_counter()
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
-                                 strategy=strategy, profile=profile)
+                                 strategy=strategy, profile=profile,
+                                 calibration=calibration.samples(x))
         applied: dict = {}
         prepared[label] = compiler.prepare(lowered, profile, database=database,
                                            applied=applied)

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .. import calibration
+
 
 @dataclasses.dataclass(frozen=True)
 class Int8Config:
@@ -47,10 +49,8 @@ def quantize(onnx_model: bytes, x: np.ndarray, config: Int8Config, samples: int 
         quantize_static,
     )
 
-    rng = np.random.default_rng(seed)
     name = onnx.load_from_string(onnx_model).graph.input[0].name
-    batches = [x] + [(x + rng.normal(scale=x.std() or 1.0, size=x.shape)).astype(np.float32)
-                     for _ in range(samples - 1)]
+    batches = calibration.samples(x, samples, seed)
 
     class Reader(CalibrationDataReader):
         def __init__(self):

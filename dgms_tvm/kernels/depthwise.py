@@ -31,6 +31,7 @@ import tvm
 from tvm.script import tirx as T
 
 from ..format import row_bytes
+from . import int8_out
 from .common import (
     FP32_WEIGHT,
     as_kernel,
@@ -41,7 +42,9 @@ from .common import (
 )
 from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
-from .protocol import Fusion, KernelFamily, Spec
+from .int8_out import Writer
+from .int8_quant import QuantSpec, layout, quantize_fixed
+from .protocol import Fusion, Int8Out, KernelFamily, Spec
 
 FAMILY = "dw_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -58,6 +61,14 @@ class DepthwiseSpec(Spec):
     act: str = ""  # "", "relu" or "relu6" after the BatchNorm / bias
     lanes: int = 4  # output columns per vector (the target's float32 lanes)
     rows: int = 2  # output rows per tile
+    #: Where set, the outputs are written as the int8 conv after this one reads its input
+    #: (int8 between layers, :mod:`dgms_tvm.passes.int8_chain`): ``round(y)`` clamped to
+    #: ``[0, 127]`` after relu / relu6 (``[-127, 127]`` without), in that conv's
+    #: quantized-input layout ``out``, instead of float32 NCHW. The quantization scale is
+    #: folded into ``W`` / ``M`` and ``B`` by the pass; relu6's bound is then at least 127.
+    out: QuantSpec | None = None
+    #: Round and convert with one ``fcvtns`` (aarch64), not a round then a conversion.
+    fcvtns: bool = False
 
     def __post_init__(self):
         why = supports(self.conv)
@@ -65,6 +76,10 @@ class DepthwiseSpec(Spec):
             raise ValueError(why)
         if self.act not in ACTS:
             raise ValueError(f"unknown activation {self.act!r}")
+        if self.out is not None:
+            why = int8_out.why_not(self.conv.out_shape, self.out)
+            if why:
+                raise ValueError(why)
 
     @property
     def fp32(self) -> bool:
@@ -73,7 +88,8 @@ class DepthwiseSpec(Spec):
     @property
     def name(self) -> str:
         return (FAMILY + self.conv.name.split("conv2d", 1)[1]
-                + (f"_{self.act}" if self.act else ""))
+                + (f"_{self.act}" if self.act else "")
+                + (f"_to_{self.out.name}" if self.out is not None else ""))
 
 
 def supports(spec: Conv2dSpec, profile=None) -> str:
@@ -137,6 +153,12 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
     nbytes = row_bytes(taps, bits) if not fp32 else 1
     ncb = 1 << bits if not fp32 else 1
 
+    q = spec.out  # the quantized output's layout (None: float32 NCHW)
+    if q is not None:
+        out = Writer(q, relu=bool(act), fcvtns=spec.fcvtns)
+        d, qdt = q.depth, q.dtype
+        interleave, fill = out.interleave(), out.fill()
+
     def scratch(p, hh, j):
         return (p * hp + hh) * wq + j
 
@@ -192,7 +214,7 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
                 Xf, nc, hh, w0 * run * sw, p)
 
     @T.macro
-    def body(Xf, Y, B, nc, sp, wl):
+    def body(Xf, Y, B, nc, sp, wl, ci):
         c = nc % c_
         # The zero-padded plane: zeros, then the input rows (runs of each phase split off
         # by one shuffle; the columns past the last whole run one by one).
@@ -213,8 +235,13 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
                 (nc * h_ + hh) * w_ + whole + w]
         for yo, xo in T.grid(oh // rt, ow // cols):
             for j in T.unroll(rt):
-                Y[span(((nc * oh) + yo * rt + j) * ow + xo * cols, cols)] = finish(
-                    window(sp, wl, yo * rt + j, xo * cols, cols), B, c, cols)
+                if q is None:
+                    Y[span(((nc * oh) + yo * rt + j) * ow + xo * cols, cols)] = finish(
+                        window(sp, wl, yo * rt + j, xo * cols, cols), B, c, cols)
+                else:  # into the staging planes of the channel group (see interleave)
+                    Y[span((ci * oh + yo * rt + j) * ow + xo * cols, cols)] = out.value(
+                        window(sp, wl, yo * rt + j, xo * cols, cols) + splat(B[c], cols),
+                        cols)
 
     per = n_ * c_ // chunks
 
@@ -232,7 +259,47 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
                 for k in T.unroll(taps4):
                     wl[k] = T.if_then_else(k < taps, weight(wbufs, (t * per + i) % c_,
                                                             T.min(k, taps - 1)), T.float32(0))
-                body(Xf, Yf, B, t * per + i, sp, wl)
+                body(Xf, Yf, B, t * per + i, sp, wl, 0)
+
+    if q is not None:  # whole channel groups per chunk, each group staged then interleaved
+        chunks = best_tile(n_ * c_ // d, CHUNKS)
+        per = n_ * c_ // chunks
+
+    @T.macro
+    def chunked_q(Xf, Qf, B, wbufs):
+        if out.prefill:
+            fill(Qf)
+        for t in T.parallel(chunks):
+            sp = T.alloc_buffer((plane,), "float32")
+            wl = T.alloc_buffer((taps4,), "float32")
+            st = T.alloc_buffer((d * oh * ow,), qdt)
+            for g in range(per // d):
+                for i in range(d):
+                    for kk in T.unroll(taps4):
+                        wl[kk] = T.if_then_else(
+                            kk < taps, weight(wbufs, (t * per + g * d + i) % c_,
+                                              T.min(kk, taps - 1)), T.float32(0))
+                    body(Xf, st, B, t * per + g * d + i, sp, wl, i)
+                interleave(st, Qf, t * per + g * d)
+
+    if q is not None:
+        n_x = n_ * c_ * h_ * w_
+        if fp32:
+            @T.prim_func(private=True)
+            def qfunc(X: T.Buffer((n_, c_, h_, w_), "float32"),
+                      W: T.Buffer((c_, taps), "float32"), B: T.Buffer((c_,), "float32"),
+                      Q: T.Buffer(q.out_shape, qdt)):
+                chunked_q(T.decl_buffer((n_x,), "float32", data=X.data),
+                          T.decl_buffer((out.size,), qdt, data=Q.data), B, (W,))
+        else:
+            @T.prim_func(private=True)
+            def qfunc(X: T.Buffer((n_, c_, h_, w_), "float32"),
+                      P: T.Buffer((c_, nbytes), "uint8"), CB: T.Buffer((ncb,), "float32"),
+                      M: T.Buffer((c_,), "float32"), B: T.Buffer((c_,), "float32"),
+                      Q: T.Buffer(q.out_shape, qdt)):
+                chunked_q(T.decl_buffer((n_x,), "float32", data=X.data),
+                          T.decl_buffer((out.size,), qdt, data=Q.data), B, (P, CB, M))
+        return as_kernel(qfunc, FAMILY, spec.to_json())
 
     if fp32:
         @T.prim_func(private=True)
@@ -252,16 +319,24 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
 
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
-    """The kernel rebuilt with the target's ``lanes`` / ``rows`` (``schedules/<target>.json``)."""
+    """The kernel rebuilt with the target's ``lanes`` / ``rows`` and its rounding
+    instruction (``schedules/<target>.json``; ``"round": "fcvtns"`` on aarch64)."""
     spec = DepthwiseSpec.from_func(func)
     spec = dataclasses.replace(spec, lanes=int(knobs.get("lanes", spec.lanes)),
-                               rows=int(knobs.get("rows", spec.rows)))
+                               rows=int(knobs.get("rows", spec.rows)),
+                               fcvtns=knobs.get("round") == "fcvtns")
     return compute(spec)
 
 
 def reference(spec: DepthwiseSpec, x, weight, m=None, b=None) -> np.ndarray:
     """NumPy oracle: the conv of ``x`` with the dense ``weight [C, 1, kh, kw]`` times ``m``,
-    plus ``b``, then the activation."""
+    plus ``b``, then the activation; with ``spec.out``, that rounded and clamped
+    (:func:`.int8_quant.quantize_fixed` at scale 1, the activation's lower bound) in its
+    layout (:func:`.int8_quant.layout`)."""
+    if spec.out is not None:
+        y = reference(dataclasses.replace(spec, out=None, act=""), x, weight, m, b)
+        q = quantize_fixed(np.maximum(y, 0) if spec.act else y, 1.0)
+        return layout(spec.out, q)
     c = spec.conv.out_channels
     m = np.ones(c) if m is None else np.asarray(m, np.float64)
     b = np.zeros(c) if b is None else np.asarray(b, np.float64)
@@ -282,6 +357,24 @@ def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.Prim
     return spec.name, compute(spec)
 
 
+def bound(func: tvm.tirx.PrimFunc) -> float | None:
+    """The largest output the kernel can write where its epilogue bounds it (relu6: 6)."""
+    return 6.0 if DepthwiseSpec.from_func(func).act == "relu6" else None
+
+
+def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
+    return int8_out.why_not(DepthwiseSpec.from_func(func).conv.out_shape, out)
+
+
+def with_quantized_output(func: tvm.tirx.PrimFunc,
+                          out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
+    """(name, kernel) of ``func`` made again to write its outputs quantized in ``out``'s
+    layout (the next int8 conv's input: its quantize kernel is then dropped)."""
+    spec = dataclasses.replace(DepthwiseSpec.from_func(func), out=out)
+    return spec.name, compute(spec)
+
+
 KERNEL = KernelFamily(FAMILY, DepthwiseSpec, compute, schedule, reference, supports,
                       knobs=True, fusion=Fusion(with_epilogue, scale=("M", "W"), shift="B",
-                                                residual=False))
+                                                residual=False),
+                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))

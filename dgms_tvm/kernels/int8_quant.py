@@ -142,10 +142,22 @@ def padded_out_w(spec: Conv2dSpec, unsigned: bool = False) -> int:
     multiple = 8 if unsigned else 4
     return (spec.out_w + multiple - 1) // multiple * multiple
 
+def quantize_fixed(x: np.ndarray, scale: float) -> np.ndarray:
+    """``x`` quantized with a scale known at compile time (int8 between layers: a producer
+    whose outputs are bounded writes them so, :mod:`dgms_tvm.passes.int8_chain`), as its
+    kernels do: ``round(x * float32(1 / scale))`` to nearest-even, clamped to +-127."""
+    inv = np.float32(1.0 / scale)
+    return np.clip(np.rint(np.asarray(x, np.float32) * inv), -127, 127).astype(np.int8)
+
 def reference(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.float32]:
     """NumPy oracle of the kernel: ``(Xq, s_x)``, ``Xq`` in :attr:`QuantSpec.out_shape`'s
     layout (pad value ``offset`` outside the input and past its channels)."""
     q, sx = quantize_input(x)
+    return layout(spec, q), sx
+
+def layout(spec: QuantSpec, q: np.ndarray) -> np.ndarray:
+    """The int8 values ``q[N, C, H, W]`` in :attr:`QuantSpec.out_shape`'s layout (stored +
+    ``offset``; the pad value ``offset`` outside the input and past its channels)."""
     s = spec
     pt, pl, _, _ = s.padding
     n, hp, groups, phases, wq, d = s.out_shape
@@ -154,7 +166,7 @@ def reference(spec: QuantSpec, x: np.ndarray) -> tuple[np.ndarray, np.float32]:
         q.astype(np.int64).transpose(0, 2, 1, 3) + s.offset
     # [n, h, group, channel, column] -> [n, h, group, phase, column // phases, channel]
     out = plane.reshape(n, hp, groups, d, wq, phases).transpose(0, 1, 2, 5, 4, 3)
-    return out.astype(s.dtype), sx
+    return out.astype(s.dtype)
 
 
 #: Function attribute of a kernel written already scheduled (TVMScript loops, no blocks).
@@ -334,4 +346,4 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
 
 #: Hand-scheduled only (no sampled design space), no knobs.
 KERNEL = KernelFamily(FAMILY, QuantSpec, compute, schedule, reference, apply=apply,
-                      operand=True)
+                      operand=True, quantize=True)

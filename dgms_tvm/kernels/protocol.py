@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import types
 import typing
 from collections.abc import Callable
 
@@ -38,7 +39,12 @@ class Spec:
 
 
 def _decode(tp, value):
-    """``value`` (parsed JSON) as type ``tp``: dataclasses field by field, tuples again."""
+    """``value`` (parsed JSON) as type ``tp``: dataclasses field by field, tuples again, an
+    optional field (``X | None``) as ``X`` or None."""
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        if value is None:
+            return None
+        return _decode(next(a for a in typing.get_args(tp) if a is not type(None)), value)
     if isinstance(tp, type) and dataclasses.is_dataclass(tp):
         hints = typing.get_type_hints(tp)
         return tp(**{f.name: _decode(hints[f.name], value[f.name])
@@ -82,6 +88,34 @@ class Fusion:
 
 
 @dataclasses.dataclass(frozen=True)
+class Int8Out:
+    """How a family writes its outputs as the next int8 conv's quantized input (int8 between
+    layers: the pass of :mod:`dgms_tvm.passes.int8_chain`), where their range is known when
+    the model is compiled.
+
+    Attributes
+    ----------
+    bound : callable
+        ``bound(func) -> float or None``: the largest magnitude the kernel ``func`` can write
+        (relu6 in its epilogue: 6), or None where it is not known at compile time.
+    why_not : callable
+        ``why_not(func, out) -> str``: why ``func`` cannot write the quantized layout ``out``
+        (a :class:`~.int8_quant.QuantSpec`), or ``""``.
+    make : callable
+        ``make(func, out) -> (name, PrimFunc)``: ``func`` made again to write its outputs
+        ``y`` rounded and clamped to int8 (``[0, 127]`` after a relu) in ``out``'s layout,
+        instead of float32. The scale is the caller's to fold into the operands: ``1 /
+        scale`` times the family's :attr:`Fusion.scale` and :attr:`Fusion.shift` ones, so
+        that layers of one shape share a kernel; a bound in the epilogue must then be at
+        least 127 (the scale at least ``bound / 127``).
+    """
+
+    bound: Callable
+    why_not: Callable
+    make: Callable
+
+
+@dataclasses.dataclass(frozen=True)
 class KernelFamily:
     """One kernel family.
 
@@ -116,6 +150,11 @@ class KernelFamily:
     operand : bool
         Whether it prepares an operand of one conv (the input's quantize, the weight's
         decode): the epilogue pass emits it with that conv.
+    quantize : bool
+        Whether it is the run-time quantize of an int8 conv's input (``(X) -> (Xq, s_x)``),
+        which a producer with :attr:`int8_out` replaces.
+    int8_out : Int8Out or None
+        How it writes the next int8 conv's input itself; None: it writes float32 only.
     """
 
     family: str
@@ -129,8 +168,12 @@ class KernelFamily:
     knobs: bool = False
     fusion: Fusion | None = None
     operand: bool = False
+    quantize: bool = False
+    int8_out: Int8Out | None = None
 
     def __post_init__(self):
+        if self.int8_out is not None and self.fusion is None:
+            raise TypeError(f"{self.family}: int8_out needs the fusion's operand names")
         if not issubclass(self.spec, Spec):
             raise TypeError(f"{self.family}: its spec {self.spec.__name__} lacks the Spec codec")
         if self.searchable and self.apply is None:

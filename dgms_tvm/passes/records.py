@@ -38,6 +38,8 @@ class LayerRecord:
     zero_inputs: int = 0
     # set where the layer is packed wider than its values need (no layout of that width)
     widened: str = ""
+    # how it writes its outputs where not float32 (int8 for the next int8 conv: int8_chain)
+    output: str = ""
     reason: str = ""
     error: str = ""
 

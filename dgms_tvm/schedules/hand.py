@@ -35,6 +35,8 @@ def capability_knobs(profile: TargetProfile) -> dict[str, dict]:
                       else "scalar"},
         # the lut GEMV's tables looked up 16 features per NEON tbl
         "cb_gemv": {"lookup": "tbl"} if profile.neon else {},
+        # a depthwise conv writing int8 rounds and converts with one NEON fcvtns
+        "dw_conv2d": {"round": "fcvtns"} if profile.neon else {},
     }
 
 

@@ -136,6 +136,51 @@ def test_depthwise_kernels_run_on_emulated_cores(device, cpu, tmp_path, rng):
         assert rel_err(got, want) < 1e-5
 
 
+@pytest.mark.parametrize("cpu", [CPU, DOTPROD])
+def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cpu, tmp_path,
+                                                                     rng):
+    """int8 between layers: the depthwise conv writes the next 1x1 int8 conv's input (fcvtns,
+    st4 / zips into the conv's layout; depth 4 for the sdot conv, 16 for the widening one),
+    the conv reads it with the fixed scale; both against the oracles chained."""
+    tracker, _ = device
+    knobs = load_knobs(cpu)
+    dw = conv2d.Conv2dSpec(1, 32, 14, 14, 32, (3, 3), (2, 2), (1, 1, 1, 1), groups=32, bits=4)
+    pw = conv2d.Conv2dSpec(1, 32, 7, 7, 16, (1, 1), bits=4)
+    wide = cpu == CPU  # the widening conv (no sdot)
+    ls = int8_long.LongSpec(pw, Epilogue(True, False, ""))
+    qs = ls.quant if wide else int8_quant.QuantSpec.of(pw)
+    ds = int8_decode.DecodeSpec.of(pw, 16 if wide else 4)
+    spec = depthwise.DepthwiseSpec(dw, act="relu6", out=qs)
+    x = rng.normal(size=(1, 32, 14, 14)).astype(np.float32)
+    cw = random_codebook_weight(rng, dw.weight_shape, 4)
+    scale = np.float32(0.02)  # the calibrated one: many outputs past 127 * scale, clamped
+    m = ((rng.random(32) + 0.5) / scale).astype(np.float32)
+    b = (rng.normal(size=32) / scale).astype(np.float32)
+    pcw = random_codebook_weight(rng, pw.weight_shape, 4)
+    q, d = int8_quant.quantize_codebook(pcw.codebook, None, 16, ls.limit if wide else 127)
+    bias = rng.normal(size=16).astype(np.float32)
+    conv = (int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]) if wide else
+            int8.schedule(int8.compute(pw, predecoded=True, epilogue=Epilogue(True)),
+                          knobs["q8_conv2d"]))
+    calls = [(depthwise.schedule(depthwise.compute(spec), knobs["dw_conv2d"]),
+              [x, cw.packed, cw.codebook, m, b, np.zeros(qs.out_shape, qs.dtype)]),
+             (int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
+              [int8_decode.pack_for_decode(ds, pcw.indices()), int8_quant.q16(q),
+               np.array([scale], np.float32), np.zeros(ds.shape, np.int8)]),
+             (conv, [(0, 5), np.array([scale], np.float32), (1, 3), d, bias,
+                     np.zeros(pw.out_shape, np.float32)])]
+    got_q, _, got = _run_kernels_remote(tracker, calls, tmp_path, cpu)
+    want_q = depthwise.reference(spec, x, cw.dense(), m, b)
+    diff = np.abs(got_q.astype(np.int64) - want_q.astype(np.int64))
+    assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
+    assert (want_q == 127).any() and (want_q == 0).any()  # clamped at both ends
+    xq = np.clip(np.rint(depthwise.reference(
+        depthwise.DepthwiseSpec(dw, act="relu"), x, cw.dense(), m, b)), 0, 127)
+    acc = conv2d.reference(pw, xq, q[pcw.indices()].astype(np.float64))
+    want = Epilogue(True).numpy(acc * (scale * d)[None, :, None, None], bias)
+    assert rel_err(got, want) < 1e-2
+
+
 def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):
     tracker, _ = device
     spec = dense.DenseSpec(2, 48, 100, bits=2)
