@@ -27,6 +27,7 @@ import tvm
 from tvm import relax
 
 from .errors import UserError
+from .passes.onnx_clip import onnx_clips
 
 METADATA_KEY = "dgms"
 METADATA_FILE = "dgms.json"
@@ -212,6 +213,7 @@ def load_onnx(path: Path) -> ImportedModel:
                             sanitize_input_names=False)
     except Exception as err:
         raise UserError(f"TVM cannot import {path}: {_first_line(err)}") from None
+    mod = onnx_clips()(mod)  # its Clips (ReLU6) as relax clip / relu: a conv's epilogue
     return _split_params(mod, str(path), {}, parse_metadata(meta.get(METADATA_KEY)), notes)
 
 

@@ -96,7 +96,7 @@ def families(mod):
 def user_model(tmp_path_factory):
     net = dgms_net()
     x = torch.randn(1, 3, 32, 32)
-    return net, x, frontend.from_torch(net, (x,))
+    return net, x, onnx_import(net, x, tmp_path_factory.mktemp("onnx"))
 
 
 @pytest.mark.parametrize("target,depth", [("neoverse-n1", 4), ("cortex-a72", 16),
