@@ -105,20 +105,22 @@ class Build:
 
 def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                 quiet: bool = True, t0: float | None = None,
-                tuning_logs: Path | None = None, strategy: str = "auto") -> Build:
+                tuning_logs: Path | None = None, strategy: str = "auto",
+                calibration_inputs: list[np.ndarray] | None = None) -> Build:
     """Lower, schedule and compile an imported model for ``profile``; kernels with a record
     in the target's tuning database under ``tuning_logs`` (``<root>/<target>/``, whatever
     model the records came from: they are keyed by each kernel's structure) get their tuned
     schedule. ``strategy``: see :func:`strategies.resolve` (the FP32 build has no
-    codebook layer to apply it to)."""
+    codebook layer to apply it to). ``calibration_inputs``: what int8 between layers is
+    calibrated on (default: the model's example input and 7 drawn around it)."""
     from .schedules import apply_records, tuning_db
 
     t0 = t0 or time.perf_counter()
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     resolved = strategies.resolve(strategy, profile)
+    cal = calibration_inputs or calibration.samples(loaded.example())
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
-                             profile=profile,
-                             calibration=calibration.samples(loaded.example()))
+                             profile=profile, calibration=cal)
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
@@ -139,6 +141,11 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
             "lut": sum(r.strategy == "lut" for r in recs),
             # layers that are no codebook (the stem) in the int8 kernel, weights per channel
             "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
+        if chained := sum(bool(r.output) for r in recs):
+            manifest["calibration"] = {
+                "layers": chained, "inputs": len(cal),
+                "source": "--calibration" if calibration_inputs else
+                "the example input and inputs drawn around it"}
     tuned = sorted(k for k, v in applied.items() if v == apply_records.TUNED)
     matched = sum(v in apply_records.MATCHED for v in applied.values())
     manifest["tuning"] = {"logs": str(folder) if db is not None else None,
@@ -183,10 +190,12 @@ def write_artifact(build: Build, profile, output: Path) -> None:
 def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
                   fp32: bool = False, seed: int = 0, quiet: bool = False,
                   loaded: LoadedModel | None = None,
-                  tuning_logs: Path | None = None, strategy: str = "auto") -> dict:
+                  tuning_logs: Path | None = None, strategy: str = "auto",
+                  calibration_arrays: list[np.ndarray] | None = None) -> dict:
     """Compile ``model`` for ``target`` into the artifact folder ``output`` (``loaded``: the
     model already loaded, so that several builds of one model import it once;
-    ``tuning_logs``: the root of the tuning logs to apply, None for none).
+    ``tuning_logs``: the root of the tuning logs to apply, None for none;
+    ``calibration_arrays``: a user's calibration inputs, see :func:`calibration.given`).
 
     Returns
     -------
@@ -204,7 +213,11 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     for note in loaded.imported.notes:
         _log(f"warning: {note}", False)
     strategies.check(strategy)  # a bad value fails before the import
-    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy)
+    cal = None
+    if calibration_arrays is not None:
+        _, shape, dtype = loaded.imported.inputs[0]
+        cal = calibration.given(calibration_arrays, shape, dtype)
+    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy, cal)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
     write_artifact(build, profile, output)
     _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)
@@ -277,6 +290,9 @@ def format_table(manifest: dict) -> str:
         st = manifest["strategy"]
         lines.append(f"strategy {st['requested']} -> {st['resolved']}: " + ", ".join(
             f"{n} layers {k}" for k, n in st["layers"].items() if n))
+    if cal := manifest.get("calibration"):
+        lines.append(f"int8 between layers: {cal['layers']} layers write the next int8 conv's "
+                     f"input, scales calibrated on {cal['inputs']} inputs ({cal['source']})")
     return "\n".join(lines)
 
 

@@ -6,6 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dgms_tvm import commands
@@ -71,3 +72,37 @@ def test_code_fingerprint_is_the_same_for_the_same_build(tmp_path):
         outs.append(json.loads((tmp_path / f"{i}.json").read_text()))
     assert outs[0] == outs[1] and set(outs[0]) == {"digitnet x86 exact", "digitnet x86 FP32"}
     assert outs[0]["digitnet x86 exact"]["code"] != outs[0]["digitnet x86 FP32"]["code"]
+
+
+def test_compile_refuses_calibration_inputs_it_cannot_use(tmp_path):
+    """One line, exit code 2, no artifact: inputs of another shape, and a file that is no
+    NumPy file."""
+    bad = tmp_path / "cal.npy"
+    np.save(bad, np.zeros((2, 3, 5, 5), np.float32))
+    text = tmp_path / "text.npy"
+    text.write_text("not numpy")
+    for path, needle in ((bad, "calibration input of shape [2, 3, 5, 5]"),
+                         (text, "not a NumPy .npy file")):
+        out = tmp_path / f"art-{path.stem}"
+        res = _run(sys.executable, "-m", "dgms_tvm", "compile", "--model", "digitnet",
+                   "--target", "x86", "--output", str(out), "--calibration", str(path),
+                   "--quiet")
+        lines = res.stderr.strip().splitlines()
+        assert res.returncode == 2 and len(lines) == 1 and needle in lines[0], res.stderr
+        assert not out.exists()
+
+
+@pytest.mark.slow
+def test_compile_calibrates_on_the_given_inputs(tmp_path):
+    """A stack of 3 inputs: the manifest says the depthwise convs write int8 at scales
+    calibrated on them."""
+    cal = tmp_path / "cal.npy"
+    np.save(cal, np.random.default_rng(0).normal(size=(3, 1, 3, 32, 32)).astype(np.float32))
+    res = _run(sys.executable, "-m", "dgms_tvm", "compile", "--model", "mobilenetv2-32",
+               "--target", "neoverse-n1", "--output", str(tmp_path / "art"),
+               "--calibration", str(cal), "--tuning-logs", "none")
+    assert res.returncode == 0, res.stderr
+    assert "int8 between layers: 17 layers" in res.stdout
+    manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
+    assert manifest["calibration"] == {"layers": 17, "inputs": 3, "source": "--calibration"}
+    assert sum("int8 for the next int8 conv" in r["output"] for r in manifest["layers"]) == 17

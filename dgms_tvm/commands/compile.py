@@ -38,6 +38,10 @@ def parse(argv):
                         "(float32 activation lookup tables: batch-1 dense layers; convs stay "
                         "exact), or auto: int8 on aarch64 and x86 with VNNI, else exact "
                         "(default auto; the manifest says what each layer got)")
+    p.add_argument("--calibration", type=Path, default=None,
+                   help="inputs to calibrate the int8 values passed between layers on: .npy "
+                        "(one input, or several stacked along a first axis) or .npz (default: "
+                        "the model's example input and 7 drawn around it)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)
 
@@ -46,11 +50,13 @@ def parse(argv):
 def main(argv=None):
     args = parse(argv)
     from .. import pipeline
+    from .run import load_inputs
 
+    cal = None if args.calibration is None else load_inputs(args.calibration, "--calibration")
     manifest = pipeline.compile_model(args.model, args.target, args.output, bits=args.bits,
                                       fp32=args.fp32, seed=args.seed, quiet=args.quiet,
                                       tuning_logs=logs_root(args.tuning_logs),
-                                      strategy=args.strategy)
+                                      strategy=args.strategy, calibration_arrays=cal)
     if not args.quiet:
         print(pipeline.format_table(manifest))
         print(f"artifact: {args.output}/{manifest['library']} + manifest.json")

@@ -27,11 +27,11 @@ def parse(argv):
 MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
 
 
-def load_inputs(path: Path):
+def load_inputs(path: Path, flag: str = "--input"):
     import numpy as np
 
     if path.suffix not in MAGIC:
-        raise UserError(f"--input {path}: expected a .npy file, or .npz for several inputs")
+        raise UserError(f"{flag} {path}: expected a .npy file, or .npz for several inputs")
     try:
         with path.open("rb") as f:
             head = f.read(6)

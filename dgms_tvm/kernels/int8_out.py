@@ -42,6 +42,26 @@ def why_not(out_shape: tuple[int, ...], out: QuantSpec) -> str:
     return ""
 
 
+def _fcvtns(v, lanes: int):
+    """``lanes`` (2 or more) floats rounded to int32 by NEON ``fcvtns``, 4 and then 2 at a
+    time (an odd last lane from a pair that overlaps the one before): a narrow row's 14 or 7
+    lanes too, which LLVM would otherwise round with a ``frinti`` and a conversion each."""
+    fours = lanes // 4
+    chunks = [(4 * i, 4) for i in range(fours)] + [(i, 2) for i in range(4 * fours, lanes - 1, 2)]
+    if lanes % 2:
+        chunks.append((lanes - 2, 2))
+    pieces = [T.call_llvm_pure_intrin(
+        f"int32x{n}", FCVTNS.replace("v4i32.v4f32", f"v{n}i32.v{n}f32"),
+        v if n == lanes else T.Shuffle([v], list(range(i, i + n)))) for i, n in chunks]
+    if len(pieces) == 1:
+        return pieces[0]
+    at, index = 0, []  # where each lane lands in the pieces laid end to end
+    for i, n in chunks:
+        index += [at + j for j in range(n) if i + j >= len(index)]
+        at += n
+    return T.Shuffle(pieces, index)
+
+
 @dataclasses.dataclass(frozen=True)
 class Writer:
     """The int8 output of a producer of ``channels`` planes of ``height x width`` per image,
@@ -71,15 +91,19 @@ class Writer:
 
     @property
     def run(self) -> int:
-        """Columns per interleaved run (``d * run`` bytes, at most 64)."""
-        return best_tile(self.out.width, max(1, 64 // self.depth))
+        """Columns per interleaved run (``d * run`` bytes, at most 64): a power of 2 where
+        one divides the width (whole vectors; 14 columns of 4 channels cost more than 2
+        runs of 8: a 56-byte shuffle LLVM splits lane by lane), else the largest divisor."""
+        top = max(1, 64 // self.depth)
+        pow2 = [k for k in (16, 8, 4, 2) if k <= top and self.out.width % k == 0]
+        return pow2[0] if pow2 else best_tile(self.out.width, top)
 
     def value(self, v, lanes: int):
         """``lanes`` float outputs as stored int8: clamp, round, offset."""
         v = T.max(v, splat(T.float32(0 if self.relu else -127), lanes))
         v = T.min(v, splat(T.float32(127), lanes))
-        if self.fcvtns and lanes == 4:
-            r = T.call_llvm_pure_intrin("int32x4", FCVTNS, v)
+        if self.fcvtns and lanes > 1:
+            r = _fcvtns(v, lanes)
         else:
             r = T.Cast("int32" if lanes == 1 else f"int32x{lanes}", T.round(v))
         if self.out.offset:
