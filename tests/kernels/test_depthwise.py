@@ -161,3 +161,15 @@ def test_depthwise_builds_for_aarch64(target):
     asm = lib.mod.inspect_source("asm") if not lib.mod.imports else \
         lib.mod.imports[0].inspect_source("asm")
     assert "fcvtns" in asm and "frint" not in asm and "st4" in asm
+
+
+def test_the_int8_writer_interleaves_whole_vectors_where_it_can():
+    from dgms_tvm.kernels import int8_out
+
+    def run(width, depth):
+        return int8_out.Writer(QuantSpec(1, 16, 4, width, depth=depth), relu=True).run
+
+    # powers of 2 dividing the width, up to 64 bytes a run; else the largest divisor
+    assert [run(w, 4) for w in (112, 56, 28, 14, 7)] == [16, 8, 4, 2, 7]
+    assert [run(w, 16) for w in (112, 56, 28, 14, 7)] == [4, 4, 4, 2, 1]
+    assert int8_out.why_not((1, 16, 4, 8), QuantSpec(1, 16, 4, 8, depth=16)) == ""

@@ -185,3 +185,19 @@ def test_no_calibration_or_no_int8_conv_keeps_float_outputs(user_model):
     assert not any(r.output for r in exact.records)
     fp32 = compiler.lower(imported, codebooks=False, strategy="int8", calibration=cal)
     assert not any(r.output for r in fp32.records)
+
+
+def test_a_depthwise_conv_feeding_an_exact_conv_is_no_candidate():
+    """The shared test graph's depthwise conv feeds a grouped conv, which stays exact (no
+    int8 conv reads it): no probe, no change."""
+    from tests.passes.graphs import quantized_net
+
+    net, _ = quantized_net()
+    x = torch.randn(1, 3, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    lowered = compiler.lower(imported, 4, strategy="int8")
+    assert int8_chain.probe(lowered.mod)[1] == 0
+    again = compiler.lower(imported, 4, strategy="int8",
+                           calibration=calibration.samples(x.numpy(), 2))
+    assert families(again.mod) == families(lowered.mod)
+    assert not any(r.output for r in again.records)
