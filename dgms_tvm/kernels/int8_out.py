@@ -43,23 +43,16 @@ def why_not(out_shape: tuple[int, ...], out: QuantSpec) -> str:
 
 
 def _fcvtns(v, lanes: int):
-    """``lanes`` (2 or more) floats rounded to int32 by NEON ``fcvtns``, 4 and then 2 at a
-    time (an odd last lane from a pair that overlaps the one before): a narrow row's 14 or 7
-    lanes too, which LLVM would otherwise round with a ``frinti`` and a conversion each."""
-    fours = lanes // 4
-    chunks = [(4 * i, 4) for i in range(fours)] + [(i, 2) for i in range(4 * fours, lanes - 1, 2)]
-    if lanes % 2:
-        chunks.append((lanes - 2, 2))
+    """An even number of floats rounded to int32 by NEON ``fcvtns``, 4 and then 2 at a time
+    (a narrow row's 14 lanes too), not a ``frinti`` and a conversion each. An odd count keeps
+    LLVM's form: a 2-lane piece overlapping the one before cost more in the shuffles that put
+    the pieces together than it saved (docs/results.md, "int8 between layers")."""
+    chunks = [(i, 4) for i in range(0, lanes // 4 * 4, 4)] + \
+        [(i, 2) for i in range(lanes // 4 * 4, lanes, 2)]
     pieces = [T.call_llvm_pure_intrin(
         f"int32x{n}", FCVTNS.replace("v4i32.v4f32", f"v{n}i32.v{n}f32"),
         v if n == lanes else T.Shuffle([v], list(range(i, i + n)))) for i, n in chunks]
-    if len(pieces) == 1:
-        return pieces[0]
-    at, index = 0, []  # where each lane lands in the pieces laid end to end
-    for i, n in chunks:
-        index += [at + j for j in range(n) if i + j >= len(index)]
-        at += n
-    return T.Shuffle(pieces, index)
+    return pieces[0] if len(pieces) == 1 else T.Shuffle(pieces, list(range(lanes)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,8 +85,8 @@ class Writer:
     @property
     def run(self) -> int:
         """Columns per interleaved run (``d * run`` bytes, at most 64): a power of 2 where
-        one divides the width (whole vectors; 14 columns of 4 channels cost more than 2
-        runs of 8: a 56-byte shuffle LLVM splits lane by lane), else the largest divisor."""
+        one divides the width (whole vectors: a 56-byte run of 14 columns of 4 channels is a
+        shuffle LLVM splits lane by lane), else the largest divisor."""
         top = max(1, 64 // self.depth)
         pow2 = [k for k in (16, 8, 4, 2) if k <= top and self.out.width % k == 0]
         return pow2[0] if pow2 else best_tile(self.out.width, top)
@@ -102,7 +95,7 @@ class Writer:
         """``lanes`` float outputs as stored int8: clamp, round, offset."""
         v = T.max(v, splat(T.float32(0 if self.relu else -127), lanes))
         v = T.min(v, splat(T.float32(127), lanes))
-        if self.fcvtns and lanes > 1:
+        if self.fcvtns and lanes % 2 == 0:
             r = _fcvtns(v, lanes)
         else:
             r = T.Cast("int32" if lanes == 1 else f"int32x{lanes}", T.round(v))
