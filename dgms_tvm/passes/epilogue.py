@@ -35,7 +35,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import FAMILIES, KERNEL_ATTR
 from ..kernels.epilogue import Epilogue
-from .ops import OP, batch_norm_scale_shift, static_shape, uses
+from .ops import OP, batch_norm_scale_shift, rewrite_functions, static_shape, uses
 
 _IN, _LHS, _RHS = wildcard(), wildcard(), wildcard()
 _BN = [wildcard() for _ in range(4)]  # gamma, beta, mean, var
@@ -296,13 +296,7 @@ def fuse_epilogues(weights: dict | None = None, records: dict | None = None):
 
     @tvm.transform.module_pass(opt_level=0, name="FuseEpilogues")
     def transform(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        fuser = _Fuser(mod, weights or {}, records or {})
-        entries = []
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                fuser.builder_.update_func(gv, fuser.rewrite(func))
-                entries.append(gv.name_hint)
-        # the plain kernels the fused ones replace are dead
-        return relax.transform.DeadCodeElimination(entries)(fuser.builder_.finalize())
+        # (the plain kernels the fused ones replace are dead)
+        return rewrite_functions(mod, _Fuser(mod, weights or {}, records or {}))
 
     return transform

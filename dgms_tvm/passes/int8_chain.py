@@ -31,7 +31,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import FAMILIES, KERNEL_ATTR
 from ..kernels.int8_quant import QuantSpec
-from .ops import uses
+from .ops import rewrite_functions, uses
 
 
 def _family(mod, value):
@@ -190,12 +190,7 @@ def chain_int8(levels: list[float], records: list | None = None):
 
     @tvm.transform.module_pass(opt_level=0, name="ChainInt8")
     def transform(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        chainer = _Chainer(mod, list(levels), records if records is not None else [])
-        entries = []
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                chainer.builder_.update_func(gv, chainer.rewrite(func))
-                entries.append(gv.name_hint)
-        return relax.transform.DeadCodeElimination(entries)(chainer.builder_.finalize())
+        return rewrite_functions(
+            mod, _Chainer(mod, list(levels), records if records is not None else []))
 
     return transform

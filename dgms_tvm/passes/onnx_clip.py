@@ -31,7 +31,7 @@ import tvm
 from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
-from .ops import uses
+from .ops import rewrite_functions, uses
 
 
 def _store(stmt):
@@ -136,12 +136,6 @@ def onnx_clips():
 
     @tvm.transform.module_pass(opt_level=0, name="OnnxClips")
     def transform(mod: tvm.ir.IRModule, _ctx) -> tvm.ir.IRModule:
-        clips = _Clips(mod)
-        entries = []
-        for gv, func in mod.functions_items():
-            if isinstance(func, relax.Function):
-                clips.builder_.update_func(gv, clips.rewrite(func))
-                entries.append(gv.name_hint)
-        return relax.transform.DeadCodeElimination(entries)(clips.builder_.finalize())
+        return rewrite_functions(mod, _Clips(mod))
 
     return transform

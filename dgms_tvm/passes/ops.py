@@ -62,3 +62,15 @@ def batch_norm_scale_shift(attrs, gamma, beta, mean, var):
     s = g / np.sqrt(np.asarray(var, np.float64) + float(attrs.epsilon))
     b = np.asarray(beta, np.float64) if attrs.center else 0.0
     return s, b - np.asarray(mean, np.float64) * s
+
+
+def rewrite_functions(mod, mutator) -> tvm.IRModule:
+    """Every Relax function of ``mod`` through ``mutator.rewrite``, then what is left dead
+    taken out (the kernels and ops a rewrite replaced): the body of this package's module
+    passes."""
+    entries = []
+    for gv, func in mod.functions_items():
+        if isinstance(func, relax.Function):
+            mutator.builder_.update_func(gv, mutator.rewrite(func))
+            entries.append(gv.name_hint)
+    return relax.transform.DeadCodeElimination(entries)(mutator.builder_.finalize())
