@@ -250,71 +250,52 @@ def compute(spec: DepthwiseSpec) -> tvm.tirx.PrimFunc:
             return wbufs[0][c, k]
         return weight_cb(*wbufs, c, k)
 
-    @T.macro
-    def chunked(Xf, Yf, B, wbufs):
-        for t in T.parallel(chunks):
-            sp = T.alloc_buffer((plane,), "float32")
-            wl = T.alloc_buffer((taps4,), "float32")  # (global scope: small, so on the stack)
-            for i in range(per):
-                for k in T.unroll(taps4):
-                    wl[k] = T.if_then_else(k < taps, weight(wbufs, (t * per + i) % c_,
-                                                            T.min(k, taps - 1)), T.float32(0))
-                body(Xf, Yf, B, t * per + i, sp, wl, 0)
-
     if q is not None:  # whole channel groups per chunk, each group staged then interleaved
         chunks = best_tile(n_ * c_ // d, CHUNKS)
         per = n_ * c_ // chunks
 
     @T.macro
-    def chunked_q(Xf, Qf, B, wbufs):
-        if out.prefill:
-            fill(Qf)
+    def taps_of(wl, wbufs, nc):
+        """Channel ``nc``'s weights into ``wl`` (zeros up to whole 4-lane vectors)."""
+        for k in T.unroll(taps4):
+            wl[k] = T.if_then_else(k < taps, weight(wbufs, nc % c_, T.min(k, taps - 1)),
+                                   T.float32(0))
+
+    @T.macro
+    def chunked(Xf, Yf, B, wbufs):
+        if q is not None and out.prefill:
+            fill(Yf)
         for t in T.parallel(chunks):
             sp = T.alloc_buffer((plane,), "float32")
-            wl = T.alloc_buffer((taps4,), "float32")
-            st = T.alloc_buffer((d * oh * ow,), qdt)
-            for g in range(per // d):
-                for i in range(d):
-                    for kk in T.unroll(taps4):
-                        wl[kk] = T.if_then_else(
-                            kk < taps, weight(wbufs, (t * per + g * d + i) % c_,
-                                              T.min(kk, taps - 1)), T.float32(0))
-                    body(Xf, st, B, t * per + g * d + i, sp, wl, i)
-                interleave(st, Qf, t * per + g * d)
+            wl = T.alloc_buffer((taps4,), "float32")  # (global scope: small, so on the stack)
+            if q is None:
+                for i in range(per):
+                    taps_of(wl, wbufs, t * per + i)
+                    body(Xf, Yf, B, t * per + i, sp, wl, 0)
+            else:
+                st = T.alloc_buffer((d * oh * ow,), qdt)
+                for g in range(per // d):
+                    for i in range(d):
+                        taps_of(wl, wbufs, t * per + g * d + i)
+                        body(Xf, st, B, t * per + g * d + i, sp, wl, i)
+                    interleave(st, Yf, t * per + g * d)
 
-    if q is not None:
-        n_x = n_ * c_ * h_ * w_
-        if fp32:
-            @T.prim_func(private=True)
-            def qfunc(X: T.Buffer((n_, c_, h_, w_), "float32"),
-                      W: T.Buffer((c_, taps), "float32"), B: T.Buffer((c_,), "float32"),
-                      Q: T.Buffer(q.out_shape, qdt)):
-                chunked_q(T.decl_buffer((n_x,), "float32", data=X.data),
-                          T.decl_buffer((out.size,), qdt, data=Q.data), B, (W,))
-        else:
-            @T.prim_func(private=True)
-            def qfunc(X: T.Buffer((n_, c_, h_, w_), "float32"),
-                      P: T.Buffer((c_, nbytes), "uint8"), CB: T.Buffer((ncb,), "float32"),
-                      M: T.Buffer((c_,), "float32"), B: T.Buffer((c_,), "float32"),
-                      Q: T.Buffer(q.out_shape, qdt)):
-                chunked_q(T.decl_buffer((n_x,), "float32", data=X.data),
-                          T.decl_buffer((out.size,), qdt, data=Q.data), B, (P, CB, M))
-        return as_kernel(qfunc, FAMILY, spec.to_json())
-
+    # float32 NCHW, or the next conv's quantized input
+    yshape, ydt = ((n_, c_, oh, ow), "float32") if q is None else (q.out_shape, qdt)
+    ny = n_ * c_ * oh * ow if q is None else out.size
     if fp32:
         @T.prim_func(private=True)
         def func(X: T.Buffer((n_, c_, h_, w_), "float32"), W: T.Buffer((c_, taps), "float32"),
-                 B: T.Buffer((c_,), "float32"), Y: T.Buffer((n_, c_, oh, ow), "float32")):
+                 B: T.Buffer((c_,), "float32"), Y: T.Buffer(yshape, ydt)):
             chunked(T.decl_buffer((n_ * c_ * h_ * w_,), "float32", data=X.data),
-                    T.decl_buffer((n_ * c_ * oh * ow,), "float32", data=Y.data), B, (W,))
+                    T.decl_buffer((ny,), ydt, data=Y.data), B, (W,))
     else:
         @T.prim_func(private=True)
         def func(X: T.Buffer((n_, c_, h_, w_), "float32"), P: T.Buffer((c_, nbytes), "uint8"),
                  CB: T.Buffer((ncb,), "float32"), M: T.Buffer((c_,), "float32"),
-                 B: T.Buffer((c_,), "float32"), Y: T.Buffer((n_, c_, oh, ow), "float32")):
+                 B: T.Buffer((c_,), "float32"), Y: T.Buffer(yshape, ydt)):
             chunked(T.decl_buffer((n_ * c_ * h_ * w_,), "float32", data=X.data),
-                    T.decl_buffer((n_ * c_ * oh * ow,), "float32", data=Y.data), B,
-                    (P, CB, M))
+                    T.decl_buffer((ny,), ydt, data=Y.data), B, (P, CB, M))
     return as_kernel(func, FAMILY, spec.to_json())
 
 
