@@ -73,14 +73,19 @@ def plan(mod, func) -> dict:
     return found
 
 
-def _constant_operands(func, fusion, call) -> bool:
-    """Whether the operands the scale folds into are constants in ``call``."""
-    buffers = [p.name for p in func.params]
+def _scale_operands(func, fusion) -> list[int]:
+    """Positions of the operands of ``func`` that the scale folds into: the first of
+    ``fusion.scale`` it has, and ``fusion.shift``."""
+    buffers = [p.name for p in func.params]  # (0.27: the params are the buffers)
     names = [n for n in fusion.scale if n in buffers][:1] + ([fusion.shift] if fusion.shift
                                                             else [])
-    args = list(call.args[1].fields)
-    return bool(names) and all(isinstance(args[buffers.index(n)], tvm.ir.GenericConst)
-                               for n in names)
+    return [buffers.index(n) for n in names]
+
+
+def _constant_operands(func, fusion, call) -> bool:
+    """Whether the operands the scale folds into are constants in ``call``."""
+    at, args = _scale_operands(func, fusion), list(call.args[1].fields)
+    return bool(at) and all(isinstance(args[i], tvm.ir.GenericConst) for i in at)
 
 
 def probe(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
@@ -97,7 +102,7 @@ def probe(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
     every = outs + found
     new = relax.Function(func.params, relax.SeqExpr(body.blocks, relax.Tuple(every)),
                          relax.TupleType([e.ty for e in every]), attrs=func.attrs)
-    mod = mod.clone() if hasattr(mod, "clone") else tvm.IRModule(dict(mod.functions_items()))
+    mod = mod.clone()
     mod["main"] = new
     return relax.transform.Normalize()(mod), len(found)
 
@@ -105,11 +110,7 @@ def probe(mod: tvm.IRModule) -> tuple[tvm.IRModule, int]:
 def _scaled(func, fusion, args: list, factor: float) -> list:
     """``args`` of a call of ``func`` with the operands ``fusion`` names (its outputs' scale
     and shift, constants) times ``factor``."""
-    buffers = [p.name for p in func.params]  # (0.27: the params are the buffers)
-    names = [next(n for n in fusion.scale if n in buffers)] + (
-        [fusion.shift] if fusion.shift else [])
-    for n in names:
-        i = buffers.index(n)
+    for i in _scale_operands(func, fusion):
         v = args[i].value.numpy().astype(np.float64)
         args[i] = relax.const((v * factor).astype(np.float32))
     return args
