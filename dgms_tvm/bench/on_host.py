@@ -85,11 +85,12 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                      (f"codebook {bits}-bit tuned", True, True, db, "exact"),
                      # the int8 kernels have no records, the kernels around them do
                      (f"codebook {bits}-bit int8 tuned", True, True, db, "int8")]
+    cal = calibration.samples(x)  # int8 between layers, calibrated as compile does
     for label, cb, fp32_kernels, database, strategy in variants:
         t0 = time.perf_counter()
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
                                  strategy=strategy, profile=profile,
-                                 calibration=calibration.samples(x))
+                                 calibration=cal)
         applied: dict = {}
         prepared[label] = compiler.prepare(lowered, profile, database=database,
                                            applied=applied)
