@@ -75,14 +75,15 @@ def test_code_fingerprint_is_the_same_for_the_same_build(tmp_path):
 
 
 def test_compile_refuses_calibration_inputs_it_cannot_use(tmp_path):
-    """One line, exit code 2, no artifact: inputs of another shape, and a file that is no
-    NumPy file."""
+    """One line, exit code 2, no artifact: inputs of another shape, a file that is no
+    NumPy file, a missing file."""
     bad = tmp_path / "cal.npy"
     np.save(bad, np.zeros((2, 3, 5, 5), np.float32))
     text = tmp_path / "text.npy"
     text.write_text("not numpy")
     for path, needle in ((bad, "calibration input of shape [2, 3, 5, 5]"),
-                         (text, "not a NumPy .npy file")):
+                         (text, "not a NumPy .npy file"),
+                         (tmp_path / "none.npz", "calibration file")):
         out = tmp_path / f"art-{path.stem}"
         res = _run(sys.executable, "-m", "dgms_tvm", "compile", "--model", "digitnet",
                    "--target", "x86", "--output", str(out), "--calibration", str(path),

@@ -30,15 +30,16 @@ MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
 def load_inputs(path: Path, flag: str = "--input"):
     import numpy as np
 
+    what = flag.lstrip("-")  # "input", "calibration"
     if path.suffix not in MAGIC:
         raise UserError(f"{flag} {path}: expected a .npy file, or .npz for several inputs")
     try:
         with path.open("rb") as f:
             head = f.read(6)
     except FileNotFoundError:
-        raise UserError(f"input file {path} not found") from None
+        raise UserError(f"{what} file {path} not found") from None
     except OSError as err:
-        raise UserError(f"input file {path}: {err.strerror}") from None
+        raise UserError(f"{what} file {path}: {err.strerror}") from None
     if not head.startswith(MAGIC[path.suffix]):
         raise UserError(f"{path}: not a NumPy {path.suffix} file")
     try:
