@@ -45,14 +45,15 @@ GEMV = {
 
 
 #: Conv2d layers: strategy -> the kernel families it tries in order (``int8``: the int8 conv
-#: of the core, :data:`INT8_CONV`). The first whose ``supports`` takes the layer wins; an
-#: int8 layer that lands on a later (exact) one keeps the int8 conv's reason in its record.
-#: ``lut`` has no conv kernel: its convs are exact.
+#: of the core, :data:`INT8_CONV`; ``int8_dw``: the int8 depthwise conv where the core has
+#: one, :data:`INT8_DW`). The first whose ``supports`` takes the layer wins; an int8 layer
+#: that lands on a later (exact) one keeps the int8 conv's reason in its record. ``lut`` has
+#: no conv kernel: its convs are exact.
 CONV2D = {
     "exact": ("dw_conv2d", "cb_conv2d"),
     "lut": ("dw_conv2d", "cb_conv2d"),
-    "int8": ("int8", "dw_conv2d", "cb_conv2d"),
-    "int8-full": ("int8", "dw_conv2d", "cb_conv2d"),
+    "int8": ("int8", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8-full": ("int8", "int8_dw", "dw_conv2d", "cb_conv2d"),
 }
 
 #: The int8 conv of a core: the first rule whose capability it has. Aarch64 cores without
@@ -66,6 +67,22 @@ INT8_CONV = (
 )
 
 
+#: The int8 depthwise conv: on the cores whose int8 conv writes its input int8 (the sdot
+#: conv, int8 between layers: :mod:`.passes.int8_chain`); elsewhere a run-time quantize in
+#: front of it would cost about what it saves, and depthwise convs stay FP32.
+INT8_DW = (
+    ("dotprod", "q8_dw_conv2d"),
+    (None, ""),
+)
+
+
+def int8_depthwise(profile) -> str:
+    """The int8 depthwise family for ``profile``'s core, or ``""`` where there is none."""
+    if profile is None:
+        return ""
+    return next(f for cap, f in INT8_DW if cap is None or profile.has(cap))
+
+
 def int8_conv(profile) -> str:
     """The int8 conv family for ``profile``'s core (the generic one without a profile)."""
     if profile is None:
@@ -76,7 +93,8 @@ def int8_conv(profile) -> str:
 def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
     """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
     fams = CONV2D["int8" if is_int8(strategy) else strategy if strategy in CONV2D else "exact"]
-    return tuple(int8_conv(profile) if f == "int8" else f for f in fams)
+    resolved = {"int8": int8_conv(profile), "int8_dw": int8_depthwise(profile)}
+    return tuple(f for f in (resolved.get(f, f) for f in fams) if f)
 
 
 def check(requested: str) -> None:

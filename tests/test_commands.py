@@ -95,15 +95,16 @@ def test_compile_refuses_calibration_inputs_it_cannot_use(tmp_path):
 
 @pytest.mark.slow
 def test_compile_calibrates_on_the_given_inputs(tmp_path):
-    """A stack of 3 inputs: the manifest says the depthwise convs write int8 at scales
-    calibrated on them."""
+    """A stack of 3 inputs: the manifest says which layers write int8 at scales calibrated
+    on them: on a dotprod core the 17 depthwise convs, the 16 expand convs and the stem
+    (the int8 depthwise convs' inputs), and the last project conv (the 1x1 conv after it)."""
     cal = tmp_path / "cal.npy"
     np.save(cal, np.random.default_rng(0).normal(size=(3, 1, 3, 32, 32)).astype(np.float32))
     res = _run(sys.executable, "-m", "dgms_tvm", "compile", "--model", "mobilenetv2-32",
                "--target", "neoverse-n1", "--output", str(tmp_path / "art"),
                "--calibration", str(cal), "--tuning-logs", "none")
     assert res.returncode == 0, res.stderr
-    assert "int8 between layers: 17 layers" in res.stdout
+    assert "int8 between layers: 36 layers" in res.stdout
     manifest = json.loads((tmp_path / "art" / "manifest.json").read_text())
-    assert manifest["calibration"] == {"layers": 17, "inputs": 3, "source": "--calibration"}
-    assert sum("int8 for the next int8 conv" in r["output"] for r in manifest["layers"]) == 17
+    assert manifest["calibration"] == {"layers": 36, "inputs": 3, "source": "--calibration"}
+    assert sum("int8 for the next int8 conv" in r["output"] for r in manifest["layers"]) == 36

@@ -17,6 +17,9 @@ pass keeps the others exact).
 
 from __future__ import annotations
 
+import dataclasses
+import json
+
 import numpy as np
 import tvm
 from tvm import te
@@ -26,14 +29,17 @@ from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, decode_index, i
 from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .epilogue import Epilogue
-from .int8_quant import QuantSpec, padded_out_w, quantize_input
-from .protocol import Fusion, KernelFamily
+from .int8_quant import QuantSpec, layout, padded_out_w, quantize_fixed, quantize_input
+from .protocol import APPENDED_SHIFT, Fusion, Int8Out, KernelFamily
 
 FAMILY = "q8_conv2d"
 #: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
 PREDECODED_ATTR = "dgms.predecoded"
 #: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
 UNSIGNED_ATTR = "dgms.unsigned"
+#: Function attributes: its epilogue, and the int8 layout it writes (JSON; absent: none).
+EPILOGUE_ATTR = "dgms.epilogue"
+OUT_ATTR = "dgms.out"
 
 
 def supports(spec: Conv2dSpec, profile=None) -> str:
@@ -46,12 +52,30 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
     return ""
 
 def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
-         epilogue: Epilogue = Epilogue()) -> str:
+         epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> str:
     """``q8_conv2d_<shape>_b<bits>`` for a codebook layer; ``..._w8`` for a float32 weight
     quantized per output channel (:func:`quantize_weight`)."""
     return (FAMILY + spec.name.split("conv2d", 1)[1]
             + ("_w8" if spec.bits == FP32_WEIGHT else "") + ("_pre" if predecoded else "")
-            + ("_u8" if unsigned else "") + epilogue.suffix)
+            + ("_u8" if unsigned else "") + epilogue.suffix
+            + (f"_to_{out.name}" if out is not None else ""))
+
+
+def why_not_out(spec: Conv2dSpec, epilogue: Epilogue, out: QuantSpec) -> str:
+    """Empty when the conv can write its outputs as ``out`` (int8 between layers), else why
+    not: the outputs in order in 4-channel groups, signed, unpadded (the reader pads), rows
+    of whole 4-column runs (:func:`padded_out_w`: the columns past the row hold the
+    outputs of the zero columns, which the reader skips), and no residual (a float32
+    operand the fixed scale would have to reach)."""
+    if epilogue.residual:
+        return "it adds a residual"
+    if (out.batch, out.channels, out.height, out.width) != tuple(spec.out_shape):
+        return f"its output {tuple(spec.out_shape)} is not the next kernel's input"
+    if (out.depth, out.offset, out.phases, out.extra, tuple(out.padding)) != (
+            4, 0, 1, padded_out_w(spec) - spec.out_w, (0, 0, 0, 0)):
+        return ("the next kernel reads another layout than unpadded signed 4-channel groups "
+                "in rows of whole 4-column runs")
+    return ""
 
 def unsigned_input(profile) -> bool:
     """Whether int8 convs for ``profile``'s core store their input + 128 as uint8: on x86
@@ -59,7 +83,7 @@ def unsigned_input(profile) -> bool:
     return profile is not None and profile.is_x86 and profile.vnni
 
 def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
-            epilogue: Epilogue = Epilogue()) -> tvm.tirx.PrimFunc:
+            epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D[, CORR][, B][, R]) -> Y``
     (``Xq``, ``s_x`` from :func:`.int8_quant.compute`; ``B``, ``R``: see :class:`Epilogue`).
 
@@ -69,7 +93,13 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     ``unsigned``: ``Xq`` holds ``q + 128`` as uint8 (what x86 ``vpdpbusd`` multiplies), so
     the sums carry ``128 * sum(W[o])``, which the per-channel ``CORR[o]`` (from
     :func:`correction`) takes off before dequantizing: the same integers as the signed form.
+
+    ``out`` (int8 between layers, :mod:`dgms_tvm.passes.int8_chain`): ``Y`` is int8 in that
+    layout (:func:`why_not_out`), each value ``round(y)`` clamped to ``[0, 127]`` after a
+    relu (``[-127, 127]`` without), the scale folded into ``D`` and ``B`` by the pass.
     """
+    if out is not None and why_not_out(spec, epilogue, out):
+        raise ValueError(why_not_out(spec, epilogue, out))
     s = spec
     if supports(s):
         raise ValueError(supports(s))
@@ -115,7 +145,8 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
         name="acc")
     corr = te.placeholder((i64(s.out_channels),), "int32", "CORR") if unsigned else None
     ep = epilogue
-    bias = te.placeholder((i64(s.out_channels),), "float32", "B") if ep.bias else None
+    bias = te.placeholder((i64(s.out_channels),), "float32", APPENDED_SHIFT) if ep.bias \
+        else None
     res = te.placeholder(tuple(map(i64, s.out_shape)), "float32", "R") if ep.residual else None
 
     def dequant(n, o, yy, xx):
@@ -125,23 +156,39 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
             v = v + bias[o]
         if ep.residual:
             v = v + res[n, o, yy, xx]
+        if out is not None:  # clamp, round, int8 (relu6's bound is the scale's)
+            lo = 0.0 if ep.act else -127.0
+            v = tvm.te.min(tvm.te.max(v, tvm.tirx.const(lo, "float32")),
+                           tvm.tirx.const(127.0, "float32"))
+            return tvm.tirx.round(v).astype("int8")
         if ep.act:
             v = tvm.te.max(v, tvm.tirx.const(0.0, "float32"))
         if ep.act == "relu6":
             v = tvm.te.min(v, tvm.tirx.const(6.0, "float32"))
         return v
 
-    y = te.compute(tuple(map(i64, s.out_shape)), dequant, name="dequant")
+    # (int8: NCHW over whole 4-column runs here, laid out as [N, H, O/4, 1, W4, 4] below)
+    yshape = s.out_shape if out is None else (*s.out_shape[:3], padded_out_w(s))
+    y = te.compute(tuple(map(i64, yshape)), dequant, name="dequant")
     extra = [t for t in (corr, bias, res) if t is not None]
     func = te.create_prim_func([xq, sx, *weights, d, *extra, y])
-    return func.with_attrs({
+    attrs = {
         KERNEL_ATTR: FAMILY,
         SPEC_ATTR: s.to_json(),
         PREDECODED_ATTR: int(predecoded),
         UNSIGNED_ATTR: int(unsigned),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
-    }).without_attr("global_symbol")
+    }
+    if epilogue:
+        attrs[EPILOGUE_ATTR] = json.dumps(dataclasses.asdict(epilogue))
+    if out is not None:
+        attrs[OUT_ATTR] = out.to_json()
+        sch = tvm.s_tir.Schedule(func)
+        sch.transform_layout(sch.get_sblock("dequant"), ("write", 0), lambda n, o, yy, xx: (
+            n, yy, o // 4, tvm.tirx.const(0, "int64"), xx, o % 4))
+        func = sch.mod["main"]
+    return func.with_attrs(attrs).without_attr("global_symbol")
 
 def reference(spec: Conv2dSpec, x, indices, q_codebook, d) -> np.ndarray:
     """NumPy oracle of the int8 strategy: the same quantization, exact integer sums."""
@@ -153,6 +200,13 @@ def reference_int8(spec: Conv2dSpec, x, wq, d) -> np.ndarray:
     # exact sums, rounded to float32 as the kernel does
     acc = conv_reference(spec, xq, np.asarray(wq).astype(np.float64))
     return acc * (sx * np.asarray(d, np.float32))[None, :, None, None]
+
+
+def reference_out(out: QuantSpec, y: np.ndarray, relu: bool) -> np.ndarray:
+    """The oracle of a conv writing int8 (``out``) from its float outputs ``y`` (the
+    epilogue's, before the activation, scale folded in): clamped, rounded, laid out."""
+    y = np.maximum(y, 0) if relu else y
+    return layout(out, quantize_fixed(y, 1.0))
 
 def quad(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> bool:
     """Whether the conv runs a 4-pixel x 4-channel x 4-input micro-kernel (4 pixels' inputs
@@ -218,6 +272,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     func = sch.mod["main"]
     predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
     unsigned = UNSIGNED_ATTR in func.attrs and bool(int(func.attrs[UNSIGNED_ATTR]))
+    int8_out = OUT_ATTR in func.attrs  # [.., W, 4] bytes: pixel-major tiles store as they are
+    major = channel_major(spec) and not int8_out
     acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
     # Step 1. Register tile: xt columns x 4*ob channels, summed 4 input channels at a time;
     # with sdot the innermost 4 pixels x 4 channels x 4 inputs are one micro-kernel call
@@ -249,7 +305,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     if vnni:  # each 4-pixel x 4-channel sub-tile contiguous: one 512-bit accumulator
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
             n_, y_, x_ // 4, o_ // 4, x_ % 4, o_ % 4))
-    elif four and channel_major(spec):  # 4 pixels of one channel per register (NCHW's order)
+    elif four and major:  # 4 pixels of one channel per register (NCHW's order)
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, o_, x_))
     else:
         sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
@@ -266,7 +322,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
 
         init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4(channel_major(spec)))
+        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4(major))
         if not vnni:
             # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
             # the accumulator tile then has a constant index, so LLVM keeps the tile in
@@ -281,10 +337,16 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
             do, dx = sch.get_loops(deq)[-2:]
             do_o, do_i = sch.split(do, [None, 4])
             dx_o, dx_i = sch.split(dx, [None, 4])
-            sch.reorder(do_o, dx_o, do_i, dx_i)
-            for loop in (do_o, dx_o, do_i):
-                sch.unroll(loop)
-            sch.vectorize(dx_i)
+            if int8_out:  # [.., W, 4] bytes: 4 columns x 4 channels, 16 bytes at a time
+                sch.reorder(do_o, dx_o, dx_i, do_i)
+                sch.unroll(do_o)
+                sch.unroll(dx_o)
+                sch.vectorize(sch.fuse(dx_i, do_i))
+            else:
+                sch.reorder(do_o, dx_o, do_i, dx_i)
+                for loop in (do_o, dx_o, do_i):
+                    sch.unroll(loop)
+                sch.vectorize(dx_i)
             sch.set_scope(init, 0, "global")
     else:
         sch.unroll(rc)
@@ -301,6 +363,31 @@ def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm
             compute(spec, predecoded=pre, unsigned=uns, epilogue=epilogue))
 
 
+def _epilogue(func: tvm.tirx.PrimFunc) -> Epilogue:
+    if func.attrs is None or EPILOGUE_ATTR not in func.attrs:
+        return Epilogue()
+    return Epilogue(**json.loads(str(func.attrs[EPILOGUE_ATTR])))
+
+
+def bound(func: tvm.tirx.PrimFunc) -> float | None:
+    """The largest output the conv can write where its epilogue bounds it (relu6: 6)."""
+    return 6.0 if _epilogue(func).act == "relu6" else None
+
+
+def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
+    return why_not_out(Conv2dSpec.from_func(func), _epilogue(func), out)
+
+
+def with_quantized_output(func: tvm.tirx.PrimFunc,
+                          out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
+    """(name, kernel) of the conv ``func`` made again to write int8 in ``out``'s layout."""
+    spec, ep = Conv2dSpec.from_func(func), _epilogue(func)
+    pre, uns = (bool(int(func.attrs[a])) for a in (PREDECODED_ATTR, UNSIGNED_ATTR))
+    return (name(spec, pre, uns, ep, out),
+            compute(spec, predecoded=pre, unsigned=uns, epilogue=ep, out=out))
+
+
 #: No sampled design space yet: tuning leaves the int8 conv to its hand schedule.
 KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, reference, supports, apply=apply,
-                      knobs=True, fusion=Fusion(with_epilogue, scale=("D",)))
+                      knobs=True, fusion=Fusion(with_epilogue, scale=("D",)),
+                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))

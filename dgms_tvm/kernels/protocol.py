@@ -61,6 +61,11 @@ def _no_layer(spec, profile) -> str:
     return ""
 
 
+#: The name of the shift operand the epilogue pass appends to a family without one
+#: (``Fusion.shift`` empty), where the epilogue has a bias.
+APPENDED_SHIFT = "B"
+
+
 @dataclasses.dataclass(frozen=True)
 class Fusion:
     """How a conv family takes the ops after it as its epilogue (the pass of
@@ -76,7 +81,8 @@ class Fusion:
         by per output channel along its first axis: a folded BatchNorm's scale goes there.
     shift : str
         The operand holding a per-channel shift already (its outputs' ``B``), or ``""``:
-        then the shift is appended when the epilogue has a bias.
+        then the shift is appended when the epilogue has a bias (named
+        :data:`APPENDED_SHIFT` in the kernel).
     residual : bool
         Whether it can add a residual (appended last).
     """
@@ -105,7 +111,8 @@ class Int8Out:
         ``make(func, out) -> (name, PrimFunc)``: ``func`` made again to write its outputs
         ``y`` rounded and clamped to int8 (``[0, 127]`` after a relu) in ``out``'s layout,
         instead of float32. The scale is the caller's to fold into the operands: ``1 /
-        scale`` times the family's :attr:`Fusion.scale` and :attr:`Fusion.shift` ones, so
+        scale`` times the family's :attr:`Fusion.scale` and :attr:`Fusion.shift` (or
+        :data:`APPENDED_SHIFT`) ones, so
         that layers of one shape share a kernel; a bound in the epilogue must then be at
         least 127 (the scale at least ``bound / 127``).
     """

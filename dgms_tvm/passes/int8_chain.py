@@ -31,6 +31,7 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import FAMILIES, KERNEL_ATTR
 from ..kernels.int8_quant import QuantSpec
+from ..kernels.protocol import APPENDED_SHIFT
 from .ops import rewrite_functions, uses
 
 
@@ -75,9 +76,11 @@ def plan(mod, func) -> dict:
 
 def _scale_operands(func, fusion) -> list[int]:
     """Positions of the operands of ``func`` that the scale folds into: the first of
-    ``fusion.scale`` it has, and ``fusion.shift``."""
+    ``fusion.scale`` it has, and its shift (``fusion.shift``, or the one the epilogue pass
+    appended)."""
     buffers = [p.name for p in func.params]  # (0.27: the params are the buffers)
-    names = [n for n in fusion.scale if n in buffers][:1] + ([fusion.shift] if fusion.shift
+    shift = fusion.shift or APPENDED_SHIFT
+    names = [n for n in fusion.scale if n in buffers][:1] + ([shift] if shift in buffers
                                                             else [])
     return [buffers.index(n) for n in names]
 

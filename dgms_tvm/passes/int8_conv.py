@@ -1,14 +1,17 @@
 """Lowering of a codebook conv2d under the int8 strategy: the input's quantize, the weight's
 decode and the int8 conv (:mod:`dgms_tvm.kernels.int8`, or the widening conv of
-:mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``)."""
+:mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``), or the int8 depthwise
+conv (:mod:`dgms_tvm.kernels.int8_dw`)."""
 
 from __future__ import annotations
 
+import numpy as np
 from tvm import relax
 
 from .. import strategies
 from ..kernels import int8 as kint8
 from ..kernels import int8_decode as kdecode
+from ..kernels import int8_dw as kdw8
 from ..kernels import int8_long as klong
 from ..kernels import int8_quant as kquant
 
@@ -42,9 +45,7 @@ class Int8ConvLowering:
                             kquant.correction(idx, qcb), "int32")] if unsigned else []
         qs = kquant.QuantSpec.of(spec, unsigned, depth)
 
-        q = self.builder_.emit(relax.call_tir(self._kernel(kquant.compute, qs), [x], out_ty=[
-            relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
-        xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
+        xq, sx = self._quantize(x, qs)
         if cw is None or not predecoded:  # tiled already, or decoded inside the conv
             operands = [xq, sx, *consts]
         else:  # weights decoded 16 at a time by a kernel
@@ -67,6 +68,32 @@ class Int8ConvLowering:
         self.made = rec  # the epilogue pass fuses the ops after it
         return relax.call_tir(gv, [*operands, relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
+
+    def _quantize(self, x, qs):
+        """(Xq, s_x): ``x`` quantized at run time into ``qs``'s layout (a producer that can
+        writes it so itself instead: :mod:`.int8_chain`)."""
+        q = self.builder_.emit(relax.call_tir(self._kernel(kquant.compute, qs), [x], out_ty=[
+            relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
+        return relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
+
+    def _int8_depthwise(self, x, cw, value, spec, rec, out_ty):
+        """The int8 depthwise conv: its input quantized, its weight as int8 (the codebook's
+        entries, or a float32 weight per channel) laid out at compile time; ``D`` and a zero
+        ``B`` for the epilogue pass to fold the BatchNorm / bias after it into."""
+        rec.strategy, rec.reason = "int8", ""
+        dspec = kdw8.Int8DwSpec(spec)
+        if cw is None:
+            wq, d = kquant.quantize_weight(value)
+            rec.fp32_kernel = dspec.name
+        else:
+            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            wq = qcb[cw.indices()]
+            rec.kernel = dspec.name
+        self.made = rec
+        xq, sx = self._quantize(x, dspec.inp)
+        consts = [kdw8.weights(dspec, wq), d, np.zeros(spec.out_channels, np.float32)]
+        return relax.call_tir(self._kernel(kdw8.compute, dspec),
+                              [xq, sx, *(relax.const(c) for c in consts)], out_ty=out_ty)
 
     @property
     def _int8(self) -> bool:

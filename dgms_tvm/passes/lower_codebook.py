@@ -31,6 +31,7 @@ from ..detect import NotACodebook, find_codebook
 from ..kernels import FAMILIES
 from ..kernels import conv2d as kconv
 from ..kernels import depthwise as kdw
+from ..kernels import int8_dw as kdw8
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
 from .epilogue import fuse_epilogues
@@ -188,6 +189,8 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             rec.reason = f"exact: {why}"
         if family == kdw.FAMILY:
             return self._depthwise(x, cw, value, spec, rec, out_ty)
+        if family == kdw8.FAMILY:
+            return self._int8_depthwise(x, cw, value, spec, rec, out_ty)
         if family != kconv.FAMILY:
             return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)

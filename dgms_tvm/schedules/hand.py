@@ -37,6 +37,7 @@ def capability_knobs(profile: TargetProfile) -> dict[str, dict]:
         "cb_gemv": {"lookup": "tbl"} if profile.neon else {},
         # a depthwise conv writing int8 rounds and converts with one NEON fcvtns
         "dw_conv2d": {"round": "fcvtns"} if profile.neon else {},
+        "q8_dw_conv2d": {"round": "fcvtns"} if profile.neon else {},
     }
 
 

@@ -21,6 +21,7 @@ from dgms_tvm.kernels import (
     gemv,
     int8,
     int8_decode,
+    int8_dw,
     int8_long,
     int8_quant,
 )
@@ -179,6 +180,62 @@ def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cp
     acc = conv2d.reference(pw, xq, q[pcw.indices()].astype(np.float64))
     want = Epilogue(True).numpy(acc * (scale * d)[None, :, None, None], bias)
     assert rel_err(got, want) < 1e-2
+
+
+def _planes(q: np.ndarray, qs) -> np.ndarray:
+    """int8 values in ``qs``'s layout (unpadded, one phase) back as ``[N, C, H, W]``."""
+    n, h, g, _, _, d = q.shape
+    x = q[:, :, :, 0, :qs.width, :].astype(np.int64).transpose(0, 2, 4, 1, 3)
+    return x.reshape(n, g * d, h, qs.width)[:, :qs.channels]
+
+
+def test_int8_chain_through_the_int8_depthwise_on_the_dotprod_core(device, tmp_path, rng):
+    """MobileNetV2's block all int8 on the emulated neoverse-n1: the sdot expand conv writes
+    int8 (16-byte stores), the int8 depthwise conv (smull / smlal, fcvtns) reads it and
+    writes the project conv's input, which reads it with the fixed scale; each stage against
+    its oracle on the stage before's output."""
+    tracker, _ = device
+    knobs = load_knobs(DOTPROD)
+    pw1 = conv2d.Conv2dSpec(1, 16, 14, 14, 32, (1, 1), bits=4)
+    dwc = conv2d.Conv2dSpec(1, 32, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), groups=32, bits=4)
+    pw2 = conv2d.Conv2dSpec(1, 32, 14, 14, 16, (1, 1), bits=2)
+    mid = int8_dw.Int8DwSpec(dwc, act="relu6").inp
+    spec = int8_dw.Int8DwSpec(dwc, act="relu6", out=int8_quant.QuantSpec.of(pw2))
+    x = rng.normal(size=(1, 16, 14, 14)).astype(np.float32)
+    xq, sx = int8_quant.reference(int8_quant.QuantSpec.of(pw1), x)
+    s1, s2 = np.float32(0.02), np.float32(0.03)  # calibrated scales: outputs clamped
+    cw1, cw2 = (random_codebook_weight(rng, p.weight_shape, p.bits) for p in (pw1, pw2))
+    q1, d1 = int8_quant.quantize_codebook(cw1.codebook, None, 32)
+    q2, d2 = int8_quant.quantize_codebook(cw2.codebook, None, 16)
+    b1, b2 = (rng.normal(size=c).astype(np.float32) for c in (32, 16))
+    wq = rng.integers(-127, 128, size=dwc.weight_shape).astype(np.int8)
+    dd = (rng.random(32) * 0.01).astype(np.float32)
+    bd = rng.normal(size=32).astype(np.float32)
+    ep = Epilogue(True, False, "relu6")
+    calls = [(int8.schedule(int8.compute(pw1, epilogue=ep, out=mid), knobs["q8_conv2d"]),
+              [xq, np.array([sx]), cw1.packed, q1, d1 / s1, b1 / s1,
+               np.zeros(mid.out_shape, np.int8)]),
+             (int8_dw.schedule(int8_dw.compute(spec), knobs["q8_dw_conv2d"]),
+              [(0, 6), np.array([s1]), int8_dw.weights(spec, wq), dd / s2, bd / s2,
+               np.zeros(spec.out.out_shape, np.int8)]),
+             (int8.schedule(int8.compute(pw2, epilogue=Epilogue(True)), knobs["q8_conv2d"]),
+              [(1, 5), np.array([s2]), cw2.packed, q2, d2, b2,
+               np.zeros(pw2.out_shape, np.float32)])]
+    got1, got2, got = _run_kernels_remote(tracker, calls, tmp_path, DOTPROD)
+
+    def near(a, b):  # a float32 tie rounded the other way by a fused multiply-add
+        diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
+        return diff.max() <= 1 and (diff > 0).mean() < 2e-3
+
+    y1 = int8.reference(pw1, x, cw1.indices(), q1, d1) + b1[None, :, None, None]
+    want1 = int8_quant.quantize_fixed(np.maximum(y1, 0), s1)
+    assert near(_planes(got1, mid), want1) and (want1 == 127).any()
+    x2 = _planes(got1, mid)
+    want2 = int8_dw.reference(spec, x2, s1, wq, dd / s2, bd / s2)
+    assert near(got2, want2) and (want2 == 127).any() and (want2 == 0).any()
+    acc = conv2d.reference(pw2, _planes(got2, spec.out), q2[cw2.indices()].astype(np.float64))
+    want = Epilogue(True).numpy(acc * (s2 * d2)[None, :, None, None], b2)
+    assert rel_err(got, want) < 1e-5
 
 
 def test_dense_kernel_runs_on_the_emulated_core(device, tmp_path, rng):

@@ -10,7 +10,16 @@ import pytest
 import tvm
 
 from dgms_tvm import kernels
-from dgms_tvm.kernels import conv2d, dense, depthwise, gemv, int8_decode, int8_long, int8_quant
+from dgms_tvm.kernels import (
+    conv2d,
+    dense,
+    depthwise,
+    gemv,
+    int8_decode,
+    int8_dw,
+    int8_long,
+    int8_quant,
+)
 from dgms_tvm.kernels.common import KERNEL_ATTR, standalone
 from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.targets import get_profile
@@ -27,11 +36,14 @@ SPECS = [
                        Epilogue(True, True, "relu"), sadalp=True, limit=127),
     int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1), extra=3, phases=2, offset=128),
     int8_decode.DecodeSpec(16, 6, (3, 3), 2, depth=16),
+    int8_dw.Int8DwSpec(C(1, 16, 9, 9, 16, (3, 3), (2, 2), (1, 1, 1, 1), groups=16),
+                       act="relu", depth=16,
+                       out=int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)),
 ]
 
 
 def test_every_family_is_registered_under_its_attribute():
-    assert len(kernels.FAMILIES) == 8
+    assert len(kernels.FAMILIES) == 9
     for name, fam in kernels.FAMILIES.items():
         assert fam.family == name and issubclass(fam.spec, kernels.Spec)
         assert callable(fam.compute) and callable(fam.schedule) and callable(fam.reference)

@@ -14,6 +14,7 @@ from torch import nn
 from dgms_tvm import calibration, compiler, frontend
 from dgms_tvm.kernels import KERNEL_ATTR
 from dgms_tvm.kernels import depthwise as kdw
+from dgms_tvm.kernels import int8_dw as kdw8
 from dgms_tvm.passes import int8_chain
 from dgms_tvm.quant.hard import kmeans_codebook
 from dgms_tvm.targets import get_profile
@@ -99,25 +100,32 @@ def user_model(tmp_path_factory):
     return net, x, onnx_import(net, x, tmp_path_factory.mktemp("onnx"))
 
 
-@pytest.mark.parametrize("target,depth", [("neoverse-n1", 4), ("cortex-a72", 16),
-                                          ("x86", 4)])
-def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, depth):
+@pytest.mark.parametrize("target,depth,dw", [("neoverse-n1", 4, kdw8), ("cortex-a72", 16, kdw),
+                                             ("x86", 4, kdw)])
+def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, depth, dw):
+    """The depthwise convs write the project convs' input; on a dotprod core they are int8
+    themselves, and the expand convs write theirs."""
     _, x, imported = user_model
     profile = get_profile(target)
     plain = compiler.lower(imported, strategy="int8", profile=profile)
     chained = compiler.lower(imported, strategy="int8", profile=profile,
                              calibration=calibration.samples(x.numpy()))
     before, after = families(plain.mod), families(chained.mod)
-    assert before["dw_conv2d"] == after["dw_conv2d"] == 3
-    assert after["q8_quant"] == before["q8_quant"] - 3  # each project conv's quantize
+    assert before[dw.FAMILY] == after[dw.FAMILY] == 3
+    # each project conv's quantize, and on a dotprod core each depthwise conv's
+    assert after["q8_quant"] == before["q8_quant"] - (6 if dw is kdw8 else 3)
+    spec = kdw8.Int8DwSpec if dw is kdw8 else kdw.DepthwiseSpec
     dws = [f for op, f in main_calls(chained.mod)
-           if op == "call_tir" and str(f.attrs.get(KERNEL_ATTR, "")) == kdw.FAMILY]
-    outs = [kdw.DepthwiseSpec.from_func(f).out for f in dws]
+           if op == "call_tir" and str(f.attrs.get(KERNEL_ATTR, "")) == dw.FAMILY]
+    outs = [spec.from_func(f).out for f in dws]
     assert all(o is not None and o.depth == depth for o in outs)
     assert all(o.offset == (128 if profile.is_x86 and profile.vnni else 0) for o in outs)
-    recs = [r for r in chained.records if r.kernel and r.kernel.startswith(kdw.FAMILY)]
+    recs = [r for r in chained.records if r.kernel and r.kernel.startswith(dw.FAMILY)]
     assert len(recs) == 3 and all("int8 for the next int8 conv" in r.output for r in recs)
     assert all("_to_q8_quant_" in r.kernel for r in recs)
+    expand = [r for r in chained.records if "_relu6_to_q8_quant_" in (r.kernel or "")
+              and r.kernel.startswith("q8_conv2d")]
+    assert len(expand) == (3 if dw is kdw8 else 0)
     assert not any(r.output for r in plain.records)
 
 
