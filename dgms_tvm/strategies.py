@@ -68,10 +68,12 @@ INT8_CONV = (
 
 
 #: The int8 depthwise conv: on the cores whose int8 conv writes its input int8 (the sdot
-#: conv, int8 between layers: :mod:`.passes.int8_chain`); elsewhere a run-time quantize in
-#: front of it would cost about what it saves, and depthwise convs stay FP32.
+#: conv, the widening conv of the other aarch64 cores; int8 between layers:
+#: :mod:`.passes.int8_chain`); elsewhere a run-time quantize in front of it would cost
+#: about what it saves, and depthwise convs stay FP32.
 INT8_DW = (
     ("dotprod", "q8_dw_conv2d"),
+    ("neon", "q8_dw_conv2d"),
     (None, ""),
 )
 

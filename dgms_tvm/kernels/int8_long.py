@@ -23,13 +23,12 @@ multiply-adds; without it the int8 products are made in 16-bit lanes:
 - A register tile is 4 pixels x 4 output channels: 16 accumulators, 8 input and 2 weight
   vectors live. Per 32 input channels it loads 16 vectors for 80 arithmetic instructions.
 - At the end of the reduction, 3 ``addp`` per channel fold the 4 pixels' accumulators into
-  one vector of the 4 pixels' sums, which is NCHW's order: dequantized, the epilogue applied
-  and stored as it is.
+  one vector of the 4 pixels' sums, NCHW's order: dequantized, the epilogue applied, stored
+  (or written int8 for the next kernel: each pixel's 4 channels shifted into one word).
 
-The expressions are plain TIR (widening casts, lane shuffles), which LLVM selects as
-``smull`` / ``smlal`` / ``smlal2`` / ``addp`` on aarch64 (the tests check the assembly) and
-as ordinary vector code on any other target, so the oracle tests run on the host too; only
-the pairwise add is the NEON intrinsic where the schedule file says so (``sadalp``).
+The expressions are plain TIR, which LLVM selects as ``smull`` / ``smlal`` / ``addp`` on
+aarch64 (the tests check the assembly) and as vector code elsewhere (the oracle tests run on
+the host); the pairwise add is the NEON intrinsic where the core has it (``sadalp``).
 """
 
 from __future__ import annotations
@@ -40,13 +39,15 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
+from . import int8_out
 from .common import FP32_WEIGHT, as_kernel, span, splat
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
+from .int8_out import Writer
 from .int8_quant import QuantSpec
-from .protocol import Fusion, KernelFamily, Spec
+from .protocol import Fusion, Int8Out, KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -96,6 +97,10 @@ class LongSpec(Spec):
     #: channels per step) or 127 (the ``int8-full`` strategy: 2 products per lane, one group
     #: of 16 per step, ``smull`` + ``smlal2`` + ``sadalp``: 3 instructions per 16).
     limit: int = WEIGHT_LIMIT
+    #: Where set, the outputs are written int8 in this layout, as the depthwise conv's
+    #: (:class:`.depthwise.DepthwiseSpec`).
+    out: QuantSpec | None = None
+    fcvtns: bool = False  # int8 outputs rounded and converted by one NEON fcvtns
 
     def __post_init__(self):
         why = supports(self.conv)
@@ -103,6 +108,8 @@ class LongSpec(Spec):
             raise ValueError(why)
         if self.limit not in (WEIGHT_LIMIT, 127):
             raise ValueError(f"weight limit {self.limit} (either {WEIGHT_LIMIT} or 127)")
+        if self.out is not None and why_not_out(self, self.out):
+            raise ValueError(why_not_out(self, self.out))
 
     @property
     def quant(self) -> QuantSpec:
@@ -116,7 +123,21 @@ class LongSpec(Spec):
     @property
     def name(self) -> str:
         return (FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
-                + ("_w127" if self.limit == 127 else ""))
+                + ("_w127" if self.limit == 127 else "")
+                + (f"_to_{self.out.name}" if self.out is not None else ""))
+
+
+def why_not_out(spec: LongSpec, out: QuantSpec) -> str:
+    """Why ``spec``'s outputs cannot be written as ``out`` (16-channel groups, signed, no
+    residual: a float32 operand the fixed scale would have to reach), or ``""``."""
+    if spec.epilogue.residual:
+        return "it adds a residual"
+    why = int8_out.why_not(spec.conv.out_shape, out)
+    if why:
+        return why
+    if out.depth != DEPTH or out.offset:
+        return "the next kernel reads other channel groups, or unsigned values"
+    return ""
 
 
 def _half(v, hi: int):
@@ -172,6 +193,12 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     full, rest = (ow // PIXELS, 0) if rows else (plane // PIXELS, plane % PIXELS)
     tile = PIXELS * CHANNELS
     wide = spec.limit == 127
+    q = spec.out  # the int8 layout written (None: float32 NCHW)
+    if q is not None:
+        wr = Writer(q, relu=bool(ep.act), fcvtns=spec.fcvtns)
+        fill = wr.fill()
+    nyo = ny if q is None else wr.size
+    n32 = max(nyo // 4, 1)
 
     def coords(pos, xi, lanes):
         """(row, column) of pixel ``xi`` of the tile at ``pos``: ``(row, first column)``,
@@ -212,11 +239,31 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         at = (n * o_ + o) * plane + offset(pos)
         if ep.residual:
             v = v + extra[-1][span(at, lanes)]
+        if q is not None:  # clamped and rounded by the writer
+            return v
         if ep.act:
             v = T.max(v, splat(T.float32(0), lanes))
         if ep.act == "relu6":
             v = T.min(v, splat(T.float32(6), lanes))
         return v
+
+    def pixel_major(acc, S, D, extra, n, b, pos, lanes):
+        """The tile's int8 outputs, pixel ``xi``'s channel ``oi`` byte ``oi`` of lane ``xi``."""
+        word = None
+        for oi in range(CHANNELS):
+            r = wr.rounded(finish(acc, S, D, extra, n, b, oi, pos, lanes), lanes)
+            if oi < CHANNELS - 1 and (q.offset or not ep.act):  # negative: its low byte
+                r = r & splat(T.int32(255), lanes)
+            if oi:
+                r = r << splat(T.int32(8 * oi), lanes)
+            word = r if word is None else word | r
+        return word
+
+    def at_pixel(n, b, pos, xi, lanes):
+        """The int32 word of the tile's channels ``b*4 ..`` of its pixel ``xi`` in ``q``."""
+        yy, x = coords(pos, xi, lanes)
+        c = b * CHANNELS
+        return (wr.at(n * o_ + c, yy, x) + c % DEPTH) // 4
 
     def products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups):
         """(input, weight) vectors of the tile's pixel ``xi`` and channel ``oi`` at window
@@ -236,7 +283,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
                         products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups), spec.sadalp)
 
     @T.macro
-    def tile_at(xf, wf, yf, S, D, extra, acc, n, b, pos, lanes):
+    def tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, n, b, pos, lanes):
         """One register tile: the 4 outputs at ``pos`` (see ``coords``), channels
         ``b*4 ..``; ``lanes`` of the 4 are stored (a Python int)."""
         for i in T.unroll(tile):
@@ -250,78 +297,104 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
                     window_row(xf, wf, acc, n, b, pos, lanes, r, (cp * 2, cp * 2 + 1))
                 if cbs % 2 == 1:  # the last, odd group alone
                     window_row(xf, wf, acc, n, b, pos, lanes, r, (cbs - 1,))
-        for oi in T.unroll(CHANNELS):
-            yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
-                acc, S, D, extra, n, b, oi, pos, lanes)
+        if q is None:
+            for oi in T.unroll(CHANNELS):
+                yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
+                    acc, S, D, extra, n, b, oi, pos, lanes)
+        else:  # int8: each pixel's 4 channels one int32 word, staged, then a word a pixel
+            ob[span(0, lanes)] = pixel_major(acc, S, D, extra, n, b, pos, lanes)
+            for xi in T.unroll(lanes):
+                y32[at_pixel(n, b, pos, xi, lanes)] = ob[xi]
 
     @T.macro
     def body(xf, wf, yf, S, D, extra):
+        y32 = T.decl_buffer((n32,), "int32", data=yf.data)  # (int8 outputs: words)
+        if q is not None and wr.prefill:
+            fill(yf)
         for t in T.parallel(n_ * blocks):
             # the tile's accumulators: a small "global" buffer is a stack array, which LLVM
             # keeps in registers (TVM takes a "local" one in a parallel loop from the
             # workspace pool, a pointer LLVM cannot see through)
             acc = T.alloc_buffer((tile * 4,), "int32")
+            ob = T.alloc_buffer((PIXELS,), "int32")
             if rows:
                 for yy, xo in T.grid(oh, full):
-                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                    tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, t // blocks, t % blocks,
                             (yy, xo * PIXELS), PIXELS)
             else:
                 for i in range(full):
-                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                    tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, t // blocks, t % blocks,
                             (i * PIXELS,), PIXELS)
                 if rest > 0:
-                    tile_at(xf, wf, yf, S, D, extra, acc, t // blocks, t % blocks,
+                    tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, t // blocks, t % blocks,
                             (full * PIXELS,), rest)
 
     def flat(buf, size, dtype):
         return T.decl_buffer((size,), dtype, data=buf.data)
 
     out = (n_, o_, oh, ow)
+    yshape, ydt = (out, "float32") if q is None else (q.out_shape, q.dtype)
     if not ep.bias and not ep.residual:
         @T.prim_func(private=True)
         def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
                  W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
-                 Y: T.Buffer(out, "float32")):
-            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D, ())
+                 Y: T.Buffer(yshape, ydt)):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, nyo, ydt), S, D, ())
     elif ep.bias and not ep.residual:
         @T.prim_func(private=True)
         def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
                  W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
-                 B: T.Buffer((o_,), "float32"), Y: T.Buffer(out, "float32")):
-            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 B: T.Buffer((o_,), "float32"), Y: T.Buffer(yshape, ydt)):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, nyo, ydt), S, D,
                  (B,))
     elif ep.residual and not ep.bias:
         @T.prim_func(private=True)
         def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
                  W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
-                 R: T.Buffer(out, "float32"), Y: T.Buffer(out, "float32")):
-            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 R: T.Buffer(out, "float32"), Y: T.Buffer(yshape, ydt)):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, nyo, ydt), S, D,
                  (flat(R, ny, "float32"),))
     else:
         @T.prim_func(private=True)
         def func(Xq: T.Buffer(xshape, "int8"), S: T.Buffer((1,), "float32"),
                  W: T.Buffer(wshape, "int8"), D: T.Buffer((o_,), "float32"),
                  B: T.Buffer((o_,), "float32"), R: T.Buffer(out, "float32"),
-                 Y: T.Buffer(out, "float32")):
-            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, ny, "float32"), S, D,
+                 Y: T.Buffer(yshape, ydt)):
+            body(flat(Xq, nx, "int8"), flat(W, nw, "int8"), flat(Y, nyo, ydt), S, D,
                  (B, flat(R, ny, "float32")))
     return as_kernel(func, FAMILY, spec.to_json())
 
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """The kernel rebuilt with the target's instructions (``schedules/<target>.json``:
-    ``"pairwise": "sadalp"`` on aarch64)."""
+    ``"pairwise": "sadalp"``, ``"round": "fcvtns"`` on aarch64)."""
     spec = LongSpec.from_func(func)
-    return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp"))
+    return compute(dataclasses.replace(spec, sadalp=knobs.get("pairwise") == "sadalp",
+                                       fcvtns=knobs.get("round") == "fcvtns"))
 
 
-#: Written already scheduled; its one choice (``pairwise``) follows from the core, so it has
-#: no knobs in the schedule files.
 def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
     """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
     spec = dataclasses.replace(LongSpec.from_func(func), epilogue=epilogue)
     return spec.name, compute(spec)
 
 
+def bound(func: tvm.tirx.PrimFunc) -> float | None:
+    """The largest output it can write where its epilogue bounds it (relu6: 6)."""
+    return 6.0 if LongSpec.from_func(func).epilogue.act == "relu6" else None
+
+
+def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
+    return why_not_out(LongSpec.from_func(func), out)
+
+
+def with_quantized_output(func, out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
+    spec = dataclasses.replace(LongSpec.from_func(func), out=out)
+    return spec.name, compute(spec)
+
+
+#: Written already scheduled; its choices (``pairwise``, ``round``) follow from the core, so
+#: it has no knobs in the schedule files.
 KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes,
-                      fusion=Fusion(with_epilogue, scale=("D",)))
+                      fusion=Fusion(with_epilogue, scale=("D",)),
+                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))

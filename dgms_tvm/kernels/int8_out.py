@@ -93,6 +93,11 @@ class Writer:
 
     def value(self, v, lanes: int):
         """``lanes`` float outputs as stored int8: clamp, round, offset."""
+        return self.narrow(self.rounded(v, lanes), lanes)
+
+    def rounded(self, v, lanes: int):
+        """``lanes`` float outputs clamped, rounded and offset, still int32 (to be shuffled
+        before :meth:`narrow`: LLVM then narrows and shuffles in one ``tbl``)."""
         v = T.max(v, splat(T.float32(0 if self.relu else -127), lanes))
         v = T.min(v, splat(T.float32(127), lanes))
         if self.fcvtns and lanes % 2 == 0:
@@ -101,6 +106,9 @@ class Writer:
             r = T.Cast("int32" if lanes == 1 else f"int32x{lanes}", T.round(v))
         if self.out.offset:
             r = r + splat(T.int32(self.out.offset), lanes)
+        return r
+
+    def narrow(self, r, lanes: int):
         return T.Cast(self.dtype if lanes == 1 else f"{self.dtype}x{lanes}", r)
 
     def at(self, nc0, y, x):

@@ -81,7 +81,10 @@ class Int8ConvLowering:
         entries, or a float32 weight per channel) laid out at compile time; ``D`` and a zero
         ``B`` for the epilogue pass to fold the BatchNorm / bias after it into."""
         rec.strategy, rec.reason = "int8", ""
-        dspec = kdw8.Int8DwSpec(spec)
+        # the channel groups of the core's int8 conv, which writes its input and reads its
+        # output
+        wide = strategies.int8_conv(self.policy.profile) == klong.FAMILY
+        dspec = kdw8.Int8DwSpec(spec, depth=klong.DEPTH if wide else 4)
         if cw is None:
             wq, d = kquant.quantize_weight(value)
             rec.fp32_kernel = dspec.name

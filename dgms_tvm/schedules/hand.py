@@ -28,8 +28,10 @@ def capability_knobs(profile: TargetProfile) -> dict[str, dict]:
         # sdot (16 int8 multiply-adds), x86 vpdpbusd (64), or generic vector code
         "q8_conv2d": {"dot": "sdot" if profile.dotprod else "vnni" if profile.vnni
                       else "none"},
-        # the widening conv's NEON pairwise add (plain vector code elsewhere)
-        "q8l_conv2d": {"pairwise": "sadalp" if profile.neon else ""},
+        # the widening conv's NEON pairwise add (plain vector code elsewhere), and its
+        # int8 outputs' rounding
+        "q8l_conv2d": {"pairwise": "sadalp", "round": "fcvtns"} if profile.neon
+        else {"pairwise": ""},
         # 16 weights per table lookup: NEON tbl, x86 SSSE3 pshufb, else one load each
         "q8_decode": {"lookup": "tbl" if profile.neon else "pshufb" if profile.ssse3
                       else "scalar"},

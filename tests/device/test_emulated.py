@@ -189,39 +189,50 @@ def _planes(q: np.ndarray, qs) -> np.ndarray:
     return x.reshape(n, g * d, h, qs.width)[:, :qs.channels]
 
 
-def test_int8_chain_through_the_int8_depthwise_on_the_dotprod_core(device, tmp_path, rng):
-    """MobileNetV2's block all int8 on the emulated neoverse-n1: the sdot expand conv writes
-    int8 (16-byte stores), the int8 depthwise conv (smull / smlal, fcvtns) reads it and
-    writes the project conv's input, which reads it with the fixed scale; each stage against
-    its oracle on the stage before's output."""
+@pytest.mark.parametrize("cpu", [DOTPROD, CPU])
+def test_int8_chain_through_the_int8_depthwise_on_emulated_cores(device, cpu, tmp_path, rng):
+    """MobileNetV2's block all int8 on the emulated cores: the expand conv (sdot, or the
+    widening conv without dotprod) writes int8, the int8 depthwise conv (smull / smlal,
+    fcvtns) reads it in the same channel groups (4, or 16) and writes the project conv's
+    input, which reads it with the fixed scale; each stage against its oracle on the stage
+    before's output."""
     tracker, _ = device
-    knobs = load_knobs(DOTPROD)
+    knobs, wide = load_knobs(cpu), cpu == CPU
+    depth, limit = (16, int8_long.WEIGHT_LIMIT) if wide else (4, 127)
     pw1 = conv2d.Conv2dSpec(1, 16, 14, 14, 32, (1, 1), bits=4)
     dwc = conv2d.Conv2dSpec(1, 32, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), groups=32, bits=4)
     pw2 = conv2d.Conv2dSpec(1, 32, 14, 14, 16, (1, 1), bits=2)
-    mid = int8_dw.Int8DwSpec(dwc, act="relu6").inp
-    spec = int8_dw.Int8DwSpec(dwc, act="relu6", out=int8_quant.QuantSpec.of(pw2))
+    mid = int8_dw.Int8DwSpec(dwc, act="relu6", depth=depth).inp
+    spec = int8_dw.Int8DwSpec(dwc, act="relu6", depth=depth,
+                              out=int8_quant.QuantSpec.of(pw2, depth=depth))
     x = rng.normal(size=(1, 16, 14, 14)).astype(np.float32)
-    xq, sx = int8_quant.reference(int8_quant.QuantSpec.of(pw1), x)
+    xq, sx = int8_quant.reference(int8_quant.QuantSpec.of(pw1, depth=depth), x)
     s1, s2 = np.float32(0.02), np.float32(0.03)  # calibrated scales: outputs clamped
     cw1, cw2 = (random_codebook_weight(rng, p.weight_shape, p.bits) for p in (pw1, pw2))
-    q1, d1 = int8_quant.quantize_codebook(cw1.codebook, None, 32)
-    q2, d2 = int8_quant.quantize_codebook(cw2.codebook, None, 16)
+    q1, d1 = int8_quant.quantize_codebook(cw1.codebook, None, 32, limit)
+    q2, d2 = int8_quant.quantize_codebook(cw2.codebook, None, 16, limit)
     b1, b2 = (rng.normal(size=c).astype(np.float32) for c in (32, 16))
     wq = rng.integers(-127, 128, size=dwc.weight_shape).astype(np.int8)
     dd = (rng.random(32) * 0.01).astype(np.float32)
     bd = rng.normal(size=32).astype(np.float32)
     ep = Epilogue(True, False, "relu6")
-    calls = [(int8.schedule(int8.compute(pw1, epilogue=ep, out=mid), knobs["q8_conv2d"]),
-              [xq, np.array([sx]), cw1.packed, q1, d1 / s1, b1 / s1,
-               np.zeros(mid.out_shape, np.int8)]),
+
+    def conv(pw, cw, q, epilogue, out=None):  # (kernel, its weight operands)
+        if wide:
+            ls = int8_long.LongSpec(pw, epilogue, out=out)
+            w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, 16), q[cw.indices()])
+            return int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]), [w]
+        func = int8.compute(pw, epilogue=epilogue, out=out)
+        return int8.schedule(func, knobs["q8_conv2d"]), [cw.packed, q]
+
+    (k1, w1), (k2, w2) = conv(pw1, cw1, q1, ep, mid), conv(pw2, cw2, q2, Epilogue(True))
+    calls = [(k1, [xq, np.array([sx]), *w1, d1 / s1, b1 / s1,
+                   np.zeros(mid.out_shape, np.int8)]),
              (int8_dw.schedule(int8_dw.compute(spec), knobs["q8_dw_conv2d"]),
-              [(0, 6), np.array([s1]), int8_dw.weights(spec, wq), dd / s2, bd / s2,
+              [(0, 4 + len(w1)), np.array([s1]), int8_dw.weights(spec, wq), dd / s2, bd / s2,
                np.zeros(spec.out.out_shape, np.int8)]),
-             (int8.schedule(int8.compute(pw2, epilogue=Epilogue(True)), knobs["q8_conv2d"]),
-              [(1, 5), np.array([s2]), cw2.packed, q2, d2, b2,
-               np.zeros(pw2.out_shape, np.float32)])]
-    got1, got2, got = _run_kernels_remote(tracker, calls, tmp_path, DOTPROD)
+             (k2, [(1, 5), np.array([s2]), *w2, d2, b2, np.zeros(pw2.out_shape, np.float32)])]
+    got1, got2, got = _run_kernels_remote(tracker, calls, tmp_path, cpu)
 
     def near(a, b):  # a float32 tie rounded the other way by a fused multiply-add
         diff = np.abs(a.astype(np.int64) - b.astype(np.int64))

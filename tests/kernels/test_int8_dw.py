@@ -122,9 +122,9 @@ def test_refusals():
     dw = S(1, 8, 8, 8, 8, (3, 3), padding=(1, 1, 1, 1), groups=8, bits=4)
     assert "depthwise" in int8_dw.supports(S(1, 8, 8, 8, 8, (3, 3), bits=4), None)
     assert int8_dw.supports(dw, None) == ""
-    # tried on the cores whose int8 conv writes its input int8 (sdot) only
+    # tried on the cores whose int8 conv writes its input int8 (aarch64) only
     for target, tried in (("neoverse-n1", True), ("cortex-a55", True),
-                          ("cortex-a72", False), ("x86", False)):
+                          ("cortex-a72", True), ("cortex-a53", True), ("x86", False)):
         cands = strategies.conv2d_candidates("int8", get_profile(target))
         assert (int8_dw.FAMILY in cands) == tried, target
         assert cands[-2:] == ("dw_conv2d", "cb_conv2d")

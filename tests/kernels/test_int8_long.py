@@ -144,3 +144,60 @@ def test_widening_int8_conv_with_8_bit_weights_builds_to_one_group_per_step():
     ops = re.findall(r"^\s+([a-z0-9.]+)\s", lib.mod.inspect_source("s"), re.M)
     for op, n in (("smull", 48), ("smlal2", 48), ("sadalp", 48), ("smlal", 0)):
         assert ops.count(op) == n, op
+
+
+INT8_OUT = [
+    (S(1, 32, 14, 14, 32, (1, 1)), dict(), "relu6", "1x1, 14 wide (tiles in rows)"),
+    (S(1, 16, 7, 7, 16, (1, 1)), dict(padding=(1, 1, 1, 1)), "relu",
+     "7x7 (flattened tiles, one of 1 pixel); the next conv pads: pad value written"),
+    (S(1, 32, 9, 9, 48, (3, 3), (2, 2), (1, 1, 1, 1)), dict(), "",
+     "3x3 stride 2, 48 channels (three 16-channel groups); no activation: negatives"),
+]
+
+
+@pytest.mark.parametrize("spec,out,act,why", INT8_OUT, ids=[c[3] for c in INT8_OUT])
+@pytest.mark.parametrize("target", ["x86", "cortex-a72"])
+def test_widening_int8_conv_writing_int8_matches_oracle(spec, out, act, why, target, rng):
+    """Written as the next kernel's input (int8 between layers): each pixel's 4 channels one
+    word; rounded as the oracle (a float32 tie may go the other way), clamped at both ends,
+    the pad value where no output lands whatever the buffer held. On the host, and the
+    aarch64 form (fcvtns) built."""
+    q = int8_quant.QuantSpec(*spec.out_shape, depth=16, **out)
+    ls = int8_long.LongSpec(spec, E(True, False, act), out=q)
+    x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
+    xq, sx = int8_quant.reference(ls.quant, x)
+    cw = random_codebook_weight(rng, spec.weight_shape, 4)
+    qcb, d = int8_quant.quantize_codebook(cw.codebook, None, spec.out_channels, 63)
+    wq = qcb[cw.indices()]
+    b = rng.normal(size=spec.out_channels).astype(np.float32)
+    y = int8.reference_int8(spec, x, wq, d) + b[None, :, None, None]
+    scale = np.float32(np.abs(y).max() / 127 * 0.7)  # 30 % of the range clamped
+    want = int8.reference_out(q, y / scale, bool(act))
+    func = int8_long.schedule(int8_long.compute(ls), load_knobs(target)["q8l_conv2d"])
+    if target != "x86":
+        asm = tvm.compile(standalone(func),
+                          target=get_profile(target).tvm_target()).mod.inspect_source("s")
+        assert "fcvtns\t" in asm and "smull\t" in asm
+        return
+    args = [xq, np.array([sx]), int8_decode.conv_order(int8_decode.DecodeSpec.of(spec, 16), wq),
+            (d / scale).astype(np.float32), (b / scale).astype(np.float32),
+            np.full(q.out_shape, 77, np.int8)]
+    got = run_kernel(func, args)
+    diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
+    assert diff.max() <= 1 and (diff > 0).mean() < 2e-3, ls.name
+    assert (want == 127).any() and (want == (0 if act else -127)).any()
+    args[-1] = np.full(q.out_shape, -100, np.int8)
+    np.testing.assert_array_equal(run_kernel(func, args), got)
+
+
+def test_widening_int8_conv_output_refusals():
+    spec = INT8_OUT[0][0]
+    q = int8_quant.QuantSpec(*spec.out_shape, depth=16)
+    assert "residual" in int8_long.why_not_out(int8_long.LongSpec(spec, E(True, True)), q)
+    assert "channel groups" in int8_long.why_not_out(
+        int8_long.LongSpec(spec), int8_quant.QuantSpec(*spec.out_shape))
+    func = int8_long.compute(int8_long.LongSpec(spec, E(True, False, "relu6")))
+    assert int8_long.bound(func) == 6.0 and int8_long.why_not_quantized(func, q) == ""
+    name, made = int8_long.with_quantized_output(func, q)
+    assert name.endswith("_bias_relu6_to_" + q.name)
+    assert int8_long.LongSpec.from_func(made).out == q
