@@ -97,9 +97,7 @@ class LongSpec(Spec):
     #: channels per step) or 127 (the ``int8-full`` strategy: 2 products per lane, one group
     #: of 16 per step, ``smull`` + ``smlal2`` + ``sadalp``: 3 instructions per 16).
     limit: int = WEIGHT_LIMIT
-    #: Where set, the outputs are written int8 in this layout, as the depthwise conv's
-    #: (:class:`.depthwise.DepthwiseSpec`).
-    out: QuantSpec | None = None
+    out: QuantSpec | None = None  # int8 outputs in this layout, as DepthwiseSpec.out
     fcvtns: bool = False  # int8 outputs rounded and converted by one NEON fcvtns
 
     def __post_init__(self):
@@ -128,10 +126,11 @@ class LongSpec(Spec):
 
 
 def why_not_out(spec: LongSpec, out: QuantSpec) -> str:
-    """Why ``spec``'s outputs cannot be written as ``out`` (16-channel groups, signed, no
-    residual: a float32 operand the fixed scale would have to reach), or ``""``."""
-    if spec.epilogue.residual:
-        return "it adds a residual"
+    """Why ``spec``'s outputs cannot be written as ``out`` (16-channel groups, signed,
+    unpadded: docs/kernels.md; no residual, which the fixed scale cannot reach), or ``""``."""
+    if spec.epilogue.residual or any(out.padding):
+        return ("it adds a residual" if spec.epilogue.residual else
+                "the next conv pads its input (its own quantize costs less)")
     why = int8_out.why_not(spec.conv.out_shape, out)
     if why:
         return why

@@ -148,8 +148,7 @@ def test_widening_int8_conv_with_8_bit_weights_builds_to_one_group_per_step():
 
 INT8_OUT = [
     (S(1, 32, 14, 14, 32, (1, 1)), dict(), "relu6", "1x1, 14 wide (tiles in rows)"),
-    (S(1, 16, 7, 7, 16, (1, 1)), dict(padding=(1, 1, 1, 1)), "relu",
-     "7x7 (flattened tiles, one of 1 pixel); the next conv pads: pad value written"),
+    (S(1, 16, 7, 7, 16, (1, 1)), dict(), "relu", "7x7 (flattened tiles, one of 1 pixel)"),
     (S(1, 32, 9, 9, 48, (3, 3), (2, 2), (1, 1, 1, 1)), dict(), "",
      "3x3 stride 2, 48 channels (three 16-channel groups); no activation: negatives"),
 ]
@@ -160,8 +159,8 @@ INT8_OUT = [
 def test_widening_int8_conv_writing_int8_matches_oracle(spec, out, act, why, target, rng):
     """Written as the next kernel's input (int8 between layers): each pixel's 4 channels one
     word; rounded as the oracle (a float32 tie may go the other way), clamped at both ends,
-    the pad value where no output lands whatever the buffer held. On the host, and the
-    aarch64 form (fcvtns) built."""
+    every byte written whatever the buffer held. On the host, and the aarch64 form (fcvtns)
+    built."""
     q = int8_quant.QuantSpec(*spec.out_shape, depth=16, **out)
     ls = int8_long.LongSpec(spec, E(True, False, act), out=q)
     x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
@@ -196,6 +195,8 @@ def test_widening_int8_conv_output_refusals():
     assert "residual" in int8_long.why_not_out(int8_long.LongSpec(spec, E(True, True)), q)
     assert "channel groups" in int8_long.why_not_out(
         int8_long.LongSpec(spec), int8_quant.QuantSpec(*spec.out_shape))
+    assert "pads" in int8_long.why_not_out(
+        int8_long.LongSpec(spec), int8_quant.QuantSpec(*spec.out_shape, (1, 1, 1, 1), depth=16))
     func = int8_long.compute(int8_long.LongSpec(spec, E(True, False, "relu6")))
     assert int8_long.bound(func) == 6.0 and int8_long.why_not_quantized(func, q) == ""
     name, made = int8_long.with_quantized_output(func, q)
