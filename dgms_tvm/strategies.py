@@ -72,7 +72,6 @@ INT8_CONV = (
 #: :mod:`.passes.int8_chain`); elsewhere a run-time quantize in front of it would cost
 #: about what it saves, and depthwise convs stay FP32.
 INT8_DW = (
-    ("dotprod", "q8_dw_conv2d"),
     ("neon", "q8_dw_conv2d"),
     (None, ""),
 )

@@ -44,7 +44,7 @@ from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .int8_out import Writer
 from .int8_quant import QuantSpec, layout, quantize_fixed
-from .protocol import Fusion, Int8Out, KernelFamily, Spec
+from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "dw_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -76,10 +76,8 @@ class DepthwiseSpec(Spec):
             raise ValueError(why)
         if self.act not in ACTS:
             raise ValueError(f"unknown activation {self.act!r}")
-        if self.out is not None:
-            why = int8_out.why_not(self.conv.out_shape, self.out)
-            if why:
-                raise ValueError(why)
+        if self.out is not None and _why_not_out(self, self.out):
+            raise ValueError(_why_not_out(self, self.out))
 
     @property
     def fp32(self) -> bool:
@@ -90,6 +88,10 @@ class DepthwiseSpec(Spec):
         return (FAMILY + self.conv.name.split("conv2d", 1)[1]
                 + (f"_{self.act}" if self.act else "")
                 + (f"_to_{self.out.name}" if self.out is not None else ""))
+
+
+def _why_not_out(spec: DepthwiseSpec, out: QuantSpec) -> str:
+    return int8_out.why_not(spec.conv.out_shape, out)
 
 
 def supports(spec: Conv2dSpec, profile=None) -> str:
@@ -338,24 +340,8 @@ def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.Prim
     return spec.name, compute(spec)
 
 
-def bound(func: tvm.tirx.PrimFunc) -> float | None:
-    """The largest output the kernel can write where its epilogue bounds it (relu6: 6)."""
-    return 6.0 if DepthwiseSpec.from_func(func).act == "relu6" else None
-
-
-def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
-    return int8_out.why_not(DepthwiseSpec.from_func(func).conv.out_shape, out)
-
-
-def with_quantized_output(func: tvm.tirx.PrimFunc,
-                          out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
-    """(name, kernel) of ``func`` made again to write its outputs quantized in ``out``'s
-    layout (the next int8 conv's input: its quantize kernel is then dropped)."""
-    spec = dataclasses.replace(DepthwiseSpec.from_func(func), out=out)
-    return spec.name, compute(spec)
-
-
 KERNEL = KernelFamily(FAMILY, DepthwiseSpec, compute, schedule, reference, supports,
                       knobs=True, fusion=Fusion(with_epilogue, scale=("M", "W"), shift="B",
                                                 residual=False),
-                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))
+                      int8_out=int8_out.of_spec(DepthwiseSpec, compute, _why_not_out,
+                                                lambda spec: spec.act))

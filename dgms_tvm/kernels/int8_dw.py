@@ -36,7 +36,7 @@ from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .int8_out import Writer
 from .int8_quant import QuantSpec, layout, quantize_fixed
-from .protocol import Fusion, Int8Out, KernelFamily, Spec
+from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8_dw_conv2d"
 #: Bytes per vector: 16 / d pixels of d channels.
@@ -67,10 +67,8 @@ class Int8DwSpec(Spec):
             raise ValueError(f"unknown activation {self.act!r}")
         if self.depth not in (4, 16):
             raise ValueError(f"channel groups of {self.depth} (4 or 16)")
-        if self.out is not None:
-            why = why_not_out(self, self.out)
-            if why:
-                raise ValueError(why)
+        if self.out is not None and why_not_out(self, self.out):
+            raise ValueError(why_not_out(self, self.out))
 
     @property
     def inp(self) -> QuantSpec:
@@ -318,20 +316,7 @@ def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.Prim
     return spec.name, compute(spec)
 
 
-def bound(func: tvm.tirx.PrimFunc) -> float | None:
-    return 6.0 if Int8DwSpec.from_func(func).act == "relu6" else None
-
-
-def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
-    return why_not_out(Int8DwSpec.from_func(func), out)
-
-
-def with_quantized_output(func: tvm.tirx.PrimFunc,
-                          out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
-    spec = dataclasses.replace(Int8DwSpec.from_func(func), out=out)
-    return spec.name, compute(spec)
-
-
 KERNEL = KernelFamily(FAMILY, Int8DwSpec, compute, schedule, reference, supports,
                       fusion=Fusion(with_epilogue, scale=("D",), shift="B", residual=False),
-                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))
+                      int8_out=int8_out.of_spec(Int8DwSpec, compute, why_not_out,
+                                                lambda spec: spec.act))

@@ -47,7 +47,7 @@ from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
 from .int8_out import Writer
 from .int8_quant import QuantSpec
-from .protocol import Fusion, Int8Out, KernelFamily, Spec
+from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -378,22 +378,9 @@ def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm
     return spec.name, compute(spec)
 
 
-def bound(func: tvm.tirx.PrimFunc) -> float | None:
-    """The largest output it can write where its epilogue bounds it (relu6: 6)."""
-    return 6.0 if LongSpec.from_func(func).epilogue.act == "relu6" else None
-
-
-def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
-    return why_not_out(LongSpec.from_func(func), out)
-
-
-def with_quantized_output(func, out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
-    spec = dataclasses.replace(LongSpec.from_func(func), out=out)
-    return spec.name, compute(spec)
-
-
 #: Written already scheduled; its choices (``pairwise``, ``round``) follow from the core, so
 #: it has no knobs in the schedule files.
 KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes,
                       fusion=Fusion(with_epilogue, scale=("D",)),
-                      int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))
+                      int8_out=int8_out.of_spec(LongSpec, compute, why_not_out,
+                                                lambda spec: spec.epilogue.act))

@@ -24,6 +24,7 @@ from tvm.script import tirx as T
 
 from .common import best_tile, span, splat
 from .int8_quant import QuantSpec
+from .protocol import Int8Out
 
 #: The NEON rounding conversion (round to nearest, ties to even: NumPy's ``rint``).
 FCVTNS = "llvm.aarch64.neon.fcvtns.v4i32.v4f32"
@@ -40,6 +41,24 @@ def why_not(out_shape: tuple[int, ...], out: QuantSpec) -> str:
     if out.phases != 1:
         return "the next conv reads its columns deinterleaved (a column stride)"
     return ""
+
+
+def of_spec(spec_type, compute, why_not_out, act) -> Int8Out:
+    """The :class:`~.protocol.Int8Out` of a family whose spec has an ``out`` field (the
+    layout its outputs are written in, None for float32): ``why_not_out(spec, out)`` says
+    why a layout cannot be written, ``act(spec)`` is its activation (relu6 bounds it)."""
+
+    def bound(func):
+        return 6.0 if act(spec_type.from_func(func)) == "relu6" else None
+
+    def refuse(func, out):
+        return why_not_out(spec_type.from_func(func), out)
+
+    def make(func, out):
+        spec = dataclasses.replace(spec_type.from_func(func), out=out)
+        return spec.name, compute(spec)
+
+    return Int8Out(bound, refuse, make)
 
 
 def _fcvtns(v, lanes: int):
@@ -96,8 +115,8 @@ class Writer:
         return self.narrow(self.rounded(v, lanes), lanes)
 
     def rounded(self, v, lanes: int):
-        """``lanes`` float outputs clamped, rounded and offset, still int32 (to be shuffled
-        before :meth:`narrow`: LLVM then narrows and shuffles in one ``tbl``)."""
+        """``lanes`` float outputs clamped, rounded and offset, still int32 (the widening
+        conv packs 4 of them into one word instead of :meth:`narrow`)."""
         v = T.max(v, splat(T.float32(0 if self.relu else -127), lanes))
         v = T.min(v, splat(T.float32(127), lanes))
         if self.fcvtns and lanes % 2 == 0:

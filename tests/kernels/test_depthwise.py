@@ -139,8 +139,8 @@ def test_quantized_output_is_refused_where_the_layout_does_not_fit():
         dw.DepthwiseSpec(conv, out=QuantSpec(1, 24, 4, 4, (0, 0, 0, 0), 0, 1, 0, 4))
     spec = dw.DepthwiseSpec(conv, act="relu6", out=quantized_out(conv, 4))
     assert dw.DepthwiseSpec.from_json(spec.to_json()) == spec  # the optional layout decodes
-    assert dw.bound(dw.compute(spec)) == 6.0
-    assert dw.bound(dw.compute(dataclasses.replace(spec, act="relu"))) is None
+    assert dw.KERNEL.int8_out.bound(dw.compute(spec)) == 6.0
+    assert dw.KERNEL.int8_out.bound(dw.compute(dataclasses.replace(spec, act="relu"))) is None
 
 
 @pytest.mark.parametrize("target", ["cortex-a72", "neoverse-n1"])

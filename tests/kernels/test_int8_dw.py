@@ -134,7 +134,7 @@ def test_refusals():
         int8_dw.Int8DwSpec(dw, depth=16, out=QuantSpec(1, 8, 8, 8, depth=16))
     spec = int8_dw.Int8DwSpec(dw, act="relu6", out=QuantSpec(1, 8, 8, 8))
     assert int8_dw.Int8DwSpec.from_json(spec.to_json()) == spec
-    assert int8_dw.bound(int8_dw.compute(spec)) == 6.0
+    assert int8_dw.KERNEL.int8_out.bound(int8_dw.compute(spec)) == 6.0
 
 
 def test_int8_depthwise_builds_for_aarch64():

@@ -198,7 +198,8 @@ def test_widening_int8_conv_output_refusals():
     assert "pads" in int8_long.why_not_out(
         int8_long.LongSpec(spec), int8_quant.QuantSpec(*spec.out_shape, (1, 1, 1, 1), depth=16))
     func = int8_long.compute(int8_long.LongSpec(spec, E(True, False, "relu6")))
-    assert int8_long.bound(func) == 6.0 and int8_long.why_not_quantized(func, q) == ""
-    name, made = int8_long.with_quantized_output(func, q)
+    out8 = int8_long.KERNEL.int8_out
+    assert out8.bound(func) == 6.0 and out8.why_not(func, q) == ""
+    name, made = out8.make(func, q)
     assert name.endswith("_bias_relu6_to_" + q.name)
     assert int8_long.LongSpec.from_func(made).out == q
