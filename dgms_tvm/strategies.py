@@ -68,11 +68,13 @@ INT8_CONV = (
 
 
 #: The int8 depthwise conv: on the cores whose int8 conv writes its input int8 (the sdot
-#: conv, the widening conv of the other aarch64 cores; int8 between layers:
-#: :mod:`.passes.int8_chain`); elsewhere a run-time quantize in front of it would cost
-#: about what it saves, and depthwise convs stay FP32.
+#: conv, the widening conv of the other aarch64 cores, x86 VNNI's rows form; int8 between
+#: layers: :mod:`.passes.int8_chain`): ``smull`` / ``smlal`` on aarch64, ``vpdpbusd`` over
+#: 4 taps per lane on x86 (:mod:`.kernels.int8_dw_rows`). Elsewhere a run-time quantize in
+#: front of it would cost about what it saves, and depthwise convs stay FP32.
 INT8_DW = (
     ("neon", "q8_dw_conv2d"),
+    ("vnni", "q8r_dw_conv2d"),
     (None, ""),
 )
 

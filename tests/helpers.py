@@ -19,6 +19,11 @@ NEEDS_VNNI = pytest.mark.skipif(
     not host_has("vnni"),
     reason="this host lacks AVX-512 VNNI (the x86 int8 micro-kernels' instruction)")
 
+#: Tests of what an x86 build does on a host without AVX-512 VNNI (its int8 depthwise convs
+#: stay FP32): run where the host lacks it.
+WITHOUT_VNNI = pytest.mark.skipif(
+    host_has("vnni"), reason="this host has AVX-512 VNNI (its x86 builds run int8 depthwise)")
+
 
 #: Tests that start emulated Cortex-A devices (qemu-user and the sysroot from setup).
 NEEDS_QEMU = pytest.mark.skipif(

@@ -2,14 +2,26 @@
 compute, a NumPy oracle, a hand schedule and what it supports, bound by the protocol of
 :mod:`.protocol`; :data:`FAMILIES` is the registry."""
 
-from . import conv2d, dense, depthwise, gemv, int8, int8_decode, int8_dw, int8_long, int8_quant
+from . import (
+    conv2d,
+    dense,
+    depthwise,
+    gemv,
+    int8,
+    int8_decode,
+    int8_dw,
+    int8_dw_rows,
+    int8_long,
+    int8_quant,
+)
 from .common import KERNEL_ATTR, SPEC_ATTR
 from .conv2d import Conv2dSpec
 from .protocol import KernelFamily, Spec
 
 #: Kernel family (the value of the ``dgms.kernel`` function attribute) -> its protocol.
 FAMILIES: dict[str, KernelFamily] = {m.KERNEL.family: m.KERNEL for m in (
-    conv2d, dense, depthwise, gemv, int8, int8_long, int8_quant, int8_decode, int8_dw)}
+    conv2d, dense, depthwise, gemv, int8, int8_long, int8_quant, int8_decode, int8_dw,
+    int8_dw_rows)}
 
 
 
@@ -30,4 +42,4 @@ def conv_layer(func) -> tuple | None:
 
 __all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d",
            "conv_layer", "dense", "depthwise", "gemv", "int8", "int8_decode", "int8_dw",
-           "int8_long", "int8_quant"]
+           "int8_dw_rows", "int8_long", "int8_quant"]

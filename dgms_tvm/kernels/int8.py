@@ -25,21 +25,27 @@ import tvm
 from tvm import te
 
 from ..format import row_bytes
+from . import int8_vnni
 from .common import FP32_WEIGHT, KERNEL_ATTR, OPAQUE, SPEC_ATTR, decode_index, i64
 from .conv2d import Conv2dSpec
 from .conv2d import reference as conv_reference
 from .epilogue import Epilogue
 from .int8_quant import QuantSpec, layout, padded_out_w, quantize_fixed, quantize_input
+from .int8_schedule import (  # noqa: F401  (the schedule, re-exported)
+    CHANNEL_MAJOR_BLOCKS,
+    EPILOGUE_ATTR,
+    OUT_ATTR,
+    PREDECODED_ATTR,
+    UNSIGNED_ATTR,
+    apply,
+    channel_major,
+    quad,
+    register_tile,
+    schedule,
+)
 from .protocol import APPENDED_SHIFT, Fusion, Int8Out, KernelFamily
 
 FAMILY = "q8_conv2d"
-#: Function attribute of an int8 conv2d that reads its weight decoded by a q8_decode kernel.
-PREDECODED_ATTR = "dgms.predecoded"
-#: Function attribute of an int8 conv2d whose input is stored + 128 as uint8 (x86 VNNI).
-UNSIGNED_ATTR = "dgms.unsigned"
-#: Function attributes: its epilogue, and the int8 layout it writes (JSON; absent: none).
-EPILOGUE_ATTR = "dgms.epilogue"
-OUT_ATTR = "dgms.out"
 
 
 def supports(spec: Conv2dSpec, profile=None) -> str:
@@ -61,16 +67,28 @@ def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
             + (f"_to_{out.name}" if out is not None else ""))
 
 
-def why_not_out(spec: Conv2dSpec, epilogue: Epilogue, out: QuantSpec) -> str:
+def why_not_out(spec: Conv2dSpec, epilogue: Epilogue, out: QuantSpec,
+                unsigned: bool = False) -> str:
     """Empty when the conv can write its outputs as ``out`` (int8 between layers), else why
-    not: the outputs in order in 4-channel groups, signed, unpadded (the reader pads), rows
-    of whole 4-column runs (:func:`padded_out_w`: the columns past the row hold the
-    outputs of the zero columns, which the reader skips), and no residual (a float32
-    operand the fixed scale would have to reach)."""
+    not: no residual (a float32 operand the fixed scale would have to reach), the shape of
+    the next kernel's input, unpadded (the reader pads), and the layout its form writes as
+    it is:
+    - the sdot conv: signed 4-channel groups in rows of whole 4-column runs
+      (:func:`padded_out_w`: the columns past the row hold the outputs of the zero
+      columns, which the reader skips);
+    - the x86 rows form (``unsigned``, :mod:`.int8_vnni`): rows of one channel (depth 1)
+      stored + 128, the x86 int8 depthwise conv's input."""
     if epilogue.residual:
         return "it adds a residual"
     if (out.batch, out.channels, out.height, out.width) != tuple(spec.out_shape):
         return f"its output {tuple(spec.out_shape)} is not the next kernel's input"
+    if unsigned:
+        if not int8_vnni.rows(spec):
+            return f"{spec.out_w} columns: the x86 int8 conv's 4 x 4 form writes float32 only"
+        if (out.depth, out.offset, out.phases, out.extra, tuple(out.padding)) != (
+                1, 128, 1, 0, (0, 0, 0, 0)):
+            return "the next kernel reads another layout than unpadded unsigned rows"
+        return ""
     if (out.depth, out.offset, out.phases, out.extra, tuple(out.padding)) != (
             4, 0, 1, padded_out_w(spec) - spec.out_w, (0, 0, 0, 0)):
         return ("the next kernel reads another layout than unpadded signed 4-channel groups "
@@ -98,8 +116,8 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     layout (:func:`why_not_out`), each value ``round(y)`` clamped to ``[0, 127]`` after a
     relu (``[-127, 127]`` without), the scale folded into ``D`` and ``B`` by the pass.
     """
-    if out is not None and why_not_out(spec, epilogue, out):
-        raise ValueError(why_not_out(spec, epilogue, out))
+    if out is not None and why_not_out(spec, epilogue, out, unsigned):
+        raise ValueError(why_not_out(spec, epilogue, out, unsigned))
     s = spec
     if supports(s):
         raise ValueError(supports(s))
@@ -160,15 +178,17 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
             lo = 0.0 if ep.act else -127.0
             v = tvm.te.min(tvm.te.max(v, tvm.tirx.const(lo, "float32")),
                            tvm.tirx.const(127.0, "float32"))
-            return tvm.tirx.round(v).astype("int8")
+            r = tvm.tirx.round(v)
+            return (r + float(out.offset) if out.offset else r).astype(out.dtype)
         if ep.act:
             v = tvm.te.max(v, tvm.tirx.const(0.0, "float32"))
         if ep.act == "relu6":
             v = tvm.te.min(v, tvm.tirx.const(6.0, "float32"))
         return v
 
-    # (int8: NCHW over whole 4-column runs here, laid out as [N, H, O/4, 1, W4, 4] below)
-    yshape = s.out_shape if out is None else (*s.out_shape[:3], padded_out_w(s))
+    # (int8: NCHW, over whole 4-column runs for the sdot conv, laid out as [N, H, O/d, 1,
+    # W, d] below)
+    yshape = s.out_shape if out is None or unsigned else (*s.out_shape[:3], padded_out_w(s))
     y = te.compute(tuple(map(i64, yshape)), dequant, name="dequant")
     extra = [t for t in (corr, bias, res) if t is not None]
     func = te.create_prim_func([xq, sx, *weights, d, *extra, y])
@@ -185,8 +205,9 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     if out is not None:
         attrs[OUT_ATTR] = out.to_json()
         sch = tvm.s_tir.Schedule(func)
+        d = out.depth
         sch.transform_layout(sch.get_sblock("dequant"), ("write", 0), lambda n, o, yy, xx: (
-            n, yy, o // 4, tvm.tirx.const(0, "int64"), xx, o % 4))
+            n, yy, o // d, tvm.tirx.const(0, "int64"), xx, o % d))
         func = sch.mod["main"]
     return func.with_attrs(attrs).without_attr("global_symbol")
 
@@ -208,153 +229,6 @@ def reference_out(out: QuantSpec, y: np.ndarray, relu: bool) -> np.ndarray:
     y = np.maximum(y, 0) if relu else y
     return layout(out, quantize_fixed(y, 1.0))
 
-def quad(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> bool:
-    """Whether the conv runs a 4-pixel x 4-channel x 4-input micro-kernel (4 pixels' inputs
-    per load; any column stride, the quantized input being deinterleaved by it): ``sdot`` on
-    cores with dotprod, ``vpdpbusd`` on x86 with VNNI (which needs the unsigned input)."""
-    del spec
-    return knobs.get("dot") == "sdot" or (knobs.get("dot") == "vnni" and unsigned)
-
-def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tuple[int, int]:
-    """(columns, 4-channel blocks) of the register tile: the divisors of the computed width
-    and channel count (up to ``ow_tile`` / ``oc_blocks``; columns in fours for the 4-pixel
-    micro-kernel) with the fewest instructions per ``sdot`` whose accumulators, inputs and one
-    weight vector fit in ``registers``.
-
-    Per reduction step a tile loads one weight vector per block and one input vector per
-    column (per 4 columns with the micro-kernel); once per tile it dequantizes its outputs
-    (about 1.5 instructions per output in 4-column vectors, 3.5 otherwise), which weighs on
-    layers with a short reduction (a 1x1 conv over 16 channels has 4 ``sdot`` per output)."""
-    steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
-    width, per = padded_out_w(spec, unsigned), (4 if quad(spec, knobs, unsigned) else 1)
-    # x86 VNNI: one 512-bit accumulator and one vpdpbusd per 4 pixels x 4 channels, and each
-    # 4 pixels' inputs take a load and a permute (the tile sizes it measured best at:
-    # docs/kernels.md).
-    lanes = 4 if per == 4 and knobs.get("dot") == "vnni" else 1
-    best, cost = (per, 1), float("inf")
-    for xt in (d for d in range(per, max(knobs["ow_tile"], per) + 1, per) if width % d == 0):
-        for ob in (d for d in range(1, knobs["oc_blocks"] + 1)
-                   if (spec.out_channels // 4) % d == 0):
-            dots = xt * ob // lanes
-            if dots + xt // per + 1 > knobs["registers"] - 2:
-                continue
-            c = ((xt // per) * (2 if lanes > 1 else 1) + ob + dots) / dots \
-                + (1.5 if xt % 4 == 0 else 3.5) * 4 / steps
-            if c < cost - 1e-9:
-                best, cost = (xt, ob), c
-    return best
-
-#: Input channel blocks (of 4) from which the sdot conv keeps its accumulators channel-major
-#: (each register 4 pixels of one channel: stored as they are, where pixel-major ones are
-#: transposed by lane moves). With fewer, LLVM unrolls the whole reduction loop, hoists the
-#: channel-major form's per-lane weight broadcasts out of the tile loop and spills them
-#: (the neoverse-n1 counts behind the threshold: docs/kernels.md).
-CHANNEL_MAJOR_BLOCKS = 16
-
-def channel_major(spec: Conv2dSpec) -> bool:
-    return (spec.in_channels + 3) // 4 >= CHANNEL_MAJOR_BLOCKS
-
-def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
-    """Hand-written CPU schedule; ``knobs`` come from ``schedules/<target>.json``.
-
-    Knobs: ``oc_blocks`` / ``ow_tile`` (the largest register tile in 4-channel blocks / output
-    columns, see :func:`register_tile`), ``registers`` (vector registers), ``dot`` (``sdot``:
-    the dotprod instruction; ``none``: generic vector code).
-    """
-    sch = tvm.s_tir.Schedule(func)
-    apply(sch, knobs)
-    return sch.mod["main"]
-
-def apply(sch, knobs: dict, sample: bool = False) -> None:
-    """The schedule's steps on ``sch`` (no sampled form yet: tuning leaves int8 kernels to
-    this hand schedule)."""
-    spec = Conv2dSpec.from_func(sch.mod["main"])
-    func = sch.mod["main"]
-    predecoded = bool(int(func.attrs[PREDECODED_ATTR]))
-    unsigned = UNSIGNED_ATTR in func.attrs and bool(int(func.attrs[UNSIGNED_ATTR]))
-    int8_out = OUT_ATTR in func.attrs  # [.., W, 4] bytes: pixel-major tiles store as they are
-    major = channel_major(spec) and not int8_out
-    acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
-    # Step 1. Register tile: xt columns x 4*ob channels, summed 4 input channels at a time;
-    # with sdot the innermost 4 pixels x 4 channels x 4 inputs are one micro-kernel call
-    # (4 indexed sdot, .intrin).
-    n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
-    xt, ob = register_tile(spec, knobs, unsigned)
-    oo, oi, o4 = sch.split(o, [None, ob, 4])
-    four = quad(spec, knobs, unsigned)
-    vnni = four and knobs["dot"] == "vnni"
-    if four:
-        xo, xi, x4 = sch.split(xx, [None, xt // 4, 4])
-        # Two reduction steps per loop trip (the loop's own 3 to 4 instructions count
-        # against 16 to 24 sdot otherwise).
-        rbo, rbi = sch.split(rb, [None, 2 if (spec.in_channels + 3) // 4 % 2 == 0 else 1])
-        # The window's rows and columns unrolled inside the channel loop: the accumulators
-        # then stay in registers for the whole reduction (LLVM keeps a tile in registers
-        # across one loop, and would load and store it around each window position).
-        sch.reorder(n, oo, yy, xo, rbo, rr, rq, rbi, oi, xi, x4, o4, rc)
-        sch.unroll(rr)
-        sch.unroll(rq)
-        sch.unroll(rbi)
-    else:  # generic: the 4 channels are the vector lanes, summed over the 4 inputs
-        xo, xi = sch.split(xx, [None, xt])
-        sch.reorder(n, oo, yy, xo, rr, rq, rb, oi, xi, rc, o4)
-    # Step 2. Accumulate in a local tile laid out channel-innermost (what sdot writes), and
-    # dequantize it straight from there.
-    local = sch.cache_write(acc, 0, "local")
-    sch.compute_inline(local)
-    if vnni:  # each 4-pixel x 4-channel sub-tile contiguous: one 512-bit accumulator
-        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
-            n_, y_, x_ // 4, o_ // 4, x_ % 4, o_ % 4))
-    elif four and major:  # 4 pixels of one channel per register (NCHW's order)
-        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, o_, x_))
-    else:
-        sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (n_, y_, x_, o_))
-    sch.reverse_compute_at(deq, xo)
-    # Step 3. Decode the int8 weight tile once per output-channel tile (one lookup per weight
-    # per call).
-    if not predecoded:
-        sch.compute_at(sch.get_sblock("decode"), oo)
-    sch.parallel(sch.fuse(n, oo))
-    sch.unroll(oi)
-    sch.unroll(xi)
-    if four:
-        from .intrin import sdot_4x4x4, vnni_4x4x4
-
-        init = sch.decompose_reduction(acc, rbo)
-        sch.vectorize(sch.get_loops(init)[-1])
-        sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4(major))
-        if not vnni:
-            # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
-            # the accumulator tile then has a constant index, so LLVM keeps the tile in
-            # registers from the zeroing through the sums to the dequantize (which stores a
-            # channel-major register as it is, and transposes pixel-major ones by lane
-            # moves), with no stores to a stack tile and no single-lane loads back from it.
-            # TVM would allocate a "local" buffer inside the parallel loop from the
-            # workspace pool (a pointer LLVM cannot see through); a small "global" one is a
-            # stack array, which LLVM promotes to registers.
-            for loop in sch.get_loops(init)[-4:-1]:
-                sch.unroll(loop)
-            do, dx = sch.get_loops(deq)[-2:]
-            do_o, do_i = sch.split(do, [None, 4])
-            dx_o, dx_i = sch.split(dx, [None, 4])
-            if int8_out:  # [.., W, 4] bytes: 4 columns x 4 channels, 16 bytes at a time
-                sch.reorder(do_o, dx_o, dx_i, do_i)
-                sch.unroll(do_o)
-                sch.unroll(dx_o)
-                sch.vectorize(sch.fuse(dx_i, do_i))
-            else:
-                sch.reorder(do_o, dx_o, do_i, dx_i)
-                for loop in (do_o, dx_o, do_i):
-                    sch.unroll(loop)
-                sch.vectorize(dx_i)
-            sch.set_scope(init, 0, "global")
-    else:
-        sch.unroll(rc)
-        sch.vectorize(o4)
-        sch.decompose_reduction(acc, rr)
-    del sample
-
-
 def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
     """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
     spec = Conv2dSpec.from_func(func)
@@ -375,7 +249,8 @@ def bound(func: tvm.tirx.PrimFunc) -> float | None:
 
 
 def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
-    return why_not_out(Conv2dSpec.from_func(func), _epilogue(func), out)
+    return why_not_out(Conv2dSpec.from_func(func), _epilogue(func), out,
+                       bool(int(func.attrs[UNSIGNED_ATTR])))
 
 
 def with_quantized_output(func: tvm.tirx.PrimFunc,

@@ -119,6 +119,13 @@ def weights(spec: Int8DwSpec, wq: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(w.reshape(spec.groups, d, taps).transpose(0, 2, 1))
 
 
+def lowered(conv: Conv2dSpec, wq: np.ndarray, d: np.ndarray, depth: int):
+    """(spec, constant operands after ``Xq, SX``) of the kernel for ``conv`` with the int8
+    weight ``wq`` and factor ``d``, reading the channel groups of ``depth``."""
+    spec = Int8DwSpec(conv, depth=depth)
+    return spec, [weights(spec, wq), d, np.zeros(conv.out_channels, np.float32)]
+
+
 def compute(spec: Int8DwSpec) -> tvm.tirx.PrimFunc:
     """The PrimFunc ``(Xq, SX f32[1], W int8[C/d, kh*kw, d], D f32[C], B f32[C]) -> Y``
     (float32 NCHW, or int8 in ``spec.out``'s layout), already scheduled."""

@@ -23,6 +23,7 @@ from tvm.script import tirx as T
 
 from .common import KERNEL_ATTR, OPAQUE, SPEC_ATTR, best_tile, i64, span, splat
 from .conv2d import Conv2dSpec
+from .int8_vnni import padded_width, rows
 from .protocol import KernelFamily, Spec
 
 FAMILY = "q8_quant"
@@ -135,10 +136,13 @@ class QuantSpec(Spec):
 def padded_out_w(spec: Conv2dSpec, unsigned: bool = False) -> int:
     """Output columns the int8 conv computes: rounded up to 4 (4 pixels' inputs are 16
     contiguous bytes of the quantized input: one load for 4 ``sdot``); the extra columns read
-    zeros and are not written out. With the unsigned (x86 VNNI) input, up to 8: the 8-column
-    register tile then fits every width, which measured faster on x86 despite the extra
-    columns (docs/kernels.md), where on a dotprod core the extra columns cost more sdot than
-    the wider tile saves."""
+    zeros and are not written out. With the unsigned (x86 VNNI) input, to the lanes of
+    its 512-bit registers where it runs its rows form (:func:`.int8_vnni.padded_width`), else
+    up to 8: its 4 x 4 form's 8-column register tile then fits every width, which measured
+    faster than 4-column ones despite the extra columns (docs/kernels.md), where on a
+    dotprod core the extra columns cost more sdot than the wider tile saves."""
+    if unsigned and rows(spec):
+        return padded_width(spec)
     multiple = 8 if unsigned else 4
     return (spec.out_w + multiple - 1) // multiple * multiple
 

@@ -1,17 +1,15 @@
 """Lowering of a codebook conv2d under the int8 strategy: the input's quantize, the weight's
 decode and the int8 conv (:mod:`dgms_tvm.kernels.int8`, or the widening conv of
 :mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``), or the int8 depthwise
-conv (:mod:`dgms_tvm.kernels.int8_dw`)."""
+conv (:mod:`dgms_tvm.kernels.int8_dw`, :mod:`dgms_tvm.kernels.int8_dw_rows`)."""
 
 from __future__ import annotations
 
-import numpy as np
 from tvm import relax
 
 from .. import strategies
 from ..kernels import int8 as kint8
 from ..kernels import int8_decode as kdecode
-from ..kernels import int8_dw as kdw8
 from ..kernels import int8_long as klong
 from ..kernels import int8_quant as kquant
 
@@ -76,26 +74,28 @@ class Int8ConvLowering:
             relax.TensorType(qs.out_shape, qs.dtype), relax.TensorType((1,), "float32")]))
         return relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
 
-    def _int8_depthwise(self, x, cw, value, spec, rec, out_ty):
-        """The int8 depthwise conv: its input quantized, its weight as int8 (the codebook's
-        entries, or a float32 weight per channel) laid out at compile time; ``D`` and a zero
-        ``B`` for the epilogue pass to fold the BatchNorm / bias after it into."""
+    def _int8_depthwise(self, x, cw, value, spec, rec, out_ty, module):
+        """The int8 depthwise conv of ``module`` (a family's: its ``lowered`` makes the
+        spec and the constant operands): its input quantized, its weight as int8 (the
+        codebook's entries, or a float32 weight per channel) laid out at compile time; ``D``
+        and a zero ``B`` for the epilogue pass to fold the BatchNorm / bias after it into."""
         rec.strategy, rec.reason = "int8", ""
         # the channel groups of the core's int8 conv, which writes its input and reads its
-        # output
+        # output (aarch64)
         wide = strategies.int8_conv(self.policy.profile) == klong.FAMILY
-        dspec = kdw8.Int8DwSpec(spec, depth=klong.DEPTH if wide else 4)
         if cw is None:
             wq, d = kquant.quantize_weight(value)
-            rec.fp32_kernel = dspec.name
         else:
             qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
             wq = qcb[cw.indices()]
+        dspec, consts = module.lowered(spec, wq, d, klong.DEPTH if wide else 4)
+        if cw is None:
+            rec.fp32_kernel = dspec.name
+        else:
             rec.kernel = dspec.name
         self.made = rec
         xq, sx = self._quantize(x, dspec.inp)
-        consts = [kdw8.weights(dspec, wq), d, np.zeros(spec.out_channels, np.float32)]
-        return relax.call_tir(self._kernel(kdw8.compute, dspec),
+        return relax.call_tir(self._kernel(module.compute, dspec),
                               [xq, sx, *(relax.const(c) for c in consts)], out_ty=out_ty)
 
     @property

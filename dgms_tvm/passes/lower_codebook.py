@@ -32,6 +32,7 @@ from ..kernels import FAMILIES
 from ..kernels import conv2d as kconv
 from ..kernels import depthwise as kdw
 from ..kernels import int8_dw as kdw8
+from ..kernels import int8_dw_rows as kdwr
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
 from .epilogue import fuse_epilogues
@@ -39,6 +40,9 @@ from .int8_conv import Int8ConvLowering
 from .ops import OP, UNSUPPORTED, float32_out, static_shape
 from .records import LayerRecord, LoweringPolicy
 from .zero_skip import skip_zero_inputs
+
+#: The int8 depthwise families, by name: their modules (``lowered``).
+INT8_DW = {kdw8.FAMILY: kdw8, kdwr.FAMILY: kdwr}
 
 
 @mutator
@@ -189,8 +193,8 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             rec.reason = f"exact: {why}"
         if family == kdw.FAMILY:
             return self._depthwise(x, cw, value, spec, rec, out_ty)
-        if family == kdw8.FAMILY:
-            return self._int8_depthwise(x, cw, value, spec, rec, out_ty)
+        if family in INT8_DW:
+            return self._int8_depthwise(x, cw, value, spec, rec, out_ty, INT8_DW[family])
         if family != kconv.FAMILY:
             return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)

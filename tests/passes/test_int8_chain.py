@@ -11,14 +11,15 @@ import pytest
 import torch
 from torch import nn
 
-from dgms_tvm import calibration, compiler, frontend
+from dgms_tvm import calibration, compiler, frontend, strategies
 from dgms_tvm.kernels import KERNEL_ATTR
 from dgms_tvm.kernels import depthwise as kdw
 from dgms_tvm.kernels import int8_dw as kdw8
+from dgms_tvm.kernels import int8_dw_rows as kdwr
 from dgms_tvm.passes import int8_chain
 from dgms_tvm.quant.hard import kmeans_codebook
 from dgms_tvm.targets import get_profile
-from tests.helpers import rel_err
+from tests.helpers import NEEDS_VNNI, WITHOUT_VNNI, rel_err
 from tests.passes.graphs import main_calls
 
 
@@ -100,12 +101,16 @@ def user_model(tmp_path_factory):
     return net, x, onnx_import(net, x, tmp_path_factory.mktemp("onnx"))
 
 
-@pytest.mark.parametrize("target,depth,dw", [("neoverse-n1", 4, kdw8),
-                                             ("cortex-a72", 16, kdw8), ("x86", 4, kdw)])
-def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, depth, dw):
-    """The depthwise convs write the project convs' input; on aarch64 cores they are int8
-    themselves (in the channel groups of the core's int8 conv), and the expand convs write
-    theirs."""
+@pytest.mark.parametrize("target,depth,dw,expand", [
+    ("neoverse-n1", 4, kdw8, 3), ("cortex-a72", 16, kdw8, 3),
+    pytest.param("x86", 4, kdwr, 2, marks=NEEDS_VNNI),
+    pytest.param("x86", 4, kdw, 0, marks=WITHOUT_VNNI)])
+def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, depth, dw,
+                                                         expand):
+    """The depthwise convs write the project convs' input; where they are int8 themselves
+    (aarch64: in the channel groups of the core's int8 conv; x86 with VNNI: rows of one
+    channel) the expand convs write theirs (on x86 those 9 columns wide or more: the last
+    block's, 8 wide, keeps its run-time quantize)."""
     _, x, imported = user_model
     profile = get_profile(target)
     plain = compiler.lower(imported, strategy="int8", profile=profile)
@@ -113,9 +118,9 @@ def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, dep
                              calibration=calibration.samples(x.numpy()))
     before, after = families(plain.mod), families(chained.mod)
     assert before[dw.FAMILY] == after[dw.FAMILY] == 3
-    # each project conv's quantize, and on a dotprod core each depthwise conv's
-    assert after["q8_quant"] == before["q8_quant"] - (6 if dw is kdw8 else 3)
-    spec = kdw8.Int8DwSpec if dw is kdw8 else kdw.DepthwiseSpec
+    # each project conv's quantize, and each depthwise conv's its expand conv writes
+    assert after["q8_quant"] == before["q8_quant"] - 3 - expand
+    spec = {kdw8: kdw8.Int8DwSpec, kdwr: kdwr.RowsDwSpec, kdw: kdw.DepthwiseSpec}[dw]
     dws = [f for op, f in main_calls(chained.mod)
            if op == "call_tir" and str(f.attrs.get(KERNEL_ATTR, "")) == dw.FAMILY]
     outs = [spec.from_func(f).out for f in dws]
@@ -124,9 +129,9 @@ def test_each_depthwise_conv_writes_the_next_convs_input(user_model, target, dep
     recs = [r for r in chained.records if r.kernel and r.kernel.startswith(dw.FAMILY)]
     assert len(recs) == 3 and all("int8 for the next int8 conv" in r.output for r in recs)
     assert all("_to_q8_quant_" in r.kernel for r in recs)
-    expand = [r for r in chained.records if "_relu6_to_q8_quant_" in (r.kernel or "")
+    expand_recs = [r for r in chained.records if "_relu6_to_q8_quant_" in (r.kernel or "")
               and r.kernel.startswith(("q8_conv2d", "q8l_conv2d"))]
-    assert len(expand) == (3 if dw is kdw8 else 0)
+    assert len(expand_recs) == expand
     assert not any(r.output for r in plain.records)
 
 
@@ -159,7 +164,8 @@ def test_levels_are_the_largest_outputs_on_the_calibration_inputs(user_model):
     host = get_profile("x86")
     lowered = compiler.lower(imported, strategy="int8", profile=host)
     probe, count = int8_chain.probe(lowered.mod)
-    assert count == 3
+    # the 3 depthwise convs; with VNNI the 2 expand convs 9 columns wide or more too
+    assert count == (5 if host.vnni else 3)
     exe = compiler.build(compiler.Lowered(probe, []), host)
     outs = compiler.run_local(exe, [x.numpy()])
     plain = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
@@ -167,8 +173,8 @@ def test_levels_are_the_largest_outputs_on_the_calibration_inputs(user_model):
     levels = [float(np.abs(o).max()) for o in outs[-count:]]
     assert all(0 < v <= 6 for v in levels)  # relu6
     # a level of 0 (an output never seen positive) keeps that conv's run-time quantize
-    kept = int8_chain.chain_int8([levels[0], 0.0, levels[2]])(lowered.mod)
-    assert families(kept)["q8_quant"] == families(lowered.mod)["q8_quant"] - 2
+    kept = int8_chain.chain_int8([levels[0], 0.0, *levels[2:]])(lowered.mod)
+    assert families(kept)["q8_quant"] == families(lowered.mod)["q8_quant"] - (count - 1)
     with pytest.raises(ValueError, match="not the module that was calibrated"):
         int8_chain.chain_int8(levels[:2])(lowered.mod)
     assert int8_chain.fixed_scale(9.0, 6.0) == pytest.approx(6.0 / 127)
@@ -183,7 +189,8 @@ def test_a_depthwise_output_read_elsewhere_stays_float(tmp_path):
     host = get_profile("x86")
     lowered = compiler.lower(imported, strategy="int8", profile=host,
                              calibration=calibration.samples(x.numpy(), 2))
-    dws = [r for r in lowered.records if r.kernel and r.kernel.startswith(kdw.FAMILY)]
+    family = strategies.int8_depthwise(host) or kdw.FAMILY  # int8 with VNNI, else FP32
+    dws = [r for r in lowered.records if r.kernel and r.kernel.startswith(family)]
     assert [bool(r.output) for r in dws] == [True, True, False]
 
 
