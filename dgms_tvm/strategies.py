@@ -79,6 +79,25 @@ INT8_DW = (
 )
 
 
+#: Whether the int8 conv keeps its weight decoded (int8, tiled in the conv's order at compile
+#: time) instead of decoding the packed indices on each call: on x86 VNNI hosts, whose memory
+#: holds 8 bits a weight (2x a 4-bit layer's packed indices, 4x a 2-bit one's) and where
+#: the decode kernels cost a call each per inference (docs/results.md); on the aarch64
+#: boards the packed indices stay the model's form in memory.
+KEEP_INT8_WEIGHTS = (
+    ("vnni", True),
+    (None, False),
+)
+
+
+def keeps_int8_weights(profile) -> bool:
+    """Whether int8 convs for ``profile``'s core keep their weights decoded (see
+    :data:`KEEP_INT8_WEIGHTS`)."""
+    if profile is None:
+        return False
+    return next(k for cap, k in KEEP_INT8_WEIGHTS if cap is None or profile.has(cap))
+
+
 def int8_depthwise(profile) -> str:
     """The int8 depthwise family for ``profile``'s core, or ``""`` where there is none."""
     if profile is None:

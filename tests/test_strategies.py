@@ -48,3 +48,16 @@ def test_gemv_candidates():
     assert strategies.gemv_candidates("lut", True)[0] == ("lut", "")
     # the lut kernel stands in for exact where the exact GEMV's AVX-512 is missing
     assert ("lut", "tbl") in strategies.gemv_candidates("exact", True)
+
+
+@pytest.mark.parametrize("caps,family,kept", [
+    (("neon", "dotprod"), "q8_dw_conv2d", False),
+    (("neon",), "q8_dw_conv2d", False),
+    (("avx2", "avx512", "vnni"), "q8r_dw_conv2d", True),  # vpdpbusd over 4 taps a lane
+    (("avx2", "avx512"), "", False),  # no int8 conv writes its input: FP32 depthwise
+    ((), "", False),
+])
+def test_int8_depthwise_and_kept_weights_follow_the_capabilities(caps, family, kept):
+    assert strategies.int8_depthwise(_Core(*caps)) == family
+    assert strategies.keeps_int8_weights(_Core(*caps)) == kept
+    assert not strategies.keeps_int8_weights(None)

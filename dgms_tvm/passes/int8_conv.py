@@ -18,8 +18,9 @@ class Int8ConvLowering:
     """Mixin of the rewriter (:mod:`.lower_codebook`)."""
 
     def _int8_conv2d(self, x, cw, value, spec, rec, out_ty, family):
-        """Quantize the input, decode the weight (kernels of their own where they can), then the
-        int8 conv ``family`` (the core's: see kernels.int8 and kernels.int8_long). A
+        """Quantize the input, decode the weight (kernels of their own where they can, or once
+        at compile time where the core keeps int8 weights: strategies.KEEP_INT8_WEIGHTS),
+        then the int8 conv ``family`` (the core's: see kernels.int8 and kernels.int8_long). A
         layer that is no codebook (``cw`` None: the stem) gets its float32 weight
         quantized per output channel, tiled in the conv's order at compile time. The ops
         after it (BatchNorm, add, relu) are the epilogue pass's (:mod:`.epilogue`)."""
@@ -30,21 +31,26 @@ class Int8ConvLowering:
         ds = kdecode.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.profile)
         predecoded = cw is None or ds.supported()
+        kept = cw is not None and strategies.keeps_int8_weights(self.policy.profile)
         if cw is None:
             wq, d = kquant.quantize_weight(value, limit)
             consts = [relax.const(kdecode.conv_order(ds, wq), "int8")]
         else:
             qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             idx = cw.indices()
-            consts = ([relax.const(kdecode.pack_for_decode(ds, idx), "uint8"),
-                       relax.const(kquant.q16(qcb), "int8")] if predecoded else
-                      [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
+            if kept:  # decoded once, here, into the order the conv reads
+                predecoded = True
+                consts = [relax.const(kdecode.conv_order(ds, qcb[idx]), "int8")]
+            else:
+                consts = ([relax.const(kdecode.pack_for_decode(ds, idx), "uint8"),
+                           relax.const(kquant.q16(qcb), "int8")] if predecoded else
+                          [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
         corr = [relax.const(kquant.weight_correction(wq) if cw is None else
                             kquant.correction(idx, qcb), "int32")] if unsigned else []
         qs = kquant.QuantSpec.of(spec, unsigned, depth)
 
         xq, sx = self._quantize(x, qs)
-        if cw is None or not predecoded:  # tiled already, or decoded inside the conv
+        if cw is None or kept or not predecoded:  # tiled already, or decoded inside the conv
             operands = [xq, sx, *consts]
         else:  # weights decoded 16 at a time by a kernel
             operands = [xq, sx, self.builder_.emit(relax.call_tir(

@@ -60,6 +60,11 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
     unsigned = kint8.unsigned_input(host)
     recs = {r.name: r for r in for_host.records}
     assert ("_u8" in recs["conv.weight"].kernel) == unsigned
+    # x86 VNNI keeps the int8 weights decoded at compile time: no decode kernel per call
+    called = [str(f.attrs[KERNEL_ATTR]) for op, f in main_calls(for_host.mod)
+              if op == "call_tir"]
+    assert ("q8_decode" in called) != strategies.keeps_int8_weights(host)
+    assert "_pre" in recs["conv.weight"].kernel
     assert (recs["fc.weight"].strategy == "int8") == (unsigned or host_has("avx2"))
     got_host = compiler.run_local(compiler.build(for_host, target), [x.numpy()])[0]
     assert 0 < rel_err(got_host, want) < 0.05
