@@ -13,7 +13,10 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         knobs = load_knobs(name)
         assert set(knobs) == {"cb_conv2d", "dw_conv2d", "cb_dense", "cb_gemv", "q8_conv2d",
                               "q8l_conv2d", "q8_quant", "q8_decode", "q8_dw_conv2d",
-                              "q8r_dw_conv2d"}
+                              "q8r_dw_conv2d", "ops"}
+        # the other ops' loops in parallel on the multi-threaded host only (the aarch64
+        # proxy counts one thread)
+        assert knobs["ops"].get("parallel", False) == p.is_x86
         # The int8 strategy's sdot schedule exactly where the core has dotprod; the widening
         # kernel's NEON pairwise add on every ARM core.
         assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.dotprod

@@ -18,9 +18,9 @@ MATCHED = (TUNED, DEFAULT_MEASURED)
 
 def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]]:
     """Every PrimFunc of a prepared-but-unscheduled module gets its tuned schedule when the
-    database holds one, else the hand schedule (codebook kernels) or none (TVM's default,
-    its loops run in parallel where the records do not say the serial one measured best:
-    :func:`.hand.parallel_ops`).
+    database holds one, else the hand schedule (codebook kernels) or none (TVM's default;
+    its loops in parallel where the schedule file asks and no record says the serial one
+    measured best: :func:`.hand.parallel_ops`).
 
     Returns
     -------
@@ -32,7 +32,7 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
 
     from ..kernels import FAMILIES
     from ..kernels.common import KERNEL_ATTR
-    from .hand import parallel_ops
+    from .hand import OPS, parallel_ops
 
     funcs, how = dict(mod.functions_items()), {}
     untuned_best = untuned_wins(db) if db is not None else set()
@@ -56,8 +56,9 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
             how[gv.name_hint] = HAND
         elif default_won:
             how[gv.name_hint] = DEFAULT_MEASURED
-        else:  # no record: its loops in parallel, as the hand-scheduled build runs it
-            funcs[gv] = parallel_ops(func)
+        else:  # no record: as the hand-scheduled build runs it
+            if knobs.get(OPS, {}).get("parallel", False):
+                funcs[gv] = parallel_ops(func)
             how[gv.name_hint] = DEFAULT
     return tvm.IRModule(funcs, attrs=mod.attrs), how
 

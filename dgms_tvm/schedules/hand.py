@@ -48,6 +48,10 @@ def schedule_file(profile: TargetProfile, directory: Path | None = None) -> Path
     return Path(directory or SCHEDULE_DIR) / f"{profile.schedule}.json"
 
 
+#: The knob section of the ops no kernel family owns (:func:`parallel_ops`).
+OPS = "ops"
+
+
 def load_knobs(target: str | TargetProfile, directory: Path | None = None) -> dict[str, dict]:
     """Knobs per kernel family for ``target`` (a profile or its name)."""
     profile = get_profile(target) if isinstance(target, str) else target
@@ -63,12 +67,15 @@ def load_knobs(target: str | TargetProfile, directory: Path | None = None) -> di
     if missing:
         raise UserError(f"{path}: no knobs for kernel families {missing}")
     derived = capability_knobs(profile)
-    return {f: {**doc.get(f, {}), **derived.get(f, {})} for f in FAMILIES}
+    knobs = {f: {**doc.get(f, {}), **derived.get(f, {})} for f in FAMILIES}
+    knobs[OPS] = dict(doc.get(OPS, {}))
+    return knobs
 
 
 def apply_schedules(mod: tvm.IRModule, knobs: dict[str, dict]) -> tvm.IRModule:
     """Replace every codebook kernel in ``mod`` by its hand-scheduled version, and run the
-    other ops' loops in parallel (:func:`parallel_ops`)."""
+    other ops' loops in parallel where the schedule file says so (:func:`parallel_ops`)."""
+    parallel = knobs.get(OPS, {}).get("parallel", False)
     funcs = dict(mod.functions_items())
     for gv, func in funcs.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -76,7 +83,7 @@ def apply_schedules(mod: tvm.IRModule, knobs: dict[str, dict]) -> tvm.IRModule:
         if func.attrs and KERNEL_ATTR in func.attrs:
             family = str(func.attrs[KERNEL_ATTR])
             funcs[gv] = FAMILIES[family].schedule(func, knobs[family])
-        else:
+        elif parallel:
             funcs[gv] = parallel_ops(func)
     return tvm.IRModule(funcs, attrs=mod.attrs)
 
@@ -89,7 +96,9 @@ def parallel_ops(func: tvm.tirx.PrimFunc) -> tvm.tirx.PrimFunc:
     """An op no kernel family owns (a max pool, the mean before a classifier, an add the
     passes left), as Relax legalized it: each loop nest's leading spatial loops fused and
     run in parallel, where TVM leaves them serial (ResNet-18's max pool on the x86 host:
-    docs/kernels.md). A nest that does not allow it keeps its loops."""
+    docs/kernels.md). A nest that does not allow it keeps its loops. The schedule files of
+    multi-threaded hosts ask for it (``"ops": {"parallel": true}``); the aarch64 proxy counts
+    one thread, where a parallel launch only adds instructions (docs/kernels.md)."""
     sch = tvm.s_tir.Schedule(func)
     try:
         blocks = sch.get_child_blocks(sch.get_sblock("root"))
