@@ -137,7 +137,19 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         init = sch.decompose_reduction(acc, rbo)
         sch.vectorize(sch.get_loops(init)[-1])
         sch.tensorize(x4, vnni_4x4x4() if vnni else sdot_4x4x4(major))
-        if not vnni:
+        if vnni:  # (rows of at most 8 columns, .int8_vnni) Step 4 below, for 512-bit tiles:
+            # the zeroing and dequantize unrolled, each output row one vector (LLVM's lane
+            # moves instead of the gathers and scatters of a stack tile: docs/kernels.md)
+            for loop in sch.get_loops(init)[-6:-2]:
+                sch.unroll(loop)
+            do, dx = sch.get_loops(deq)[-2:]
+            do_o, do_i = sch.split(do, [None, 4])
+            sch.reorder(do_o, do_i, dx)
+            sch.unroll(do_o)
+            sch.unroll(do_i)
+            sch.vectorize(dx)
+            sch.set_scope(init, 0, "global")
+        else:
             # Step 4. The tile's initialisation and dequantize fully unrolled: every access to
             # the accumulator tile then has a constant index, so LLVM keeps the tile in
             # registers from the zeroing through the sums to the dequantize (which stores a
