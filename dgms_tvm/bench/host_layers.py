@@ -6,7 +6,8 @@ Ours: every PrimFunc ``main`` calls, built for the host and timed alone on rando
 (an int8 layer's input quantize and weight decode count in its row). onnxruntime: a session
 with profiling on, the median over the timed runs of each node's kernel time. The two pair
 by the conv's shape as onnxruntime reports it (input and output channels and sizes: its
-profile names no weight shape), in execution order among convs of the same shape.
+profile names no weight shape); among convs of one shape, by layer name where the export
+kept its module scopes (:func:`same_layer`), else in execution order.
 """
 
 from __future__ import annotations
@@ -27,9 +28,11 @@ def conv_key(batch, in_c, h, w, out_c, oh, ow) -> tuple:
     return (int(batch), int(in_c), int(h), int(w), int(out_c), int(oh), int(ow))
 
 
-def ours(prepared, profile, repeat: int, number: int) -> list[dict]:
-    """Each layer of ``main`` in order: its kernels, median ms, and the conv's key (None for
-    a layer that runs no conv)."""
+def ours(prepared, profile, repeat: int, number: int,
+         names: dict[str, str] | None = None) -> list[dict]:
+    """Each layer of ``main`` in order: its kernels, median ms, the conv's key (None for
+    a layer that runs no conv), and its layer's name where ``names`` ({conv kernel: layer
+    name}, from the lowering's records) has it."""
     import tvm
 
     from .. import compiler
@@ -40,21 +43,22 @@ def ours(prepared, profile, repeat: int, number: int) -> list[dict]:
     dev = tvm.cpu()
     rows = []
     layers = compiler.site_layers(prepared)
-    for names in group_sites(compiler.call_sites(prepared)):
+    for kernels in group_sites(compiler.call_sites(prepared)):
         parts = []
-        for name in names:
+        for name in kernels:
             args = [tvm.runtime.tensor(a, dev) for a in random_inputs(prepared[name])]
             res = lib.time_evaluator(name, dev, number=number, repeat=repeat)(*args)
             parts.append(1e3 * float(np.median(res.results)))
-        layer = layers.get(names[-1])
+        layer = layers.get(kernels[-1])
         key = None
         if isinstance(layer, tuple):
             n, c, h, w, o, kernel, stride, padding, dilation, groups = layer
             spec = conv2d.Conv2dSpec(n, c, h, w, o, tuple(kernel), tuple(stride),
                                      tuple(padding), tuple(dilation), groups, bits=8)
             key = conv_key(n, c, h, w, o, spec.out_h, spec.out_w)
-        rows.append({"kernels": " + ".join(names), "ms": sum(parts), "parts": parts,
-                     "key": key, "kind": kind_of(layer)})
+        rows.append({"kernels": " + ".join(kernels), "ms": sum(parts), "parts": parts,
+                     "key": key, "kind": kind_of(layer),
+                     "layer": (names or {}).get(kernels[-1])})
     return rows
 
 
@@ -79,13 +83,14 @@ def onnxruntime(onnx_model: bytes, x: np.ndarray, runs: int) -> list[dict]:
         if e.get("cat") != "Node" or not e["name"].endswith("_kernel_time"):
             continue
         node = nodes.setdefault(e["name"], {"op": e["args"]["op_name"], "us": [],
-                                            "args": e["args"]})
+                                            "args": e["args"],
+                                            "scope": e["name"][:-len("_kernel_time")]})
         node["us"].append(e["dur"])
     rows = []
     for node in nodes.values():
         us = node["us"][1:] or node["us"]
         rows.append({"op": node["op"], "ms": 1e-3 * float(np.median(us)),
-                     "keys": _ort_keys(node["op"], node["args"])})
+                     "keys": _ort_keys(node["op"], node["args"]), "scope": node["scope"]})
     return rows
 
 
@@ -103,14 +108,31 @@ def _ort_keys(op: str, args: dict) -> tuple:
     return conv_key(n, c, h, w, o, oh, ow), conv_key(n, w, c, h, ow, o, oh)
 
 
+def same_layer(layer: str | None, scope: str | None) -> bool:
+    """Whether onnxruntime's node ``scope`` (``/layer3/layer3.0/conv1/Conv_quant``: the
+    exporter's module scopes, then the node) is our layer ``layer``
+    (``layer3.0.conv1.weight``): its last module scope ends the layer's path, the one
+    before is in it."""
+    if not layer or not scope:
+        return False
+    path = layer.removesuffix(".weight")
+    scopes = [c for c in scope.split("/") if c][:-1]
+    return bool(scopes) and path.endswith(scopes[-1]) and (
+        len(scopes) < 2 or scopes[-2] in path)
+
+
 def pair(mine: list[dict], theirs: list[dict]) -> dict:
-    """Our layers beside onnxruntime's convs of the same shape (the first unpaired one in
-    execution order); what is left on either side (no conv, or none of that shape) is summed
-    as ``other``, and the paired layers by kind."""
+    """Our layers beside onnxruntime's convs of the same shape: the one of the same layer
+    where both name it (a downsample conv and the 3x3 conv beside it have one shape, and
+    onnxruntime may run them in the other order), else the first unpaired one in execution
+    order; what is left on either side (no conv, or none of that shape) is summed as
+    ``other``, and the paired layers by kind."""
     rows, ours_other, paired = [], 0.0, set()
     for m in mine:
-        j = next((j for j, t in enumerate(theirs)
-                  if j not in paired and m["key"] is not None and m["key"] in t["keys"]), None)
+        same = [j for j, t in enumerate(theirs)
+                if j not in paired and m["key"] is not None and m["key"] in t["keys"]]
+        j = next((j for j in same if same_layer(m.get("layer"), theirs[j].get("scope"))),
+                 same[0] if same else None)
         if j is None:
             ours_other += m["ms"]
             continue

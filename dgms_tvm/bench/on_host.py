@@ -73,7 +73,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
     profile = get_profile("x86")
     loaded = load_model(model, bits, seed)
     x = loaded.example(seed)
-    rows, outs, prepared, blobs = {}, {}, {}, {}
+    rows, outs, prepared, blobs, names = {}, {}, {}, {}, {}
     db, folder = tuning_db.load(tuning_logs, profile.name,
                                 log=lambda m: print(m, file=sys.stderr))
     variants = [("fp32 TVM default", False, False, None, "exact"),
@@ -91,6 +91,8 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
         lowered = compiler.lower(loaded.imported, bits, codebooks=cb, fp32_kernels=fp32_kernels,
                                  strategy=strategy, profile=profile,
                                  calibration=cal)
+        names[label] = {k: r.name for r in lowered.records
+                        for k in (r.kernel, r.fp32_kernel) if k}
         applied: dict = {}
         prepared[label] = compiler.prepare(lowered, profile, database=database,
                                            applied=applied)
@@ -133,7 +135,7 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
         peer = fastest_int8_peer(rows)
         print(f"  per layer: {ours} vs {peer}", file=sys.stderr, flush=True)
         layers = {"ours": ours, "peer": peer, **host_layers.pair(
-            host_layers.ours(prepared[ours], profile, repeat, number),
+            host_layers.ours(prepared[ours], profile, repeat, number, names[ours]),
             host_layers.onnxruntime(blobs[peer], x, repeat * number))}
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
             "layers": layers,

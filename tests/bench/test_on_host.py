@@ -63,3 +63,21 @@ def test_layers_pair_by_shape_in_either_layout_and_in_order():
     assert per["kinds"] == {"3x3": {"ms": 6.0, "peer_ms": 3.0, "layers": 3}}
     text = "\n".join(host_layers.format_lines(per, "ours", "peer"))
     assert "3x3" in text and "2.00x" in text
+
+
+def test_same_shape_layers_pair_by_name_where_both_have_one():
+    """ResNet's downsample conv and the 3x3 conv beside it share a shape; onnxruntime may run
+    the downsample first: each pairs with its own node by the exporter's module scopes."""
+    key = host_layers.conv_key(1, 128, 28, 28, 256, 14, 14)
+    mine = [{"kernels": "c1", "ms": 2.0, "key": key, "kind": "3x3 s2",
+             "layer": "layer3.0.conv1.weight"},
+            {"kernels": "ds", "ms": 1.0, "key": key, "kind": "1x1 s2",
+             "layer": "layer3.0.downsample.0.weight"}]
+    theirs = [dict(_ort("QLinearConv", [1, 28, 28, 128], [1, 14, 14, 256], 0.1),
+                   scope="/layer3/layer3.0/downsample/downsample.0/Conv_quant"),
+              dict(_ort("QLinearConv", [1, 28, 28, 128], [1, 14, 14, 256], 0.9),
+                   scope="/layer3/layer3.0/conv1/Conv_quant")]
+    per = host_layers.pair(mine, theirs)
+    assert [(r["kernels"], r["peer_ms"]) for r in per["layers"]] == [("c1", 0.9), ("ds", 0.1)]
+    assert not host_layers.same_layer("layer3.1.conv1.weight", "/layer3/layer3.0/conv1/Conv")
+    assert not host_layers.same_layer(None, "/layer3/layer3.0/conv1/Conv")
