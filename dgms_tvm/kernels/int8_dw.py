@@ -300,10 +300,12 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     return compute(dataclasses.replace(spec, fcvtns=knobs.get("round") == "fcvtns"))
 
 
-def reference(spec: Int8DwSpec, xq, sx, wq, d, b) -> np.ndarray:
-    """NumPy oracle from the int8 input ``xq[N, C, H, W]`` and weight ``wq[C, 1, kh, kw]``:
-    exact integer sums, then the kernel's float32 operations; with ``spec.out``, rounded,
-    clamped and laid out (:func:`.int8_quant.layout`)."""
+def reference(spec, xq, sx, wq, d, b) -> np.ndarray:
+    """NumPy oracle of an int8 depthwise conv (``spec``: this family's or the x86 one's,
+    :mod:`.int8_dw_rows`: its ``conv``, ``act`` and ``out``) from the int8 input ``xq[N, C,
+    H, W]`` (signed values) and weight ``wq[C, 1, kh, kw]``: exact integer sums, then the
+    kernels' float32 operations; with ``spec.out``, rounded, clamped and laid out
+    (:func:`.int8_quant.layout`)."""
     acc = conv_reference(spec.conv, np.asarray(xq, np.float64), np.asarray(wq, np.float64))
     scale = (np.float32(sx) * np.asarray(d, np.float32))[None, :, None, None]
     y = acc.astype(np.float32) * scale + np.asarray(b, np.float32)[None, :, None, None]
@@ -316,14 +318,19 @@ def reference(spec: Int8DwSpec, xq, sx, wq, d, b) -> np.ndarray:
     return y.astype(np.float32)
 
 
-def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
-    """(name, kernel) made again with ``epilogue``'s activation (its BatchNorm / bias fold
-    into ``D`` and ``B``)."""
-    spec = dataclasses.replace(Int8DwSpec.from_func(func), act=epilogue.act)
-    return spec.name, compute(spec)
+def act_fusion(spec_type, compute) -> Fusion:
+    """The :class:`~.protocol.Fusion` of an int8 depthwise family (a spec with ``act``): its
+    kernel made again with the epilogue's activation, its BatchNorm / bias folded into ``D``
+    and ``B``; no residual."""
+
+    def make(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
+        spec = dataclasses.replace(spec_type.from_func(func), act=epilogue.act)
+        return spec.name, compute(spec)
+
+    return Fusion(make, scale=("D",), shift="B", residual=False)
 
 
 KERNEL = KernelFamily(FAMILY, Int8DwSpec, compute, schedule, reference, supports,
-                      fusion=Fusion(with_epilogue, scale=("D",), shift="B", residual=False),
+                      fusion=act_fusion(Int8DwSpec, compute),
                       int8_out=int8_out.of_spec(Int8DwSpec, compute, why_not_out,
                                                 lambda spec: spec.act))

@@ -1,5 +1,5 @@
-"""The x86 int8 depthwise conv2d (one filter per channel) with its epilogue: compute, NumPy
-oracle.
+"""The x86 int8 depthwise conv2d (one filter per channel) with its epilogue: compute (its
+NumPy oracle and its epilogue fusion are :mod:`.int8_dw`'s: the same arithmetic).
 
 ``Y[n, c, y, x] = act(float(sum_{r, s} Xq[n, c, y*sh + r*dh - pt, x*sw + s*dw - pl]
                             * Wq[c, r, s]) * (s_x * D[c]) + B[c])``
@@ -32,13 +32,12 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from . import depthwise, int8_out
+from . import depthwise, int8_dw, int8_out
 from .common import FP32_WEIGHT, as_kernel, best_tile, span, splat
 from .conv2d import Conv2dSpec
-from .conv2d import reference as conv_reference
 from .int8_out import Writer
-from .int8_quant import QuantSpec, layout, quantize_fixed
-from .protocol import Fusion, KernelFamily, Spec
+from .int8_quant import QuantSpec
+from .protocol import KernelFamily, Spec
 
 FAMILY = "q8r_dw_conv2d"
 #: Outputs per accumulator (int32 lanes of a 512-bit register); bytes per input load.
@@ -264,30 +263,7 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     return func
 
 
-def reference(spec: RowsDwSpec, xq, sx, wq, d, b) -> np.ndarray:
-    """NumPy oracle from the int8 input ``xq[N, C, H, W]`` (signed values) and weight
-    ``wq[C, 1, kh, kw]``: exact integer sums, then the kernel's float32 operations; with
-    ``spec.out``, rounded, clamped and laid out (:func:`.int8_quant.layout`)."""
-    acc = conv_reference(spec.conv, np.asarray(xq, np.float64), np.asarray(wq, np.float64))
-    scale = (np.float32(sx) * np.asarray(d, np.float32))[None, :, None, None]
-    y = acc.astype(np.float32) * scale + np.asarray(b, np.float32)[None, :, None, None]
-    if spec.act:
-        y = np.maximum(y, np.float32(0))
-    if spec.out is not None:
-        return layout(spec.out, quantize_fixed(y, 1.0))
-    if spec.act == "relu6":
-        y = np.minimum(y, np.float32(6))
-    return y.astype(np.float32)
-
-
-def with_epilogue(func: tvm.tirx.PrimFunc, epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
-    """(name, kernel) made again with ``epilogue``'s activation (its BatchNorm / bias fold
-    into ``D`` and ``B``)."""
-    spec = dataclasses.replace(RowsDwSpec.from_func(func), act=epilogue.act)
-    return spec.name, compute(spec)
-
-
-KERNEL = KernelFamily(FAMILY, RowsDwSpec, compute, schedule, reference, supports,
-                      fusion=Fusion(with_epilogue, scale=("D",), shift="B", residual=False),
+KERNEL = KernelFamily(FAMILY, RowsDwSpec, compute, schedule, int8_dw.reference, supports,
+                      fusion=int8_dw.act_fusion(RowsDwSpec, compute),
                       int8_out=int8_out.of_spec(RowsDwSpec, compute, why_not_out,
                                                 lambda spec: spec.act))

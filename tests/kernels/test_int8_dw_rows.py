@@ -70,7 +70,7 @@ def _run(spec, xq, sx, wq, d, b):
 def test_float_outputs_match_the_oracle(conv, why, act, rng):
     spec = R(conv, act)
     ops = _operands(spec, rng)
-    got, want = _run(spec, *ops), int8_dw_rows.reference(spec, *ops)
+    got, want = _run(spec, *ops), int8_dw_rows.KERNEL.reference(spec, *ops)
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
 
 
@@ -79,7 +79,7 @@ def test_int8_extremes(rng):
     """9 products of +-127 x 127 per output, less the + 128's correction: exact."""
     spec = R(dw(4, 6, 18))
     ops = _operands(spec, rng, extreme=True)
-    got, want = _run(spec, *ops), int8_dw_rows.reference(spec, *ops)
+    got, want = _run(spec, *ops), int8_dw_rows.KERNEL.reference(spec, *ops)
     acc = want / (ops[1] * ops[3])[None, :, None, None] - ops[4][None, :, None, None] / (
         ops[1] * ops[3])[None, :, None, None]
     assert np.abs(acc).max() == pytest.approx(9 * 127 * 127, rel=1e-4)
@@ -115,7 +115,7 @@ def test_int8_outputs_fill_the_next_convs_layout(conv, depth, kw, why, act, rng)
     xq, sx, wq, d, b = _operands(spec, rng)
     d = d * 40  # outputs over the whole int8 range, some clamped
     got = _run(spec, xq, sx, wq, d, b)
-    want = int8_dw_rows.reference(spec, xq, sx, wq, d, b)
+    want = int8_dw_rows.KERNEL.reference(spec, xq, sx, wq, d, b)
     diff = np.abs(got.astype(np.int64) - want.astype(np.int64))
     assert got.dtype == np.uint8 and diff.max() <= 1 and (diff > 0).mean() < 1e-3
     assert (want == 255).any() and (want == (128 if act else 1)).any()
@@ -132,7 +132,7 @@ def test_weight_layout_correction_and_oracle(rng):
                                                  for c in range(6)]
     # the oracle is the exact depthwise conv of the dequantized values
     xq, sx, _, d, b = _operands(spec, rng)
-    y = int8_dw_rows.reference(spec, xq, sx, wq, d, b)
+    y = int8_dw_rows.KERNEL.reference(spec, xq, sx, wq, d, b)
     exact = conv2d.reference(dataclasses.replace(conv, bits=FP32_WEIGHT),
                              xq.astype(np.float64) * sx, wq.astype(np.float64) * d[:, None,
                                                                                    None, None])
