@@ -310,7 +310,10 @@ def test_int8_kernel_builds_for_aarch64(target, sdot):
                                 int8_quant.QuantSpec(1, 8, 9, 9, (1, 1, 1, 1), extra=6, phases=2),
                                 int8_quant.QuantSpec(1, 24, 8, 8, (1, 1, 1, 1), depth=16),
                                 int8_quant.QuantSpec(1, 32, 7, 7, depth=16),
-                                int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)],
+                                int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16),
+                                # rows of one channel + 128: the x86 int8 depthwise conv's
+                                int8_quant.QuantSpec(1, 5, 7, 7, offset=128, depth=1),
+                                int8_quant.QuantSpec(2, 3, 4, 20, offset=128, depth=1)],
                          ids=str)
 @pytest.mark.parametrize("vector", [True, False], ids=["vector", "blocks"])
 def test_quantize_kernel_layout_and_values(qs, vector, rng):
