@@ -27,8 +27,6 @@ from .int8_vnni import padded_width, rows
 from .protocol import KernelFamily, Spec
 
 FAMILY = "q8_quant"
-#: Most parts the max|X| pass of a quantize is split into, in parallel.
-MAX_PARTS = 8
 #: Smallest max|X| used for the activation scale (an all-zero input then quantizes to 0).
 TINY = np.float32(1e-30)
 
@@ -265,9 +263,6 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
     _, hp, cbs, phs, wq, _ = shape
     n_out = int(np.prod(shape))
     lanes = max(v for v in (1, 4, 16) if n_in % v == 0)
-    # max|X| over parts in parallel: at least 4096 values each, at most MAX_PARTS of them
-    parts = best_tile(n_in // lanes, max(1, min(MAX_PARTS, n_in // 4096)))
-    per = n_in // lanes // parts
     lo = 16 if n_out % 16 == 0 else 4
     dt, off, run = s.dtype, float(s.offset), k * ph
     d = s.depth
@@ -295,18 +290,15 @@ def quant_vector(spec: QuantSpec) -> tvm.tirx.PrimFunc | None:
         with T.sblock("root"):
             xf = T.decl_buffer((n_in,), "float32", data=X.data)
             qf = T.decl_buffer((n_out,), dt, data=Xq.data)
-            part = T.alloc_buffer((parts * lanes,), "float32")
+            acc = T.alloc_buffer((lanes,), "float32")
             lv = T.alloc_buffer((1,), "float32")
-            for t in T.parallel(parts):  # max|X| of each part, in vector lanes
-                acc = T.alloc_buffer((lanes,), "float32")
-                acc[span(0, lanes)] = splat(T.float32(0), lanes)
-                for i in range(per):
-                    acc[span(0, lanes)] = T.max(acc[span(0, lanes)],
-                                                T.fabs(xf[span((t * per + i) * lanes, lanes)]))
-                part[span(t * lanes, lanes)] = acc[span(0, lanes)]
+            acc[span(0, lanes)] = splat(T.float32(0), lanes)
+            for i in range(n_in // lanes):
+                acc[span(0, lanes)] = T.max(acc[span(0, lanes)],
+                                            T.fabs(xf[span(i * lanes, lanes)]))
             lv[0] = T.float32(tiny)
-            for i in range(parts * lanes):
-                lv[0] = T.max(lv[0], part[i])
+            for i in range(lanes):
+                lv[0] = T.max(lv[0], acc[i])
             S[0] = lv[0] / T.float32(127.0)
             for i in T.parallel(n_out // lo):
                 qf[T.Ramp(i * lo, 1, lo)] = T.Broadcast(T.Cast(dt, off), lo)
