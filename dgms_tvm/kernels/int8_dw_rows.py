@@ -36,7 +36,7 @@ from . import depthwise, int8_dw, int8_out
 from .common import FP32_WEIGHT, as_kernel, best_tile, span, splat
 from .conv2d import Conv2dSpec
 from .int8_out import Writer
-from .int8_quant import QuantSpec
+from .int8_quant import QuantSpec, weight_correction
 from .protocol import KernelFamily, Spec
 
 FAMILY = "q8r_dw_conv2d"
@@ -118,18 +118,12 @@ def weights(spec: RowsDwSpec, wq: np.ndarray) -> np.ndarray:
     return w
 
 
-def correction(wq: np.ndarray) -> np.ndarray:
-    """``int32[C]``: ``128 * sum(Wq[c])`` (padding holds 128 too: the input's zero)."""
-    w = np.asarray(wq, np.int64)
-    return (128 * w.reshape(w.shape[0], -1).sum(axis=1)).astype(np.int32)
-
-
 def lowered(conv: Conv2dSpec, wq: np.ndarray, d: np.ndarray, depth: int):
     """(spec, constant operands after ``Xq, SX``) of the kernel for ``conv`` with the int8
     weight ``wq`` and factor ``d`` (``depth``: the aarch64 kernel's, unused here)."""
     del depth
     spec = RowsDwSpec(conv)
-    return spec, [weights(spec, wq), d, correction(wq),
+    return spec, [weights(spec, wq), d, weight_correction(wq),
                   np.zeros(conv.out_channels, np.float32)]
 
 

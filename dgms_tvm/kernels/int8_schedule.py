@@ -25,6 +25,10 @@ def quad(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> bool:
     del spec
     return knobs.get("dot") == "sdot" or (knobs.get("dot") == "vnni" and unsigned)
 
+def rows_form(spec: Conv2dSpec, knobs: dict, unsigned: bool) -> bool:
+    """Whether the conv runs x86 ``vpdpbusd`` in rows of 16 pixels (:mod:`.int8_vnni`)."""
+    return unsigned and knobs.get("dot") == "vnni" and int8_vnni.rows(spec)
+
 def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tuple[int, int]:
     """(columns, 4-channel blocks) of the register tile: the divisors of the computed width
     and channel count (up to ``ow_tile`` / ``oc_blocks``; columns in fours for the 4-pixel
@@ -36,7 +40,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
     (about 1.5 instructions per output in 4-column vectors, 3.5 otherwise), which weighs on
     layers with a short reduction (a 1x1 conv over 16 channels has 4 ``sdot`` per output)."""
     steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
-    if unsigned and knobs.get("dot") == "vnni" and int8_vnni.rows(spec):
+    if rows_form(spec, knobs, unsigned):
         return int8_vnni.register_tile(spec, knobs)
     width, per = padded_out_w(spec, unsigned), (4 if quad(spec, knobs, unsigned) else 1)
     # x86 VNNI: one 512-bit accumulator and one vpdpbusd per 4 pixels x 4 channels, and each
@@ -86,7 +90,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     unsigned = UNSIGNED_ATTR in func.attrs and bool(int(func.attrs[UNSIGNED_ATTR]))
     int8_out = OUT_ATTR in func.attrs  # [.., W, 4] bytes: pixel-major tiles store as they are
     major = channel_major(spec) and not int8_out
-    if unsigned and knobs.get("dot") == "vnni" and int8_vnni.rows(spec):
+    if rows_form(spec, knobs, unsigned):
         return int8_vnni.apply(sch, spec, knobs, predecoded)
     acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
     # Step 1. Register tile: xt columns x 4*ob channels, summed 4 input channels at a time;

@@ -20,7 +20,7 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
     """Every PrimFunc of a prepared-but-unscheduled module gets its tuned schedule when the
     database holds one, else the hand schedule (codebook kernels) or none (TVM's default;
     its loops in parallel where the schedule file asks and no record says the serial one
-    measured best: :func:`.hand.parallel_ops`).
+    measured best: :func:`.hand.schedule_op`).
 
     Returns
     -------
@@ -32,7 +32,7 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
 
     from ..kernels import FAMILIES
     from ..kernels.common import KERNEL_ATTR
-    from .hand import OPS, parallel_ops
+    from .hand import schedule_op
 
     funcs, how = dict(mod.functions_items()), {}
     untuned_best = untuned_wins(db) if db is not None else set()
@@ -57,8 +57,7 @@ def apply_database(mod, db, target, knobs: dict) -> tuple[object, dict[str, str]
         elif default_won:
             how[gv.name_hint] = DEFAULT_MEASURED
         else:  # no record: as the hand-scheduled build runs it
-            if knobs.get(OPS, {}).get("parallel", False):
-                funcs[gv] = parallel_ops(func)
+            funcs[gv] = schedule_op(func, knobs)
             how[gv.name_hint] = DEFAULT
     return tvm.IRModule(funcs, attrs=mod.attrs), how
 

@@ -74,8 +74,7 @@ def load_knobs(target: str | TargetProfile, directory: Path | None = None) -> di
 
 def apply_schedules(mod: tvm.IRModule, knobs: dict[str, dict]) -> tvm.IRModule:
     """Replace every codebook kernel in ``mod`` by its hand-scheduled version, and run the
-    other ops' loops in parallel where the schedule file says so (:func:`parallel_ops`)."""
-    parallel = knobs.get(OPS, {}).get("parallel", False)
+    other ops' loops in parallel where the schedule file says so (:func:`schedule_op`)."""
     funcs = dict(mod.functions_items())
     for gv, func in funcs.items():
         if not isinstance(func, tvm.tirx.PrimFunc):
@@ -83,9 +82,15 @@ def apply_schedules(mod: tvm.IRModule, knobs: dict[str, dict]) -> tvm.IRModule:
         if func.attrs and KERNEL_ATTR in func.attrs:
             family = str(func.attrs[KERNEL_ATTR])
             funcs[gv] = FAMILIES[family].schedule(func, knobs[family])
-        elif parallel:
-            funcs[gv] = parallel_ops(func)
+        else:
+            funcs[gv] = schedule_op(func, knobs)
     return tvm.IRModule(funcs, attrs=mod.attrs)
+
+
+def schedule_op(func: tvm.tirx.PrimFunc, knobs: dict[str, dict]) -> tvm.tirx.PrimFunc:
+    """An op no kernel family owns, as the schedule file asks: its loops in parallel
+    (``"ops": {"parallel": true}``, :func:`parallel_ops`) or as TVM legalized it."""
+    return parallel_ops(func) if knobs.get(OPS, {}).get("parallel", False) else func
 
 
 #: Fewest iterations of the fused leading spatial loops worth a parallel launch.
