@@ -45,15 +45,16 @@ GEMV = {
 
 
 #: Conv2d layers: strategy -> the kernel families it tries in order (``int8``: the int8 conv
-#: of the core, :data:`INT8_CONV`; ``int8_dw``: the int8 depthwise conv where the core has
-#: one, :data:`INT8_DW`). The first whose ``supports`` takes the layer wins; an int8 layer
-#: that lands on a later (exact) one keeps the int8 conv's reason in its record. ``lut`` has
-#: no conv kernel: its convs are exact.
+#: of the core, :data:`INT8_CONV`; ``int8_im2col``: its form for convs of few input
+#: channels where the core has one, :data:`INT8_IM2COL`; ``int8_dw``: the int8 depthwise
+#: conv where the core has one, :data:`INT8_DW`). The first whose ``supports`` takes the
+#: layer wins; an int8 layer that lands on a later (exact) one keeps the int8 conv's reason
+#: in its record. ``lut`` has no conv kernel: its convs are exact.
 CONV2D = {
     "exact": ("dw_conv2d", "cb_conv2d"),
     "lut": ("dw_conv2d", "cb_conv2d"),
-    "int8": ("int8", "int8_dw", "dw_conv2d", "cb_conv2d"),
-    "int8-full": ("int8", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8-full": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
 }
 
 #: The int8 conv of a core: the first rule whose capability it has. Aarch64 cores without
@@ -64,6 +65,18 @@ INT8_CONV = (
     ("dotprod", "q8_conv2d"),
     ("neon", "q8l_conv2d"),
     (None, "q8_conv2d"),
+)
+
+
+#: The int8 conv of few input channels (the 3-channel stem), where the core's int8 conv
+#: would pad them: on aarch64 cores without ``sdot``, the window's taps gathered into the
+#: 16-channel groups of the widening kernel's 1x1 conv (:mod:`.kernels.int8_im2col`). The
+#: sdot conv pads 3 channels to 4 only, and x86 VNNI's to 4 as well: they take the stem
+#: themselves.
+INT8_IM2COL = (
+    ("dotprod", ""),
+    ("neon", "q8_im2col"),
+    (None, ""),
 )
 
 
@@ -105,6 +118,13 @@ def int8_depthwise(profile) -> str:
     return next(f for cap, f in INT8_DW if cap is None or profile.has(cap))
 
 
+def int8_im2col(profile) -> str:
+    """The gathered-taps int8 conv for ``profile``'s core, or ``""`` where there is none."""
+    if profile is None:
+        return ""
+    return next(f for cap, f in INT8_IM2COL if cap is None or profile.has(cap))
+
+
 def int8_conv(profile) -> str:
     """The int8 conv family for ``profile``'s core (the generic one without a profile)."""
     if profile is None:
@@ -115,7 +135,8 @@ def int8_conv(profile) -> str:
 def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
     """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
     fams = CONV2D["int8" if is_int8(strategy) else strategy if strategy in CONV2D else "exact"]
-    resolved = {"int8": int8_conv(profile), "int8_dw": int8_depthwise(profile)}
+    resolved = {"int8": int8_conv(profile), "int8_im2col": int8_im2col(profile),
+                "int8_dw": int8_depthwise(profile)}
     return tuple(f for f in (resolved.get(f, f) for f in fams) if f)
 
 

@@ -50,14 +50,18 @@ def test_gemv_candidates():
     assert ("lut", "tbl") in strategies.gemv_candidates("exact", True)
 
 
-@pytest.mark.parametrize("caps,family,kept", [
-    (("neon", "dotprod"), "q8_dw_conv2d", False),
-    (("neon",), "q8_dw_conv2d", False),
-    (("avx2", "avx512", "vnni"), "q8r_dw_conv2d", True),  # vpdpbusd over 4 taps a lane
-    (("avx2", "avx512"), "", False),  # no int8 conv writes its input: FP32 depthwise
-    ((), "", False),
+@pytest.mark.parametrize("caps,family,kept,gather", [
+    (("neon", "dotprod"), "q8_dw_conv2d", False, ""),  # sdot pads 3 channels to 4 only
+    (("neon",), "q8_dw_conv2d", False, "q8_im2col"),  # the widening conv would pad to 16
+    (("avx2", "avx512", "vnni"), "q8r_dw_conv2d", True, ""),  # vpdpbusd over 4 taps a lane
+    (("avx2", "avx512"), "", False, ""),  # no int8 conv writes its input: FP32 depthwise
+    ((), "", False, ""),
 ])
-def test_int8_depthwise_and_kept_weights_follow_the_capabilities(caps, family, kept):
+def test_int8_depthwise_gather_and_kept_weights_follow_the_capabilities(caps, family, kept,
+                                                                        gather):
     assert strategies.int8_depthwise(_Core(*caps)) == family
     assert strategies.keeps_int8_weights(_Core(*caps)) == kept
     assert not strategies.keeps_int8_weights(None)
+    assert strategies.int8_im2col(_Core(*caps)) == gather
+    want = ("q8l_conv2d", gather) if gather else ()
+    assert strategies.conv2d_candidates("int8", _Core(*caps))[:len(want)] == want

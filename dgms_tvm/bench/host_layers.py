@@ -37,7 +37,7 @@ def ours(prepared, profile, repeat: int, number: int,
 
     from .. import compiler
     from ..kernels import conv2d
-    from .report import group_sites, kind_of
+    from .report import group_layer, group_sites, kind_of
 
     lib = tvm.compile(compiler.kernel_module(prepared), target=profile.tvm_target()).mod
     dev = tvm.cpu()
@@ -49,7 +49,7 @@ def ours(prepared, profile, repeat: int, number: int,
             args = [tvm.runtime.tensor(a, dev) for a in random_inputs(prepared[name])]
             res = lib.time_evaluator(name, dev, number=number, repeat=repeat)(*args)
             parts.append(1e3 * float(np.median(res.results)))
-        layer = layers.get(kernels[-1])
+        layer = group_layer(layers, kernels)
         key = None
         if isinstance(layer, tuple):
             n, c, h, w, o, kernel, stride, padding, dilation, groups = layer

@@ -36,7 +36,7 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
     keys = keys or {}
 
     def key(label, group):
-        return keys.get(label, {}).get(group[-1], group[-1])
+        return group_layer(keys.get(label, {}), group)
 
     def kind(a, b):
         return kind_of(next((k for k in (key(labels[0], a) if a else None,
@@ -85,17 +85,25 @@ def sparsity(manifest: dict) -> dict | None:
 
 
 def group_sites(names: list[str]) -> list[list[str]]:
-    """Call sites as layers: an int8 layer's quantize and decode kernels join the site
-    after them."""
-    from ..kernels import int8_decode, int8_quant
+    """Call sites as layers: an int8 layer's quantize, decode and gather kernels join the
+    site after them."""
+    from ..kernels import int8_decode, int8_im2col, int8_quant
 
     out, pending = [], []
     for name in names:
         pending.append(name)
-        if not name.startswith((int8_quant.FAMILY, int8_decode.FAMILY)):
+        if not name.startswith((int8_quant.FAMILY, int8_decode.FAMILY, int8_im2col.FAMILY)):
             out.append(pending)
             pending = []
     return out + ([pending] if pending else [])
+
+
+def group_layer(layers: dict, group: list[str]):
+    """The layer a group of call sites (:func:`group_sites`) runs: the first conv shape that
+    ``layers`` (:func:`dgms_tvm.compiler.site_layers`) gives one of its kernels (a gathered
+    conv's gather names the conv, its 1x1 conv does not), else its last kernel's entry."""
+    return next((v for nm in group if isinstance(v := layers.get(nm), tuple)),
+                layers.get(group[-1], group[-1]))
 
 
 def _entry(names: list[str], label: str, by: dict) -> dict:

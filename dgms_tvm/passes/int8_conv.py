@@ -1,7 +1,8 @@
 """Lowering of a codebook conv2d under the int8 strategy: the input's quantize, the weight's
 decode and the int8 conv (:mod:`dgms_tvm.kernels.int8`, or the widening conv of
-:mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``), or the int8 depthwise
-conv (:mod:`dgms_tvm.kernels.int8_dw`, :mod:`dgms_tvm.kernels.int8_dw_rows`)."""
+:mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``, with its taps gathered
+by :mod:`dgms_tvm.kernels.int8_im2col` where the input has few channels), or the int8
+depthwise conv (:mod:`dgms_tvm.kernels.int8_dw`, :mod:`dgms_tvm.kernels.int8_dw_rows`)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from tvm import relax
 from .. import strategies
 from ..kernels import int8 as kint8
 from ..kernels import int8_decode as kdecode
+from ..kernels import int8_im2col as kim2col
 from ..kernels import int8_long as klong
 from ..kernels import int8_quant as kquant
 
@@ -71,6 +73,35 @@ class Int8ConvLowering:
             rec.kernel = kname
         self.made = rec  # the epilogue pass fuses the ops after it
         return relax.call_tir(gv, [*operands, relax.const(d, "float32"), *corr],
+                              out_ty=out_ty)
+
+    def _int8_im2col(self, x, cw, value, spec, rec, out_ty):
+        """A conv of few input channels on the widening kernel: the input quantized (4
+        channels innermost), its window's taps gathered into the channels of a 1x1 conv
+        (:mod:`dgms_tvm.kernels.int8_im2col`), the weight laid out in the same order at
+        compile time (per output channel for a layer that is no codebook, the stem)."""
+        rec.strategy, rec.reason = "int8", ""
+        ispec = kim2col.Im2colSpec(spec)
+        lspec = self._long(ispec.pointwise)
+        if cw is None:
+            wq, d = kquant.quantize_weight(value, lspec.limit)
+        else:
+            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+                                              lspec.limit)
+            wq = qcb[cw.indices()]
+        ds = kdecode.DecodeSpec.of(lspec.conv, klong.DEPTH)
+        w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
+        xq, sx = self._quantize(x, ispec.inp)
+        cols = self.builder_.emit(relax.call_tir(
+            self._kernel(kim2col.compute, ispec), [xq],
+            out_ty=relax.TensorType(ispec.out.out_shape, "int8")))
+        if cw is None:
+            rec.fp32_kernel = lspec.name
+        else:
+            rec.kernel = lspec.name
+        self.made = rec
+        return relax.call_tir(self._kernel(klong.compute, lspec),
+                              [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
                               out_ty=out_ty)
 
     def _quantize(self, x, qs):

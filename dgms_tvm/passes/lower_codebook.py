@@ -33,6 +33,7 @@ from ..kernels import conv2d as kconv
 from ..kernels import depthwise as kdw
 from ..kernels import int8_dw as kdw8
 from ..kernels import int8_dw_rows as kdwr
+from ..kernels import int8_im2col as kim2col
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
 from .epilogue import fuse_epilogues
@@ -195,6 +196,8 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             return self._depthwise(x, cw, value, spec, rec, out_ty)
         if family in INT8_DW:
             return self._int8_depthwise(x, cw, value, spec, rec, out_ty, INT8_DW[family])
+        if family == kim2col.FAMILY:
+            return self._int8_im2col(x, cw, value, spec, rec, out_ty)
         if family != kconv.FAMILY:
             return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)

@@ -57,6 +57,28 @@ def test_convs_with_an_epilogue_pair_with_the_fp32_layers_they_replace():
     assert "| 2.000 | 0.000 | - |" in table
 
 
+def test_a_gathered_stem_pairs_with_the_fp32_stem():
+    """The stem on a core without sdot is three kernels (quantize, gather, 1x1 widening
+    conv): one row, keyed by the conv the gather names (its 1x1 conv's own shape is no
+    layer of the FP32 build)."""
+    stem = (1, 3, 8, 8, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1)
+    pointwise = (1, 32, 4, 4, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    fp32 = ["fp32_stem", "fused_batch_norm_relu", "pool"]
+    dgms = ["q8_quant_s", "q8_im2col_s", "q8l_conv2d_pw_bias_relu", "pool"]
+    keys = {"FP32": {"fp32_stem": stem, "fused_batch_norm_relu": "fused_batch_norm_relu",
+                     "pool": "pool"},
+            "DGMS": {"q8_quant_s": "q8_quant_s", "q8_im2col_s": stem,
+                     "q8l_conv2d_pw_bias_relu": pointwise, "pool": "pool"}}
+    by = {("kernel", label, nm): {"ms": [1.0], "minstr": 1.0}
+          for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, keys)
+    assert [(la["FP32"]["kernel"], la["DGMS"]["kernel"]) for la in layers] == [
+        ("fp32_stem", "q8_quant_s + q8_im2col_s + q8l_conv2d_pw_bias_relu"),
+        ("fused_batch_norm_relu", "(in a conv's epilogue)"), ("pool", "pool")]
+    assert layers[0]["kind"] == "3x3 s2"
+    assert report.group_layer(keys["DGMS"], ["pool"]) == "pool"
+
+
 def test_site_layers_name_the_conv_whatever_its_kernel():
     """The same conv under the FP32, exact and int8 builds (and with its epilogue) has one
     key; a kernel that runs no conv keeps its name."""

@@ -22,6 +22,7 @@ from dgms_tvm.kernels import (
     int8,
     int8_decode,
     int8_dw,
+    int8_im2col,
     int8_long,
     int8_quant,
 )
@@ -405,10 +406,42 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
         assert rel_err(got, want) < 1e-6, spec.name
 
 
+def test_gathered_int8_stem_runs_on_the_emulated_a72(device, tmp_path, rng):
+    """The 3-channel stem on a core without sdot (kernels.int8_im2col): its quantize (4
+    channels innermost), the gather of its 3x3 / 7x7 window's taps into 16-channel groups,
+    and the widening 1x1 conv over them (with relu6, and writing float32), against the int8
+    oracle of the conv itself."""
+    tracker, _ = device
+    knobs = load_knobs(CPU)
+    for spec, ep in ((conv2d.Conv2dSpec(1, 3, 18, 18, 8, (3, 3), (2, 2), (1, 1, 1, 1)),
+                      Epilogue(True, False, "relu6")),
+                     (conv2d.Conv2dSpec(1, 3, 15, 13, 4, (7, 7), (2, 2), (3, 3, 3, 3)),
+                      Epilogue())):
+        ic = int8_im2col.Im2colSpec(spec)
+        pw = ic.pointwise
+        x = rng.normal(size=(1, 3, spec.height, spec.width)).astype(np.float32)
+        wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape),
+                                           int8_long.WEIGHT_LIMIT)
+        w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=16),
+                                   int8_im2col.columns(ic, wq))
+        b = rng.normal(size=spec.out_channels).astype(np.float32)
+        calls = [(int8_quant.schedule(int8_quant.compute(ic.inp), knobs["q8_quant"]),
+                  [x, np.zeros(ic.inp.out_shape, np.int8), np.zeros(1, np.float32)]),
+                 (int8_im2col.compute(ic), [(0, 1), np.zeros(ic.out.out_shape, np.int8)]),
+                 (int8_long.schedule(int8_long.compute(int8_long.LongSpec(pw, ep)),
+                                     knobs["q8l_conv2d"]),
+                  [(1, 1), (0, 2), w, d, *([b] if ep.bias else []),
+                   np.zeros(spec.out_shape, np.float32)])]
+        got = _run_kernels_remote(tracker, calls, tmp_path, CPU)[-1]
+        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, None)
+        assert rel_err(got, want) < 1e-6, spec.name
+
+
 def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path):
     """ResNet-18 (32x32) in the int8 strategy for cortex-a72: its convs the widening kernel
-    (the 3-channel stem FP32), run on the emulated core, give the numbers of the same lowered
-    module built for this host (the kernels' plain vector forms: the same integer sums), and
+    (the 3-channel stem's taps gathered into a 1x1 one), run on the emulated core, give the
+    numbers of the same lowered module built for this host (the kernels' plain vector forms:
+    the same integer sums), and
     stay close to PyTorch's exact output (8 % of the largest logit here: 17 int8 layers of
     random weights)."""
     tracker, _ = device
@@ -418,6 +451,8 @@ def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path)
     assert build.manifest["strategy"]["resolved"] == "int8"
     convs = [r for r in build.lowered.records if r.lowered and r.op == "conv2d"]
     assert convs and all(r.kernel.startswith("q8l_conv2d_") for r in convs)
+    stem = [r for r in build.lowered.records if r.op == "conv2d" and not r.lowered]
+    assert len(stem) == 1 and "_c32_" in stem[0].fp32_kernel and "_k1x1_" in stem[0].fp32_kernel
     pipeline.write_artifact(build, profile, tmp_path / "art")
     x = loaded.example()
     (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))

@@ -17,6 +17,7 @@ from dgms_tvm.kernels import (
     gemv,
     int8_decode,
     int8_dw,
+    int8_im2col,
     int8_long,
     int8_quant,
 )
@@ -39,11 +40,12 @@ SPECS = [
     int8_dw.Int8DwSpec(C(1, 16, 9, 9, 16, (3, 3), (2, 2), (1, 1, 1, 1), groups=16),
                        act="relu", depth=16,
                        out=int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)),
+    int8_im2col.Im2colSpec(C(1, 3, 16, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), bits=2)),
 ]
 
 
 def test_every_family_is_registered_under_its_attribute():
-    assert len(kernels.FAMILIES) == 10
+    assert len(kernels.FAMILIES) == 11
     for name, fam in kernels.FAMILIES.items():
         assert fam.family == name and issubclass(fam.spec, kernels.Spec)
         assert callable(fam.compute) and callable(fam.schedule) and callable(fam.reference)

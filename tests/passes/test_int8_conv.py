@@ -180,3 +180,31 @@ def test_before_and_expected():
     want = torch.nn.functional.conv2d(torch.from_numpy(xs), torch.from_numpy(w),
                                       padding=1).numpy()
     assert 0 < rel_err(got, want) < 0.03
+
+@pytest.mark.parametrize("codebook_stem", [False, True])
+def test_a_stem_of_3_channels_takes_the_gathered_int8_conv_without_sdot(codebook_stem):
+    """For cortex-a72 the 3-channel stem (float32, quantized per channel; or a 2-bit codebook
+    that the user quantized too) runs the widening kernel's 1x1 conv over its gathered taps
+    (kernels.int8_im2col: 27 values in 2 groups of 16), its BatchNorm + relu fused after it;
+    for neoverse-n1 the sdot conv takes it as it is. Built for this host, close to the exact
+    build."""
+    net, _ = quantized_net()
+    if codebook_stem:
+        hard_quantize(net.stem, 2, skip=())
+    x = torch.randn(1, 3, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    lowered = compiler.lower(imported, 4, strategy="int8", profile=get_profile("cortex-a72"))
+    stem = {r.name: r for r in lowered.records}["stem.weight"]
+    assert stem.strategy == "int8" and stem.lowered == codebook_stem and not stem.reason
+    kernel = stem.kernel if codebook_stem else stem.fp32_kernel
+    assert kernel.startswith("q8l_conv2d_n1_c32_h12_w12_o16_k1x1_") and "relu" in kernel
+    assert stem.epilogue == "bias+batch_norm+relu"  # (the stem has a bias)
+    called = [str(f.attrs[KERNEL_ATTR]) for op, f in main_calls(lowered.mod) if op == "call_tir"]
+    assert called[:3] == ["q8_quant", "q8_im2col", "q8l_conv2d"]
+    n1 = compiler.lower(imported, 4, strategy="int8", profile=get_profile("neoverse-n1"))
+    n1_stem = {r.name: r for r in n1.records}["stem.weight"]
+    assert (n1_stem.kernel or n1_stem.fp32_kernel).startswith("q8_conv2d_n1_c3_")
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host), [x.numpy()])[0]
+    assert 0 < rel_err(got, exact) < 0.05

@@ -1,0 +1,136 @@
+"""The int8 conv of few input channels on cores without sdot (kernels.int8_im2col): the
+gather against its oracle, every byte of its output written; quantize -> gather -> widening
+1x1 conv equal to the int8 oracle of the conv itself (integer sums: exactly) over channel
+counts 1 to 4, windows, strides, dilation, padding, batches, epilogues and the extremes of
+the int8 ranges; its aarch64 build copies a word a tap. Running on the emulated Cortex-A72:
+tests/device/test_emulated.py."""
+
+import re
+
+import numpy as np
+import pytest
+import tvm
+
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_im2col, int8_long, int8_quant
+from dgms_tvm.kernels.common import standalone
+from dgms_tvm.kernels.epilogue import Epilogue
+from dgms_tvm.schedules import load_knobs
+from dgms_tvm.targets import get_profile
+from tests.helpers import rel_err, run_kernel
+
+S = conv2d.Conv2dSpec
+E = Epilogue
+CASES = [
+    (S(1, 3, 20, 18, 8, (3, 3), (2, 2), (1, 1, 1, 1)), E(True, False, "relu6"),
+     "MobileNetV2's stem: 3 channels, 3x3 s2 (2 groups of 5 taps)"),
+    (S(2, 3, 17, 15, 12, (7, 7), (2, 2), (3, 3, 3, 3)), E(True, False, "relu"),
+     "ResNet's stem: 7x7 s2 (10 groups), odd sizes, batch 2"),
+    (S(1, 1, 9, 9, 4, (3, 3), (1, 1), (1, 1, 1, 1), (2, 2)), E(),
+     "1 channel, dilation 2 (one group of 9 taps, its tail zeroed)"),
+    (S(1, 4, 10, 12, 8, (5, 3), (1, 2), (2, 1, 0, 1)), E(True, True, "relu"),
+     "4 channels, 5x3, mixed strides, asymmetric padding, residual"),
+    (S(1, 2, 6, 7, 4, (1, 1)), E(), "2 channels, 1x1 (one tap)"),
+]
+
+
+def _gather(spec, xq):
+    """The gather on the host, its output buffer first filled with a value it must not leave."""
+    return run_kernel(int8_im2col.compute(spec), [xq, np.full(spec.out.out_shape, 77, np.int8)])
+
+
+def _conv(spec, ep, x, wq, d, b, r, limit=int8_long.WEIGHT_LIMIT):
+    """Quantize (the kernel) -> gather -> widening 1x1 conv, on the host."""
+    ic = int8_im2col.Im2colSpec(spec)
+    qs = ic.inp
+    lib = tvm.compile(standalone(int8_quant.compute(qs)), target=get_profile("x86").tvm_target())
+    xq, sx = (tvm.runtime.tensor(np.zeros(s, t)) for s, t in ((qs.out_shape, np.int8),
+                                                              (1, np.float32)))
+    lib["main"](tvm.runtime.tensor(x), xq, sx)
+    xq, sx = xq.numpy(), sx.numpy()
+    assert np.array_equal(xq, int8_quant.reference(qs, x)[0])
+    cols = _gather(ic, xq)
+    pw = ic.pointwise
+    ls = int8_long.LongSpec(pw, ep, limit=limit)
+    w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=16),
+                               int8_im2col.columns(ic, wq))
+    extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+    func = int8_long.schedule(int8_long.compute(ls), load_knobs("x86")["q8l_conv2d"])
+    return run_kernel(func, [cols, sx, w, d, *extra,
+                             np.zeros(spec.out_shape, np.float32)])
+
+
+@pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
+def test_gather_matches_its_oracle_and_writes_every_byte(spec, ep, why, rng):
+    ic = int8_im2col.Im2colSpec(spec)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    xq, _ = int8_quant.reference(ic.inp, x.astype(np.float32))
+    got = _gather(ic, xq)
+    want = int8_im2col.reference(ic, xq)
+    assert np.array_equal(got, want), spec.name
+    # each tap's values once, at its column; the columns no tap has are 0
+    used = sorted(ic.column(c, i, j) for c in range(spec.in_channels)
+                  for i in range(spec.kernel[0]) for j in range(spec.kernel[1]))
+    assert len(set(used)) == len(used) == spec.in_channels * ic.taps
+    rest = np.setdiff1d(np.arange(ic.groups * 16), used)
+    flat = got.transpose(0, 1, 4, 2, 3, 5).reshape(spec.batch, spec.out_h, spec.out_w, -1)
+    assert not flat[..., rest].any()
+
+
+@pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
+def test_gathered_conv_equals_the_int8_conv_oracle(spec, ep, why, rng):
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    lim = int8_long.WEIGHT_LIMIT
+    wq = rng.integers(-lim, lim + 1, size=spec.weight_shape).astype(np.int8)
+    d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
+    b = rng.normal(size=spec.out_channels).astype(np.float32)
+    r = rng.normal(size=spec.out_shape).astype(np.float32)
+    got = _conv(spec, ep, x, wq, d, b, r)
+    want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+    assert rel_err(got, want) < 1e-6, spec.name
+
+
+@pytest.mark.parametrize("limit", [int8_long.WEIGHT_LIMIT, 127])
+@pytest.mark.parametrize("sign", [1, -1])
+def test_gathered_conv_at_the_extremes_of_its_ranges(sign, limit):
+    """Inputs at +-max (quantized to +-127) against weights at +-limit everywhere: the 7x7
+    stem's 147 products of one sign, exact."""
+    spec = S(1, 3, 12, 12, 8, (7, 7), (2, 2), (3, 3, 3, 3))
+    x = np.full((1, 3, 12, 12), 2.5, np.float32)
+    x[0, 1] = -2.5
+    wq = np.full(spec.weight_shape, sign * limit, np.int8)
+    d = np.ones(8, np.float32)
+    got = _conv(spec, E(), x, wq, d, None, None, limit=limit)
+    want = int8.reference_int8(spec, x, wq, d)
+    assert np.array_equal(got, want)
+    assert np.abs(want).max() == pytest.approx(49 * 127 * limit * 2.5 / 127, rel=1e-6)
+
+
+def test_what_the_gather_takes():
+    stem = S(1, 3, 224, 224, 32, (3, 3), (2, 2), (1, 1, 1, 1))
+    ic = int8_im2col.Im2colSpec(stem)
+    assert (ic.per_group, ic.groups, ic.pointwise.in_channels) == (5, 2, 32)
+    assert ic.pointwise.out_shape == stem.out_shape
+    r18 = int8_im2col.Im2colSpec(S(1, 3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3)))
+    assert (r18.groups, r18.pointwise.in_channels) == (10, 160)  # 147 values, 1.09x
+    assert int8_im2col.Im2colSpec.from_json(ic.to_json()) == ic
+    assert ic.name.startswith("q8_im2col_n1_c3_h224")
+    assert "at most 4" in int8_im2col.supports(S(1, 8, 8, 8, 8, (3, 3)))
+    assert "groups" in int8_im2col.supports(S(1, 4, 8, 8, 4, (3, 3), groups=4))
+    assert "multiple of 4" in int8_im2col.supports(S(1, 3, 8, 8, 6, (3, 3)))
+    with pytest.raises(ValueError, match="at most 4"):
+        int8_im2col.Im2colSpec(S(1, 5, 8, 8, 8, (3, 3)))
+    # the widening conv refuses the stem it serves (3 channels padded to 16)
+    assert int8_long.supports(stem) and int8_long.supports(ic.pointwise) == ""
+
+
+def test_gather_builds_to_a_word_a_tap_on_aarch64():
+    """One 32-bit load and store a tap (9 of each per pixel of a 3x3 window), no byte
+    copies."""
+    ic = int8_im2col.Im2colSpec(S(1, 3, 32, 32, 8, (3, 3), (2, 2), (1, 1, 1, 1)))
+    target = get_profile("cortex-a72").tvm_target()
+    asm = tvm.compile(standalone(int8_im2col.compute(ic)), target=target).mod.inspect_source("s")
+    body = asm.split("main_compute_:")[-1]  # (the argument checks before it read bytes)
+    assert len(re.findall(r"\b(?:ldr|ldur)\s+w\d+", body)) in (9, 10)  # (+ the task count)
+    assert len(re.findall(r"\b(?:str|stur)\s+w\d+", body)) == 9
+    assert not re.search(r"\bldrb\b|\bstrb\b", body)
