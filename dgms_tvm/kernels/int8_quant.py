@@ -6,8 +6,9 @@ calibration set to get wrong), rounded to nearest-even, into a zero-padded, chan
 ``int8[N, Hp, Wp, C4]`` copy (``C4``: channels rounded up to 4; ``depth`` 16 for the widening
 conv of :mod:`.int8_long`); stored + 128 as uint8 for x86 VNNI.
 
-Weights: the layer's codebook becomes int8 entries ``q = round(codebook / s_cb)`` with
-``s_cb = max|codebook| / 127`` (entry 0 stays exactly 0), and the per-channel factor
+Weights: the layer's codebook becomes int8 entries ``q = round(codebook / s_cb)``, ``s_cb``
+the scale near ``max|codebook| / 127`` that rounds its entries best (:func:`codebook_scale`;
+entry 0 stays exactly 0), and the per-channel factor
 ``D[o] = s_cb * scale[o]`` (``scale`` is the folded BatchNorm, 1 without one) is applied to
 the output, so one 2^b-entry table serves every channel.
 """
@@ -51,15 +52,56 @@ def quantize_weight(w: np.ndarray, limit: int = 127) -> tuple[np.ndarray, np.nda
     return q.astype(np.int8), s
 
 def quantize_codebook(codebook: np.ndarray, scale: np.ndarray | None,
-                      out_channels: int, limit: int = 127) -> tuple[np.ndarray, np.ndarray]:
+                      out_channels: int, limit: int = 127,
+                      indices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(int8 codebook entries within +-``limit``, float32 per-channel output factor
-    ``D``)."""
+    ``D``). The entries' scale ``s_cb`` is the one of :func:`codebook_scale`, each entry
+    weighed by how many of the layer's ``indices`` use it (alike where None)."""
     cb = np.asarray(codebook, np.float64)
-    top = float(np.abs(cb).max())
-    s_cb = top / limit if top > 0 else 1.0
+    counts = None if indices is None else np.bincount(np.asarray(indices).ravel(),
+                                                      minlength=len(cb))[:len(cb)]
+    s_cb = codebook_scale(cb, limit, counts)
     q = np.clip(np.rint(cb / s_cb), -limit, limit).astype(np.int8)
     d = np.full(out_channels, s_cb) * (1.0 if scale is None else np.asarray(scale, np.float64))
     return q, d.astype(np.float32)
+
+#: The grid of scales :func:`codebook_scale` tries, as multiples of ``max|codebook| /
+#: limit``: below 1 the largest entry is clipped; at 2 it gets half the levels max-abs gives.
+SCALE_SEARCH = np.linspace(0.9, 2.0, 1101)
+
+def codebook_scale(codebook: np.ndarray, limit: int, counts: np.ndarray | None = None) -> float:
+    """The int8 scale of a codebook: the one whose rounded entries (clipped to +-``limit``)
+    are nearest the entries by squared error, each weighed by how many weights use it
+    (``counts``; one each where None). Tried: :data:`SCALE_SEARCH` times ``max|codebook| /
+    limit``, every scale that puts one entry exactly on a level in that range, then the
+    least-squares scale of the best one's levels (kept where it rounds no worse). A
+    codebook has at most 16 entries against ``2 * limit + 1`` levels, so one scale can land
+    most of them near a level, where max-abs (``max / limit``) leaves each off by up to half
+    a step (docs/kernels.md has the error it takes off). 1.0 for an all-zero codebook."""
+    cb = np.asarray(codebook, np.float64)
+    top = float(np.abs(cb).max())
+    if top == 0:
+        return 1.0
+    n = np.ones(len(cb)) if counts is None else np.asarray(counts, np.float64)
+    lo, hi = top / limit * SCALE_SEARCH[0], top / limit * SCALE_SEARCH[-1]
+    mags = np.abs(cb[cb != 0])
+    levels = np.arange(1, limit + 1, dtype=np.float64)
+    exact = (mags[:, None] / levels[None, :]).ravel()
+    cands = np.concatenate([top / limit * SCALE_SEARCH, exact[(exact >= lo) & (exact <= hi)]])
+
+    def errors(s):
+        q = np.clip(np.rint(cb / s[:, None]), -limit, limit)
+        return ((cb - q * s[:, None]) ** 2 * n).sum(axis=1), q
+
+    err, q = errors(cands)
+    i = int(np.lexsort((cands, err))[0])  # the least error; the smallest scale on a tie
+    best, best_err = cands[i], err[i]
+    w = (n * q[i] * q[i]).sum()
+    if w > 0:  # the least-squares scale of those levels
+        ls = np.array([(n * q[i] * cb).sum() / w])
+        if errors(ls)[0][0] < best_err:
+            best = ls[0]
+    return float(best)
 
 def q16(q_codebook: np.ndarray) -> np.ndarray:
     """The int8 codebook padded to the 16 entries of a table lookup."""

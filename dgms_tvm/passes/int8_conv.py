@@ -38,8 +38,9 @@ class Int8ConvLowering:
             wq, d = kquant.quantize_weight(value, limit)
             consts = [relax.const(kdecode.conv_order(ds, wq), "int8")]
         else:
-            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             idx = cw.indices()
+            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit,
+                                              indices=idx)
             if kept:  # decoded once, here, into the order the conv reads
                 predecoded = True
                 consts = [relax.const(kdecode.conv_order(ds, qcb[idx]), "int8")]
@@ -86,9 +87,10 @@ class Int8ConvLowering:
         if cw is None:
             wq, d = kquant.quantize_weight(value, lspec.limit)
         else:
+            idx = cw.indices()
             qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
-                                              lspec.limit)
-            wq = qcb[cw.indices()]
+                                              lspec.limit, indices=idx)
+            wq = qcb[idx]
         ds = kdecode.DecodeSpec.of(lspec.conv, klong.DEPTH)
         w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
         xq, sx = self._quantize(x, ispec.inp)
@@ -123,8 +125,10 @@ class Int8ConvLowering:
         if cw is None:
             wq, d = kquant.quantize_weight(value)
         else:
-            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
-            wq = qcb[cw.indices()]
+            idx = cw.indices()
+            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+                                              indices=idx)
+            wq = qcb[idx]
         dspec, consts = module.lowered(spec, wq, d, klong.DEPTH if wide else 4)
         if cw is None:
             rec.fp32_kernel = dspec.name

@@ -111,12 +111,38 @@ def test_unscheduled_int8_conv2d_matches_its_oracle(spec, why, rng):
         < 1e-6
 
 
+@pytest.mark.parametrize("limit", [63, 127])
+def test_codebook_scale_rounds_no_worse_than_max_abs(limit, rng):
+    """Over random 2- and 4-bit codebooks and usage counts (some entries unused): the scale
+    chosen rounds the used entries, weighed by use, no worse than max|codebook| / limit, and
+    keeps every entry within +-limit."""
+    for bits in (2, 4) * 20:
+        cb = np.concatenate([[0.0], rng.normal(size=(1 << bits) - 1)]).astype(np.float32)
+        counts = rng.integers(0, 50, size=len(cb))
+        idx = np.repeat(np.arange(len(cb)), counts)
+        q, _ = int8_quant.quantize_codebook(cb, None, 1, limit, indices=idx)
+        s = int8_quant.codebook_scale(cb, limit, counts)
+        top = float(np.abs(cb).max()) / limit
+
+        def err(scale):
+            r = np.clip(np.rint(cb / scale), -limit, limit) * scale
+            return float(((cb - r) ** 2 * counts).sum())
+
+        assert np.abs(q).max() <= limit and q[0] == 0
+        assert err(s) <= err(top) + 1e-12
+        np.testing.assert_array_equal(q, np.clip(np.rint(cb / s), -limit, limit))
+    assert int8_quant.codebook_scale(np.zeros(4), 127) == 1.0
+
+
 def test_quantization_details(rng):
-    # The codebook's zero stays exactly zero; the largest entry maps to +-127.
+    # The codebook's zero stays exactly zero; its scale is the one that rounds its entries
+    # best (here every entry a multiple of 0.1 / 16: exact, where max-abs's 0.8 / 127 is not).
     cb = np.array([0.0, -0.2, 0.1, 0.8], np.float32)
     q, d = int8_quant.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
-    assert q.dtype == np.int8 and q[0] == 0 and q[3] == 127 and q[1] == -32
-    np.testing.assert_allclose(d, [2 * 0.8 / 127, -0.8 / 127], rtol=1e-6)
+    s = int8_quant.codebook_scale(cb, 127)
+    assert q.dtype == np.int8 and q[0] == 0 and np.abs(q).max() <= 127
+    np.testing.assert_allclose(q * s, cb, atol=1e-6)
+    np.testing.assert_allclose(d, [2 * s, -s], rtol=1e-6)
     # Inputs round to nearest even, as the kernel's round does.
     xq, sx = int8_quant.quantize_input(np.array([1.0, 0.5 / 127 * 3, -1.0], np.float32))
     assert list(xq) == [127, 2, -127] and sx == np.float32(1 / 127)

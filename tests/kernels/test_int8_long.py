@@ -82,7 +82,7 @@ def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
     cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=spec.scaled)
     q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                         int8_long.WEIGHT_LIMIT)
-    assert np.abs(q).max() == int8_long.WEIGHT_LIMIT
+    assert int8_long.WEIGHT_LIMIT // 2 < np.abs(q).max() <= int8_long.WEIGHT_LIMIT
     x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)
     wq = q[cw.indices()]
     got = _run(spec, E(), x, wq, d, None, None, bits=(cw.indices(), q))

@@ -83,7 +83,7 @@ def reference(spec: GemvSpec, x, indices, codebook, scale=None) -> np.ndarray:
         if scale is not None:
             w = w * np.asarray(scale, np.float64)[:, None]
         return (x.astype(np.float64) @ w.T).astype(np.float32)
-    q, d = quantize_codebook(codebook, scale, spec.n)
+    q, d = quantize_codebook(codebook, scale, spec.n, indices=idx)
     xq, sx = quantize_input(x)
     acc = xq.astype(np.int64) @ q[idx].astype(np.int64).T
     return acc.astype(np.float32) * (sx * d)[None, :]

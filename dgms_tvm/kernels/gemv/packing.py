@@ -68,10 +68,10 @@ class Int8Weights:
     d: np.ndarray  # float32[N]: s_cb * scale[n]
 
 def int8_weights(spec: GemvSpec, indices, codebook, scale=None) -> Int8Weights:
-    q, d = quantize_codebook(codebook, scale, spec.n)
+    idx = np.asarray(indices).reshape(spec.n, spec.k)
+    q, d = quantize_codebook(codebook, scale, spec.n, indices=idx)
     q16 = np.zeros(16, np.int8)
     q16[:len(q)] = q
-    idx = np.asarray(indices).reshape(spec.n, spec.k)
     corr = 128 * q16[idx].astype(np.int64).sum(axis=1)
     return Int8Weights(pack(spec, idx), np.tile(q16, 2 if spec.form == "avx2" else 4),
                        corr.astype(np.int32), d)
