@@ -28,7 +28,8 @@ class Lowered:
 
 def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = True,
           fp32_kernels: bool = True, strategy: str = "exact", profile=None,
-          zero_skip: bool = True, calibration: list[np.ndarray] | None = None) -> Lowered:
+          zero_skip: bool = True, calibration: list[np.ndarray] | None = None,
+          layer_strategy: dict[str, str] | None = None) -> Lowered:
     """Run the codebook lowering, then bind the remaining weights as constants.
 
     Parameters
@@ -53,13 +54,17 @@ def lower(imported: ImportedModel, bits: int | None = None, codebooks: bool = Tr
         Inputs (each the model's one input) to calibrate int8 between layers on, in an int8
         build (:mod:`.passes.int8_chain`: the module is built and run on this host for it);
         None keeps every int8 conv's run-time input quantize.
+    layer_strategy : dict, optional
+        Layer name -> the strategy its conv takes instead of ``strategy`` (chosen by
+        measurement: :mod:`.choice`).
     """
     records: list[LayerRecord] = []
     mod = imported.mod
     if codebooks or fp32_kernels:
         policy = LoweringPolicy(imported.weights, bits, imported.declared, imported.names,
                                 codebooks=codebooks, fp32_kernels=fp32_kernels,
-                                strategy=strategy, profile=profile, zero_skip=zero_skip)
+                                strategy=strategy, profile=profile, zero_skip=zero_skip,
+                                layer_strategy=dict(layer_strategy or {}))
         mod = lower_codebook_layers(policy, records)(mod)
         errors = [r.error for r in records if r.error]
         if errors:

@@ -10,7 +10,17 @@ from pathlib import Path
 import numpy as np
 import tvm
 
-from . import artifact, calibration, compiler, frontend, interrupt, outputs, strategies, zoo
+from . import (
+    artifact,
+    calibration,
+    choice,
+    compiler,
+    frontend,
+    interrupt,
+    outputs,
+    strategies,
+    zoo,
+)
 from .errors import UserError
 from .format import FormatError, check_bits
 from .passes.records import widened_note
@@ -106,21 +116,37 @@ class Build:
 def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
                 quiet: bool = True, t0: float | None = None,
                 tuning_logs: Path | None = None, strategy: str = "auto",
-                calibration_inputs: list[np.ndarray] | None = None) -> Build:
+                calibration_inputs: list[np.ndarray] | None = None,
+                choose: bool = False) -> Build:
     """Lower, schedule and compile an imported model for ``profile``; kernels with a record
     in the target's tuning database under ``tuning_logs`` (``<root>/<target>/``, whatever
     model the records came from: they are keyed by each kernel's structure) get their tuned
     schedule. ``strategy``: see :func:`strategies.resolve` (the FP32 build has no
     codebook layer to apply it to). ``calibration_inputs``: what int8 between layers is
-    calibrated on (default: the model's example input and 7 drawn around it)."""
+    calibrated on (default: the model's example input and 7 drawn around it). ``choose``:
+    each conv takes the strategy or ``exact``, whichever measured faster for it
+    (:mod:`.choice`; the manifest's ``choices`` has both figures)."""
     from .schedules import apply_records, tuning_db
 
     t0 = t0 or time.perf_counter()
-    _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     resolved = strategies.resolve(strategy, profile)
     cal = calibration_inputs or calibration.samples(loaded.example())
+    choices = None
+    if choose and not fp32 and resolved != choice.OTHER:
+        choice.check(profile)
+        choices = choice.by_time(loaded.imported, bits, profile, resolved, cal,
+                                 log=lambda m: _log(f"[2/4] {m} "
+                                                    f"({time.perf_counter() - t0:.1f} s)", quiet))
+    _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              profile=profile, calibration=cal)
+    if choices and (picked := choice.overrides(choices, resolved)):
+        _log(f"[2/4] timing the model with {len(picked)} layer(s) {choice.OTHER} against "
+             f"without ({time.perf_counter() - t0:.1f} s)", quiet)
+        alt = compiler.lower(loaded.imported, bits, strategy=resolved, profile=profile,
+                             calibration=cal, layer_strategy=picked)
+        whole = choice.confirm(alt, lowered, profile, loaded.example())
+        lowered = alt if whole["kept"] else lowered
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
@@ -141,6 +167,11 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
             "lut": sum(r.strategy == "lut" for r in recs),
             # layers that are no codebook (the stem) in the int8 kernel, weights per channel
             "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
+        if choices is not None:
+            manifest["choices"] = {"measure": "ms per call on this host, the layer's kernels "
+                                              "alone (median)", "layers": choices}
+            if choice.overrides(choices, resolved):
+                manifest["choices"]["model_ms"] = whole
         if chained := sum(bool(r.output) for r in recs):
             manifest["calibration"] = {
                 "layers": chained, "inputs": len(cal),
@@ -191,7 +222,8 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
                   fp32: bool = False, seed: int = 0, quiet: bool = False,
                   loaded: LoadedModel | None = None,
                   tuning_logs: Path | None = None, strategy: str = "auto",
-                  calibration_arrays: list[np.ndarray] | None = None) -> dict:
+                  calibration_arrays: list[np.ndarray] | None = None,
+                  choose: bool = False) -> dict:
     """Compile ``model`` for ``target`` into the artifact folder ``output`` (``loaded``: the
     model already loaded, so that several builds of one model import it once;
     ``tuning_logs``: the root of the tuning logs to apply, None for none;
@@ -203,6 +235,8 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
         The manifest written beside the library.
     """
     profile = get_profile(target)
+    if choose and not fp32:
+        choice.check(profile)  # before any work: a target it cannot time is bad input
     profile.cross_compiler()  # fail early when the cross compiler is missing
     artifact.check_output_dir(output)
     outputs.check_writable(output, "artifact")  # a read-only or full disk: now, not after
@@ -217,7 +251,8 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     if calibration_arrays is not None:
         _, shape, dtype = loaded.imported.inputs[0]
         cal = calibration.given(calibration_arrays, shape, dtype)
-    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy, cal)
+    build = build_model(loaded, profile, bits, fp32, quiet, t0, tuning_logs, strategy, cal,
+                        choose)
     _log(f"[4/4] writing {output} ({time.perf_counter() - t0:.1f} s)", quiet)
     write_artifact(build, profile, output)
     _log(f"done in {time.perf_counter() - t0:.1f} s", quiet)
@@ -290,6 +325,15 @@ def format_table(manifest: dict) -> str:
         st = manifest["strategy"]
         lines.append(f"strategy {st['requested']} -> {st['resolved']}: " + ", ".join(
             f"{n} layers {k}" for k, n in st["layers"].items() if n))
+    if ch := manifest.get("choices"):
+        picked = [c["chosen"] for c in ch["layers"].values()]
+        line = f"chosen by measurement ({ch['measure']}): " + ", ".join(
+            f"{picked.count(k)} layers {k}" for k in sorted(set(picked)))
+        if whole := ch.get("model_ms"):
+            line += (f"; the whole model {whole['as chosen']} ms as chosen against "
+                     f"{whole['plain']} ms without: " + ("kept" if whole["kept"] else
+                                                        "not kept"))
+        lines.append(line)
     if cal := manifest.get("calibration"):
         lines.append(f"int8 between layers: {cal['layers']} layers write the next int8 conv's "
                      f"input, scales calibrated on {cal['inputs']} inputs ({cal['source']})")

@@ -14,7 +14,7 @@ from .errors import UserError
 #: ``--strategy`` values. ``exact``: float32 activations, weights decoded to float32.
 #: ``int8``: activations quantized per tensor at run time, int8 codebook, int32 sums.
 #: ``int8-full``: ``int8`` with 8-bit weights on the cores whose fastest int8 conv keeps 7
-#: (the widening kernel of cortex-a53 / a72: about half the error, slower); elsewhere
+#: (the widening kernel of cortex-a53 / a72: less error, slower); elsewhere
 #: ``int8``. ``lut``: activation lookup tables, FP32 arithmetic; it has a kernel for batch-1
 #: dense layers only, its convs stay exact.
 STRATEGIES = ("auto", "exact", "int8", "int8-full", "lut")

@@ -34,7 +34,7 @@ def parse(argv):
                         "PyTorch), int8 (activations quantized per tensor, int32 sums; sdot "
                         "on dotprod cores, the widening kernel on other aarch64 cores), "
                         "int8-full (int8 with 8-bit weights where int8 keeps 7: cortex-a53 / "
-                        "a72; about half the error, slower), lut "
+                        "a72; less error, slower), lut "
                         "(float32 activation lookup tables: batch-1 dense layers; convs stay "
                         "exact), or auto: int8 on aarch64 and x86 with VNNI, else exact "
                         "(default auto; the manifest says what each layer got)")
@@ -42,6 +42,10 @@ def parse(argv):
                    help="inputs to calibrate the int8 values passed between layers on: .npy "
                         "(one input, or several stacked along a first axis) or .npz (default: "
                         "the model's example input and 7 drawn around it)")
+    p.add_argument("--choose", action="store_true",
+                   help="time each conv's kernels on this host in the strategy's build and in "
+                        "the exact one, and give each layer the faster (x86 targets; the "
+                        "manifest's choices keep both times)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)
 
@@ -56,7 +60,8 @@ def main(argv=None):
     manifest = pipeline.compile_model(args.model, args.target, args.output, bits=args.bits,
                                       fp32=args.fp32, seed=args.seed, quiet=args.quiet,
                                       tuning_logs=logs_root(args.tuning_logs),
-                                      strategy=args.strategy, calibration_arrays=cal)
+                                      strategy=args.strategy, calibration_arrays=cal,
+                                      choose=args.choose)
     if not args.quiet:
         print(pipeline.format_table(manifest))
         print(f"artifact: {args.output}/{manifest['library']} + manifest.json")

@@ -189,8 +189,11 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             rec.strategy = "exact"
         if self.policy.strategy == "lut" and cw is not None:
             rec.reason = "exact: no lut conv2d kernel (lut covers batch-1 dense layers)"
-        family, why = self._choose(spec)
-        if why and cw is not None and self._int8:  # the int8 conv could not take it
+        chosen = self.policy.layer_strategy.get(rec.name)
+        family, why = self._choose(spec, chosen)
+        if chosen is not None and cw is not None:
+            rec.reason = f"{chosen}: chosen by measurement"
+        elif why and cw is not None and self._int8:  # the int8 conv could not take it
             rec.reason = f"exact: {why}"
         if family == kdw.FAMILY:
             return self._depthwise(x, cw, value, spec, rec, out_ty)
@@ -203,12 +206,13 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         gv = self._kernel(kconv.compute, spec)
         return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
 
-    def _choose(self, spec) -> tuple[str, str]:
-        """(the family of the first candidate of the strategy that takes ``spec`` on the
-        build's core, the reason the first candidate gave when it is not that one): the
-        candidates are data (:data:`dgms_tvm.strategies.CONV2D`), what takes a layer is each
-        family's ``supports``. The FP32 build's convs are exact whatever the strategy."""
-        strategy = self.policy.strategy if self.policy.codebooks else "exact"
+    def _choose(self, spec, chosen: str | None = None) -> tuple[str, str]:
+        """(the family of the first candidate of the strategy (``chosen``, where the layer's
+        was chosen by measurement) that takes ``spec`` on the build's core, the reason the
+        first candidate gave when it is not that one): the candidates are data
+        (:data:`dgms_tvm.strategies.CONV2D`), what takes a layer is each family's
+        ``supports``. The FP32 build's convs are exact whatever the strategy."""
+        strategy = (chosen or self.policy.strategy) if self.policy.codebooks else "exact"
         first = ""
         for family in strategies.conv2d_candidates(strategy, self.policy.profile):
             why = FAMILIES[family].supports(spec, self.policy.profile)

@@ -112,6 +112,9 @@ class LoweringPolicy:
     profile: object = None
     zero_skip: bool = True
     epilogues: bool = True
+    #: Layer name -> the strategy its conv takes instead of ``strategy`` (a choice by
+    #: measurement: :mod:`dgms_tvm.choice`).
+    layer_strategy: dict[str, str] = dataclasses.field(default_factory=dict)
 
     def display_name(self, param: str) -> str:
         return self.names.get(param, param)
