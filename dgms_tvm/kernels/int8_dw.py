@@ -7,7 +7,7 @@ oracle.
 ``Xq`` / ``s_x``: the input quantized per tensor (:mod:`.int8_quant`, unpadded, ``d``
 channels innermost: ``[N, H, C/d, 1, W, d]``), as the int8 conv before it writes it (int8
 between layers, :mod:`dgms_tvm.passes.int8_chain`) or the run-time quantize makes it.
-``Wq``: the codebook's int8 entries (:func:`.int8_quant.quantize_codebook`, or a float32
+``Wq``: the codebook's int8 entries (:func:`.int8_weights.quantize_codebook`, or a float32
 weight per channel), laid out ``[C/d, kh*kw, d]`` at compile time (9 bytes a channel for a
 3x3 window, against 4.5 for the packed 4-bit indices: no decode per call). ``D``: the
 per-channel factor (codebook scale times BatchNorm scale), ``B`` the shift.

@@ -36,7 +36,8 @@ from . import depthwise, int8_dw, int8_out
 from .common import FP32_WEIGHT, as_kernel, best_tile, span, splat
 from .conv2d import Conv2dSpec
 from .int8_out import Writer
-from .int8_quant import QuantSpec, weight_correction
+from .int8_quant import QuantSpec
+from .int8_weights import weight_correction
 from .protocol import KernelFamily, Spec
 
 FAMILY = "q8r_dw_conv2d"

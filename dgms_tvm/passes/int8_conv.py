@@ -14,6 +14,7 @@ from ..kernels import int8_decode as kdecode
 from ..kernels import int8_im2col as kim2col
 from ..kernels import int8_long as klong
 from ..kernels import int8_quant as kquant
+from ..kernels import int8_weights as kweights
 
 
 class Int8ConvLowering:
@@ -35,21 +36,21 @@ class Int8ConvLowering:
         predecoded = cw is None or ds.supported()
         kept = cw is not None and strategies.keeps_int8_weights(self.policy.profile)
         if cw is None:
-            wq, d = kquant.quantize_weight(value, limit)
+            wq, d = kweights.quantize_weight(value, limit)
             consts = [relax.const(kdecode.conv_order(ds, wq), "int8")]
         else:
             idx = cw.indices()
-            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit,
+            qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit,
                                               indices=idx)
             if kept:  # decoded once, here, into the order the conv reads
                 predecoded = True
                 consts = [relax.const(kdecode.conv_order(ds, qcb[idx]), "int8")]
             else:
                 consts = ([relax.const(kdecode.pack_for_decode(ds, idx), "uint8"),
-                           relax.const(kquant.q16(qcb), "int8")] if predecoded else
+                           relax.const(kweights.q16(qcb), "int8")] if predecoded else
                           [relax.const(cw.packed, "uint8"), relax.const(qcb, "int8")])
-        corr = [relax.const(kquant.weight_correction(wq) if cw is None else
-                            kquant.correction(idx, qcb), "int32")] if unsigned else []
+        corr = [relax.const(kweights.weight_correction(wq) if cw is None else
+                            kweights.correction(idx, qcb), "int32")] if unsigned else []
         qs = kquant.QuantSpec.of(spec, unsigned, depth)
 
         xq, sx = self._quantize(x, qs)
@@ -85,10 +86,10 @@ class Int8ConvLowering:
         ispec = kim2col.Im2colSpec(spec)
         lspec = self._long(ispec.pointwise)
         if cw is None:
-            wq, d = kquant.quantize_weight(value, lspec.limit)
+            wq, d = kweights.quantize_weight(value, lspec.limit)
         else:
             idx = cw.indices()
-            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+            qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                               lspec.limit, indices=idx)
             wq = qcb[idx]
         ds = kdecode.DecodeSpec.of(lspec.conv, klong.DEPTH)
@@ -123,10 +124,10 @@ class Int8ConvLowering:
         # output (aarch64)
         wide = strategies.int8_conv(self.policy.profile) == klong.FAMILY
         if cw is None:
-            wq, d = kquant.quantize_weight(value)
+            wq, d = kweights.quantize_weight(value)
         else:
             idx = cw.indices()
-            qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+            qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                               indices=idx)
             wq = qcb[idx]
         dspec, consts = module.lowered(spec, wq, d, klong.DEPTH if wide else 4)

@@ -25,6 +25,7 @@ from dgms_tvm.kernels import (
     int8_im2col,
     int8_long,
     int8_quant,
+    int8_weights,
 )
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.kernels.epilogue import Epilogue
@@ -159,7 +160,7 @@ def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cp
     m = ((rng.random(32) + 0.5) / scale).astype(np.float32)
     b = (rng.normal(size=32) / scale).astype(np.float32)
     pcw = random_codebook_weight(rng, pw.weight_shape, 4)
-    q, d = int8_quant.quantize_codebook(pcw.codebook, None, 16, ls.limit if wide else 127)
+    q, d = int8_weights.quantize_codebook(pcw.codebook, None, 16, ls.limit if wide else 127)
     bias = rng.normal(size=16).astype(np.float32)
     conv = (int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]) if wide else
             int8.schedule(int8.compute(pw, predecoded=True, epilogue=Epilogue(True)),
@@ -167,7 +168,7 @@ def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cp
     calls = [(depthwise.schedule(depthwise.compute(spec), knobs["dw_conv2d"]),
               [x, cw.packed, cw.codebook, m, b, np.zeros(qs.out_shape, qs.dtype)]),
              (int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-              [int8_decode.pack_for_decode(ds, pcw.indices()), int8_quant.q16(q),
+              [int8_decode.pack_for_decode(ds, pcw.indices()), int8_weights.q16(q),
                np.array([scale], np.float32), np.zeros(ds.shape, np.int8)]),
              (conv, [(0, 5), np.array([scale], np.float32), (1, 3), d, bias,
                      np.zeros(pw.out_shape, np.float32)])]
@@ -210,8 +211,8 @@ def test_int8_chain_through_the_int8_depthwise_on_emulated_cores(device, cpu, tm
     xq, sx = int8_quant.reference(int8_quant.QuantSpec.of(pw1, depth=depth), x)
     s1, s2 = np.float32(0.02), np.float32(0.03)  # calibrated scales: outputs clamped
     cw1, cw2 = (random_codebook_weight(rng, p.weight_shape, p.bits) for p in (pw1, pw2))
-    q1, d1 = int8_quant.quantize_codebook(cw1.codebook, None, 32, limit)
-    q2, d2 = int8_quant.quantize_codebook(cw2.codebook, None, 16, limit)
+    q1, d1 = int8_weights.quantize_codebook(cw1.codebook, None, 32, limit)
+    q2, d2 = int8_weights.quantize_codebook(cw2.codebook, None, 16, limit)
     b1, b2 = (rng.normal(size=c).astype(np.float32) for c in (32, 16))
     wq = rng.integers(-127, 128, size=dwc.weight_shape).astype(np.int8)
     dd = (rng.random(32) * 0.01).astype(np.float32)
@@ -329,17 +330,17 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
         calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape))
+            wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape))
             weights, predecoded = [int8_decode.conv_order(ds, wq)], True
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
             wq, predecoded = q[cw.indices()], ds.supported()
         if spec.bits != FP32_WEIGHT and predecoded:  # 4-bit: the NEON tbl decode kernel
             assert load_knobs(cpu)["q8_decode"]["lookup"] == "tbl"
             calls.append((int8_decode.schedule(int8_decode.compute(ds), load_knobs(cpu)[
                 "q8_decode"]), [int8_decode.pack_for_decode(ds, cw.indices()),
-                                int8_quant.q16(q), (0, 2), np.zeros(ds.shape, np.int8)]))
+                                int8_weights.q16(q), (0, 2), np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
         elif spec.bits != FP32_WEIGHT:  # 3-bit: decoded inside the conv
             weights = [cw.packed, q]
@@ -385,15 +386,15 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
         calls = [(int8_quant.schedule(int8_quant.compute(qs), knobs["q8_quant"]),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape), limit)
+            wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape), limit)
             weights = [int8_decode.conv_order(ds, wq)]
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
+            q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
             wq = q[cw.indices()]
             calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_quant.q16(q), (0, 2),
-                           np.zeros(ds.shape, np.int8)]))
+                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
+                           (0, 2), np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
@@ -420,7 +421,7 @@ def test_gathered_int8_stem_runs_on_the_emulated_a72(device, tmp_path, rng):
         ic = int8_im2col.Im2colSpec(spec)
         pw = ic.pointwise
         x = rng.normal(size=(1, 3, spec.height, spec.width)).astype(np.float32)
-        wq, d = int8_quant.quantize_weight(rng.normal(size=spec.weight_shape),
+        wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape),
                                            int8_long.WEIGHT_LIMIT)
         w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=16),
                                    int8_im2col.columns(ic, wq))

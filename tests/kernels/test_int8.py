@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_quant
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_quant, int8_weights
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
@@ -32,7 +32,7 @@ CASES = [
 
 def _weights(spec, rng):
     cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-    q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+    q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
     return cw, q, d
 
 
@@ -56,7 +56,7 @@ def run_int8(spec, x, cw, q, d, knobs=None, run=run_kernel, unsigned=False):
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    corr = [int8_quant.correction(cw.indices(), q)] if unsigned else []
+    corr = [int8_weights.correction(cw.indices(), q)] if unsigned else []
     return run(cf, [xq.numpy(), sx.numpy(), cw.packed, q, d, *corr,
                     np.zeros(spec.out_shape, np.float32)])
 
@@ -120,8 +120,8 @@ def test_codebook_scale_rounds_no_worse_than_max_abs(limit, rng):
         cb = np.concatenate([[0.0], rng.normal(size=(1 << bits) - 1)]).astype(np.float32)
         counts = rng.integers(0, 50, size=len(cb))
         idx = np.repeat(np.arange(len(cb)), counts)
-        q, _ = int8_quant.quantize_codebook(cb, None, 1, limit, indices=idx)
-        s = int8_quant.codebook_scale(cb, limit, counts)
+        q, _ = int8_weights.quantize_codebook(cb, None, 1, limit, indices=idx)
+        s = int8_weights.codebook_scale(cb, limit, counts)
         top = float(np.abs(cb).max()) / limit
 
         def err(scale):
@@ -131,15 +131,15 @@ def test_codebook_scale_rounds_no_worse_than_max_abs(limit, rng):
         assert np.abs(q).max() <= limit and q[0] == 0
         assert err(s) <= err(top) + 1e-12
         np.testing.assert_array_equal(q, np.clip(np.rint(cb / s), -limit, limit))
-    assert int8_quant.codebook_scale(np.zeros(4), 127) == 1.0
+    assert int8_weights.codebook_scale(np.zeros(4), 127) == 1.0
 
 
 def test_quantization_details(rng):
     # The codebook's zero stays exactly zero; its scale is the one that rounds its entries
     # best (here every entry a multiple of 0.1 / 16: exact, where max-abs's 0.8 / 127 is not).
     cb = np.array([0.0, -0.2, 0.1, 0.8], np.float32)
-    q, d = int8_quant.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
-    s = int8_quant.codebook_scale(cb, 127)
+    q, d = int8_weights.quantize_codebook(cb, np.array([2.0, -1.0], np.float32), 2)
+    s = int8_weights.codebook_scale(cb, 127)
     assert q.dtype == np.int8 and q[0] == 0 and np.abs(q).max() <= 127
     np.testing.assert_allclose(q * s, cb, atol=1e-6)
     np.testing.assert_allclose(d, [2 * s, -s], rtol=1e-6)
@@ -171,7 +171,7 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
         host = tvm.compile(standalone(int8_decode.compute(ds, lookup)), target=HOST)
         w = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
         host["main"](tvm.runtime.tensor(int8_decode.pack_for_decode(ds, idx)),
-                     tvm.runtime.tensor(int8_quant.q16(q)),
+                     tvm.runtime.tensor(int8_weights.q16(q)),
                      tvm.runtime.tensor(np.zeros(1, np.float32)), w)
         np.testing.assert_array_equal(w.numpy(), want, err_msg=lookup)
         if lookup == "pshufb":
@@ -196,7 +196,7 @@ def test_decode_kernel_and_predecoded_conv(bits, shape, rng):
                          np.zeros(spec.out_shape, np.float32)])
     w2 = tvm.runtime.tensor(np.zeros(ds.shape, np.int8))
     host["main"](tvm.runtime.tensor(int8_decode.pack_for_decode(ds, cw.indices())),
-               tvm.runtime.tensor(int8_quant.q16(q)), sx, w2)
+               tvm.runtime.tensor(int8_weights.q16(q)), sx, w2)
     pre = run_kernel(int8.schedule(int8.compute(spec, predecoded=True), knobs),
                      [xq.numpy(), sx.numpy(), w2.numpy(), d,
                       np.zeros(spec.out_shape, np.float32)])
@@ -216,7 +216,7 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     spec = dataclasses.replace(spec, bits=FP32_WEIGHT)
     w = rng.normal(size=spec.weight_shape).astype(np.float32)
     w[1] *= 1e-3  # a channel of small weights keeps its precision: the scale is per channel
-    wq, d = int8_quant.quantize_weight(w)
+    wq, d = int8_weights.quantize_weight(w)
     assert wq.dtype == np.int8 and np.abs(wq).max(axis=(1, 2, 3)).tolist() == [127] * len(d)
     err = np.abs(wq * d[:, None, None, None] - w).max(axis=(1, 2, 3))
     assert np.all(err <= d * np.float32(0.5 + 1e-5))
@@ -231,7 +231,7 @@ def test_float32_weight_quantized_per_channel(spec, why, dot, rng):
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, predecoded=True, unsigned=unsigned), knobs)
     tiled = int8_decode.conv_order(int8_decode.DecodeSpec.of(spec), wq)
-    corr = [int8_quant.weight_correction(wq)] if unsigned else []
+    corr = [int8_weights.weight_correction(wq)] if unsigned else []
     got = run_kernel(func, [xq, sx, tiled, d, *corr,
                             np.zeros(spec.out_shape, np.float32)])
     assert rel_err(got, int8.reference_int8(spec, x, wq, d)) < 1e-6, spec.name
@@ -259,7 +259,7 @@ def test_epilogue_in_the_dequantize_step(ep, dot, rng):
     xq, sx = quantize_on_host(int8_quant.QuantSpec.of(spec, unsigned), x)
     knobs = dict(load_knobs("x86")["q8_conv2d"], dot=dot)
     func = int8.schedule(int8.compute(spec, unsigned=unsigned, epilogue=ep), knobs)
-    extra = ([int8_quant.correction(cw.indices(), q)] if unsigned else []) + \
+    extra = ([int8_weights.correction(cw.indices(), q)] if unsigned else []) + \
         ([b] if ep.bias else []) + ([r] if ep.residual else [])
     got = run_kernel(func, [xq, sx, cw.packed, q, d, *extra,
                             np.zeros(spec.out_shape, np.float32)])

@@ -10,7 +10,7 @@ import pytest
 import tvm
 
 from dgms_tvm import strategies
-from dgms_tvm.kernels import int8, int8_dw, int8_quant
+from dgms_tvm.kernels import int8, int8_dw, int8_quant, int8_weights
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.kernels.conv2d import Conv2dSpec as S
 from dgms_tvm.kernels.epilogue import Epilogue
@@ -48,10 +48,10 @@ def _case(conv, rng, depth=4, act="", out=None, extreme=False, gain=1.0):
     else:
         x = rng.integers(-127, 128, size=shape)
         if conv.bits == FP32_WEIGHT:
-            wq, _ = int8_quant.quantize_weight(rng.normal(size=(c, 1, *conv.kernel)))
+            wq, _ = int8_weights.quantize_weight(rng.normal(size=(c, 1, *conv.kernel)))
         else:
             cw = random_codebook_weight(rng, (c, 1, *conv.kernel), conv.bits)
-            q, _ = int8_quant.quantize_codebook(cw.codebook, None, c)
+            q, _ = int8_weights.quantize_codebook(cw.codebook, None, c)
             wq = q[cw.indices()]
     sx = np.float32(0.01)
     d = ((rng.random(c) + 0.5) * 0.01 * gain).astype(np.float32)
@@ -181,7 +181,7 @@ def test_int8_conv_writing_int8_matches_oracle(spec, act, rng):
     func = int8.schedule(int8.compute(spec, unsigned=unsigned, epilogue=ep, out=out),
                          dict(load_knobs("x86")["q8_conv2d"], dot=dot))
     xq, sx = quantize_on_host(QuantSpec.of(spec, unsigned), x)
-    corr = [int8_quant.correction(cw.indices(), q)] if unsigned else []
+    corr = [int8_weights.correction(cw.indices(), q)] if unsigned else []
     got = run_kernel(func, [xq, sx, cw.packed, q, (d / scale).astype(np.float32), *corr,
                             (b / scale).astype(np.float32), np.zeros(out.out_shape, np.int8)])
     w = spec.out_w

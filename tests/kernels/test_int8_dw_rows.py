@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, depthwise, int8_dw_rows, int8_quant
+from dgms_tvm.kernels import conv2d, depthwise, int8_dw_rows, int8_quant, int8_weights
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.kernels.int8_quant import QuantSpec
 from dgms_tvm.targets import get_profile
@@ -57,7 +57,7 @@ def _run(spec, xq, sx, wq, d, b):
     shape, dt = ((spec.conv.out_shape, np.float32) if out is None
                  else (out.out_shape, out.dtype))
     args = [int8_quant.layout(spec.inp, xq), np.array([sx], np.float32),
-            int8_dw_rows.weights(spec, wq), d, int8_quant.weight_correction(wq), b,
+            int8_dw_rows.weights(spec, wq), d, int8_weights.weight_correction(wq), b,
             np.full(shape, 7, dt)]  # 7: no byte of the output left unwritten
     targs = [tvm.runtime.tensor(np.ascontiguousarray(a)) for a in args]
     lib["main"](*targs)
@@ -128,7 +128,7 @@ def test_weight_layout_correction_and_oracle(rng):
     w = int8_dw_rows.weights(spec, wq)
     assert w.shape == (6, 5, 8) and np.all(w[:, :, 5:] == 0)  # two groups of 4 taps a row
     np.testing.assert_array_equal(w[:, :, :5], wq[:, 0])
-    assert list(int8_quant.weight_correction(wq)) == [128 * int(wq[c].astype(int).sum())
+    assert list(int8_weights.weight_correction(wq)) == [128 * int(wq[c].astype(int).sum())
                                                  for c in range(6)]
     # the oracle is the exact depthwise conv of the dequantized values
     xq, sx, _, d, b = _operands(spec, rng)

@@ -11,7 +11,7 @@ import pytest
 import tvm
 
 from dgms_tvm import strategies
-from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_long, int8_quant
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_long, int8_quant, int8_weights
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
@@ -52,7 +52,7 @@ def _run(spec, ep, x, wq, d, b, r, bits=None, limit=int8_long.WEIGHT_LIMIT):
     else:  # the decode kernel, from the packed indices
         idx, q = bits
         w = run_kernel(int8_decode.compute(ds), [int8_decode.pack_for_decode(ds, idx),
-                                                 int8_quant.q16(q), sx.numpy(),
+                                                 int8_weights.q16(q), sx.numpy(),
                                                  np.zeros(ds.shape, np.int8)])
         assert np.array_equal(w, int8_decode.conv_order(ds, wq))
     extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
@@ -80,7 +80,7 @@ def test_widening_int8_conv_matches_the_int8_oracle(spec, ep, why, limit, rng):
 def test_widening_int8_conv_from_decoded_codebook_indices(bits, rng):
     spec = S(1, 32, 6, 6, 8, (3, 3), padding=(1, 1, 1, 1), bits=bits, scaled=bits == 4)
     cw = random_codebook_weight(rng, spec.weight_shape, bits, scaled=spec.scaled)
-    q, d = int8_quant.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+    q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                         int8_long.WEIGHT_LIMIT)
     assert int8_long.WEIGHT_LIMIT // 2 < np.abs(q).max() <= int8_long.WEIGHT_LIMIT
     x = rng.normal(size=(1, 32, 6, 6)).astype(np.float32)
@@ -166,7 +166,7 @@ def test_widening_int8_conv_writing_int8_matches_oracle(spec, out, act, why, tar
     x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
     xq, sx = int8_quant.reference(ls.quant, x)
     cw = random_codebook_weight(rng, spec.weight_shape, 4)
-    qcb, d = int8_quant.quantize_codebook(cw.codebook, None, spec.out_channels, 63)
+    qcb, d = int8_weights.quantize_codebook(cw.codebook, None, spec.out_channels, 63)
     wq = qcb[cw.indices()]
     b = rng.normal(size=spec.out_channels).astype(np.float32)
     y = int8.reference_int8(spec, x, wq, d) + b[None, :, None, None]

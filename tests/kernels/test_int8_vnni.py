@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_quant, int8_vnni
+from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_quant, int8_vnni, int8_weights
 from dgms_tvm.kernels.common import FP32_WEIGHT, standalone
 from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
@@ -36,12 +36,12 @@ KNOBS = load_knobs("x86")["q8_conv2d"]
 def _run(spec, x, w, dot, ep=Epilogue(), b=None):
     """The predecoded unsigned conv on ``x`` with the float weight ``w`` quantized per
     channel: (ours, the int8 oracle)."""
-    wq, d = int8_quant.quantize_weight(w)
+    wq, d = int8_weights.quantize_weight(w)
     xq, sx = quantize_on_host(int8_quant.QuantSpec.of(spec, True), x)
     func = int8.schedule(int8.compute(spec, predecoded=True, unsigned=True, epilogue=ep),
                          dict(KNOBS, dot=dot))
     tiled = int8_decode.conv_order(int8_decode.DecodeSpec.of(spec), wq)
-    got = run_kernel(func, [xq, sx, tiled, d, int8_quant.weight_correction(wq),
+    got = run_kernel(func, [xq, sx, tiled, d, int8_weights.weight_correction(wq),
                             *([b] if ep.bias else []), np.zeros(spec.out_shape, np.float32)])
     return got, ep.numpy(int8.reference_int8(spec, x, wq, d), b)
 

@@ -20,6 +20,7 @@ from dgms_tvm.kernels import (
     int8_im2col,
     int8_long,
     int8_quant,
+    int8_weights,
 )
 from dgms_tvm.kernels.common import KERNEL_ATTR, standalone
 from dgms_tvm.kernels.epilogue import Epilogue
@@ -94,9 +95,9 @@ def test_decode_kernel_matches_its_oracle(bits, depth, rng):
     ds = int8_decode.DecodeSpec(16, 24, (3, 3), bits, depth)
     assert ds.supported()
     cw = random_codebook_weight(rng, (16, 24, 3, 3), bits)
-    q, _ = int8_quant.quantize_codebook(cw.codebook, cw.scale, 16)
+    q, _ = int8_weights.quantize_codebook(cw.codebook, cw.scale, 16)
     q[-1] = -127  # the extreme entry
     got = run_kernel(int8_decode.compute(ds), [int8_decode.pack_for_decode(ds, cw.indices()),
-                                               int8_quant.q16(q), np.zeros(1, np.float32),
+                                               int8_weights.q16(q), np.zeros(1, np.float32),
                                                np.zeros(ds.shape, np.int8)])
     np.testing.assert_array_equal(got, int8_decode.reference(ds, cw.indices(), q))

@@ -16,6 +16,7 @@ from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
 from dgms_tvm.kernels import int8 as kint8
 from dgms_tvm.kernels import int8_decode as kdecode
 from dgms_tvm.kernels import int8_quant as kquant
+from dgms_tvm.kernels import int8_weights as kweights
 from dgms_tvm.kernels.conv2d import Conv2dSpec
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
@@ -156,7 +157,7 @@ def test_before_and_expected():
     cw = find_codebook(w, 4)
     spec = Conv2dSpec(1, 8, 6, 6, 16, (3, 3), padding=(1, 1, 1, 1), bits=cw.bits)
     qs, ds = kquant.QuantSpec.of(spec), kdecode.DecodeSpec.of(spec)
-    qcb, d = kquant.quantize_codebook(cw.codebook, cw.scale, 16, 127, indices=cw.indices())
+    qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, 16, 127, indices=cw.indices())
     name = kint8.name(spec, predecoded=True)
 
     def expected(bb, x, _w):
@@ -165,7 +166,7 @@ def test_before_and_expected():
         xq, sx = relax.TupleGetItem(q, 0), relax.TupleGetItem(q, 1)
         wq = bb.emit(relax.call_tir(bb.add_func(kdecode.compute(ds), ds.name), [
             relax.const(kdecode.pack_for_decode(ds, cw.indices()), "uint8"),
-            relax.const(kquant.q16(qcb), "int8"), sx],
+            relax.const(kweights.q16(qcb), "int8"), sx],
             out_ty=relax.TensorType(ds.shape, "int8")))
         conv = bb.add_func(kint8.compute(spec, predecoded=True), name)
         return bb.emit(relax.call_tir(conv, [xq, sx, wq, relax.const(d, "float32")],

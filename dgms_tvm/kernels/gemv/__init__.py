@@ -27,7 +27,8 @@ import dataclasses
 import numpy as np
 import tvm
 
-from ..int8_quant import quantize_codebook, quantize_input
+from ..int8_quant import quantize_input
+from ..int8_weights import quantize_codebook
 from ..protocol import KernelFamily
 from . import exact, fp32, int8, lut
 from .packing import (
