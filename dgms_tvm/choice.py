@@ -34,15 +34,13 @@ def check(profile) -> None:
                         f"cycle estimate, is not built)")
 
 
-def layer_times(imported, bits, profile, strategy: str, calibration=None, repeat: int = 5,
-                number: int = 20) -> dict[str, float]:
-    """{conv layer name: ms per call of its kernels and the ops after it} in ``strategy``'s
-    build for ``profile`` (this host). Layers of one shape share a kernel: the k-th call of
-    a kernel is the k-th layer (in graph order) the lowering gave it."""
+def layer_times(lowered, profile, repeat: int = 5, number: int = 20) -> dict[str, float]:
+    """{conv layer name: ms per call of its kernels and the ops after it} in the build
+    ``lowered`` (a :class:`~dgms_tvm.compiler.Lowered`) for ``profile`` (this host). Layers
+    of one shape share a kernel: the k-th call of a kernel is the k-th layer (in graph
+    order) the lowering gave it."""
     from .bench import host_layers
 
-    lowered = compiler.lower(imported, bits, strategy=strategy, profile=profile,
-                             calibration=calibration)
     prepared = compiler.prepare(lowered, profile)
     layers: dict[str, deque] = {}
     for r in lowered.records:
@@ -61,17 +59,17 @@ def layer_times(imported, bits, profile, strategy: str, calibration=None, repeat
     return times
 
 
-def by_time(imported, bits, profile, strategy: str, calibration=None, repeat: int = 5,
-            number: int = 20, log: Callable[[str], None] | None = None) -> dict[str, dict]:
+def by_time(lowered, exact, profile, strategy: str, repeat: int = 5, number: int = 20,
+            log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """{layer: {"chosen": strategy or "exact", "ms": {strategy: t, "exact": t}}} for every
-    conv layer both builds time (the faster wins; ``strategy`` on a tie)."""
+    conv layer both builds time: ``lowered`` (``strategy``'s) and ``exact`` (the faster
+    wins; ``strategy`` on a tie)."""
     check(profile)
     times = {}
-    for s in (strategy, OTHER):
+    for s, build in ((strategy, lowered), (OTHER, exact)):
         if log:
             log(f"timing each layer of the {s} build on this host")
-        times[s] = layer_times(imported, bits, profile, s, calibration if s != OTHER else None,
-                               repeat, number)
+        times[s] = layer_times(build, profile, repeat, number)
     out = {}
     for layer, t in times[strategy].items():
         other = times[OTHER].get(layer)

@@ -131,22 +131,22 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     t0 = t0 or time.perf_counter()
     resolved = strategies.resolve(strategy, profile)
     cal = calibration_inputs or calibration.samples(loaded.example())
-    choices = None
-    if choose and not fp32 and resolved != choice.OTHER:
-        choice.check(profile)
-        choices = choice.by_time(loaded.imported, bits, profile, resolved, cal,
-                                 log=lambda m: _log(f"[2/4] {m} "
-                                                    f"({time.perf_counter() - t0:.1f} s)", quiet))
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              profile=profile, calibration=cal)
-    if choices and (picked := choice.overrides(choices, resolved)):
-        _log(f"[2/4] timing the model with {len(picked)} layer(s) {choice.OTHER} against "
-             f"without ({time.perf_counter() - t0:.1f} s)", quiet)
-        alt = compiler.lower(loaded.imported, bits, strategy=resolved, profile=profile,
-                             calibration=cal, layer_strategy=picked)
-        whole = choice.confirm(alt, lowered, profile, loaded.example())
-        lowered = alt if whole["kept"] else lowered
+    choices, whole = None, None
+    if choose and not fp32 and resolved != choice.OTHER:
+        exact = compiler.lower(loaded.imported, bits, strategy=choice.OTHER, profile=profile)
+        choices = choice.by_time(lowered, exact, profile, resolved,
+                                 log=lambda m: _log(f"[2/4] {m} "
+                                                    f"({time.perf_counter() - t0:.1f} s)", quiet))
+        if picked := choice.overrides(choices, resolved):
+            _log(f"[2/4] timing the model with {len(picked)} layer(s) {choice.OTHER} against "
+                 f"without ({time.perf_counter() - t0:.1f} s)", quiet)
+            alt = compiler.lower(loaded.imported, bits, strategy=resolved, profile=profile,
+                                 calibration=cal, layer_strategy=picked)
+            whole = choice.confirm(alt, lowered, profile, loaded.example())
+            lowered = alt if whole["kept"] else lowered
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
@@ -170,7 +170,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
         if choices is not None:
             manifest["choices"] = {"measure": "ms per call on this host, the layer's kernels "
                                               "alone (median)", "layers": choices}
-            if choice.overrides(choices, resolved):
+            if whole is not None:
                 manifest["choices"]["model_ms"] = whole
         if chained := sum(bool(r.output) for r in recs):
             manifest["calibration"] = {

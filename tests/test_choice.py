@@ -38,7 +38,9 @@ def test_a_layer_chosen_exact_is_lowered_exact_and_says_why():
 
 def test_each_conv_is_timed_in_both_builds_and_the_faster_chosen():
     imported = _block()
-    got = choice.by_time(imported, 4, HOST, "int8", repeat=3, number=5)
+    got = choice.by_time(compiler.lower(imported, 4, strategy="int8", profile=HOST),
+                         compiler.lower(imported, 4, strategy="exact", profile=HOST), HOST,
+                         "int8", repeat=3, number=5)
     assert set(got) == {"c1.weight", "c2.weight", "ds.weight", "c3.weight", "c4.weight"}
     for c in got.values():
         t = c["ms"]

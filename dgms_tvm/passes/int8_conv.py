@@ -41,7 +41,7 @@ class Int8ConvLowering:
         else:
             idx = cw.indices()
             qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit,
-                                              indices=idx)
+                                                indices=idx)
             if kept:  # decoded once, here, into the order the conv reads
                 predecoded = True
                 consts = [relax.const(kdecode.conv_order(ds, qcb[idx]), "int8")]
@@ -85,27 +85,29 @@ class Int8ConvLowering:
         rec.strategy, rec.reason = "int8", ""
         ispec = kim2col.Im2colSpec(spec)
         lspec = self._long(ispec.pointwise)
-        if cw is None:
-            wq, d = kweights.quantize_weight(value, lspec.limit)
-        else:
-            idx = cw.indices()
-            qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
-                                              lspec.limit, indices=idx)
-            wq = qcb[idx]
+        wq, d = self._int8_weight(cw, value, spec, lspec.limit)
         ds = kdecode.DecodeSpec.of(lspec.conv, klong.DEPTH)
         w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
         xq, sx = self._quantize(x, ispec.inp)
         cols = self.builder_.emit(relax.call_tir(
             self._kernel(kim2col.compute, ispec), [xq],
             out_ty=relax.TensorType(ispec.out.out_shape, "int8")))
-        if cw is None:
-            rec.fp32_kernel = lspec.name
-        else:
-            rec.kernel = lspec.name
+        self._note(rec, cw, lspec)
         self.made = rec
         return relax.call_tir(self._kernel(klong.compute, lspec),
                               [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
                               out_ty=out_ty)
+
+    @staticmethod
+    def _int8_weight(cw, value, spec, limit: int = 127):
+        """(int8 weight ``[O, C, kh, kw]``, per-channel ``D``): the codebook's int8 entries
+        (``cw``), or the float32 weight ``value`` per output channel where ``cw`` is None."""
+        if cw is None:
+            return kweights.quantize_weight(value, limit)
+        idx = cw.indices()
+        qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit,
+                                            indices=idx)
+        return qcb[idx], d
 
     def _quantize(self, x, qs):
         """(Xq, s_x): ``x`` quantized at run time into ``qs``'s layout (a producer that can
@@ -123,18 +125,9 @@ class Int8ConvLowering:
         # the channel groups of the core's int8 conv, which writes its input and reads its
         # output (aarch64)
         wide = strategies.int8_conv(self.policy.profile) == klong.FAMILY
-        if cw is None:
-            wq, d = kweights.quantize_weight(value)
-        else:
-            idx = cw.indices()
-            qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
-                                              indices=idx)
-            wq = qcb[idx]
+        wq, d = self._int8_weight(cw, value, spec)
         dspec, consts = module.lowered(spec, wq, d, klong.DEPTH if wide else 4)
-        if cw is None:
-            rec.fp32_kernel = dspec.name
-        else:
-            rec.kernel = dspec.name
+        self._note(rec, cw, dspec)
         self.made = rec
         xq, sx = self._quantize(x, dspec.inp)
         return relax.call_tir(self._kernel(module.compute, dspec),
