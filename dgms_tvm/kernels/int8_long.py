@@ -40,13 +40,13 @@ import tvm
 from tvm.script import tirx as T
 
 from . import int8_out
-from .common import FP32_WEIGHT, as_kernel, span, splat
+from .common import FP32_WEIGHT, as_kernel, span
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
-from .int8_out import Writer
 from .int8_quant import QuantSpec
+from .int8_tile import Tiles
 from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
@@ -178,39 +178,20 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     n_, o_ = s.batch, s.out_channels
     kh, kw = s.kernel
     (sh, sw), (dh, dw) = s.stride, s.dilation
-    oh, ow = s.out_h, s.out_w
     xshape = tuple(int(v) for v in qs.out_shape)
     _, hp, cbs, _, wq, _ = xshape
     wshape = spec.weight_shape
-    nx, nw, ny = int(np.prod(xshape)), int(np.prod(wshape)), n_ * o_ * oh * ow
+    nx, nw, ny = int(np.prod(xshape)), int(np.prod(wshape)), n_ * o_ * s.out_h * s.out_w
     blocks = o_ // CHANNELS
-    # A tile is 4 outputs of a row where the rows split into fours; else 4 consecutive
-    # outputs of the plane (rows flattened, a tile may span two), so that no tile computes
-    # columns past a row's end (a 7-wide plane: 13 tiles, not 14 of which 7 are partial).
-    rows = ow % PIXELS == 0
-    plane = oh * ow
-    full, rest = (ow // PIXELS, 0) if rows else (plane // PIXELS, plane % PIXELS)
+    tiles = Tiles(s, ep, spec.out, spec.fcvtns, PIXELS)
+    full, rest, coords = tiles.full, tiles.rest, tiles.coords
     tile = PIXELS * CHANNELS
     wide = spec.limit == 127
     q = spec.out  # the int8 layout written (None: float32 NCHW)
-    if q is not None:
-        wr = Writer(q, relu=bool(ep.act), fcvtns=spec.fcvtns)
-        fill = wr.fill()
-    nyo = ny if q is None else wr.size
+    fill = tiles.writer.fill() if q is not None else None
+    nyo = tiles.size
     n32 = max(nyo // 4, 1)
-
-    def coords(pos, xi, lanes):
-        """(row, column) of pixel ``xi`` of the tile at ``pos``: ``(row, first column)``,
-        or ``(first flat index,)`` (past the plane's end the last pixel again: its inputs
-        exist, its outputs are not stored)."""
-        if rows:
-            return pos[0], pos[1] + xi
-        p = pos[0] + xi if lanes == PIXELS else T.min(pos[0] + xi, plane - 1)
-        return p // ow, p % ow
-
-    def offset(pos):
-        """The tile's first output within its plane."""
-        return pos[0] * ow + pos[1] if rows else pos[0]
+    store = tiles.store(CHANNELS)
 
     def pixel(xf, n, pos, xi, lanes, r, cb, q):
         """Input channels ``cb*16 ..`` of the input pixel of the tile's pixel ``xi`` at window
@@ -226,43 +207,6 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
         """The 4 pixels' sums of channel ``oi`` of the tile (3 ``addp``)."""
         a = [acc[span(((oi * PIXELS) + xi) * 4, 4)] for xi in range(PIXELS)]
         return _addp(_addp(a[0], a[1]), _addp(a[2], a[3]))
-
-    def finish(acc, S, D, extra, n, b, oi, pos, lanes):
-        """Dequantize, epilogue: the tile's ``lanes`` outputs of channel ``b*4 + oi``."""
-        o = b * CHANNELS + oi
-        v = T.Cast("float32x4", total(acc, oi)) * T.Broadcast(S[0] * D[o], 4)
-        if lanes < 4:
-            v = T.Shuffle([v], list(range(lanes)))
-        if ep.bias:
-            v = v + splat(extra[0][o], lanes)
-        at = (n * o_ + o) * plane + offset(pos)
-        if ep.residual:
-            v = v + extra[-1][span(at, lanes)]
-        if q is not None:  # clamped and rounded by the writer
-            return v
-        if ep.act:
-            v = T.max(v, splat(T.float32(0), lanes))
-        if ep.act == "relu6":
-            v = T.min(v, splat(T.float32(6), lanes))
-        return v
-
-    def pixel_major(acc, S, D, extra, n, b, pos, lanes):
-        """The tile's int8 outputs, pixel ``xi``'s channel ``oi`` byte ``oi`` of lane ``xi``."""
-        word = None
-        for oi in range(CHANNELS):
-            r = wr.rounded(finish(acc, S, D, extra, n, b, oi, pos, lanes), lanes)
-            if oi < CHANNELS - 1 and (q.offset or not ep.act):  # negative: its low byte
-                r = r & splat(T.int32(255), lanes)
-            if oi:
-                r = r << splat(T.int32(8 * oi), lanes)
-            word = r if word is None else word | r
-        return word
-
-    def at_pixel(n, b, pos, xi, lanes):
-        """The int32 word of the tile's channels ``b*4 ..`` of its pixel ``xi`` in ``q``."""
-        yy, x = coords(pos, xi, lanes)
-        c = b * CHANNELS
-        return (wr.at(n * o_ + c, yy, x) + c % DEPTH) // 4
 
     def products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups):
         """(input, weight) vectors of the tile's pixel ``xi`` and channel ``oi`` at window
@@ -283,7 +227,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
 
     @T.macro
     def tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, n, b, pos, lanes):
-        """One register tile: the 4 outputs at ``pos`` (see ``coords``), channels
+        """One register tile: the 4 outputs at ``pos`` (see ``Tiles.coords``), channels
         ``b*4 ..``; ``lanes`` of the 4 are stored (a Python int)."""
         for i in T.unroll(tile):
             acc[T.Ramp(i * 4, 1, 4)] = T.Broadcast(T.int32(0), 4)
@@ -296,19 +240,12 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
                     window_row(xf, wf, acc, n, b, pos, lanes, r, (cp * 2, cp * 2 + 1))
                 if cbs % 2 == 1:  # the last, odd group alone
                     window_row(xf, wf, acc, n, b, pos, lanes, r, (cbs - 1,))
-        if q is None:
-            for oi in T.unroll(CHANNELS):
-                yf[span((n * o_ + b * CHANNELS + oi) * plane + offset(pos), lanes)] = finish(
-                    acc, S, D, extra, n, b, oi, pos, lanes)
-        else:  # int8: each pixel's 4 channels one int32 word, staged, then a word a pixel
-            ob[span(0, lanes)] = pixel_major(acc, S, D, extra, n, b, pos, lanes)
-            for xi in T.unroll(lanes):
-                y32[at_pixel(n, b, pos, xi, lanes)] = ob[xi]
+        store(yf, y32, ob, total, acc, S, D, extra, n, b * CHANNELS, pos, lanes)
 
     @T.macro
     def body(xf, wf, yf, S, D, extra):
         y32 = T.decl_buffer((n32,), "int32", data=yf.data)  # (int8 outputs: words)
-        if q is not None and wr.prefill:
+        if q is not None and tiles.writer.prefill:
             fill(yf)
         for t in T.parallel(n_ * blocks):
             # the tile's accumulators: a small "global" buffer is a stack array, which LLVM
@@ -316,8 +253,8 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
             # workspace pool, a pointer LLVM cannot see through)
             acc = T.alloc_buffer((tile * 4,), "int32")
             ob = T.alloc_buffer((PIXELS,), "int32")
-            if rows:
-                for yy, xo in T.grid(oh, full):
+            if tiles.rows:
+                for yy, xo in T.grid(s.out_h, full):
                     tile_at(xf, wf, yf, y32, S, D, extra, acc, ob, t // blocks, t % blocks,
                             (yy, xo * PIXELS), PIXELS)
             else:
@@ -331,7 +268,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     def flat(buf, size, dtype):
         return T.decl_buffer((size,), dtype, data=buf.data)
 
-    out = (n_, o_, oh, ow)
+    out = (n_, o_, s.out_h, s.out_w)
     yshape, ydt = (out, "float32") if q is None else (q.out_shape, q.dtype)
     if not ep.bias and not ep.residual:
         @T.prim_func(private=True)
