@@ -134,19 +134,11 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
     _log(f"[2/4] lowering codebook layers ({time.perf_counter() - t0:.1f} s)", quiet)
     lowered = compiler.lower(loaded.imported, bits, codebooks=not fp32, strategy=resolved,
                              profile=profile, calibration=cal)
-    choices, whole = None, None
-    if choose and not fp32 and resolved != choice.OTHER:
-        exact = compiler.lower(loaded.imported, bits, strategy=choice.OTHER, profile=profile)
-        choices = choice.by_time(lowered, exact, profile, resolved,
-                                 log=lambda m: _log(f"[2/4] {m} "
-                                                    f"({time.perf_counter() - t0:.1f} s)", quiet))
-        if picked := choice.overrides(choices, resolved):
-            _log(f"[2/4] timing the model with {len(picked)} layer(s) {choice.OTHER} against "
-                 f"without ({time.perf_counter() - t0:.1f} s)", quiet)
-            alt = compiler.lower(loaded.imported, bits, strategy=resolved, profile=profile,
-                                 calibration=cal, layer_strategy=picked)
-            whole = choice.confirm(alt, lowered, profile, loaded.example())
-            lowered = alt if whole["kept"] else lowered
+    choices = None
+    if choose and not fp32 and choice.other(profile, resolved):
+        lowered, choices = choice.choose(
+            loaded, lowered, profile, resolved, bits, cal,
+            lambda m: _log(f"[2/4] {m} ({time.perf_counter() - t0:.1f} s)", quiet))
     interrupt.check()  # TVM swallows a KeyboardInterrupt: here it ends the build all the same
     if note := widened_note(lowered.records):
         _log(note, False)
@@ -168,10 +160,7 @@ def build_model(loaded: LoadedModel, profile, bits: int | None, fp32: bool,
             # layers that are no codebook (the stem) in the int8 kernel, weights per channel
             "int8 per-channel": sum(r.strategy == "int8" and not r.lowered for r in recs)}}
         if choices is not None:
-            manifest["choices"] = {"measure": "ms per call on this host, the layer's kernels "
-                                              "alone (median)", "layers": choices}
-            if whole is not None:
-                manifest["choices"]["model_ms"] = whole
+            manifest["choices"] = choices
         if chained := sum(bool(r.output) for r in recs):
             manifest["calibration"] = {
                 "layers": chained, "inputs": len(cal),
@@ -236,7 +225,8 @@ def compile_model(model: str, target: str, output: Path, bits: int | None = 4,
     """
     profile = get_profile(target)
     if choose and not fp32:
-        choice.check(profile)  # before any work: a target it cannot time is bad input
+        # before any work: a target it cannot measure is bad input
+        choice.check(profile, strategies.resolve(strategy, profile))
     profile.cross_compiler()  # fail early when the cross compiler is missing
     artifact.check_output_dir(output)
     outputs.check_writable(output, "artifact")  # a read-only or full disk: now, not after
@@ -306,7 +296,8 @@ def format_table(manifest: dict) -> str:
             str(r["bits"] or "-"), str(r["codebook_entries"] or "-"),
             f"{r['sparsity']:.1%}" if r["sparsity"] is not None else "-",
             (r["kernel"] and r["kernel"] + (f" ({r['zero_inputs']} all-zero inputs skipped)"
-                                            if r.get("zero_inputs") else ""))
+                                            if r.get("zero_inputs") else "")
+             + (f" ({r['reason']})" if r["reason"] else ""))
             or (f"{r['fp32_kernel']} (FP32 weight as int8 per channel)"
                             if r["strategy"] == "int8" else
                             f"FP32 ({r['fp32_kernel'] or 'TVM default'}): "

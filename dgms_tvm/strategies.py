@@ -53,8 +53,11 @@ GEMV = {
 CONV2D = {
     "exact": ("dw_conv2d", "cb_conv2d"),
     "lut": ("dw_conv2d", "cb_conv2d"),
-    "int8": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8": ("int8_lut", "int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
     "int8-full": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    # int8 without the lookup-table conv: what ``compile --choose`` measures it against
+    # per layer (dgms_tvm.choice); no --strategy value
+    "int8-widening": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
 }
 
 #: The int8 conv of a core: the first rule whose capability it has. Aarch64 cores without
@@ -65,6 +68,17 @@ INT8_CONV = (
     ("dotprod", "q8_conv2d"),
     ("neon", "q8l_conv2d"),
     (None, "q8_conv2d"),
+)
+
+
+#: The lookup-table int8 conv of 1- and 2-bit codebook layers (:mod:`.kernels.int8_lut`): on
+#: aarch64 cores without ``sdot``, where one ``tbl`` + ``sadalp`` make 32 (2-bit) or 64
+#: (1-bit) multiply-adds against the widening conv's 32 in 5 instructions. With ``sdot``
+#: (16 in one) it would gain little.
+INT8_LUT = (
+    ("dotprod", ""),
+    ("neon", "q8t_conv2d"),
+    (None, ""),
 )
 
 
@@ -118,6 +132,13 @@ def int8_depthwise(profile) -> str:
     return next(f for cap, f in INT8_DW if cap is None or profile.has(cap))
 
 
+def int8_lut(profile) -> str:
+    """The lookup-table int8 conv for ``profile``'s core, or ``""`` where there is none."""
+    if profile is None:
+        return ""
+    return next(f for cap, f in INT8_LUT if cap is None or profile.has(cap))
+
+
 def int8_im2col(profile) -> str:
     """The gathered-taps int8 conv for ``profile``'s core, or ``""`` where there is none."""
     if profile is None:
@@ -134,8 +155,9 @@ def int8_conv(profile) -> str:
 
 def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
     """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
-    fams = CONV2D["int8" if is_int8(strategy) else strategy if strategy in CONV2D else "exact"]
-    resolved = {"int8": int8_conv(profile), "int8_im2col": int8_im2col(profile),
+    fams = CONV2D[strategy if strategy in CONV2D else "exact"]
+    resolved = {"int8": int8_conv(profile), "int8_lut": int8_lut(profile),
+                "int8_im2col": int8_im2col(profile),
                 "int8_dw": int8_depthwise(profile)}
     return tuple(f for f in (resolved.get(f, f) for f in fams) if f)
 
@@ -157,7 +179,7 @@ def resolve(requested: str, profile) -> str:
 
 
 def is_int8(strategy: str) -> bool:
-    return strategy in ("int8", "int8-full")
+    return strategy in ("int8", "int8-full", "int8-widening")
 
 
 def gemv_candidates(strategy: str, codebook: bool) -> tuple[tuple[str, str], ...]:

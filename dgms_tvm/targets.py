@@ -199,7 +199,7 @@ def _host_profile() -> TargetProfile:
 
 _ARM = [
     TargetProfile("cortex-a53", "Cortex-A53 (Raspberry Pi 3, ARMv8.0, in-order)",
-                  AARCH64_TRIPLE, "cortex-a53", ("+neon",), 4, "cortex-a53"),
+                  AARCH64_TRIPLE, "cortex-a53", ("+neon",), 4, "cortex-a53", "cortex-a53"),
     TargetProfile("cortex-a55", "Cortex-A55 (little core of most phones, ARMv8.2 + dotprod)",
                   AARCH64_TRIPLE, "cortex-a55", ("+neon", "+v8.2a", "+dotprod"), 4,
                   "cortex-a55"),

@@ -3,11 +3,14 @@ kernels timed on this host in the int8 build and in the exact one, the faster ta
 layer, kept only where the whole model is faster too, and both figures in the manifest;
 a target it cannot time here is one line of error."""
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
 
 from dgms_tvm import choice, compiler, frontend, pipeline
+from dgms_tvm.bench import device_layers, report
 from dgms_tvm.commands import compile as compile_cli
 from dgms_tvm.errors import UserError
 from dgms_tvm.quant import hard_quantize
@@ -88,10 +91,54 @@ def test_the_whole_model_is_timed_both_ways():
     assert got["kept"] == (got["as chosen"] < got["plain"])
 
 
-def test_choose_on_a_target_it_cannot_time_is_one_line(tmp_path, capsys):
-    with pytest.raises(UserError, match=r"needs --target x86, not cortex-a72"):
-        choice.check(get_profile("cortex-a72"))
-    code, err = _cli(compile_cli.main, ["--model", "digitnet", "--target", "cortex-a72",
+def test_choose_on_a_target_it_cannot_measure_is_one_line(tmp_path, capsys):
+    with pytest.raises(UserError, match=r"not neoverse-n1 with int8"):
+        choice.check(get_profile("neoverse-n1"), "int8")
+    with pytest.raises(UserError, match=r"not cortex-a72 with int8-full"):
+        choice.check(get_profile("cortex-a72"), "int8-full")
+    choice.check(get_profile("cortex-a72"), "int8")  # the lookup-table conv or the widening
+    code, err = _cli(compile_cli.main, ["--model", "digitnet", "--target", "neoverse-n1",
                                         "--choose", "--output", str(tmp_path / "a")], capsys)
-    assert code == 2 and len(err) == 1 and "--choose times each layer" in err[0]
+    assert code == 2 and len(err) == 1 and "--choose measures each layer" in err[0]
     assert not (tmp_path / "a").exists()
+
+
+def test_on_an_arm_core_each_conv_takes_the_kernel_of_fewer_estimated_cycles(monkeypatch):
+    """cortex-a72: the lookup-table build against the widening one, per layer by the cycle
+    estimate of its kernels (device_layers.ours, faked here; run for real on the emulated
+    core in tests/device): a layer that loses is lowered to the widening conv and says so."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 2)
+    imported = frontend.from_torch(net, (torch.randn(1, 8, 12, 12),))
+    a72 = get_profile("cortex-a72")
+    assert choice.other(a72, "int8") == "int8-widening"
+    lut = compiler.lower(imported, 2, strategy="int8", profile=a72)
+    wide = compiler.lower(imported, 2, strategy="int8-widening", profile=a72)
+    assert {r.kernel[:10] for r in wide.records if r.name in ("c2.weight", "c3.weight")} == {
+        "q8l_conv2d"}
+    # (the 1x1 convs read a table too few times: the lookup-table build gives them the
+    # widening conv too; --choose moves a layer away from the tables, never onto them)
+
+    def rows(prepared, *args):  # one row per layer, the conv's row first: its cycles
+        out = []
+        for kernels in report.group_sites(compiler.call_sites(prepared)):
+            layer = report.group_layer(compiler.site_layers(prepared), kernels)
+            lut = kernels[-1].startswith("q8t")
+            out.append({"kernels": " + ".join(kernels), "minstr": 1.0,
+                        "mcycles": 3.0 if lut else 2.0,
+                        "key": layer if isinstance(layer, tuple) else None})
+        return out
+
+    monkeypatch.setattr(device_layers, "ours", rows)
+    got = choice.by_cycles(lut, wide, a72, "int8", None, "cortex-a72", Path("unused"))
+    assert got["c2.weight"]["chosen"] == "int8-widening"
+    assert got["c2.weight"]["mcycles"] == {"int8": 3.0, "int8-widening": 2.0}
+    assert got["c3.weight"]["chosen"] == "int8"  # the same kernel in both: a tie
+    picked = choice.overrides(got, "int8")
+    assert picked == {"c2.weight": "int8-widening"}
+    lowered = compiler.lower(imported, 2, strategy="int8", profile=a72, layer_strategy=picked)
+    recs = {r.name: r for r in lowered.records}
+    assert recs["c2.weight"].kernel.startswith("q8l_conv2d_")
+    assert recs["c2.weight"].strategy == "int8"
+    assert recs["c2.weight"].reason == "int8-widening: chosen by measurement"

@@ -63,5 +63,6 @@ def test_int8_depthwise_gather_and_kept_weights_follow_the_capabilities(caps, fa
     assert strategies.keeps_int8_weights(_Core(*caps)) == kept
     assert not strategies.keeps_int8_weights(None)
     assert strategies.int8_im2col(_Core(*caps)) == gather
-    want = ("q8l_conv2d", gather) if gather else ()
+    want = ("q8t_conv2d", "q8l_conv2d", gather) if gather else ()  # (the lookup tables first)
     assert strategies.conv2d_candidates("int8", _Core(*caps))[:len(want)] == want
+    assert strategies.int8_lut(_Core(*caps)) == ("q8t_conv2d" if gather else "")

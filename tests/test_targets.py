@@ -13,7 +13,7 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         knobs = load_knobs(name)
         assert set(knobs) == {"cb_conv2d", "dw_conv2d", "cb_dense", "cb_gemv", "q8_conv2d",
                               "q8l_conv2d", "q8_quant", "q8_decode", "q8_dw_conv2d",
-                              "q8r_dw_conv2d", "q8_im2col", "ops"}
+                              "q8r_dw_conv2d", "q8_im2col", "q8t_conv2d", "ops"}
         # the other ops' loops in parallel on the multi-threaded host only (the aarch64
         # proxy counts one thread)
         assert knobs["ops"].get("parallel", False) == p.is_x86

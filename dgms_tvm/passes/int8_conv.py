@@ -13,6 +13,7 @@ from ..kernels import int8 as kint8
 from ..kernels import int8_decode as kdecode
 from ..kernels import int8_im2col as kim2col
 from ..kernels import int8_long as klong
+from ..kernels import int8_lut as klut
 from ..kernels import int8_quant as kquant
 from ..kernels import int8_weights as kweights
 
@@ -27,7 +28,11 @@ class Int8ConvLowering:
         layer that is no codebook (``cw`` None: the stem) gets its float32 weight
         quantized per output channel, tiled in the conv's order at compile time. The ops
         after it (BatchNorm, add, relu) are the epilogue pass's (:mod:`.epilogue`)."""
-        rec.strategy = "int8"
+        rec.strategy, rec.reason = "int8", ""
+        if family == klong.FAMILY and cw is not None and spec.bits in (1, 2) and \
+                klut.FAMILY in strategies.conv2d_candidates(self.policy.strategy,
+                                                            self.policy.profile):
+            rec.reason = f"widening int8 conv: {klut.supports(spec)}"  # why not the tables
         # the widening kernel (cores without sdot) reads 16 input channels at a time
         depth = klong.DEPTH if family == klong.FAMILY else 4
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
@@ -96,6 +101,25 @@ class Int8ConvLowering:
         self.made = rec
         return relax.call_tir(self._kernel(klong.compute, lspec),
                               [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
+                              out_ty=out_ty)
+
+    def _int8_lut(self, x, cw, spec, rec, out_ty):
+        """A 1- or 2-bit codebook conv on the lookup-table kernel
+        (:mod:`dgms_tvm.kernels.int8_lut`): the input quantized as for the widening conv
+        (so int8 between layers reaches it), the indices packed into table indices and the
+        codebook's int8 entries into the tables' operand at compile time."""
+        rec.strategy, rec.reason = "int8", ""
+        lspec = klut.LutSpec.of(spec)
+        idx = cw.indices()
+        qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
+                                            klut.limit(spec.bits), indices=idx)
+        xq, sx = self._quantize(x, lspec.quant)
+        self._note(rec, cw, lspec)
+        self.made = rec
+        consts = [relax.const(klut.pack(lspec, idx), "uint8"),
+                  relax.const(klut.entries(lspec, qcb), "int8"),
+                  relax.const((d * 2.0 ** klut.SHIFT).astype("float32"), "float32")]
+        return relax.call_tir(self._kernel(klut.compute, lspec), [xq, sx, *consts],
                               out_ty=out_ty)
 
     @staticmethod

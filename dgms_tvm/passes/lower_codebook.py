@@ -34,6 +34,7 @@ from ..kernels import depthwise as kdw
 from ..kernels import int8_dw as kdw8
 from ..kernels import int8_dw_rows as kdwr
 from ..kernels import int8_im2col as kim2col
+from ..kernels import int8_lut as klut
 from ..kernels.common import FP32_WEIGHT
 from .dense import DenseLowering
 from .epilogue import fuse_epilogues
@@ -191,16 +192,23 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             rec.reason = "exact: no lut conv2d kernel (lut covers batch-1 dense layers)"
         chosen = self.policy.layer_strategy.get(rec.name)
         family, why = self._choose(spec, chosen)
+        if why and cw is not None and self._int8:  # the int8 conv could not take it
+            rec.reason = f"exact: {why}"
+        out = self._lower(family, x, cw, value, spec, rec, out_ty)
         if chosen is not None and cw is not None:
             rec.reason = f"{chosen}: chosen by measurement"
-        elif why and cw is not None and self._int8:  # the int8 conv could not take it
-            rec.reason = f"exact: {why}"
+        return out
+
+    def _lower(self, family, x, cw, value, spec, rec, out_ty):
+        """The conv ``spec`` on the kernel ``family``."""
         if family == kdw.FAMILY:
             return self._depthwise(x, cw, value, spec, rec, out_ty)
         if family in INT8_DW:
             return self._int8_depthwise(x, cw, value, spec, rec, out_ty, INT8_DW[family])
         if family == kim2col.FAMILY:
             return self._int8_im2col(x, cw, value, spec, rec, out_ty)
+        if family == klut.FAMILY:
+            return self._int8_lut(x, cw, spec, rec, out_ty)
         if family != kconv.FAMILY:
             return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)
@@ -211,14 +219,17 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         was chosen by measurement) that takes ``spec`` on the build's core, the reason the
         first candidate gave when it is not that one): the candidates are data
         (:data:`dgms_tvm.strategies.CONV2D`), what takes a layer is each family's
-        ``supports``. The FP32 build's convs are exact whatever the strategy."""
+        ``supports``; the reason is the core's int8 conv's where it refused (not that of a
+        form for some layers only, as the lookup-table conv). The FP32 build's convs are
+        exact whatever the strategy."""
         strategy = (chosen or self.policy.strategy) if self.policy.codebooks else "exact"
+        main = strategies.int8_conv(self.policy.profile)  # whose reason a record keeps
         first = ""
         for family in strategies.conv2d_candidates(strategy, self.policy.profile):
             why = FAMILIES[family].supports(spec, self.policy.profile)
             if not why:
                 return family, first
-            first = first or why
+            first = why if family == main else first or why
         raise AssertionError(f"no kernel takes {spec.name}")  # cb_conv2d takes any conv
 
     def _depthwise(self, x, cw, value, spec, rec, out_ty):

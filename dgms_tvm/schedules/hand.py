@@ -33,6 +33,8 @@ def capability_knobs(profile: TargetProfile) -> dict[str, dict]:
         # int8 outputs' rounding
         "q8l_conv2d": {"pairwise": "sadalp", "round": "fcvtns"} if profile.neon
         else {"pairwise": ""},
+        # the lookup-table conv's tbl / sadalp / sqrshrn and int8 outputs' rounding
+        "q8t_conv2d": {"lookup": "tbl", "round": "fcvtns"} if profile.neon else {},
         # 16 weights per table lookup: NEON tbl, x86 SSSE3 pshufb, else one load each
         "q8_decode": {"lookup": "tbl" if profile.neon else "pshufb" if profile.ssse3
                       else "scalar"},

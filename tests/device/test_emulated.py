@@ -11,7 +11,7 @@ import pytest
 import torch
 import tvm
 
-from dgms_tvm import compiler, pipeline, zoo
+from dgms_tvm import choice, compiler, frontend, pipeline, zoo
 from dgms_tvm.device import client, manager, state
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import (
@@ -24,17 +24,21 @@ from dgms_tvm.kernels import (
     int8_dw,
     int8_im2col,
     int8_long,
+    int8_lut,
     int8_quant,
     int8_weights,
 )
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.kernels.epilogue import Epilogue
+from dgms_tvm.quant import hard_quantize
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
+from tests.passes.graphs import Block
 
 CPU = "cortex-a72"
 DOTPROD = "neoverse-n1"
+IN_ORDER = "cortex-a53"
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +49,8 @@ def device(tmp_path_factory):
     info = manager.start(CPU, count=2, log=lambda *_: None)  # two devices under one key
     # ... and a dotprod core under its own key, for the sdot kernels.
     manager.start(DOTPROD, count=1, tracker=info["tracker"], log=lambda *_: None)
+    # ... and the in-order core of the Raspberry Pi 3, for the lookup-table conv.
+    manager.start(IN_ORDER, count=1, tracker=info["tracker"], log=lambda *_: None)
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
     yield tracker, run
     pids = [e["pid"] for e in state.load()]
@@ -356,6 +362,79 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
         got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
         want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
         assert rel_err(got, want) < 1e-6, spec.name
+
+
+@pytest.mark.parametrize("cpu", [CPU, IN_ORDER])
+def test_lookup_table_conv_runs_on_emulated_cores(device, cpu, tmp_path, rng):
+    """The lookup-table conv of 1- and 2-bit layers (tbl over two tables, sadalp, tables
+    rounded by sqrshrn) behind its depth-16 quantize, on the Cortex-A72 and the in-order
+    A53: exactly its oracle. A 3x3 with padding and the epilogue (a 7-wide plane in
+    flattened tiles), a 1x1 stride 2 (tables only where the stride lands), 24 channels
+    padded to 32 at 1 bit, and every input at 127 against the largest entry (each 16-bit lane
+    at its bound), writing int8 for the next conv."""
+    tracker, _ = device
+    knobs = load_knobs(cpu)
+    assert knobs["q8t_conv2d"]["lookup"] == "tbl"
+    S = conv2d.Conv2dSpec
+    cases = [(S(1, 32, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), bits=2),
+              Epilogue(True, False, "relu"), None),
+             (S(1, 48, 10, 10, 16, (1, 1), (2, 2), bits=2), Epilogue(True, True), None),
+             (S(1, 24, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=1), Epilogue(), None),
+             (S(1, 512, 2, 4, 16, (1, 1), bits=2), Epilogue(), "max")]
+    for spec, ep, extreme in cases:
+        out = int8_quant.QuantSpec(*spec.out_shape, depth=16) if extreme else None
+        ls = int8_lut.LutSpec.of(spec, epilogue=ep, out=out)
+        qs = ls.quant
+        if extreme:
+            x = np.ones((1, spec.in_channels, spec.height, spec.width), np.float32)
+            idx = np.full(spec.weight_shape, 3)
+            qcb = np.array([0, 0, 0, int8_lut.limit(2)], np.int8)
+        else:
+            x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width))
+            x = x.astype(np.float32)
+            idx = rng.integers(0, 1 << spec.bits, size=spec.weight_shape)
+            lim = int8_lut.limit(spec.bits)
+            qcb = np.concatenate([[0], rng.integers(-lim, lim + 1, (1 << spec.bits) - 1)])
+        d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32) / 64
+        if extreme:  # 128 tables of 126 (2 x 127 x 127 rounded by 256): 127.0
+            d = np.ones(spec.out_channels, np.float32)
+        b = rng.normal(size=spec.out_channels).astype(np.float32)
+        r = rng.normal(size=spec.out_shape).astype(np.float32)
+        extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+        y = np.zeros(spec.out_shape, np.float32) if out is None else np.full(
+            out.out_shape, 77, np.int8)
+        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
+                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)]),
+                 (int8_lut.schedule(int8_lut.compute(ls), knobs["q8t_conv2d"]),
+                  [(0, 1), (0, 2), int8_lut.pack(ls, idx),
+                   int8_lut.entries(ls, qcb.astype(np.int8)), d, *extra, y])]
+        got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
+        want = ep.numpy(int8_lut.reference(ls, x, idx, qcb, d), b, r)
+        if out is None:
+            assert rel_err(got, want) < 1e-6, ls.name
+        else:
+            assert np.array_equal(got, int8.reference_out(out, want, False)), ls.name
+            assert (got == 127).all()
+
+
+def test_choice_by_the_cycle_estimate_on_the_emulated_a72(device, tmp_path):
+    """``compile --choose`` on cortex-a72: every kernel of the lookup-table build and of the
+    widening one counted alone on the emulated core; each 2-bit conv gets both estimates
+    and the kernel of fewer cycles."""
+    tracker, _ = device
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, 2)
+    imported = frontend.from_torch(net, (torch.randn(1, 8, 12, 12),))
+    a72 = get_profile(CPU)
+    lut = compiler.lower(imported, 2, strategy="int8", profile=a72)
+    wide = compiler.lower(imported, 2, strategy="int8-widening", profile=a72)
+    got = choice.by_cycles(lut, wide, a72, "int8", tracker, CPU, tmp_path, workers=2)
+    for name in ("c2.weight", "c3.weight", "c4.weight"):
+        c = got[name]
+        assert set(c["mcycles"]) == set(c["minstr"]) == {"int8", "int8-widening"}
+        assert min(c["mcycles"].values()) > 0 and min(c["minstr"].values()) > 0
+        assert c["chosen"] == min(c["mcycles"], key=lambda k: (c["mcycles"][k], k != "int8"))
 
 
 def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):

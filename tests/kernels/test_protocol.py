@@ -19,6 +19,7 @@ from dgms_tvm.kernels import (
     int8_dw,
     int8_im2col,
     int8_long,
+    int8_lut,
     int8_quant,
     int8_weights,
 )
@@ -42,11 +43,14 @@ SPECS = [
                        act="relu", depth=16,
                        out=int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)),
     int8_im2col.Im2colSpec(C(1, 3, 16, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), bits=2)),
+    int8_lut.LutSpec(C(1, 32, 9, 9, 16, (3, 3), padding=(1, 1, 1, 1), bits=1),
+                     Epilogue(True, False, "relu6"), blocks=2, neon=True,
+                     out=int8_quant.QuantSpec(1, 16, 9, 9, depth=16)),
 ]
 
 
 def test_every_family_is_registered_under_its_attribute():
-    assert len(kernels.FAMILIES) == 11
+    assert len(kernels.FAMILIES) == 12
     for name, fam in kernels.FAMILIES.items():
         assert fam.family == name and issubclass(fam.spec, kernels.Spec)
         assert callable(fam.compute) and callable(fam.schedule) and callable(fam.reference)

@@ -209,3 +209,39 @@ def test_a_stem_of_3_channels_takes_the_gathered_int8_conv_without_sdot(codebook
     got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
     exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host), [x.numpy()])[0]
     assert 0 < rel_err(got, exact) < 0.05
+
+
+@pytest.mark.parametrize("bits", [1, 2])
+def test_low_bit_layers_take_the_lookup_table_conv_without_sdot(bits):
+    """For cortex-a72 a 1- or 2-bit codebook conv whose tables are read often enough is the
+    lookup-table conv (its epilogue fused as the widening conv's); the 1x1 convs of 16 and 8
+    outputs (2 and 1 reads a table) take the widening conv and say why; a layer neither
+    takes keeps the widening conv's reason (8 input channels); ``int8-full`` keeps the
+    widening conv, neoverse-n1 the sdot conv. Built for this host (the kernel's plain
+    form), within the tables' error of exact."""
+    torch.manual_seed(0)
+    net = Block().eval()
+    hard_quantize(net, bits)
+    x = torch.randn(1, 8, 12, 12)
+    imported = frontend.from_torch(net, (x,))
+    a72, n1, host = (get_profile(t) for t in ("cortex-a72", "neoverse-n1", "x86"))
+    lowered = compiler.lower(imported, bits, strategy="int8", profile=a72)
+    recs = {r.name: r for r in lowered.records}
+    c2 = recs["c2.weight"]
+    assert c2.strategy == "int8" and not c2.reason and c2.kernel.startswith("q8t_conv2d_")
+    assert c2.epilogue == "batch_norm+add+relu"
+    for name, reads in (("c3.weight", 2), ("c4.weight", 1)):
+        assert recs[name].strategy == "int8" and recs[name].kernel.startswith("q8l_conv2d_")
+        assert recs[name].reason == (f"widening int8 conv: each table would be read {reads} "
+                                     "times (the lookup-table conv pays from 16)")
+    assert recs["ds.weight"].strategy == "exact" and "16 at a time" in recs["ds.weight"].reason
+    full = {r.name: r for r in compiler.lower(imported, bits, strategy="int8-full",
+                                              profile=a72).records}
+    assert full["c2.weight"].kernel.startswith("q8l_conv2d_") and not full["c3.weight"].reason
+    sdot = {r.name: r for r in compiler.lower(imported, bits, strategy="int8",
+                                              profile=n1).records}
+    assert sdot["c2.weight"].kernel.startswith("q8_conv2d_")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, bits), host),
+                               [x.numpy()])[0]
+    assert 0 < rel_err(got, exact) < 0.1

@@ -1,0 +1,40 @@
+"""Each layer of a build's ``main`` with its kernels run alone on Cortex-A devices from a
+tracker: instructions and estimated cycles per call, the layers as the host's rows
+(:func:`.host_layers.ours`) group them. What ``--choose`` measures on an ARM target."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from .on_device import Job, _kernel_job, _run_jobs
+
+
+def ours(prepared, profile, tracker, key: str, workdir: Path, workers: int = 1) -> list[dict]:
+    """Each layer of ``main`` in order: its kernels, M instructions and M estimated cycles
+    (each kernel run once alone under the counter; the counts are deterministic), and the
+    conv's shape as ``key`` (None for a layer that runs no conv)."""
+    import tvm
+
+    from .. import compiler
+    from .report import group_layer, group_sites
+
+    kmod = compiler.kernel_module(prepared)
+    workdir.mkdir(parents=True, exist_ok=True)
+    path = workdir / "kernels.so"
+    tvm.compile(kmod, target=profile.tvm_target()).export_library(
+        str(path), fcompile=profile.cross_compiler())
+    sites = compiler.call_sites(prepared)
+    jobs = [Job(f"kernel {name}", "kernel", "", path, name) for name in dict.fromkeys(sites)]
+    _run_jobs(jobs, lambda job, dev: _kernel_job(job, dev, kmod[job.name], 1, 1), tracker,
+              key, profile, workdir, True, workers)
+    per = {j.name: j.result for j in jobs}
+    layers = compiler.site_layers(prepared)
+    rows = []
+    for kernels in group_sites(sites):
+        layer = group_layer(layers, kernels)
+        cycles = [per[k]["mcycles"] for k in kernels]
+        rows.append({"kernels": " + ".join(kernels),
+                     "minstr": sum(per[k]["minstr"] for k in kernels),
+                     "mcycles": None if None in cycles else sum(cycles),
+                     "key": layer if isinstance(layer, tuple) else None})
+    return rows
