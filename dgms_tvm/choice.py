@@ -110,7 +110,7 @@ def by_cycles(lowered, alt, profile, strategy: str, tracker, key: str, workdir: 
     """{layer: {"chosen": ..., "mcycles": {strategy: c, other: c}, "minstr": {...}}} for every
     conv layer of ``lowered`` (``strategy``'s build) and ``alt`` (the ``other`` one), each
     kernel run alone on the emulated devices under ``key``: the fewer estimated cycles win
-    (``strategy`` on a tie)."""
+    (``strategy`` on a tie, and where both builds run the same conv kernel)."""
     from .bench import device_layers
 
     alt_name = other(profile, strategy)
@@ -121,12 +121,16 @@ def by_cycles(lowered, alt, profile, strategy: str, tracker, key: str, workdir: 
         rows = device_layers.ours(compiler.prepare(build, profile), profile, tracker, key,
                                   workdir / s, workers)
         figures[s] = {m: per_layer(build, rows, m) for m in ("mcycles", "minstr")}
+    # a layer whose conv is the same kernel in both builds keeps the strategy's: the
+    # estimates of one code placed in two libraries differ by a few percent
+    kernels = {r.name: r.kernel for r in alt.records}
+    same = {r.name for r in lowered.records if r.kernel == kernels.get(r.name)}
     out = {}
     for layer, c in figures[strategy]["mcycles"].items():
         d = figures[alt_name]["mcycles"].get(layer)
         if d is None:
             continue
-        out[layer] = {"chosen": strategy if c <= d else alt_name,
+        out[layer] = {"chosen": strategy if c <= d or layer in same else alt_name,
                       **{m: {s: round(figures[s][m][layer], 4) for s in (strategy, alt_name)}
                          for m in ("mcycles", "minstr")}}
     return out

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .on_device import Job, _kernel_job, _run_jobs
+from .device_jobs import Job, kernel_job, run_jobs
 
 
 def ours(prepared, profile, tracker, key: str, workdir: Path, workers: int = 1) -> list[dict]:
@@ -25,7 +25,7 @@ def ours(prepared, profile, tracker, key: str, workdir: Path, workers: int = 1) 
         str(path), fcompile=profile.cross_compiler())
     sites = compiler.call_sites(prepared)
     jobs = [Job(f"kernel {name}", "kernel", "", path, name) for name in dict.fromkeys(sites)]
-    _run_jobs(jobs, lambda job, dev: _kernel_job(job, dev, kmod[job.name], 1, 1), tracker,
+    run_jobs(jobs, lambda job, dev: kernel_job(job, dev, kmod[job.name], 1, 1), tracker,
               key, profile, workdir, True, workers)
     per = {j.name: j.result for j in jobs}
     layers = compiler.site_layers(prepared)

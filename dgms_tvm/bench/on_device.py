@@ -9,9 +9,6 @@ that time is emulation time, not an ARM speed measure: the report says so.
 from __future__ import annotations
 
 import dataclasses
-import queue
-import sys
-import threading
 import time
 from pathlib import Path
 
@@ -19,11 +16,12 @@ import numpy as np
 
 from .. import artifact, compiler, pipeline
 from ..device.client import Tracker, check_compatible
-from ..device.cycles import estimate, model_of
-from ..device.insn import SMALL_KERNEL
+from ..device.cycles import model_of
 from ..errors import UserError
 from ..targets import get_profile
 from . import ort_int8
+from .device_jobs import NO_CYCLES, Device, Job, kernel_job, run_jobs
+from .device_jobs import log as _log
 from .ort_int8 import PEER_CONFIGS, PEERS
 from .report import layers as _layers
 from .report import sparsity as _sparsity
@@ -44,98 +42,7 @@ class Row:
     hot: list | None = None  # the blocks charged the most cycles (cycles.Hot, as dicts)
 
 
-@dataclasses.dataclass
-class Job:
-    """One unit of device work; the pool hands jobs to whichever device is free."""
-
-    label: str
-    kind: str  # "model" | "kernel" | "peer"
-    build: str
-    path: Path | None = None  # library to upload (model / kernel jobs)
-    name: str | None = None  # kernel name (kernel jobs)
-    result: dict | None = None
-
-
-def _log(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
-
-_warned: list = []  # the warnings given: no cycle estimate, unreadable blocks
-NO_CYCLES = {"mcycles": None, "hot": None}
-
-
-class _Device:
-    """One session on a device from the tracker, with its uploaded modules cached."""
-
-    def __init__(self, tracker: Tracker, key: str, profile, workdir: Path, counting: bool,
-                 timeout: float):
-        self.profile = profile
-        self.sess = tracker.request(key, timeout=timeout)
-        self.dev = self.sess.cpu()
-        self.modules: dict[Path, object] = {}
-        self.counter = None
-        if counting:
-            from ..device.insn import Counter
-
-            self.counter = Counter(self.sess, profile, key, workdir)
-
-    def close(self) -> None:
-        """Give the device back to the tracker now (the session ends when freed)."""
-        import gc
-
-        self.modules.clear()
-        self.counter = None
-        self.sess = self.dev = None
-        gc.collect()
-
-    def module(self, path: Path):
-        if path not in self.modules:
-            remote = f"{path.parent.name}-{path.name}"
-            self.sess.upload(str(path), remote)
-            self.modules[path] = self.sess.load_module(remote)
-        return self.modules[path]
-
-    def measure(self, make_eval, repeat: int, number: int):
-        """Times (ms) and, when counting, M instructions per call of one remote function and
-        its cycle figures (:meth:`Estimate.figures`); ``make_eval(number, repeat)`` gives its
-        ``time_evaluator``."""
-        if self.counter is None:
-            res = make_eval(number, repeat)()
-            return [1e3 * s for s in res.results], None, NO_CYCLES
-        times: list[float] = []
-
-        def factory(n):
-            def call():
-                times.append(1e3 * make_eval(n, 1)().mean)
-            return call
-
-        per_call = self.counter.per_call(factory, 1, 2)
-        if per_call < SMALL_KERNEL:  # small: average over more calls, above the RPC noise
-            per_call = self.counter.per_call(factory, 1, 1 + min(100, int(
-                SMALL_KERNEL / max(per_call, 1e4))))
-        return times[-1:], 1e-6 * per_call, self._cycles(self.counter.executions)
-
-    def _cycles(self, executions) -> dict:
-        """The cycle figures per call, or none (with one warning) where there is no
-        estimate: a device without a block log, or no llvm-mca here."""
-        try:
-            if executions is None:
-                raise UserError("the device keeps no block log (started by an older version: "
-                                "restart it)")
-            est = estimate(executions, self.profile.mcpu)
-            if est.unparsed and len(_warned) < 2:
-                _warned.append(est)
-                _log(f"note: llvm-mca could not read {len(est.unparsed)} hot block(s) (the "
-                     f"first: {est.unparsed[0]!r}); charged at the others' cycles per "
-                     f"instruction ({est.coverage:.1%} of the instructions weighed)")
-            return est.figures()
-        except UserError as err:
-            if not any(isinstance(w, UserError) for w in _warned):
-                _warned.append(err)
-                _log(f"warning: no cycle estimate: {err}")
-            return NO_CYCLES
-
-def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) -> dict:
+def _model_job(job: Job, dev: Device, x: np.ndarray, repeat: int, number: int) -> dict:
     import tvm
     from tvm import relax
 
@@ -153,80 +60,6 @@ def _model_job(job: Job, dev: _Device, x: np.ndarray, repeat: int, number: int) 
 
         _, minstr, cycles = dev.measure(make_eval, 1, 1)
     return {"output": out, "ms": ms, "minstr": minstr, **cycles}
-
-def _kernel_job(job: Job, dev: _Device, func, repeat: int, number: int) -> dict:
-    import tvm
-
-    from .operands import random_inputs
-
-    args = [tvm.runtime.tensor(a, dev.dev) for a in random_inputs(func)]
-    rmod = dev.module(job.path)
-
-    def make_eval(n, r):
-        ev = rmod.time_evaluator(job.name, dev.dev, number=n, repeat=r)
-        return lambda: ev(*args)
-
-    ms, minstr, cycles = dev.measure(make_eval, repeat, number)
-    return {"ms": ms, "minstr": minstr, **cycles}
-
-def _run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, workdir: Path,
-              counting: bool, workers: int, timeout: float = 300.0) -> None:
-    """Run ``jobs`` on up to ``workers`` devices under ``key`` at once (each worker holds one
-    tracker session). A job whose device dies is retried once on a fresh session (the
-    supervisor restarts emulated devices); a second failure stops the run with a clear error."""
-    from tqdm import tqdm
-
-    todo = queue.Queue()
-    for j in jobs:
-        todo.put(j)
-    failed: list[UserError] = []
-    lock = threading.Lock()
-    bar = tqdm(total=len(jobs), desc=f"device jobs ({workers} device(s) under {key})",
-               file=sys.stderr, leave=False)
-
-    def worker():
-        dev = None
-        try:
-            while not failed:
-                try:
-                    job = todo.get_nowait()
-                except queue.Empty:
-                    return
-                for attempt in (1, 2):
-                    try:
-                        if dev is None and job.kind != "peer":
-                            dev = _Device(tracker, key, profile, workdir, counting, timeout)
-                        job.result = run_one(job, dev)
-                        break
-                    except UserError as err:
-                        failed.append(err)
-                        return
-                    except Exception as err:  # the device or its session died
-                        if dev is not None:
-                            dev.close()
-                        dev = None
-                        first = (str(err).strip().splitlines() or [type(err).__name__])[0]
-                        if attempt == 2:
-                            failed.append(UserError(
-                                f"{job.label} failed twice on devices under key {key!r} "
-                                f"(the device died? see its log): {first}"))
-                            return
-                        tqdm.write(f"  {job.label}: device lost ({first[:80]}); retrying "
-                                   "once on a fresh device", file=sys.stderr)
-                with lock:
-                    bar.update(1)
-        finally:
-            if dev is not None:
-                dev.close()
-
-    threads = [threading.Thread(target=worker, daemon=True) for _ in range(workers)]
-    for th in threads:
-        th.start()
-    for th in threads:
-        th.join()
-    bar.close()
-    if failed:
-        raise failed[0]
 
 def device_count(tracker: Tracker, key: str) -> int:
     """Devices free under ``key`` now (at least 1: a busy farm is waited for)."""
@@ -314,14 +147,14 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     _log(f"[3/3] running {len(jobs)} jobs on {workers} device(s) under key {key!r} from "
          f"tracker {tracker}")
 
-    def run_one(job: Job, dev: _Device | None) -> dict:
+    def run_one(job: Job, dev: Device | None) -> dict:
         if job.kind == "model":
             return _model_job(job, dev, x, repeat, number)
         if job.kind == "kernel":
-            return _kernel_job(job, dev, funcs[(job.build, job.name)], repeat, number)
+            return kernel_job(job, dev, funcs[(job.build, job.name)], repeat, number)
         return _peer(job.label, onnx_fp32, x, profile, repeat, output)
 
-    _run_jobs(jobs, run_one, tracker, key, profile, output, emulated and counting, workers)
+    run_jobs(jobs, run_one, tracker, key, profile, output, emulated and counting, workers)
     by = {(j.kind, j.build, j.name): j.result for j in jobs}
     rows, outs = [], {}
     for label, b in builds.items():

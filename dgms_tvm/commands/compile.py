@@ -43,9 +43,10 @@ def parse(argv):
                         "(one input, or several stacked along a first axis) or .npz (default: "
                         "the model's example input and 7 drawn around it)")
     p.add_argument("--choose", action="store_true",
-                   help="time each conv's kernels on this host in the strategy's build and in "
-                        "the exact one, and give each layer the faster (x86 targets; the "
-                        "manifest's choices keep both times)")
+                   help="measure each conv's kernels in two builds and give each layer the "
+                        "cheaper: on x86 int8 or exact, timed here; on cortex-a53 / a72 the "
+                        "lookup-table or the widening int8 conv, by the cycle estimate on "
+                        "emulated devices (the manifest's choices keep both figures)")
     p.add_argument("--quiet", action="store_true", help="no progress or table")
     return p.parse_args(argv)
 

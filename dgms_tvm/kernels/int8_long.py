@@ -46,7 +46,7 @@ from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
 from .int8_quant import QuantSpec
-from .int8_tile import Tiles
+from .int8_tile import Tiles, why_not_out
 from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8l_conv2d"
@@ -123,20 +123,6 @@ class LongSpec(Spec):
         return (FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
                 + ("_w127" if self.limit == 127 else "")
                 + (f"_to_{self.out.name}" if self.out is not None else ""))
-
-
-def why_not_out(spec: LongSpec, out: QuantSpec) -> str:
-    """Why ``spec``'s outputs cannot be written as ``out`` (16-channel groups, signed,
-    unpadded: docs/kernels.md; no residual, which the fixed scale cannot reach), or ``""``."""
-    if spec.epilogue.residual or any(out.padding):
-        return ("it adds a residual" if spec.epilogue.residual else
-                "the next conv pads its input (its own quantize costs less)")
-    why = int8_out.why_not(spec.conv.out_shape, out)
-    if why:
-        return why
-    if out.depth != DEPTH or out.offset:
-        return "the next kernel reads other channel groups, or unsigned values"
-    return ""
 
 
 def _half(v, hi: int):

@@ -50,7 +50,7 @@ from .int8_lut_tables import entries as entries
 from .int8_lut_tables import limit as limit
 from .int8_lut_tables import pack as pack
 from .int8_quant import QuantSpec
-from .int8_tile import Tiles
+from .int8_tile import Tiles, why_not_out
 from .protocol import Fusion, KernelFamily, Spec
 
 FAMILY = "q8t_conv2d"
@@ -133,11 +133,15 @@ class LutSpec(Spec):
             raise ValueError(why_not_out(self, self.out))
 
     @classmethod
-    def of(cls, conv: Conv2dSpec, **kw) -> LutSpec:
-        """The spec with the widest tile ``conv``'s output channels fill (2 pixels x 32
-        channels: 8 ``tbl`` per 2 table and 4 index loads, 16 registers of 16-bit sums)."""
-        return cls(conv, blocks=next(b for b in (4, 2, 1) if conv.out_channels % (b * LANES)
-                                     == 0), **kw)
+    def of(cls, conv: Conv2dSpec, tile=None, **kw) -> LutSpec:
+        """The spec with the register tile ``tile`` (``[pixels, blocks]``: the schedule
+        file's ``q8t_conv2d.tile``, 2 x 4 blocks by default), its blocks rounded down to
+        what ``conv``'s output channels fill. The weight's layout follows the tile, so the
+        lowering fixes it, not the schedule."""
+        pixels, most = tile or (2, 4)
+        blocks = next(b for b in (4, 2, 1) if b <= most and conv.out_channels % (b * LANES)
+                      == 0)
+        return cls(conv, blocks=blocks, pixels=pixels, **kw)
 
     @property
     def g(self) -> int:
@@ -163,19 +167,6 @@ class LutSpec(Spec):
     def name(self) -> str:
         return (FAMILY + self.conv.name.split("conv2d", 1)[1] + self.epilogue.suffix
                 + (f"_to_{self.out.name}" if self.out is not None else ""))
-
-
-def why_not_out(spec: LutSpec, out: QuantSpec) -> str:
-    """Why ``spec``'s outputs cannot be written as ``out`` (as the widening conv's)."""
-    if spec.epilogue.residual or any(out.padding):
-        return ("it adds a residual" if spec.epilogue.residual else
-                "the next conv pads its input (its own quantize costs less)")
-    why = int8_out.why_not(spec.conv.out_shape, out)
-    if why:
-        return why
-    if out.depth != DEPTH or out.offset:
-        return "the next kernel reads other channel groups, or unsigned values"
-    return ""
 
 
 def _tbl(spec: LutSpec, tb, base, idx):
@@ -387,15 +378,11 @@ def compute(spec: LutSpec) -> tvm.tirx.PrimFunc:
 
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
-    """The kernel rebuilt with its register tile (``"tile": [pixels, blocks]``, the blocks
-    rounded down to what the output channels fill) and the target's instructions
-    (``"lookup": "tbl"``, ``"round": "fcvtns"`` on aarch64: ``schedules/<target>.json``)."""
+    """The kernel rebuilt with the target's instructions (``"lookup": "tbl"``, ``"round":
+    "fcvtns"`` on aarch64). Its tile is the lowering's (:meth:`LutSpec.of`): the weight's
+    layout follows it."""
     spec = LutSpec.from_func(func)
-    pixels, blocks = knobs.get("tile", (spec.pixels, spec.blocks))
-    blocks = next(b for b in (4, 2, 1) if b <= blocks and
-                  spec.conv.out_channels % (b * LANES) == 0)
-    return compute(dataclasses.replace(spec, pixels=pixels, blocks=blocks,
-                                       neon=knobs.get("lookup") == "tbl",
+    return compute(dataclasses.replace(spec, neon=knobs.get("lookup") == "tbl",
                                        fcvtns=knobs.get("round") == "fcvtns"))
 
 

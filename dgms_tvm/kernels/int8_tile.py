@@ -16,11 +16,30 @@ import dataclasses
 
 from tvm.script import tirx as T
 
+from . import int8_out
 from .common import span, splat
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8_out import Writer
 from .int8_quant import QuantSpec
+
+#: Input channels per quantized group of the convs that use these tiles.
+DEPTH = 16
+
+
+def why_not_out(spec, out: QuantSpec) -> str:
+    """Why the outputs of ``spec`` (a conv spec with ``conv`` and ``epilogue``) cannot be
+    written as ``out`` (16-channel groups, signed, unpadded: docs/kernels.md; no residual,
+    which the fixed scale cannot reach), or ``""``."""
+    if spec.epilogue.residual or any(out.padding):
+        return ("it adds a residual" if spec.epilogue.residual else
+                "the next conv pads its input (its own quantize costs less)")
+    why = int8_out.why_not(spec.conv.out_shape, out)
+    if why:
+        return why
+    if out.depth != DEPTH or out.offset:
+        return "the next kernel reads other channel groups, or unsigned values"
+    return ""
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,7 @@ from ..kernels import int8_long as klong
 from ..kernels import int8_lut as klut
 from ..kernels import int8_quant as kquant
 from ..kernels import int8_weights as kweights
+from ..schedules import load_knobs
 
 
 class Int8ConvLowering:
@@ -109,7 +110,8 @@ class Int8ConvLowering:
         (so int8 between layers reaches it), the indices packed into table indices and the
         codebook's int8 entries into the tables' operand at compile time."""
         rec.strategy, rec.reason = "int8", ""
-        lspec = klut.LutSpec.of(spec)
+        # the register tile: the weight's layout follows it (schedules/<core>.json)
+        lspec = klut.LutSpec.of(spec, load_knobs(self.policy.profile)[klut.FAMILY].get("tile"))
         idx = cw.indices()
         qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                             klut.limit(spec.bits), indices=idx)

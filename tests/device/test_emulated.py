@@ -383,7 +383,7 @@ def test_lookup_table_conv_runs_on_emulated_cores(device, cpu, tmp_path, rng):
              (S(1, 512, 2, 4, 16, (1, 1), bits=2), Epilogue(), "max")]
     for spec, ep, extreme in cases:
         out = int8_quant.QuantSpec(*spec.out_shape, depth=16) if extreme else None
-        ls = int8_lut.LutSpec.of(spec, epilogue=ep, out=out)
+        ls = int8_lut.LutSpec.of(spec, knobs["q8t_conv2d"]["tile"], epilogue=ep, out=out)
         qs = ls.quant
         if extreme:
             x = np.ones((1, spec.in_channels, spec.height, spec.width), np.float32)

@@ -240,11 +240,15 @@ def test_lookup_table_conv_builds_to_tbl_and_sadalp_on_aarch64():
 
 def test_the_tile_comes_from_the_core_class_schedule_file():
     """2 pixels x 32 channels on the A72 (aarch64.json), x 16 on the in-order A53
-    (cortex-a53.json); blocks rounded down to what the output channels fill."""
+    (cortex-a53.json); blocks rounded down to what the output channels fill. The lowering
+    fixes it (the weight's layout follows it); the schedule keeps it."""
     for o, core, want in ((64, "cortex-a72", (2, 4)), (64, "cortex-a53", (2, 2)),
                           (48, "cortex-a72", (2, 2)), (24, "cortex-a72", (2, 1))):
         spec = S(1, 32, 8, 8, o, (3, 3), padding=(1, 1, 1, 1), bits=2)
-        func = int8_lut.schedule(int8_lut.compute(int8_lut.LutSpec.of(spec)),
-                                 load_knobs(core)["q8t_conv2d"])
-        got = int8_lut.LutSpec.from_func(func)
-        assert (got.pixels, got.blocks) == want and got.neon, (o, core)
+        knobs = load_knobs(core)["q8t_conv2d"]
+        ls = int8_lut.LutSpec.of(spec, knobs["tile"])
+        assert (ls.pixels, ls.blocks) == want, (o, core)
+        got = int8_lut.LutSpec.from_func(int8_lut.schedule(int8_lut.compute(ls), knobs))
+        assert (got.pixels, got.blocks) == want and got.neon
+        assert int8_lut.pack(ls, np.zeros(spec.weight_shape, np.int64)).shape == \
+            ls.weight_shape == (o // (8 * want[1]), 3, 3, 8, want[1], 16)
