@@ -173,7 +173,9 @@ DEVICES = 2
 def choose(loaded, lowered, profile, strategy: str, bits, cal, log) -> tuple:
     """(the build to compile, the manifest's ``choices``): ``lowered`` (``strategy``'s
     build of ``loaded``) with each conv's measured choice, on the host by time or on the
-    emulated core by the cycle estimate (see the module's text)."""
+    emulated core by the cycle estimate (see the module's text). On an ARM core where no
+    conv has another kernel in the other build (a 4-bit model), nothing is measured and the
+    choices are None."""
     import tempfile
 
     alt_name = other(profile, strategy)
@@ -192,6 +194,10 @@ def choose(loaded, lowered, profile, strategy: str, bits, cal, log) -> tuple:
         return lowered, out
     from .device import manager
 
+    kernels = {r.name: r.kernel for r in alt.records}
+    if all(r.kernel == kernels.get(r.name) for r in lowered.records):
+        log(f"no conv has another kernel in the {alt_name} build: nothing to measure")
+        return lowered, None
     with tempfile.TemporaryDirectory() as tmp, manager.local_devices(
             profile.name, DEVICES, log=log) as (tracker, _):
         choices = by_cycles(lowered, alt, profile, strategy, tracker, profile.name, Path(tmp),

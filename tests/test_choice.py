@@ -147,3 +147,12 @@ def test_on_an_arm_core_each_conv_takes_the_kernel_of_fewer_estimated_cycles(mon
     assert recs["c2.weight"].kernel.startswith("q8l_conv2d_")
     assert recs["c2.weight"].strategy == "int8"
     assert recs["c2.weight"].reason == "int8-widening: chosen by measurement"
+
+
+def test_an_arm_build_with_no_conv_to_choose_for_measures_nothing(monkeypatch):
+    """A 4-bit model on cortex-a72: no conv takes the lookup tables, so both builds run the
+    same kernels; no device is started and the manifest has no choices."""
+    loaded = pipeline.load_model("digitnet", 4, 0)
+    monkeypatch.setattr(choice, "by_cycles", lambda *a, **k: pytest.fail("measured"))
+    build = pipeline.build_model(loaded, get_profile("cortex-a72"), 4, False, choose=True)
+    assert "choices" not in build.manifest
