@@ -292,7 +292,7 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     from ..device.sysroot import run_dir
     from ..kernels import dense
     from ..schedules.hand import load_knobs
-    from .on_device import Job, _Device, _kernel_job
+    from .device_jobs import Device, Job, kernel_job
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     profile = get_profile(target)
@@ -303,7 +303,7 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     work = Path(tempfile.mkdtemp(prefix="gemv-arm-", dir=run_dir()))
     out = {"target": profile.name, "shapes": []}
     with manager.local_devices(profile.name, 1, log=log) as (tracker, _):
-        dev = _Device(tracker, profile.name, profile, work, True, 300.0)
+        dev = Device(tracker, profile.name, profile, work, True, 300.0)
         for n, k in shapes:
             rows = {}
             for bits in [32, *bits_list]:
@@ -324,7 +324,7 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
                     lib = tvm.compile(tvm.IRModule({"main": func}), target=profile.tvm_target())
                     path = work / f"kernel{len(list(work.glob('*.so')))}.so"
                     lib.export_library(str(path), fcompile=profile.cross_compiler())
-                    res = _kernel_job(Job(label, "kernel", label, path, "main"), dev, func, 1, 1)
+                    res = kernel_job(Job(label, "kernel", label, path, "main"), dev, func, 1, 1)
                     rows.setdefault(label, {})[bits] = res["minstr"]
                     log(f"[{n}x{k}] {label}, {bits if bits < 32 else 'FP32'}: "
                         f"{res['minstr']:.3f} M")

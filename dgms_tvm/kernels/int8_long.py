@@ -39,15 +39,14 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from . import int8_out
 from .common import FP32_WEIGHT, as_kernel, span
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8 import reference_int8 as reference_int8  # the oracle: the same sums
 from .int8_decode import DecodeSpec
 from .int8_quant import QuantSpec
-from .int8_tile import Tiles, why_not_out
-from .protocol import Fusion, KernelFamily, Spec
+from .int8_tile import Tiles, family, padding_refusal, why_not_out
+from .protocol import Spec
 
 FAMILY = "q8l_conv2d"
 #: Written scheduled: no blocks for MetaSchedule to transform (not a tuning task).
@@ -68,12 +67,7 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
         return "grouped / depthwise conv (int8 strategy needs groups == 1)"
     if spec.out_channels % CHANNELS:
         return f"{spec.out_channels} output channels (int8 strategy needs a multiple of 4)"
-    c = spec.in_channels
-    padded = (c + DEPTH - 1) // DEPTH * DEPTH
-    if 3 * (padded - c) > c:
-        return (f"{c} input channels (the widening int8 conv sums 16 at a time: padding to "
-                f"{padded} adds more than a third)")
-    return ""
+    return padding_refusal(spec.in_channels, "widening int8 conv")
 
 
 def takes(spec: Conv2dSpec, profile=None) -> str:
@@ -295,15 +289,6 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
                                        fcvtns=knobs.get("round") == "fcvtns"))
 
 
-def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
-    """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
-    spec = dataclasses.replace(LongSpec.from_func(func), epilogue=epilogue)
-    return spec.name, compute(spec)
-
-
 #: Written already scheduled; its choices (``pairwise``, ``round``) follow from the core, so
 #: it has no knobs in the schedule files.
-KERNEL = KernelFamily(FAMILY, LongSpec, compute, schedule, reference_int8, takes,
-                      fusion=Fusion(with_epilogue, scale=("D",)),
-                      int8_out=int8_out.of_spec(LongSpec, compute, why_not_out,
-                                                lambda spec: spec.epilogue.act))
+KERNEL = family(FAMILY, LongSpec, compute, schedule, reference_int8, takes)

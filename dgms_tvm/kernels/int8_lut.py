@@ -41,7 +41,6 @@ import numpy as np
 import tvm
 from tvm.script import tirx as T
 
-from . import int8_out
 from .common import FP32_WEIGHT, as_kernel, splat
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
@@ -50,8 +49,8 @@ from .int8_lut_tables import entries as entries
 from .int8_lut_tables import limit as limit
 from .int8_lut_tables import pack as pack
 from .int8_quant import QuantSpec
-from .int8_tile import Tiles, why_not_out
-from .protocol import Fusion, KernelFamily, Spec
+from .int8_tile import Tiles, family, padding_refusal, why_not_out
+from .protocol import Spec
 
 FAMILY = "q8t_conv2d"
 #: Input channels per quantized group (the widening conv's layout).
@@ -98,12 +97,7 @@ def fits(spec: Conv2dSpec) -> str:
         return "grouped / depthwise conv (the lookup-table conv needs groups == 1)"
     if spec.out_channels % LANES:
         return f"{spec.out_channels} output channels (the lookup-table conv needs 8s)"
-    c = spec.in_channels
-    padded = (c + DEPTH - 1) // DEPTH * DEPTH
-    if 3 * (padded - c) > c:
-        return (f"{c} input channels (the lookup-table conv reads 16 at a time: padding to "
-                f"{padded} adds more than a third)")
-    return ""
+    return padding_refusal(spec.in_channels, "lookup-table conv")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -386,13 +380,4 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
                                        fcvtns=knobs.get("round") == "fcvtns"))
 
 
-def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
-    """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
-    spec = dataclasses.replace(LutSpec.from_func(func), epilogue=epilogue)
-    return spec.name, compute(spec)
-
-
-KERNEL = KernelFamily(FAMILY, LutSpec, compute, schedule, reference, supports,
-                      fusion=Fusion(with_epilogue, scale=("D",)),
-                      int8_out=int8_out.of_spec(LutSpec, compute, why_not_out,
-                                                lambda spec: spec.epilogue.act))
+KERNEL = family(FAMILY, LutSpec, compute, schedule, reference, supports)

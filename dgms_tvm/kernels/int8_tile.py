@@ -22,9 +22,21 @@ from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8_out import Writer
 from .int8_quant import QuantSpec
+from .protocol import Fusion, KernelFamily
 
 #: Input channels per quantized group of the convs that use these tiles.
 DEPTH = 16
+
+
+def padding_refusal(channels: int, conv: str) -> str:
+    """Why ``conv`` (a name for the record) should not take ``channels`` input channels: it
+    pads them to groups of 16 with zeros, and where that adds more than a third to the
+    arithmetic (the 3-channel stem) the layer is better served otherwise; or ``""``."""
+    padded = (channels + DEPTH - 1) // DEPTH * DEPTH
+    if 3 * (padded - channels) > channels:
+        return (f"{channels} input channels (the {conv} reads 16 at a time: padding to "
+                f"{padded} adds more than a third)")
+    return ""
 
 
 def why_not_out(spec, out: QuantSpec) -> str:
@@ -159,3 +171,19 @@ class Tiles:
                         total(acc, oi), S, D, extra, n, c0 + oi, pos, lanes)
 
         return store
+
+
+def family(name: str, spec_type, compute, schedule, reference, supports) -> KernelFamily:
+    """The :class:`~.protocol.KernelFamily` of a conv written on these tiles (its spec has
+    ``conv``, ``epilogue`` and ``out``): it takes the ops after it as its epilogue (their
+    scale into ``D``) and writes the next conv's int8 input (:func:`why_not_out`)."""
+
+    def with_epilogue(func, epilogue: Epilogue):
+        """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
+        spec = dataclasses.replace(spec_type.from_func(func), epilogue=epilogue)
+        return spec.name, compute(spec)
+
+    return KernelFamily(name, spec_type, compute, schedule, reference, supports,
+                        fusion=Fusion(with_epilogue, scale=("D",)),
+                        int8_out=int8_out.of_spec(spec_type, compute, why_not_out,
+                                                  lambda spec: spec.epilogue.act))
