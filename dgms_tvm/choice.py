@@ -105,6 +105,12 @@ def by_time(lowered, exact, profile, strategy: str, repeat: int = 5, number: int
     return out
 
 
+def same_kernels(a, b) -> set[str]:
+    """The layers whose kernel is the same in the builds ``a`` and ``b``."""
+    kernels = {r.name: r.kernel for r in b.records}
+    return {r.name for r in a.records if r.kernel == kernels.get(r.name)}
+
+
 def by_cycles(lowered, alt, profile, strategy: str, tracker, key: str, workdir: Path,
               workers: int = 1, log: Callable[[str], None] | None = None) -> dict[str, dict]:
     """{layer: {"chosen": ..., "mcycles": {strategy: c, other: c}, "minstr": {...}}} for every
@@ -123,8 +129,7 @@ def by_cycles(lowered, alt, profile, strategy: str, tracker, key: str, workdir: 
         figures[s] = {m: per_layer(build, rows, m) for m in ("mcycles", "minstr")}
     # a layer whose conv is the same kernel in both builds keeps the strategy's: the
     # estimates of one code placed in two libraries differ by a few percent
-    kernels = {r.name: r.kernel for r in alt.records}
-    same = {r.name for r in lowered.records if r.kernel == kernels.get(r.name)}
+    same = same_kernels(lowered, alt)
     out = {}
     for layer, c in figures[strategy]["mcycles"].items():
         d = figures[alt_name]["mcycles"].get(layer)
@@ -194,8 +199,7 @@ def choose(loaded, lowered, profile, strategy: str, bits, cal, log) -> tuple:
         return lowered, out
     from .device import manager
 
-    kernels = {r.name: r.kernel for r in alt.records}
-    if all(r.kernel == kernels.get(r.name) for r in lowered.records):
+    if len(same_kernels(lowered, alt)) == len(lowered.records):
         log(f"no conv has another kernel in the {alt_name} build: nothing to measure")
         return lowered, None
     with tempfile.TemporaryDirectory() as tmp, manager.local_devices(

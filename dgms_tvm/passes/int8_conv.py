@@ -110,8 +110,7 @@ class Int8ConvLowering:
         (so int8 between layers reaches it), the indices packed into table indices and the
         codebook's int8 entries into the tables' operand at compile time."""
         rec.strategy, rec.reason = "int8", ""
-        # the register tile: the weight's layout follows it (schedules/<core>.json)
-        lspec = klut.LutSpec.of(spec, load_knobs(self.policy.profile)[klut.FAMILY].get("tile"))
+        lspec = klut.LutSpec.of(spec, self._lut_tile())
         idx = cw.indices()
         qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels,
                                             klut.limit(spec.bits), indices=idx)
@@ -123,6 +122,13 @@ class Int8ConvLowering:
                   relax.const((d * 2.0 ** klut.SHIFT).astype("float32"), "float32")]
         return relax.call_tir(self._kernel(klut.compute, lspec), [xq, sx, *consts],
                               out_ty=out_ty)
+
+    def _lut_tile(self):
+        """The lookup-table conv's register tile on this core (``schedules/<core>.json``,
+        read once per lowering): the weight's layout follows it."""
+        if not hasattr(self, "_tile"):
+            self._tile = load_knobs(self.policy.profile)[klut.FAMILY].get("tile")
+        return self._tile
 
     @staticmethod
     def _int8_weight(cw, value, spec, limit: int = 127):
