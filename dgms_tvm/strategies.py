@@ -60,11 +60,13 @@ CONV2D = {
     "int8-widening": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
 }
 
-#: The int8 conv of a core: the first rule whose capability it has. Aarch64 cores without
-#: ``sdot`` take the widening kernel (the generic int8 conv is slower than FP32 there:
-#: docs/kernels.md); ``sdot`` and x86 VNNI cores the 4x4x4 micro-kernel, others its
+#: The int8 conv of a core: the first rule whose capability it has. i8mm cores take the
+#: ``smmla`` conv (32 multiply-adds per instruction, :mod:`.kernels.int8_mmla`); aarch64
+#: cores without ``sdot`` the widening kernel (the generic int8 conv is slower than FP32
+#: there: docs/kernels.md); ``sdot`` and x86 VNNI cores the 4x4x4 micro-kernel, others its
 #: generic vector form.
 INT8_CONV = (
+    ("i8mm", "q8m_conv2d"),
     ("dotprod", "q8_conv2d"),
     ("neon", "q8l_conv2d"),
     (None, "q8_conv2d"),

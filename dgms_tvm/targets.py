@@ -211,6 +211,12 @@ _ARM = [
     TargetProfile("neoverse-n1", "Neoverse-N1 (server sibling of Cortex-A76, + dotprod)",
                   AARCH64_TRIPLE, "neoverse-n1", ("+neon", "+v8.2a", "+dotprod"), 4,
                   "neoverse-n1"),
+    # QEMU 7.2 has no Neoverse-N2: its ``max`` CPU runs i8mm, with SVE at the N2's 128 bits
+    # and without SME (which max has, the N2 not: onnxruntime's FP32 would run it)
+    TargetProfile("neoverse-n2", "Neoverse-N2 (Armv9-A server core: + i8mm, bf16, SVE2)",
+                  AARCH64_TRIPLE, "neoverse-n2",
+                  ("+neon", "+v9a", "+dotprod", "+i8mm", "+bf16", "+sve2"), 4,
+                  "max,sme=off,sve-default-vector-length=16"),
 ]
 
 #: Name -> profile. ``x86`` is resolved lazily (it asks LLVM for the host CPU).
@@ -260,8 +266,9 @@ CAPABILITIES: dict[str, tuple[str, ...]] = {
 AARCH64_CAPABILITIES = ("neon", "dotprod", "i8mm", "sve", "fp16")
 
 
-#: Extensions no kernel asks for, which the code around them uses (libc's atomics, CRC).
-AARCH64_ASM_ONLY = ("lse", "rcpc", "crc")
+#: Extensions no kernel asks for, which the code around them uses (libc's atomics, CRC; LLVM
+#: may vectorise with SVE2 on a core that has it).
+AARCH64_ASM_ONLY = ("lse", "rcpc", "crc", "sve2", "bf16")
 
 
 def aarch64_mattr() -> str:

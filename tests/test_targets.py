@@ -13,25 +13,30 @@ def test_every_profile_builds_a_tvm_target_and_has_schedules():
         knobs = load_knobs(name)
         assert set(knobs) == {"cb_conv2d", "dw_conv2d", "cb_dense", "cb_gemv", "q8_conv2d",
                               "q8l_conv2d", "q8_quant", "q8_decode", "q8_dw_conv2d",
-                              "q8r_dw_conv2d", "q8_im2col", "q8t_conv2d", "ops"}
+                              "q8r_dw_conv2d", "q8_im2col", "q8t_conv2d", "q8m_conv2d",
+                              "ops"}
         # the other ops' loops in parallel on the multi-threaded host only (the aarch64
         # proxy counts one thread)
         assert knobs["ops"].get("parallel", False) == p.is_x86
         # The int8 strategy's sdot schedule exactly where the core has dotprod; the widening
         # kernel's NEON pairwise add on every ARM core.
         assert (knobs["q8_conv2d"]["dot"] == "sdot") == p.dotprod
+        # smmla exactly where the core has i8mm
+        assert (knobs["q8m_conv2d"]["mmla"] == "smmla") == p.i8mm
         assert (knobs["q8l_conv2d"].get("pairwise") == "sadalp") == p.is_arm
 
 
 @pytest.mark.parametrize("name,dotprod", [("cortex-a53", False), ("cortex-a55", True),
                                           ("cortex-a72", False), ("cortex-a76", True),
-                                          ("neoverse-n1", True)])
+                                          ("neoverse-n1", True), ("neoverse-n2", True)])
 def test_arm_profiles(name, dotprod):
     p = targets.get_profile(name)
     assert p.is_arm and p.triple == "aarch64-linux-gnu" and "+neon" in p.mattr
     assert p.dotprod == dotprod
     assert bool(p.tvm_target().attrs["feature.has_dotprod"]) == dotprod
-    assert p.qemu_cpu == name
+    assert p.i8mm == (name == "neoverse-n2")
+    # QEMU 7.2 has no Neoverse-N2: QEMU's max CPU, without SME, SVE at the N2's 128 bits
+    assert p.qemu_cpu == (name if not p.i8mm else "max,sme=off,sve-default-vector-length=16")
 
 
 def test_x86_detects_host_cpu_and_arm_alias():

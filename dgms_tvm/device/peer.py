@@ -26,9 +26,10 @@ from .sysroot import ensure_sysroot
 
 #: ARM's CPU part numbers (MIDR) of the emulated cores.
 _PART = {"cortex-a53": "0xd03", "cortex-a55": "0xd05", "cortex-a72": "0xd08",
-         "cortex-a76": "0xd0b", "neoverse-n1": "0xd0c"}
+         "cortex-a76": "0xd0b", "neoverse-n1": "0xd0c", "neoverse-n2": "0xd49"}
 _V80 = "fp asimd evtstrm crc32 cpuid"
 _V82 = _V80 + " atomics fphp asimdhp asimdrdm lrcpc dcpop asimddp"
+_V9 = _V82 + " sve sve2 i8mm bf16 svei8mm svebf16"
 
 GUEST_SCRIPT = r'''
 import json, os, sys, time
@@ -79,7 +80,7 @@ def cpu_prefix(profile, folder: Path) -> Path:
         link = prefix / d
         if not link.is_symlink():
             link.symlink_to(sysroot.root / d)
-    features = _V82 if profile.dotprod else _V80
+    features = _V9 if profile.i8mm else _V82 if profile.dotprod else _V80
     text = "".join(f"processor\t: {i}\nBogoMIPS\t: 100.00\nFeatures\t: {features}\n"
                    f"CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\n"
                    f"CPU part\t: {_PART.get(profile.name, '0xd08')}\nCPU revision\t: 0\n\n"

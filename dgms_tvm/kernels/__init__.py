@@ -14,6 +14,7 @@ from . import (
     int8_im2col,
     int8_long,
     int8_lut,
+    int8_mmla,
     int8_quant,
 )
 from .common import KERNEL_ATTR, SPEC_ATTR
@@ -23,7 +24,7 @@ from .protocol import KernelFamily, Spec
 #: Kernel family (the value of the ``dgms.kernel`` function attribute) -> its protocol.
 FAMILIES: dict[str, KernelFamily] = {m.KERNEL.family: m.KERNEL for m in (
     conv2d, dense, depthwise, gemv, int8, int8_long, int8_quant, int8_decode, int8_dw,
-    int8_dw_rows, int8_im2col, int8_lut)}
+    int8_dw_rows, int8_im2col, int8_lut, int8_mmla)}
 
 
 
@@ -44,4 +45,5 @@ def conv_layer(func) -> tuple | None:
 
 __all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d",
            "conv_layer", "dense", "depthwise", "gemv", "int8", "int8_decode", "int8_dw",
-           "int8_dw_rows", "int8_im2col", "int8_long", "int8_lut", "int8_quant"]
+           "int8_dw_rows", "int8_im2col", "int8_long", "int8_lut", "int8_mmla",
+           "int8_quant"]

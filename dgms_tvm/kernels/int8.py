@@ -46,6 +46,10 @@ from .int8_schedule import (  # noqa: F401  (the schedule, re-exported)
 from .protocol import APPENDED_SHIFT, Fusion, Int8Out, KernelFamily
 
 FAMILY = "q8_conv2d"
+#: Input channels per group the conv reads (4: ``sdot``; 8: ``smmla``, :mod:`.int8_mmla`).
+DEPTHS = (4, 8)
+#: Function attribute: the group depth where it is not 4.
+DEPTH_ATTR = "dgms.depth"
 
 
 def supports(spec: Conv2dSpec, profile=None) -> str:
@@ -58,10 +62,12 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
     return ""
 
 def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
-         epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> str:
+         epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None,
+         family: str = FAMILY) -> str:
     """``q8_conv2d_<shape>_b<bits>`` for a codebook layer; ``..._w8`` for a float32 weight
-    quantized per output channel (:func:`quantize_weight`)."""
-    return (FAMILY + spec.name.split("conv2d", 1)[1]
+    quantized per output channel (:func:`quantize_weight`); ``family`` for another form of
+    the conv on the same compute (:mod:`.int8_mmla`)."""
+    return (family + spec.name.split("conv2d", 1)[1]
             + ("_w8" if spec.bits == FP32_WEIGHT else "") + ("_pre" if predecoded else "")
             + ("_u8" if unsigned else "") + epilogue.suffix
             + (f"_to_{out.name}" if out is not None else ""))
@@ -73,8 +79,8 @@ def why_not_out(spec: Conv2dSpec, epilogue: Epilogue, out: QuantSpec,
     not: no residual (a float32 operand the fixed scale would have to reach), the shape of
     the next kernel's input, unpadded (the reader pads), and the layout its form writes as
     it is:
-    - the sdot conv: signed 4-channel groups in rows of whole 4-column runs
-      (:func:`padded_out_w`: the columns past the row hold the outputs of the zero
+    - the sdot and smmla convs: signed 4- or 8-channel groups in rows of whole 4-column
+      runs (:func:`padded_out_w`: the columns past the row hold the outputs of the zero
       columns, which the reader skips);
     - the x86 rows form (``unsigned``, :mod:`.int8_vnni`): rows of one channel (depth 1)
       stored + 128, the x86 int8 depthwise conv's input."""
@@ -89,10 +95,11 @@ def why_not_out(spec: Conv2dSpec, epilogue: Epilogue, out: QuantSpec,
                 1, 128, 1, 0, (0, 0, 0, 0)):
             return "the next kernel reads another layout than unpadded unsigned rows"
         return ""
-    if (out.depth, out.offset, out.phases, out.extra, tuple(out.padding)) != (
-            4, 0, 1, padded_out_w(spec) - spec.out_w, (0, 0, 0, 0)):
-        return ("the next kernel reads another layout than unpadded signed 4-channel groups "
-                "in rows of whole 4-column runs")
+    if out.depth not in DEPTHS or spec.out_channels % out.depth or (
+            out.offset, out.phases, out.extra, tuple(out.padding)) != (
+            0, 1, padded_out_w(spec) - spec.out_w, (0, 0, 0, 0)):
+        return ("the next kernel reads another layout than unpadded signed 4- or 8-channel "
+                "groups in rows of whole 4-column runs")
     return ""
 
 def unsigned_input(profile) -> bool:
@@ -101,12 +108,15 @@ def unsigned_input(profile) -> bool:
     return profile is not None and profile.is_x86 and profile.vnni
 
 def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
-            epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> tvm.tirx.PrimFunc:
+            epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None,
+            family: str = FAMILY, depth: int = 4) -> tvm.tirx.PrimFunc:
     """The unscheduled PrimFunc ``(Xq, s_x, packed, q_codebook, D[, CORR][, B][, R]) -> Y``
     (``Xq``, ``s_x`` from :func:`.int8_quant.compute`; ``B``, ``R``: see :class:`Epilogue`).
 
-    Blocks: ``decode`` (the weight as int8 ``[O/4, kh, kw, C4/4, 4 (o), 4 (c)]``: the 4x4
-    tiles ``sdot`` takes), ``acc`` (int32 sums, NCHW) and ``dequant`` (with the epilogue).
+    Blocks: ``decode`` (the weight as int8 ``[O/4, kh, kw, C4/d, 4 (o), d (c)]``: the 4x4
+    tiles ``sdot`` takes, ``d`` = ``depth`` 4; 8 for the smmla conv of ``family``
+    :mod:`.int8_mmla`, which reads ``Xq`` in 8-channel groups), ``acc`` (int32 sums, NCHW)
+    and ``dequant`` (with the epilogue).
 
     ``unsigned``: ``Xq`` holds ``q + 128`` as uint8 (what x86 ``vpdpbusd`` multiplies), so
     the sums carry ``128 * sum(W[o])``, which the per-channel ``CORR[o]`` (from
@@ -125,12 +135,14 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
         raise ValueError("a float32 weight reaches the int8 conv quantized and tiled "
                          "(predecoded=True: quantize_weight, conv_order)")
     kh, kw = s.kernel
-    qs = QuantSpec.of(s, unsigned)
+    if depth not in DEPTHS:
+        raise ValueError(f"input channels in groups of {depth} (the int8 conv reads {DEPTHS})")
+    qs = QuantSpec.of(s, unsigned, depth)
     c4 = qs.c4
     xq = te.placeholder(tuple(map(i64, qs.out_shape)), qs.dtype, "Xq")
     sx = te.placeholder((i64(1),), "float32", "SX")
     d = te.placeholder((i64(s.out_channels),), "float32", "D")
-    wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // 4, 4, 4)))
+    wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // depth, 4, depth)))
     if predecoded:
         wq = te.placeholder(wshape, "int8", "W")
         weights = [wq]
@@ -141,7 +153,7 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
         weights = [p, qcb]
 
         def weight(oo, r, q, cb, o4, cc):
-            c = cb * 4 + cc
+            c = cb * depth + cc
             k = (c * kh + r) * kw + q
             return tvm.tirx.if_then_else(c < s.in_channels,
                                          qcb[decode_index(p, oo * 4 + o4, k, s.bits)],
@@ -150,8 +162,8 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
         wq = te.compute(wshape, weight, name="decode")
     rr = te.reduce_axis((i64(0), i64(kh)), "rr")
     rq = te.reduce_axis((i64(0), i64(kw)), "rq")
-    rb = te.reduce_axis((i64(0), i64(c4 // 4)), "rb")
-    rc = te.reduce_axis((i64(0), i64(4)), "rc")
+    rb = te.reduce_axis((i64(0), i64(c4 // depth)), "rb")
+    rc = te.reduce_axis((i64(0), i64(depth)), "rc")
     (sh, sw), (dh, dw) = s.stride, s.dilation
     acc = te.compute(
         tuple(map(i64, (s.batch, s.out_channels, s.out_h, padded_out_w(s, unsigned)))),
@@ -193,13 +205,15 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     extra = [t for t in (corr, bias, res) if t is not None]
     func = te.create_prim_func([xq, sx, *weights, d, *extra, y])
     attrs = {
-        KERNEL_ATTR: FAMILY,
+        KERNEL_ATTR: family,
         SPEC_ATTR: s.to_json(),
         PREDECODED_ATTR: int(predecoded),
         UNSIGNED_ATTR: int(unsigned),
         "op_pattern": OPAQUE,
         "tirx.noalias": True,
     }
+    if depth != 4:
+        attrs[DEPTH_ATTR] = depth
     if epilogue:
         attrs[EPILOGUE_ATTR] = json.dumps(dataclasses.asdict(epilogue))
     if out is not None:
@@ -229,12 +243,20 @@ def reference_out(out: QuantSpec, y: np.ndarray, relu: bool) -> np.ndarray:
     y = np.maximum(y, 0) if relu else y
     return layout(out, quantize_fixed(y, 1.0))
 
+def _made(func: tvm.tirx.PrimFunc) -> dict:
+    """The arguments of :func:`compute` that made ``func``, but its epilogue and output."""
+    attrs = func.attrs
+    return {"predecoded": bool(int(attrs[PREDECODED_ATTR])),
+            "unsigned": bool(int(attrs[UNSIGNED_ATTR])), "family": str(attrs[KERNEL_ATTR]),
+            "depth": int(attrs[DEPTH_ATTR]) if DEPTH_ATTR in attrs else 4}
+
+
 def with_epilogue(func: tvm.tirx.PrimFunc, epilogue: Epilogue) -> tuple[str, tvm.tirx.PrimFunc]:
     """(name, kernel) of the conv ``func`` made again with ``epilogue``."""
-    spec = Conv2dSpec.from_func(func)
-    pre, uns = (bool(int(func.attrs[a])) for a in (PREDECODED_ATTR, UNSIGNED_ATTR))
-    return (name(spec, predecoded=pre, unsigned=uns, epilogue=epilogue),
-            compute(spec, predecoded=pre, unsigned=uns, epilogue=epilogue))
+    spec, made = Conv2dSpec.from_func(func), _made(func)
+    depth = made.pop("depth")
+    return (name(spec, epilogue=epilogue, **made),
+            compute(spec, epilogue=epilogue, depth=depth, **made))
 
 
 def _epilogue(func: tvm.tirx.PrimFunc) -> Epilogue:
@@ -256,10 +278,10 @@ def why_not_quantized(func: tvm.tirx.PrimFunc, out: QuantSpec) -> str:
 def with_quantized_output(func: tvm.tirx.PrimFunc,
                           out: QuantSpec) -> tuple[str, tvm.tirx.PrimFunc]:
     """(name, kernel) of the conv ``func`` made again to write int8 in ``out``'s layout."""
-    spec, ep = Conv2dSpec.from_func(func), _epilogue(func)
-    pre, uns = (bool(int(func.attrs[a])) for a in (PREDECODED_ATTR, UNSIGNED_ATTR))
-    return (name(spec, pre, uns, ep, out),
-            compute(spec, predecoded=pre, unsigned=uns, epilogue=ep, out=out))
+    spec, ep, made = Conv2dSpec.from_func(func), _epilogue(func), _made(func)
+    depth = made.pop("depth")
+    return (name(spec, epilogue=ep, out=out, **made),
+            compute(spec, epilogue=ep, out=out, depth=depth, **made))
 
 
 #: No sampled design space yet: tuning leaves the int8 conv to its hand schedule.

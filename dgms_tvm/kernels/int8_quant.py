@@ -54,8 +54,8 @@ class QuantSpec(Spec):
     def of(cls, spec: Conv2dSpec, unsigned: bool = False, depth: int = 4) -> QuantSpec:
         """The quantize in front of ``spec``'s int8 conv; ``depth`` 16 (the widening conv:
         one pixel's 16 channels per load, any stride, no column past the row's end) keeps
-        the columns in order and adds none."""
-        if depth != 4:
+        the columns in order and adds none; 8 (the smmla conv) is laid out as 4 is."""
+        if depth not in (4, 8):
             return cls(spec.batch, spec.in_channels, spec.height, spec.width,
                        tuple(spec.padding), 0, 1, 128 if unsigned else 0, depth)
         return cls(spec.batch, spec.in_channels, spec.height, spec.width, tuple(spec.padding),

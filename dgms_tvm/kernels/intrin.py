@@ -85,6 +85,50 @@ def sdot_4x4x4(channel_major: bool = False) -> str:
     return name
 
 
+SMMLA_2X2X8 = "dgms_smmla_2x2x8_i8i8i32_i64"
+
+
+@T.prim_func(s_tir=True)
+def _smmla_desc(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(2), T.int64(8)), "int8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(2), T.int64(8)), "int8", offset_factor=1)
+    C = T.match_buffer(c, (T.int64(2), T.int64(2)), "int32", offset_factor=1, scope="local",
+                       strides=(T.int64(2), T.int64(1)))
+    with T.sblock("root"):
+        T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
+        T.writes(C[0:2, 0:2])
+        for x, o, k in T.grid(T.int64(2), T.int64(2), T.int64(8)):
+            with T.sblock("update"):
+                vo, vx, vk = T.axis.remap("SSR", [o, x, k])  # the kernels' block order
+                C[vx, vo] = C[vx, vo] + T.Cast("int32", A[vx, vk]) * T.Cast("int32", B[vo, vk])
+
+
+@T.prim_func(s_tir=True)
+def _smmla_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
+    A = T.match_buffer(a, (T.int64(2), T.int64(8)), "int8", offset_factor=1)
+    B = T.match_buffer(b, (T.int64(2), T.int64(8)), "int8", offset_factor=1)
+    C = T.match_buffer(c, (T.int64(2), T.int64(2)), "int32", offset_factor=1, scope="local",
+                       strides=(T.int64(2), T.int64(1)))
+    with T.sblock("root"):
+        T.reads(C[0:2, 0:2], A[0:2, 0:8], B[0:2, 0:8])
+        T.writes(C[0:2, 0:2])
+        # lane 2x + o of the 2 x 2 block: pixel x's 8 bytes (A's row x) against channel o's
+        # (B's row o)
+        C[0, T.ramp(T.int64(0), 1, 4)] = T.call_llvm_pure_intrin(
+            "int32x4", "llvm.aarch64.neon.smmla.v4i32.v16i8", C[0, T.ramp(T.int64(0), 1, 4)],
+            A.vload([T.int64(0), T.int64(0)], dtype="int8x16"),
+            B.vload([T.int64(0), T.int64(0)], dtype="int8x16"))
+
+
+def smmla_2x2x8() -> str:
+    """Name of the registered ``smmla`` micro-kernel: ``C[x, o] += sum_k A[x, k] * B[o, k]``
+    for 2 pixels x 2 channels x 8 inputs, each operand one 16-byte load, ``C`` one register
+    (the 2 x 2 block's 4 sums, pixel-major: :mod:`.int8_mmla`)."""
+    if TensorIntrin.get(SMMLA_2X2X8, allow_missing=True) is None:
+        TensorIntrin.register(SMMLA_2X2X8, _smmla_desc, _smmla_impl)
+    return SMMLA_2X2X8
+
+
 VNNI_4X4X4 = "dgms_vnni_4x4x4_u8i8i32_i64"
 
 

@@ -14,6 +14,7 @@ from ..kernels import int8_decode as kdecode
 from ..kernels import int8_im2col as kim2col
 from ..kernels import int8_long as klong
 from ..kernels import int8_lut as klut
+from ..kernels import int8_mmla as kmmla
 from ..kernels import int8_quant as kquant
 from ..kernels import int8_weights as kweights
 from ..schedules import load_knobs
@@ -34,8 +35,10 @@ class Int8ConvLowering:
                 klut.FAMILY in strategies.conv2d_candidates(self.policy.strategy,
                                                             self.policy.profile):
             rec.reason = f"widening int8 conv: {klut.supports(spec)}"  # why not the tables
-        # the widening kernel (cores without sdot) reads 16 input channels at a time
-        depth = klong.DEPTH if family == klong.FAMILY else 4
+        # the widening kernel (cores without sdot) reads 16 input channels at a time, the
+        # smmla conv 8, the sdot conv 4
+        depth = {klong.FAMILY: klong.DEPTH, kmmla.FAMILY: kmmla.DEPTH}.get(family, 4)
+        dot = kmmla if family == kmmla.FAMILY else kint8
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kdecode.DecodeSpec.of(spec, depth)
         unsigned = kint8.unsigned_input(self.policy.profile)
@@ -70,10 +73,10 @@ class Int8ConvLowering:
             kname = self._long(spec).name
             gv = self._kernel(klong.compute, self._long(spec))
         else:
-            kname = kint8.name(spec, predecoded=predecoded, unsigned=unsigned)
+            kname = dot.name(spec, predecoded=predecoded, unsigned=unsigned)
             if kname not in self.kernels:
                 self.kernels[kname] = self.builder_.add_func(
-                    kint8.compute(spec, predecoded=predecoded, unsigned=unsigned), kname)
+                    dot.compute(spec, predecoded=predecoded, unsigned=unsigned), kname)
             gv = self.kernels[kname]
         if cw is None:
             rec.fp32_kernel = kname

@@ -29,6 +29,8 @@ def capability_knobs(profile: TargetProfile) -> dict[str, dict]:
         # sdot (16 int8 multiply-adds), x86 vpdpbusd (64), or generic vector code
         "q8_conv2d": {"dot": "sdot" if profile.dotprod else "vnni" if profile.vnni
                       else "none"},
+        # i8mm's smmla (32 int8 multiply-adds), or plain code
+        "q8m_conv2d": {"mmla": "smmla" if profile.i8mm else ""},
         # the widening conv's NEON pairwise add (plain vector code elsewhere), and its
         # int8 outputs' rounding
         "q8l_conv2d": {"pairwise": "sadalp", "round": "fcvtns"} if profile.neon

@@ -25,6 +25,7 @@ from dgms_tvm.kernels import (
     int8_im2col,
     int8_long,
     int8_lut,
+    int8_mmla,
     int8_quant,
     int8_weights,
 )
@@ -39,6 +40,7 @@ from tests.passes.graphs import Block
 CPU = "cortex-a72"
 DOTPROD = "neoverse-n1"
 IN_ORDER = "cortex-a53"
+I8MM = "neoverse-n2"
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +53,8 @@ def device(tmp_path_factory):
     manager.start(DOTPROD, count=1, tracker=info["tracker"], log=lambda *_: None)
     # ... and the in-order core of the Raspberry Pi 3, for the lookup-table conv.
     manager.start(IN_ORDER, count=1, tracker=info["tracker"], log=lambda *_: None)
+    # ... and an i8mm core (QEMU's max CPU), for the smmla conv.
+    manager.start(I8MM, count=1, tracker=info["tracker"], log=lambda *_: None)
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
     yield tracker, run
     pids = [e["pid"] for e in state.load()]
@@ -523,6 +527,88 @@ def test_gathered_int8_stem_runs_on_the_emulated_a72(device, tmp_path, rng):
         got = _run_kernels_remote(tracker, calls, tmp_path, CPU)[-1]
         want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, None)
         assert rel_err(got, want) < 1e-6, spec.name
+
+
+def test_smmla_kernels_run_on_the_emulated_i8mm_core(device, tmp_path, rng):
+    """Quantize (8-channel groups) + tbl decode + the smmla conv on the emulated neoverse-n2
+    (QEMU's max CPU, SVE at 128 bits): stride 2 with odd sizes, channels that fill no group,
+    a 1x1 conv with its epilogue, the float32 stem, and every input at +-127 against weights
+    at +-127 writing int8 for the next conv."""
+    tracker, _ = device
+    knobs = load_knobs(I8MM)
+    assert knobs["q8m_conv2d"]["mmla"] == "smmla"
+    S = conv2d.Conv2dSpec
+    for spec, ep, extreme in (
+            (S(1, 16, 9, 11, 32, (3, 3), (2, 2), (1, 1, 1, 1), bits=4), Epilogue(), False),
+            (S(1, 6, 7, 7, 12, (3, 3), (1, 1), (1, 1, 1, 1), bits=4), Epilogue(), False),
+            (S(1, 24, 8, 8, 32, (1, 1), bits=2), Epilogue(True, True, "relu"), False),
+            (S(1, 3, 17, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3), bits=FP32_WEIGHT), Epilogue(),
+             False),
+            (S(1, 32, 6, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=FP32_WEIGHT),
+             Epilogue(bias=True), True)):
+        x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
+        qs = int8_quant.QuantSpec.of(spec, depth=int8_mmla.DEPTH)
+        ds = int8_decode.DecodeSpec.of(spec, int8_mmla.DEPTH)
+        if extreme:
+            x = np.where(x < 0, -1.0, 1.0).astype(np.float32)
+            wq, d = np.where(rng.random(spec.weight_shape) < 0.5, -127, 127).astype(
+                np.int8), np.full(spec.out_channels, 0.1, np.float32)
+        elif spec.bits == FP32_WEIGHT:
+            wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape))
+        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
+                  [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
+        if spec.bits == FP32_WEIGHT:
+            weights = [int8_decode.conv_order(ds, wq)]
+        else:
+            cw = random_codebook_weight(rng, spec.weight_shape, spec.bits)
+            q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
+            wq = q[cw.indices()]
+            calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
+                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
+                           (0, 2), np.zeros(ds.shape, np.int8)]))
+            weights = [(1, 3)]
+        b = rng.normal(size=spec.out_channels).astype(np.float32)
+        r = rng.normal(size=spec.out_shape).astype(np.float32)
+        extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
+        func = int8_mmla.compute(spec, predecoded=True, epilogue=ep)
+        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        out = None
+        if extreme:  # int8 for the next smmla conv: sums of +-127 * 127 * 288 clamp
+            out = int8_quant.QuantSpec(1, 16, 6, 8, depth=int8_mmla.DEPTH)
+            func = int8_mmla.KERNEL.int8_out.make(func, out)[1]
+            want = int8.reference_out(out, want, relu=False)
+        calls.append((int8_mmla.schedule(func, knobs["q8m_conv2d"]),
+                       [(0, 1), (0, 2), *weights, d, *extra,
+                        np.zeros(spec.out_shape if out is None else out.out_shape,
+                                 np.float32 if out is None else np.int8)]))
+        got = _run_kernels_remote(tracker, calls, tmp_path, I8MM)[-1]
+        if out is None:
+            assert rel_err(got, want) < 1e-6, spec.name
+        else:
+            diff = np.abs(got.astype(np.int64) - want)
+            assert (np.abs(want) == 127).mean() > 0.2 and diff.max() <= 1
+            assert (diff > 0).mean() < 2e-3  # (a float32 tie rounded the other way)
+
+
+def test_int8_model_on_the_emulated_i8mm_core(device, tmp_path):
+    """ResNet-18 (32x32) for neoverse-n2: every conv the smmla conv, run on the emulated
+    core, gives the numbers of the same lowered module built for this host (the plain
+    code: the same integer sums); the artifact is refused on the neoverse-n1 device, whose
+    core lacks i8mm, before it runs."""
+    tracker, _ = device
+    profile = get_profile(I8MM)
+    loaded = pipeline.load_model("resnet18-32", 4, 0)
+    build = pipeline.build_model(loaded, profile, 4, False, strategy="auto")
+    convs = [r for r in build.lowered.records if r.lowered and r.op == "conv2d"]
+    assert convs and all(r.kernel.startswith("q8m_conv2d_") for r in convs)
+    pipeline.write_artifact(build, profile, tmp_path / "art")
+    x = loaded.example()
+    (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))
+    host = compiler.run_local(compiler.build(build.lowered, get_profile("x86")), [x])[0]
+    assert rel_err(got, host) < 1e-4 and np.argmax(got) == np.argmax(host)
+    with pytest.raises(UserError, match=r"^artifact is built for neoverse-n2 and uses .*\+i8mm"
+                                        r".*which the neoverse-n1 device lacks$"):
+        pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker), key=DOTPROD)
 
 
 def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path):

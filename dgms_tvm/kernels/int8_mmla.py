@@ -1,0 +1,142 @@
+"""The int8 conv on i8mm cores: ``smmla``, an int8 2 x 8 by 8 x 2 matrix product (32
+multiply-adds) per instruction, against ``sdot``'s 16.
+
+The compute is the int8 conv's (:mod:`.int8`) on input channels in groups of 8
+(``depth`` 8: :class:`~.int8_quant.QuantSpec`, :class:`~.int8_decode.DecodeSpec`): 2
+neighbouring output pixels' 8 channels are 16 contiguous bytes of the quantized input (its
+columns deinterleaved by the stride, as for ``sdot``), and 2 output channels' 8 weights of a
+tap 16 contiguous bytes of the weight ``[O/4, kh, kw, C8/8, 4 (o), 8 (c)]``. One ``smmla``
+of the two adds their 2 x 2 products into one register of 4 int32 sums, pixel-major
+(:func:`.intrin.smmla_2x2x8`); the accumulator tile is laid out in those 2 x 2 blocks.
+
+Register tile: ``xt`` pixels x ``4 * ob`` channels, ``xt * ob`` accumulators; per step
+``xt / 2`` input and ``2 * ob`` weight loads feed ``xt * ob`` ``smmla``
+(:func:`register_tile`). On cores without i8mm the same schedule runs as plain vector code
+(the host tests check the layout there; the emulated ``neoverse-n2`` runs the ``smmla``).
+"""
+
+from __future__ import annotations
+
+import tvm
+
+from . import int8
+from .conv2d import Conv2dSpec
+from .epilogue import Epilogue
+from .int8_quant import QuantSpec, padded_out_w
+from .int8_schedule import OUT_ATTR, PREDECODED_ATTR
+from .protocol import Fusion, Int8Out, KernelFamily
+
+FAMILY = "q8m_conv2d"
+#: Input channels per group: one pixel's 8 in a ``smmla`` operand row.
+DEPTH = 8
+
+
+def supports(spec: Conv2dSpec, profile=None) -> str:
+    """Empty when the smmla conv can take ``spec`` (as the sdot conv: groups 1, output
+    channels in 4s), else why not."""
+    return int8.supports(spec, profile)
+
+
+def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
+         epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> str:
+    return int8.name(spec, predecoded, unsigned, epilogue, out, family=FAMILY)
+
+
+def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
+            epilogue: Epilogue = Epilogue(), out: QuantSpec | None = None) -> tvm.tirx.PrimFunc:
+    """:func:`.int8.compute` on 8-channel groups (the operands of ``smmla``)."""
+    if unsigned:
+        raise ValueError("the smmla conv multiplies signed bytes (no unsigned input)")
+    return int8.compute(spec, predecoded, False, epilogue, out, family=FAMILY, depth=DEPTH)
+
+
+def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
+    """(pixels, 4-channel blocks) of the register tile: even divisors of the computed width
+    (up to ``ow_tile``) and of the 4-channel blocks (up to ``oc_blocks``) with the fewest
+    loads per ``smmla``, whose accumulators, one step's inputs and one weight register fit
+    in ``registers`` (two spare)."""
+    width, blocks = padded_out_w(spec), spec.out_channels // 4
+    best, cost = (2, 1), float("inf")
+    for xt in (d for d in range(2, knobs["ow_tile"] + 1, 2) if width % d == 0):
+        for ob in (d for d in range(1, knobs["oc_blocks"] + 1) if blocks % d == 0):
+            if xt * ob + xt // 2 + 1 > knobs["registers"] - 2:
+                continue
+            c = (xt // 2 + 2 * ob) / (xt * ob)
+            if c < cost - 1e-9:
+                best, cost = (xt, ob), c
+    return best
+
+
+def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
+    """Hand-written schedule; ``knobs``: ``ow_tile`` / ``oc_blocks`` / ``registers`` (see
+    :func:`register_tile`) and ``mmla`` (``smmla``, or ``""``: plain vector code)."""
+    sch = tvm.s_tir.Schedule(func)
+    apply(sch, knobs)
+    return sch.mod["main"]
+
+
+def apply(sch, knobs: dict, sample: bool = False) -> None:
+    """The schedule's steps on ``sch`` (no sampled form: tuning keeps the hand tile)."""
+    del sample
+    func = sch.mod["main"]
+    spec = Conv2dSpec.from_func(func)
+    out = QuantSpec.from_json(str(func.attrs[OUT_ATTR])) if OUT_ATTR in func.attrs else None
+    acc, deq = sch.get_sblock("acc"), sch.get_sblock("dequant")
+    # Step 1. Register tile: xt pixels x 4*ob channels, the innermost 2 pixels x 2 channels x
+    # 8 inputs one smmla; two reduction steps a loop trip, the window unrolled inside the
+    # channel loop (the tile then stays in registers for the whole reduction, as in the
+    # sdot conv's schedule).
+    n, o, yy, xx, rr, rq, rb, rc = sch.get_loops(acc)
+    xt, ob = register_tile(spec, knobs)
+    oo, oi, op, o2 = sch.split(o, [None, ob, 2, 2])
+    xo, xi, x2 = sch.split(xx, [None, xt // 2, 2])
+    steps = (spec.in_channels + DEPTH - 1) // DEPTH
+    rbo, rbi = sch.split(rb, [None, 2 if steps % 2 == 0 else 1])
+    sch.reorder(n, oo, yy, xo, rbo, rr, rq, rbi, oi, op, xi, x2, o2, rc)
+    smmla = knobs.get("mmla") == "smmla"
+    if smmla:  # (plain code stays rolled: the host tests' builds stay quick)
+        for loop in (rr, rq, rbi, oi, op, xi):
+            sch.unroll(loop)
+    # Step 2. The accumulator tile in smmla's 2 x 2 blocks (pixel-major), dequantized from
+    # there.
+    local = sch.cache_write(acc, 0, "local")
+    sch.compute_inline(local)
+    sch.transform_layout(acc, ("write", 0), lambda n_, o_, y_, x_: (
+        n_, y_, x_ // 2, o_ // 2, x_ % 2, o_ % 2))
+    sch.reverse_compute_at(deq, xo)
+    if not bool(int(func.attrs[PREDECODED_ATTR])):
+        sch.compute_at(sch.get_sblock("decode"), oo)
+    sch.parallel(sch.fuse(n, oo))
+    init = sch.decompose_reduction(acc, rbo)
+    if not smmla:  # plain scalar code: the layout's check on hosts without i8mm
+        return
+    from .intrin import smmla_2x2x8
+
+    sch.tensorize(x2, smmla_2x2x8())
+    # Step 3. Zeroing and dequantize unrolled (constant indices: the tile stays in
+    # registers, see the sdot conv's Step 4), the outputs stored 4 pixels of a channel at a
+    # time (float32, NCHW) or 4 pixels x d channels (int8 in the next conv's groups).
+    for loop in sch.get_loops(init)[-6:]:
+        sch.unroll(loop)
+    do, dx = sch.get_loops(deq)[-2:]
+    group = out.depth if out is not None and (4 * ob) % out.depth == 0 else 4
+    do_o, do_i = sch.split(do, [None, group])
+    dx_o, dx_i = sch.split(dx, [None, 4])
+    if out is not None:
+        sch.reorder(do_o, dx_o, dx_i, do_i)
+        sch.unroll(do_o)
+        sch.unroll(dx_o)
+        sch.vectorize(sch.fuse(dx_i, do_i))
+    else:
+        sch.reorder(do_o, dx_o, do_i, dx_i)
+        for loop in (do_o, dx_o, do_i):
+            sch.unroll(loop)
+        sch.vectorize(dx_i)
+    sch.set_scope(init, 0, "global")
+
+
+KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, int8.reference, supports,
+                      apply=apply, knobs=True,
+                      fusion=Fusion(int8.with_epilogue, scale=("D",)),
+                      int8_out=Int8Out(int8.bound, int8.why_not_quantized,
+                                       int8.with_quantized_output))
