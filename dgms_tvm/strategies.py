@@ -86,10 +86,11 @@ INT8_LUT = (
 
 #: The int8 conv of few input channels (the 3-channel stem), where the core's int8 conv
 #: would pad them: on aarch64 cores without ``sdot``, the window's taps gathered into the
-#: 16-channel groups of the widening kernel's 1x1 conv (:mod:`.kernels.int8_im2col`). The
-#: sdot conv pads 3 channels to 4 only, and x86 VNNI's to 4 as well: they take the stem
-#: themselves.
+#: 16-channel groups of the widening kernel's 1x1 conv (:mod:`.kernels.int8_im2col`), on
+#: i8mm cores into the 8-channel groups of the smmla conv's. The sdot conv pads 3 channels
+#: to 4 only, and x86 VNNI's to 4 as well: they take the stem themselves.
 INT8_IM2COL = (
+    ("i8mm", "q8_im2col"),
     ("dotprod", ""),
     ("neon", "q8_im2col"),
     (None, ""),

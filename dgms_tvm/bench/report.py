@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import ort_int8
+from . import floor, ort_int8
 from .ort_int8 import PEER_CONFIGS
 
 
@@ -43,10 +43,13 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
                                          key(labels[1], b) if b else None)
                              if isinstance(k, tuple)), None))
 
+    def macs(b):  # the layer's multiply-adds, by the second build's kernels
+        return floor.macs(key(labels[1], b)) if b else None
+
     first, second = (group_sites(sites[lb]) for lb in labels)
     if len(first) == len(second):
         return [{"index": i, "kind": kind(a, b), labels[0]: _entry(a, labels[0], by),
-                 labels[1]: _entry(b, labels[1], by)}
+                 labels[1]: _entry(b, labels[1], by), "macs": macs(b)}
                 for i, (a, b) in enumerate(zip(first, second, strict=True))]
     used, rows = [False] * len(second), []
     for a in first:
@@ -62,12 +65,14 @@ def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
         # a layer the second build does in a conv's epilogue counts with that conv's kind
         k = kind(a, None) if j is not None or not rows else rows[-1]["kind"]
         rows.append({"kind": k, labels[0]: ea, labels[1]: eb,
+                     "macs": macs(second[j]) if j is not None else None,
                      **({"epilogue": True} if j is None else {})})
     for j in (j for j, u in enumerate(used) if not u):  # in the second build only
         eb = _entry(second[j], labels[1], by)
         ea = {"kernel": "-", "median_ms": 0.0,
               **{k: None if eb[k] is None else 0.0 for k in ("minstr", "mcycles")}}
-        rows.append({"kind": kind(None, second[j]), labels[0]: ea, labels[1]: eb})
+        rows.append({"kind": kind(None, second[j]), labels[0]: ea, labels[1]: eb,
+                     "macs": macs(second[j])})
     return [{"index": i, **r} for i, r in enumerate(rows)]
 
 
@@ -198,7 +203,7 @@ def format_markdown(rep: dict) -> str:
         lines.append("- **Emulated device (QEMU user mode)**: the times are emulation times, "
                      "not ARM speed (QEMU runs FP32 code about 3x slower per instruction than "
                      "integer code, so time ratios are biased): a side column only.")
-    lines += _hot_lines(rep) + _kind_lines(rep) + _layer_lines(rep)
+    lines += _hot_lines(rep) + _kind_lines(rep) + floor.lines(rep) + _layer_lines(rep)
     return "\n".join(lines) + "\n"
 
 
@@ -313,6 +318,8 @@ def _cell(entry: dict, key: str) -> str:
 
 
 def write_report(rep: dict, output: Path) -> None:
+    if len(rep["rows"]) > 1 and rep.get("layers"):
+        rep["floor"] = floor.rows(rep)
     (output / "report.json").write_text(json.dumps(rep, indent=2) + "\n")
     (output / "report.md").write_text(format_markdown(rep))
     import matplotlib

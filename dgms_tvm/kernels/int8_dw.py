@@ -51,7 +51,7 @@ class Int8DwSpec(Spec):
 
     conv: Conv2dSpec
     act: str = ""  # "", "relu" or "relu6" after the shift
-    depth: int = 4  # channels innermost in its input (and an int8 output): 4 or 16
+    depth: int = 4  # channels innermost in its input (and an int8 output): 4, 8 or 16
     #: Where set, the outputs are written int8 in this layout (the next int8 conv's input:
     #: ``depth`` channels innermost, columns in order), ``round(y)`` clamped to ``[0, 127]``
     #: after relu / relu6 (``[-127, 127]`` without); the scale is folded into ``D`` and
@@ -65,18 +65,18 @@ class Int8DwSpec(Spec):
             raise ValueError(why)
         if self.act not in depthwise.ACTS:
             raise ValueError(f"unknown activation {self.act!r}")
-        if self.depth not in (4, 16):
-            raise ValueError(f"channel groups of {self.depth} (4 or 16)")
+        if self.depth not in (4, 8, 16):
+            raise ValueError(f"channel groups of {self.depth} (4, 8 or 16)")
         if self.out is not None and why_not_out(self, self.out):
             raise ValueError(why_not_out(self, self.out))
 
     @property
     def inp(self) -> QuantSpec:
         """Its input's layout (the quantize in front of it, or the conv writing it): rows of
-        whole 4-column runs in 4-channel groups (the sdot conv's 16-byte stores; the columns
-        past the row are not read), in order in 16-channel ones."""
+        whole 4-column runs in 4- and 8-channel groups (the sdot and smmla convs' stores; the
+        columns past the row are not read), in order in 16-channel ones."""
         c = self.conv
-        extra = -c.width % 4 if self.depth == 4 else 0
+        extra = -c.width % 4 if self.depth in (4, 8) else 0
         return QuantSpec(c.batch, c.in_channels, c.height, c.width, extra=extra,
                          depth=self.depth)
 

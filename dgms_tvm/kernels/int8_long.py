@@ -291,4 +291,10 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 #: Written already scheduled; its choices (``pairwise``, ``round``) follow from the core, so
 #: it has no knobs in the schedule files.
-KERNEL = family(FAMILY, LongSpec, compute, schedule, reference_int8, takes)
+def peak(profile, bits: int):
+    """``smlal``: 8 int8 products (widened to 16 bits) added a instruction."""
+    del bits
+    return ("smlal", 8) if profile.neon else None
+
+
+KERNEL = family(FAMILY, LongSpec, compute, schedule, reference_int8, takes, peak)

@@ -380,4 +380,10 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
                                        fcvtns=knobs.get("round") == "fcvtns"))
 
 
-KERNEL = family(FAMILY, LutSpec, compute, schedule, reference, supports)
+def peak(profile, bits: int):
+    """One ``tbl`` over two tables: 16 entries, each the sum of 2 (2-bit) or 4 (1-bit)
+    products."""
+    return ("tbl", 16 * (4 // bits)) if profile.neon and bits in (1, 2) else None
+
+
+KERNEL = family(FAMILY, LutSpec, compute, schedule, reference, supports, peak)

@@ -31,9 +31,17 @@ FAMILY = "q8m_conv2d"
 DEPTH = 8
 
 
+#: Input channels from which the conv reads a layer itself: fewer (the 3-channel stem) would
+#: be padded to 8, and their taps gathered into a 1x1 conv (:mod:`.int8_im2col`) waste less.
+MIN_CHANNELS = 5
+
+
 def supports(spec: Conv2dSpec, profile=None) -> str:
     """Empty when the smmla conv can take ``spec`` (as the sdot conv: groups 1, output
-    channels in 4s), else why not."""
+    channels in 4s; and at least :data:`MIN_CHANNELS` input channels), else why not."""
+    if spec.in_channels < MIN_CHANNELS and spec.groups == 1:
+        return (f"{spec.in_channels} input channels (the smmla conv reads 8 at a time: its "
+                "taps gathered into a 1x1 conv pad less)")
     return int8.supports(spec, profile)
 
 
@@ -116,7 +124,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     # Step 3. Zeroing and dequantize unrolled (constant indices: the tile stays in
     # registers, see the sdot conv's Step 4), the outputs stored 4 pixels of a channel at a
     # time (float32, NCHW) or 4 pixels x d channels (int8 in the next conv's groups).
-    for loop in sch.get_loops(init)[-6:]:
+    for loop in sch.get_loops(init)[-5:]:
         sch.unroll(loop)
     do, dx = sch.get_loops(deq)[-2:]
     group = out.depth if out is not None and (4 * ob) % out.depth == 0 else 4
@@ -135,8 +143,14 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.set_scope(init, 0, "global")
 
 
+def peak(profile, bits: int):
+    """``smmla``: a 2 x 8 by 8 x 2 int8 product, 32 multiply-adds."""
+    del bits
+    return ("smmla", 32) if profile.i8mm else None
+
+
 KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, int8.reference, supports,
-                      apply=apply, knobs=True,
+                      apply=apply, knobs=True, peak=peak,
                       fusion=Fusion(int8.with_epilogue, scale=("D",)),
                       int8_out=Int8Out(int8.bound, int8.why_not_quantized,
                                        int8.with_quantized_output))

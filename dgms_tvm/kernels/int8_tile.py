@@ -173,7 +173,8 @@ class Tiles:
         return store
 
 
-def family(name: str, spec_type, compute, schedule, reference, supports) -> KernelFamily:
+def family(name: str, spec_type, compute, schedule, reference, supports,
+           peak=None) -> KernelFamily:
     """The :class:`~.protocol.KernelFamily` of a conv written on these tiles (its spec has
     ``conv``, ``epilogue`` and ``out``): it takes the ops after it as its epilogue (their
     scale into ``D``) and writes the next conv's int8 input (:func:`why_not_out`)."""
@@ -186,4 +187,4 @@ def family(name: str, spec_type, compute, schedule, reference, supports) -> Kern
     return KernelFamily(name, spec_type, compute, schedule, reference, supports,
                         fusion=Fusion(with_epilogue, scale=("D",)),
                         int8_out=int8_out.of_spec(spec_type, compute, why_not_out,
-                                                  lambda spec: spec.epilogue.act))
+                                                  lambda spec: spec.epilogue.act), peak=peak)

@@ -162,6 +162,11 @@ class KernelFamily:
         which a producer with :attr:`int8_out` replaces.
     int8_out : Int8Out or None
         How it writes the next int8 conv's input itself; None: it writes float32 only.
+    peak : callable or None
+        ``peak(profile, bits) -> (instruction, multiply-adds)``: the instruction its
+        arithmetic runs on ``profile``'s core for ``bits``-bit weights, and the multiply-adds
+        one makes (the floor a report measures the conv against: ``dgms_tvm.bench.floor``),
+        or None where it has none there.
     """
 
     family: str
@@ -177,6 +182,7 @@ class KernelFamily:
     operand: bool = False
     quantize: bool = False
     int8_out: Int8Out | None = None
+    peak: Callable | None = None
 
     def __post_init__(self):
         if self.int8_out is not None and self.fusion is None:

@@ -35,9 +35,7 @@ class Int8ConvLowering:
                 klut.FAMILY in strategies.conv2d_candidates(self.policy.strategy,
                                                             self.policy.profile):
             rec.reason = f"widening int8 conv: {klut.supports(spec)}"  # why not the tables
-        # the widening kernel (cores without sdot) reads 16 input channels at a time, the
-        # smmla conv 8, the sdot conv 4
-        depth = {klong.FAMILY: klong.DEPTH, kmmla.FAMILY: kmmla.DEPTH}.get(family, 4)
+        depth = self._depth(family)
         dot = kmmla if family == kmmla.FAMILY else kint8
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kdecode.DecodeSpec.of(spec, depth)
@@ -87,24 +85,38 @@ class Int8ConvLowering:
                               out_ty=out_ty)
 
     def _int8_im2col(self, x, cw, value, spec, rec, out_ty):
-        """A conv of few input channels on the widening kernel: the input quantized (4
-        channels innermost), its window's taps gathered into the channels of a 1x1 conv
-        (:mod:`dgms_tvm.kernels.int8_im2col`), the weight laid out in the same order at
-        compile time (per output channel for a layer that is no codebook, the stem)."""
+        """A conv of few input channels on the core's int8 conv (the widening kernel, or the
+        smmla conv): the input quantized (4 channels innermost), its window's taps gathered
+        into the channels of a 1x1 conv (:mod:`dgms_tvm.kernels.int8_im2col`), the weight
+        laid out in the same order at compile time (per output channel for a layer that is
+        no codebook, the stem)."""
         rec.strategy, rec.reason = "int8", ""
-        ispec = kim2col.Im2colSpec(spec)
+        mmla = strategies.int8_conv(self.policy.profile) == kmmla.FAMILY
+        ispec = kim2col.Im2colSpec(spec, kmmla.DEPTH if mmla else klong.DEPTH)
         lspec = self._long(ispec.pointwise)
-        wq, d = self._int8_weight(cw, value, spec, lspec.limit)
-        ds = kdecode.DecodeSpec.of(lspec.conv, klong.DEPTH)
+        wq, d = self._int8_weight(cw, value, spec, 127 if mmla else lspec.limit)
+        ds = kdecode.DecodeSpec.of(ispec.pointwise, ispec.depth)
         w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
         xq, sx = self._quantize(x, ispec.inp)
         cols = self.builder_.emit(relax.call_tir(
             self._kernel(kim2col.compute, ispec), [xq],
             out_ty=relax.TensorType(ispec.out.out_shape, "int8")))
-        self._note(rec, cw, lspec)
         self.made = rec
-        return relax.call_tir(self._kernel(klong.compute, lspec),
-                              [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
+        if mmla:  # the 1x1 conv's kernel made as the lowering makes the others (its weight
+            # int8, laid out here)
+            kname = kmmla.name(ispec.pointwise, predecoded=True)
+            if kname not in self.kernels:
+                self.kernels[kname] = self.builder_.add_func(
+                    kmmla.compute(ispec.pointwise, predecoded=True), kname)
+            gv = self.kernels[kname]
+            if cw is None:
+                rec.fp32_kernel = kname
+            else:
+                rec.kernel = kname
+        else:
+            self._note(rec, cw, lspec)
+            gv = self._kernel(klong.compute, lspec)
+        return relax.call_tir(gv, [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
                               out_ty=out_ty)
 
     def _int8_lut(self, x, cw, spec, rec, out_ty):
@@ -159,14 +171,20 @@ class Int8ConvLowering:
         rec.strategy, rec.reason = "int8", ""
         # the channel groups of the core's int8 conv, which writes its input and reads its
         # output (aarch64)
-        wide = strategies.int8_conv(self.policy.profile) == klong.FAMILY
+        conv = strategies.int8_conv(self.policy.profile)
         wq, d = self._int8_weight(cw, value, spec)
-        dspec, consts = module.lowered(spec, wq, d, klong.DEPTH if wide else 4)
+        dspec, consts = module.lowered(spec, wq, d, self._depth(conv))
         self._note(rec, cw, dspec)
         self.made = rec
         xq, sx = self._quantize(x, dspec.inp)
         return relax.call_tir(self._kernel(module.compute, dspec),
                               [xq, sx, *(relax.const(c) for c in consts)], out_ty=out_ty)
+
+    @staticmethod
+    def _depth(family: str) -> int:
+        """The input channels per group of the int8 conv ``family``: the widening kernel
+        (cores without sdot) reads 16 at a time, the smmla conv 8, the sdot conv 4."""
+        return {klong.FAMILY: klong.DEPTH, kmmla.FAMILY: kmmla.DEPTH}.get(family, 4)
 
     @property
     def _int8(self) -> bool:

@@ -128,3 +128,44 @@ def test_layers_sum_by_kind_with_their_epilogues():
     assert kinds["1x1"]["DGMS minstr"] == 2.0  # its input quantize counts in it
     text = "\n".join(report._kind_lines(rep))
     assert "| 1x1 | 1 | 8.0 | 2.0 | 4.00x | 16.0 | 4.0 | 4.00x | 2.00 | 2.00 |" in text
+
+
+def test_int8_convs_against_their_floor():
+    """The floor section: each int8 conv's multiply-adds (the layer's own, from its shape)
+    per instruction and per estimated cycle of its conv kernel alone, against its
+    instruction's peak on the report's core (smmla 32 on neoverse-n2, sdot 16 on
+    neoverse-n1); a gathered stem counts the stem's multiply-adds, not its 1x1 conv's."""
+    c3 = (1, 64, 56, 56, 64, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 1)  # 115.6 M
+    stem = (1, 3, 224, 224, 64, (7, 7), (2, 2), (3, 3, 3, 3), (1, 1), 1)  # 118.0 M
+    pw = (1, 200, 112, 112, 64, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
+    assert report.floor.macs(c3) == 56 * 56 * 64 * 64 * 9 and report.floor.macs("pool") is None
+    fp32 = ["fp32_stem", "fp32_c3", "pool"]
+    dgms = ["q8_quant_s", "q8_im2col_s", "q8m_conv2d_pw_w8_pre", "q8_quant_c",
+            "q8m_conv2d_c3_b4_pre", "pool"]
+    keys = {"FP32": {"fp32_stem": stem, "fp32_c3": c3},
+            "DGMS": {"q8_im2col_s": stem, "q8m_conv2d_pw_w8_pre": pw,
+                     "q8m_conv2d_c3_b4_pre": c3}}
+    fig = {"q8m_conv2d_pw_w8_pre": 7.375, "q8m_conv2d_c3_b4_pre": 7.225}
+    by = {("kernel", label, nm): {"ms": [1.0], "minstr": fig.get(nm, 1.0),
+                                  "mcycles": fig.get(nm, 1.0) / 2}
+          for label, names in (("FP32", fp32), ("DGMS", dgms)) for nm in names}
+    layers = report.layers({"FP32": fp32, "DGMS": dgms}, by, keys)
+    rep = {"rows": [{"label": "FP32"}, {"label": "DGMS"}], "layers": layers,
+           "target": "neoverse-n2", "bits": 4}
+    rep["floor"] = report.floor.rows(rep)
+    assert [(r["kernel"], r["instruction"], r["peak"]) for r in rep["floor"]] == [
+        ("q8m_conv2d_pw_w8_pre", "smmla", 32), ("q8m_conv2d_c3_b4_pre", "smmla", 32)]
+    assert rep["floor"][0]["mmacs"] == report.floor.macs(stem) * 1e-6
+    text = "\n".join(report.floor.lines(rep))
+    # 115.6 M in 7.225 M: 16.0 a instruction, half the peak; 32.0 a cycle
+    assert "| 1 | 3x3 | `q8m_conv2d_c3_b4_pre` | 115.6 | 7.225 | 16.0 | 32 (smmla) | 50% |" \
+        " 3.612 | 32.0 |" in text
+    assert "these 2 convs: 234 M multiply-adds in 14.6 M instructions" in text
+    # the same layers on a dotprod core: sdot, 16
+    n1 = dict(rep, target="neoverse-n1")
+    dgms_n1 = [n.replace("q8m_", "q8_") for n in dgms]
+    by = {("kernel", "DGMS", n.replace("q8m_", "q8_")): v for (_, lb, n), v in by.items()
+          if lb == "DGMS"} | {k: v for k, v in by.items() if k[1] == "FP32"}
+    keys["DGMS"] = {k.replace("q8m_", "q8_"): v for k, v in keys["DGMS"].items()}
+    n1["layers"] = report.layers({"FP32": fp32, "DGMS": dgms_n1}, by, keys)
+    assert {(r["instruction"], r["peak"]) for r in report.floor.rows(n1)} == {("sdot", 16)}

@@ -64,7 +64,7 @@ def _case(conv, rng, depth=4, act="", out=None, extreme=False, gain=1.0):
 
 @pytest.mark.parametrize("conv,why", CASES, ids=[c[1] for c in CASES])
 @pytest.mark.parametrize("bits", [2, 4, 8, FP32_WEIGHT])
-@pytest.mark.parametrize("depth", [4, 16])
+@pytest.mark.parametrize("depth", [4, 8, 16])
 def test_int8_depthwise_matches_oracle(conv, why, bits, depth, rng):
     conv = dataclasses.replace(conv, bits=bits)
     spec, args, want = _case(conv, rng, depth, act=("", "relu", "relu6")[bits % 3])
@@ -73,7 +73,7 @@ def test_int8_depthwise_matches_oracle(conv, why, bits, depth, rng):
 
 
 @pytest.mark.parametrize("conv,why", CASES[:3], ids=[c[1] for c in CASES[:3]])
-@pytest.mark.parametrize("depth", [4, 16])
+@pytest.mark.parametrize("depth", [4, 8, 16])
 def test_int8_extremes(conv, why, depth, rng):
     """Every product +-127 x 127: the int16 pair sums at their largest (+-32258), the int32
     sums of 9 taps exact."""
@@ -96,6 +96,8 @@ QUANTIZED = [
      "no activation: negative values"),
     (S(1, 8, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1), groups=8), dict(), "relu",
      "7 wide, unpadded: the last 3 pixels stored alone"),
+    (S(1, 24, 14, 14, 24, (3, 3), (2, 2), (1, 1, 1, 1), groups=24), dict(depth=8, extra=1),
+     "relu6", "8-channel groups (the smmla conv's), stride 2, 7 wide: a column past the row"),
 ]
 
 

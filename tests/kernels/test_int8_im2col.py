@@ -11,7 +11,15 @@ import numpy as np
 import pytest
 import tvm
 
-from dgms_tvm.kernels import conv2d, int8, int8_decode, int8_im2col, int8_long, int8_quant
+from dgms_tvm.kernels import (
+    conv2d,
+    int8,
+    int8_decode,
+    int8_im2col,
+    int8_long,
+    int8_mmla,
+    int8_quant,
+)
 from dgms_tvm.kernels.common import standalone
 from dgms_tvm.kernels.epilogue import Epilogue
 from dgms_tvm.schedules import load_knobs
@@ -38,9 +46,10 @@ def _gather(spec, xq):
     return run_kernel(int8_im2col.compute(spec), [xq, np.full(spec.out.out_shape, 77, np.int8)])
 
 
-def _conv(spec, ep, x, wq, d, b, r, limit=int8_long.WEIGHT_LIMIT):
-    """Quantize (the kernel) -> gather -> widening 1x1 conv, on the host."""
-    ic = int8_im2col.Im2colSpec(spec)
+def _conv(spec, ep, x, wq, d, b, r, limit=int8_long.WEIGHT_LIMIT, depth=16):
+    """Quantize (the kernel) -> gather -> widening 1x1 conv (``depth`` 16) or the smmla
+    conv's (8), on the host."""
+    ic = int8_im2col.Im2colSpec(spec, depth)
     qs = ic.inp
     lib = tvm.compile(standalone(int8_quant.compute(qs)), target=get_profile("x86").tvm_target())
     xq, sx = (tvm.runtime.tensor(np.zeros(s, t)) for s, t in ((qs.out_shape, np.int8),
@@ -50,18 +59,23 @@ def _conv(spec, ep, x, wq, d, b, r, limit=int8_long.WEIGHT_LIMIT):
     assert np.array_equal(xq, int8_quant.reference(qs, x)[0])
     cols = _gather(ic, xq)
     pw = ic.pointwise
-    ls = int8_long.LongSpec(pw, ep, limit=limit)
-    w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=16),
+    w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=depth),
                                int8_im2col.columns(ic, wq))
     extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
-    func = int8_long.schedule(int8_long.compute(ls), load_knobs("x86")["q8l_conv2d"])
+    if depth == 8:
+        func = int8_mmla.schedule(int8_mmla.compute(pw, predecoded=True, epilogue=ep),
+                                  load_knobs("x86")["q8m_conv2d"])
+    else:
+        ls = int8_long.LongSpec(pw, ep, limit=limit)
+        func = int8_long.schedule(int8_long.compute(ls), load_knobs("x86")["q8l_conv2d"])
     return run_kernel(func, [cols, sx, w, d, *extra,
                              np.zeros(spec.out_shape, np.float32)])
 
 
 @pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
-def test_gather_matches_its_oracle_and_writes_every_byte(spec, ep, why, rng):
-    ic = int8_im2col.Im2colSpec(spec)
+@pytest.mark.parametrize("depth", [16, 8])
+def test_gather_matches_its_oracle_and_writes_every_byte(spec, ep, why, depth, rng):
+    ic = int8_im2col.Im2colSpec(spec, depth)
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     xq, _ = int8_quant.reference(ic.inp, x.astype(np.float32))
     got = _gather(ic, xq)
@@ -71,13 +85,14 @@ def test_gather_matches_its_oracle_and_writes_every_byte(spec, ep, why, rng):
     used = sorted(ic.column(c, i, j) for c in range(spec.in_channels)
                   for i in range(spec.kernel[0]) for j in range(spec.kernel[1]))
     assert len(set(used)) == len(used) == spec.in_channels * ic.taps
-    rest = np.setdiff1d(np.arange(ic.groups * 16), used)
-    flat = got.transpose(0, 1, 4, 2, 3, 5).reshape(spec.batch, spec.out_h, spec.out_w, -1)
-    assert not flat[..., rest].any()
+    rest = np.setdiff1d(np.arange(ic.groups * depth), used)
+    flat = got.transpose(0, 1, 4, 2, 3, 5).reshape(spec.batch, spec.out_h, got.shape[4], -1)
+    assert not flat[..., rest].any() and not flat[:, :, spec.out_w:].any()
 
 
 @pytest.mark.parametrize("spec,ep,why", CASES, ids=[c[2] for c in CASES])
-def test_gathered_conv_equals_the_int8_conv_oracle(spec, ep, why, rng):
+@pytest.mark.parametrize("depth", [16, 8])
+def test_gathered_conv_equals_the_int8_conv_oracle(spec, ep, why, depth, rng):
     x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
     x = x.astype(np.float32)
     lim = int8_long.WEIGHT_LIMIT
@@ -85,14 +100,14 @@ def test_gathered_conv_equals_the_int8_conv_oracle(spec, ep, why, rng):
     d = rng.uniform(0.5, 1.5, spec.out_channels).astype(np.float32)
     b = rng.normal(size=spec.out_channels).astype(np.float32)
     r = rng.normal(size=spec.out_shape).astype(np.float32)
-    got = _conv(spec, ep, x, wq, d, b, r)
+    got = _conv(spec, ep, x, wq, d, b, r, depth=depth)
     want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
     assert rel_err(got, want) < 1e-6, spec.name
 
 
-@pytest.mark.parametrize("limit", [int8_long.WEIGHT_LIMIT, 127])
+@pytest.mark.parametrize("limit,depth", [(int8_long.WEIGHT_LIMIT, 16), (127, 16), (127, 8)])
 @pytest.mark.parametrize("sign", [1, -1])
-def test_gathered_conv_at_the_extremes_of_its_ranges(sign, limit):
+def test_gathered_conv_at_the_extremes_of_its_ranges(sign, limit, depth):
     """Inputs at +-max (quantized to +-127) against weights at +-limit everywhere: the 7x7
     stem's 147 products of one sign, exact."""
     spec = S(1, 3, 12, 12, 8, (7, 7), (2, 2), (3, 3, 3, 3))
@@ -100,7 +115,7 @@ def test_gathered_conv_at_the_extremes_of_its_ranges(sign, limit):
     x[0, 1] = -2.5
     wq = np.full(spec.weight_shape, sign * limit, np.int8)
     d = np.ones(8, np.float32)
-    got = _conv(spec, E(), x, wq, d, None, None, limit=limit)
+    got = _conv(spec, E(), x, wq, d, None, None, limit=limit, depth=depth)
     want = int8.reference_int8(spec, x, wq, d)
     assert np.array_equal(got, want)
     assert np.abs(want).max() == pytest.approx(49 * 127 * limit * 2.5 / 127, rel=1e-6)
@@ -122,6 +137,18 @@ def test_what_the_gather_takes():
         int8_im2col.Im2colSpec(S(1, 5, 8, 8, 8, (3, 3)))
     # the widening conv refuses the stem it serves (3 channels padded to 16)
     assert int8_long.supports(stem) and int8_long.supports(ic.pointwise) == ""
+    # in the smmla conv's groups of 8: 2 taps of a word each (3-byte steps would leave the
+    # last byte of each group unwritten), 25 groups for 49 taps (147 values, 1.36x)
+    r18m = int8_im2col.Im2colSpec(r18.conv, 8)
+    assert (r18m.step, r18m.per_group, r18m.groups, r18m.pointwise.in_channels) == (
+        4, 2, 25, 200)
+    assert r18m.name.endswith("_d8") and r18m.out.depth == 8
+    assert int8_mmla.supports(stem) and int8_mmla.supports(r18m.pointwise) == ""
+    # 2 channels: 3 taps at 2-byte steps fill a group of 8
+    assert (int8_im2col.Im2colSpec(S(1, 2, 8, 8, 4, (3, 3)), 8).step,
+            int8_im2col.Im2colSpec(S(1, 2, 8, 8, 4, (3, 3)), 8).per_group) == (2, 3)
+    with pytest.raises(ValueError, match="groups of 12"):
+        int8_im2col.Im2colSpec(stem, 12)
 
 
 def test_gather_builds_to_a_word_a_tap_on_aarch64():

@@ -245,3 +245,51 @@ def test_low_bit_layers_take_the_lookup_table_conv_without_sdot(bits):
     exact = compiler.run_local(compiler.build(compiler.lower(imported, bits), host),
                                [x.numpy()])[0]
     assert 0 < rel_err(got, exact) < 0.1
+
+
+class _MiniMobile(torch.nn.Module):
+    """A MobileNet stem (3 channels), a depthwise conv and a pointwise conv."""
+
+    def __init__(self):
+        super().__init__()
+        nn = torch.nn
+        self.stem = nn.Sequential(nn.Conv2d(3, 16, 3, 2, 1, bias=False), nn.BatchNorm2d(16),
+                                  nn.ReLU6())
+        self.dw = nn.Sequential(nn.Conv2d(16, 16, 3, 1, 1, groups=16, bias=False),
+                                nn.BatchNorm2d(16), nn.ReLU6())
+        self.pw = nn.Conv2d(16, 24, 1)
+
+    def forward(self, x):
+        return self.pw(self.dw(self.stem(x))).mean((2, 3))
+
+
+def test_int8_on_an_i8mm_core_takes_the_smmla_conv():
+    """For neoverse-n2 (i8mm): the convs are the smmla conv behind quantize / decode kernels
+    in 8-channel groups; the 3-channel stem's taps gathered into a 1x1 smmla conv (9 taps,
+    2 a group of 8: 40 channels); the depthwise conv reads and writes 8-channel groups.
+    Built for this host, the same module runs the plain code close to exact."""
+    torch.manual_seed(0)
+    net = _MiniMobile().eval()
+    hard_quantize(net, 4)
+    x = torch.randn(1, 3, 16, 16)
+    imported = frontend.from_torch(net, (x,))
+    n2 = get_profile("neoverse-n2")
+    lowered = compiler.lower(imported, 4, strategy="int8", profile=n2)
+    recs = {r.name: r for r in lowered.records}
+    stem = recs["stem.0.weight"]
+    assert "_c40_" in (stem.kernel or stem.fp32_kernel) and "_k1x1_" in (
+        stem.kernel or stem.fp32_kernel)
+    assert recs["pw.weight"].kernel.startswith("q8m_conv2d_")
+    assert recs["dw.0.weight"].kernel.startswith("q8_dw_conv2d_") and \
+        recs["dw.0.weight"].kernel.endswith("_d8")
+    called = [f for op, f in main_calls(lowered.mod) if op == "call_tir"]
+    fams = [str(f.attrs[KERNEL_ATTR]) for f in called]
+    assert "q8_im2col" in fams and fams.count("q8m_conv2d") == 2
+    quants = [json.loads(str(f.attrs[SPEC_ATTR])) for f in called
+              if str(f.attrs[KERNEL_ATTR]) == "q8_quant"]
+    assert sorted(q["depth"] for q in quants) == [4, 8, 8]  # the gather reads words of 4
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
+                               [x.numpy()])[0]
+    assert 0 < rel_err(got, exact) < 0.05
