@@ -132,6 +132,10 @@ def test_register_tiles():
     # 28 columns: 4 pixels x 16 channels
     assert int8_mmla.register_tile(S(1, 128, 28, 28, 128, (3, 3), padding=(1,) * 4),
                                    knobs) == (4, 4)
+    # 96 outputs: 8 x 12, unless written int8 in 8-channel groups (whole groups: 8 x 8)
+    expand = S(1, 16, 112, 112, 96, (1, 1))
+    assert int8_mmla.register_tile(expand, knobs) == (8, 3)
+    assert int8_mmla.register_tile(expand, knobs, 8) == (8, 2)
 
 
 def test_only_i8mm_cores_take_it():
@@ -156,3 +160,33 @@ def test_smmla_loop_on_an_i8mm_core():
     smmla, loads = ops.count("smmla"), sum(o.startswith("ld") for o in ops)
     assert smmla == 2 * 9 * 16  # 2 groups of 8 channels x 9 taps x (8 pixels x 8 channels)
     assert loads <= smmla / 2 and len(ops) < 2 * smmla
+
+
+def test_tuning_samples_the_tile(rng):
+    """Sampled (a tuning design space): the tile's pixels and channel blocks are two
+    decisions over every tile that splits the layer, first the hand tile's; another
+    decision replays to another tile, and the kernel still matches the oracle."""
+    spec = S(1, 16, 6, 8, 32, (3, 3), padding=(1, 1, 1, 1), bits=4)
+    cw, q, d = _weights(spec, rng)
+    x = _input(spec, rng)
+    xq, sx = quantized(spec, x)
+    want = int8.reference(spec, x, cw.indices(), q, d)
+    func = int8_mmla.compute(spec)
+    assert FAMILIES[int8_mmla.FAMILY].searchable
+    sch = tvm.s_tir.Schedule(func)
+    int8_mmla.apply(sch, _knobs(), sample=True)
+    insts = [i for i in sch.trace.insts if i.kind.name == "SampleCategorical"]
+    cands = int8_mmla.tiles(spec, _knobs())
+    assert len(insts) == 2 and (8, 4) in cands and (2, 1) in cands
+    hand = int8_mmla.register_tile(spec, _knobs())
+    assert [int(sch.trace.decisions[i]) for i in insts] == [
+        sorted({t[0] // 2 for t in cands}).index(hand[0] // 2),
+        sorted({t[1] for t in cands}).index(hand[1])]
+    trace = sch.trace.with_decision(insts[0], 0, True).with_decision(insts[1], 0, True)
+    other = tvm.s_tir.Schedule(func)
+    trace.apply_to_schedule(other, remove_postproc=False)
+    loops = other.get_loops(other.get_sblock("acc_update"))
+    assert (2, 1) != hand and 1 in [int(lp.extent) for lp in map(other.get, loops)]
+    got = run_kernel(other.mod["main"], [xq, sx, cw.packed, q, d,
+                                         np.zeros(spec.out_shape, np.float32)])
+    assert rel_err(got, want) < 1e-6
