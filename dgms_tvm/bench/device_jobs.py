@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import dataclasses
 import queue
+import re
 import sys
 import threading
+import time
 from pathlib import Path
 
 from ..device.client import Tracker
@@ -107,6 +109,30 @@ class Device:
                 log(f"warning: no cycle estimate: {err}")
             return NO_CYCLES
 
+#: How QEMU reports the signal a guest process died of (in the device's log).
+SIGNAL = re.compile(r"uncaught target signal (\d+) \(([^)]+)\)")
+
+
+def device_logs(key: str) -> dict[Path, int]:
+    """The logs of the emulated devices under ``key`` started here, and their sizes now."""
+    from ..device.sysroot import run_dir
+
+    return {p: p.stat().st_size for p in run_dir().glob(f"device-{key}-*.log")}
+
+
+def died_of(key: str, since: dict[Path, int]) -> str:
+    """The signal an emulated device under ``key`` died of after ``since`` (its logs' sizes
+    then), as QEMU wrote it (``signal 4 (Illegal instruction)``), or ``""``."""
+    for attempt in range(3):  # (QEMU may write it just after the session's socket closes)
+        for path, size in device_logs(key).items():
+            with open(path, "rb") as f:
+                f.seek(since.get(path, 0))
+                if m := SIGNAL.search(f.read().decode(errors="replace")):
+                    return f"signal {m.group(1)} ({m.group(2)})"
+        time.sleep(0.5 * (attempt < 2))
+    return ""
+
+
 def kernel_job(job: Job, dev: Device, func, repeat: int, number: int) -> dict:
     import tvm
 
@@ -146,6 +172,7 @@ def run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, work
                 except queue.Empty:
                     return
                 for attempt in (1, 2):
+                    logs = device_logs(key)
                     try:
                         if dev is None and job.kind != "peer":
                             dev = Device(tracker, key, profile, workdir, counting, timeout)
@@ -159,12 +186,16 @@ def run_jobs(jobs: list[Job], run_one, tracker: Tracker, key: str, profile, work
                             dev.close()
                         dev = None
                         first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+                        if sig := died_of(key, logs):  # the kernel that killed it, and how
+                            first = f"the device died of {sig}" + (
+                                f": an instruction the emulated {profile.name} lacks"
+                                if sig.startswith("signal 4 ") else "")
                         if attempt == 2:
                             failed.append(UserError(
                                 f"{job.label} failed twice on devices under key {key!r} "
                                 f"(the device died? see its log): {first}"))
                             return
-                        tqdm.write(f"  {job.label}: device lost ({first[:80]}); retrying "
+                        tqdm.write(f"  {job.label}: device lost ({first[:120]}); retrying "
                                    "once on a fresh device", file=sys.stderr)
                 with lock:
                     bar.update(1)

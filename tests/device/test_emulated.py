@@ -801,6 +801,29 @@ def test_bench_gives_a_clear_error_when_the_retry_fails_too(device, tmp_path, mo
     manager.wait_for_devices(tracker, CPU, 2, timeout=60)  # sessions given back
 
 
+def test_a_kernel_with_an_instruction_the_core_lacks_is_named(device, tmp_path):
+    """The smmla conv sent to the neoverse-n1 device (no i8mm) past the artifact check: the
+    device dies of SIGILL on both tries, and the run names the kernel and why; the
+    supervisor brings the device back."""
+    from dgms_tvm.bench.device_jobs import Job, kernel_job, run_jobs
+
+    tracker, _ = device
+    spec = conv2d.Conv2dSpec(1, 16, 6, 8, 16, (3, 3), padding=(1, 1, 1, 1), bits=FP32_WEIGHT)
+    func = int8_mmla.schedule(int8_mmla.compute(spec, predecoded=True),
+                              load_knobs(I8MM)["q8m_conv2d"]).with_attr("global_symbol", "k0")
+    n2 = get_profile(I8MM)
+    path = tmp_path / "smmla.so"
+    tvm.compile(tvm.IRModule({"k0": func}), target=n2.tvm_target()).export_library(
+        str(path), fcompile=n2.cross_compiler())
+    jobs = [Job("kernel k0", "kernel", "", path, "k0")]
+    with pytest.raises(UserError, match=r"^kernel k0 failed twice .*: the device died of "
+                                        r"signal 4 \(Illegal instruction\): an instruction "
+                                        r"the emulated neoverse-n1 lacks$"):
+        run_jobs(jobs, lambda job, dev: kernel_job(job, dev, func, 1, 1), tracker, DOTPROD,
+                 get_profile(DOTPROD), tmp_path, False, 1, timeout=180)
+    manager.wait_for_devices(tracker, DOTPROD, 1, timeout=180)
+
+
 def test_instruction_counts_are_stable_within_a_process(device, arm_model, tmp_path):
     import tvm
     from tvm import relax
