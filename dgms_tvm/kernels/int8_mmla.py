@@ -23,7 +23,7 @@ from . import int8
 from .conv2d import Conv2dSpec
 from .epilogue import Epilogue
 from .int8_quant import QuantSpec, padded_out_w
-from .int8_schedule import OUT_ATTR, PREDECODED_ATTR
+from .int8_schedule import OUT_ATTR, PREDECODED_ATTR, store_tile
 from .protocol import Fusion, Int8Out, KernelFamily
 
 FAMILY = "q8m_conv2d"
@@ -146,19 +146,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     # time (float32, NCHW) or 4 pixels x d channels (int8 in the next conv's groups).
     for loop in sch.get_loops(init)[-5:]:
         sch.unroll(loop)
-    do, dx = sch.get_loops(deq)[-2:]
-    do_o, do_i = sch.split(do, [None, group])
-    dx_o, dx_i = sch.split(dx, [None, 4])
-    if out is not None:
-        sch.reorder(do_o, dx_o, dx_i, do_i)
-        sch.unroll(do_o)
-        sch.unroll(dx_o)
-        sch.vectorize(sch.fuse(dx_i, do_i))
-    else:
-        sch.reorder(do_o, dx_o, do_i, dx_i)
-        for loop in (do_o, dx_o, do_i):
-            sch.unroll(loop)
-        sch.vectorize(dx_i)
+    store_tile(sch, deq, 0 if out is None else group)
     sch.set_scope(init, 0, "global")
 
 

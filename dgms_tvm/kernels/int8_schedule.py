@@ -81,6 +81,25 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     apply(sch, knobs)
     return sch.mod["main"]
 
+def store_tile(sch, deq, group: int = 0) -> None:
+    """The dequantize of a register tile unrolled, its stores vectorised: 4 columns of a
+    channel at a time (float32 NCHW), or, writing int8 in groups of ``group`` channels
+    (``[.., W, group]`` bytes), 4 columns x ``group`` channels at once."""
+    do, dx = sch.get_loops(deq)[-2:]
+    do_o, do_i = sch.split(do, [None, group or 4])
+    dx_o, dx_i = sch.split(dx, [None, 4])
+    if group:
+        sch.reorder(do_o, dx_o, dx_i, do_i)
+        sch.unroll(do_o)
+        sch.unroll(dx_o)
+        sch.vectorize(sch.fuse(dx_i, do_i))
+    else:
+        sch.reorder(do_o, dx_o, do_i, dx_i)
+        for loop in (do_o, dx_o, do_i):
+            sch.unroll(loop)
+        sch.vectorize(dx_i)
+
+
 def apply(sch, knobs: dict, sample: bool = False) -> None:
     """The schedule's steps on ``sch`` (no sampled form yet: tuning leaves int8 kernels to
     this hand schedule)."""
@@ -164,19 +183,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
             # stack array, which LLVM promotes to registers.
             for loop in sch.get_loops(init)[-4:-1]:
                 sch.unroll(loop)
-            do, dx = sch.get_loops(deq)[-2:]
-            do_o, do_i = sch.split(do, [None, 4])
-            dx_o, dx_i = sch.split(dx, [None, 4])
-            if int8_out:  # [.., W, 4] bytes: 4 columns x 4 channels, 16 bytes at a time
-                sch.reorder(do_o, dx_o, dx_i, do_i)
-                sch.unroll(do_o)
-                sch.unroll(dx_o)
-                sch.vectorize(sch.fuse(dx_i, do_i))
-            else:
-                sch.reorder(do_o, dx_o, do_i, dx_i)
-                for loop in (do_o, dx_o, do_i):
-                    sch.unroll(loop)
-                sch.vectorize(dx_i)
+            store_tile(sch, deq, 4 if int8_out else 0)
             sch.set_scope(init, 0, "global")
     else:
         sch.unroll(rc)
