@@ -93,9 +93,10 @@ def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
 
 
 def apply(sch, knobs: dict, sample: bool = False) -> None:
-    """The schedule's steps on ``sch``; ``sample``: the tile's pixels and channel blocks
-    become MetaSchedule decisions over :func:`tiles` (their first value the hand tile's),
-    the rest as written."""
+    """The schedule's steps on ``sch``; ``sample``: the tile's pixel pairs and channel
+    blocks become MetaSchedule perfect-tile decisions (what its tile-size mutator changes)
+    over the divisors up to ``ow_tile`` / 2 and ``oc_blocks`` (:func:`tiles`), their first
+    value the hand tile's; the rest as written."""
     func = sch.mod["main"]
     spec = Conv2dSpec.from_func(func)
     out = QuantSpec.from_json(str(func.attrs[OUT_ATTR])) if OUT_ATTR in func.attrs else None
@@ -109,15 +110,18 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     xt, ob = register_tile(spec, knobs, group)
     if (4 * ob) % group:
         group = 4
-    pairs, blocks = xt // 2, ob
-    if sample:
-        cands = tiles(spec, knobs, group)
-        xs, obs = sorted({t[0] // 2 for t in cands}), sorted({t[1] for t in cands})
-        pairs = sch.sample_categorical(xs, [1 / len(xs)] * len(xs), decision=xs.index(pairs))
-        blocks = sch.sample_categorical(obs, [1 / len(obs)] * len(obs),
-                                        decision=obs.index(ob))
-    oo, oi, op, o2 = sch.split(o, [None, blocks, 2, 2])
-    xo, xi, x2 = sch.split(xx, [None, pairs, 2])
+    if sample:  # the tile's two sizes sampled over the loops outside smmla's 2 x 2
+        oq, op, o2 = sch.split(o, [None, 2, 2])
+        xq, x2 = sch.split(xx, [None, 2])
+        nblk, npair = spec.out_channels // 4, padded_out_w(spec) // 2
+        oo, oi = sch.split(oq, sch.sample_perfect_tile(
+            oq, n=2, max_innermost_factor=knobs["oc_blocks"], decision=[nblk // ob, ob]))
+        xo, xi = sch.split(xq, sch.sample_perfect_tile(
+            xq, n=2, max_innermost_factor=knobs["ow_tile"] // 2,
+            decision=[npair // (xt // 2), xt // 2]))
+    else:
+        oo, oi, op, o2 = sch.split(o, [None, ob, 2, 2])
+        xo, xi, x2 = sch.split(xx, [None, xt // 2, 2])
     steps = (spec.in_channels + DEPTH - 1) // DEPTH
     rbo, rbi = sch.split(rb, [None, 2 if steps % 2 == 0 else 1])
     sch.reorder(n, oo, yy, xo, rbo, rr, rq, rbi, oi, op, xi, x2, o2, rc)
@@ -157,7 +161,7 @@ def peak(profile, bits: int):
 
 
 KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, int8.reference, supports,
-                      apply=apply, knobs=True, peak=peak, searchable=True,
+                      apply=apply, knobs=True, peak=peak, searchable=True, generic=False,
                       fusion=Fusion(int8.with_epilogue, scale=("D",)),
                       int8_out=Int8Out(int8.bound, int8.why_not_quantized,
                                        int8.with_quantized_output))

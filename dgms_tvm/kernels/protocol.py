@@ -150,6 +150,10 @@ class KernelFamily:
     searchable : bool
         Whether tuning searches it (``apply(..., sample=True)`` is a design space); the
         others keep their hand schedule.
+    generic : bool
+        Whether tuning also searches TVM's generic schedules of it beside its own design
+        space: not for a family whose arithmetic is a tensor intrinsic they cannot reach
+        (the smmla conv's: 30 to 60x its instructions, every trial spent there lost).
     knobs : bool
         Whether every schedule file must hold its knob section.
     fusion : Fusion or None
@@ -177,6 +181,7 @@ class KernelFamily:
     supports: Callable = _no_layer
     apply: Callable | None = None
     searchable: bool = False
+    generic: bool = True
     knobs: bool = False
     fusion: Fusion | None = None
     operand: bool = False

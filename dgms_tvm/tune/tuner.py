@@ -297,8 +297,12 @@ def _hand_space(task: Task, knobs: dict):
 def space_of(task: Task, knobs: dict):
     from tvm.s_tir import meta_schedule as ms
 
+    from ..kernels import FAMILIES
+
     if task.family is None:
         return "post-order-apply"
+    if not FAMILIES[task.family].generic:  # its own design space only
+        return _hand_space(task, knobs)
     return ms.space_generator.SpaceGeneratorUnion(
         [_hand_space(task, knobs), ms.space_generator.PostOrderApply()])
 

@@ -83,6 +83,18 @@ def _run_kernel_remote(tracker, func, args, tmp_path, cpu=CPU):
     return _run_kernels_remote(tracker, [(func, args)], tmp_path, cpu)[-1]
 
 
+def _decoded_weight(rng, spec, ds, knobs, calls, limit=127):
+    """A random codebook weight for ``spec``: (its int8 values, ``D``, the conv's weight
+    operand), the tbl decode kernel's call (in ``ds``'s layout) appended to ``calls`` after
+    the quantize (call 0, whose ``s_x`` it reads)."""
+    cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
+    q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
+    calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
+                  [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
+                   (0, 2), np.zeros(ds.shape, np.int8)]))
+    return q[cw.indices()], d, [(len(calls) - 1, 3)]
+
+
 def _run_kernels_remote(tracker, calls, tmp_path, cpu=CPU):
     """Run kernels one after the other on one device of ``cpu``; an argument may be
     ``(i, j)``: output ``j`` of call ``i``, left on the device. Returns each call's last
@@ -480,13 +492,7 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
             wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape), limit)
             weights = [int8_decode.conv_order(ds, wq)]
         else:
-            cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
-            q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
-            wq = q[cw.indices()]
-            calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
-                           (0, 2), np.zeros(ds.shape, np.int8)]))
-            weights = [(1, 3)]
+            wq, d, weights = _decoded_weight(rng, spec, ds, knobs, calls, limit)
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
@@ -560,13 +566,7 @@ def test_smmla_kernels_run_on_the_emulated_i8mm_core(device, tmp_path, rng):
         if spec.bits == FP32_WEIGHT:
             weights = [int8_decode.conv_order(ds, wq)]
         else:
-            cw = random_codebook_weight(rng, spec.weight_shape, spec.bits)
-            q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
-            wq = q[cw.indices()]
-            calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-                          [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
-                           (0, 2), np.zeros(ds.shape, np.int8)]))
-            weights = [(1, 3)]
+            wq, d, weights = _decoded_weight(rng, spec, ds, knobs, calls)
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])

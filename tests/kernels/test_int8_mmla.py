@@ -163,9 +163,10 @@ def test_smmla_loop_on_an_i8mm_core():
 
 
 def test_tuning_samples_the_tile(rng):
-    """Sampled (a tuning design space): the tile's pixels and channel blocks are two
-    decisions over every tile that splits the layer, first the hand tile's; another
-    decision replays to another tile, and the kernel still matches the oracle."""
+    """Sampled (a tuning design space): the tile's channel blocks and pixel pairs are two
+    perfect-tile decisions (what MetaSchedule's tile-size mutator changes), first the hand
+    tile's; another decision replays to another tile, and the kernel still matches the
+    oracle."""
     spec = S(1, 16, 6, 8, 32, (3, 3), padding=(1, 1, 1, 1), bits=4)
     cw, q, d = _weights(spec, rng)
     x = _input(spec, rng)
@@ -175,14 +176,14 @@ def test_tuning_samples_the_tile(rng):
     assert FAMILIES[int8_mmla.FAMILY].searchable
     sch = tvm.s_tir.Schedule(func)
     int8_mmla.apply(sch, _knobs(), sample=True)
-    insts = [i for i in sch.trace.insts if i.kind.name == "SampleCategorical"]
+    insts = [i for i in sch.trace.insts if i.kind.name == "SamplePerfectTile"]
     cands = int8_mmla.tiles(spec, _knobs())
     assert len(insts) == 2 and (8, 4) in cands and (2, 1) in cands
     hand = int8_mmla.register_tile(spec, _knobs())
-    assert [int(sch.trace.decisions[i]) for i in insts] == [
-        sorted({t[0] // 2 for t in cands}).index(hand[0] // 2),
-        sorted({t[1] for t in cands}).index(hand[1])]
-    trace = sch.trace.with_decision(insts[0], 0, True).with_decision(insts[1], 0, True)
+    assert [[int(v) for v in sch.trace.decisions[i]] for i in insts] == [
+        [8 // hand[1], hand[1]], [4 // (hand[0] // 2), hand[0] // 2]]
+    trace = sch.trace.with_decision(insts[0], [8, 1], True).with_decision(insts[1], [4, 1],
+                                                                         True)
     other = tvm.s_tir.Schedule(func)
     trace.apply_to_schedule(other, remove_postproc=False)
     loops = other.get_loops(other.get_sblock("acc_update"))
@@ -190,3 +191,22 @@ def test_tuning_samples_the_tile(rng):
     got = run_kernel(other.mod["main"], [xq, sx, cw.packed, q, d,
                                          np.zeros(spec.out_shape, np.float32)])
     assert rel_err(got, want) < 1e-6
+
+
+def test_tuning_searches_its_own_space_only():
+    """TVM's generic schedules cannot reach smmla: the smmla conv's tuning task searches its
+    own design space alone, where the exact conv's searches both."""
+    from tvm.s_tir import meta_schedule as ms
+
+    from dgms_tvm.kernels import conv2d
+    from dgms_tvm.tune import tuner
+
+    spec = S(1, 16, 6, 8, 32, (3, 3), padding=(1, 1, 1, 1), bits=4)
+    knobs = load_knobs(N2)
+    own = tuner.space_of(tuner.Task("k", int8_mmla.compute(spec), 1, 0.0, [],
+                                    int8_mmla.FAMILY), knobs)
+    both = tuner.space_of(tuner.Task("k", conv2d.compute(spec), 1, 0.0, [], conv2d.FAMILY),
+                          knobs)
+    assert isinstance(own, ms.space_generator.ScheduleFn)
+    assert isinstance(both, ms.space_generator.SpaceGeneratorUnion)
+    assert not FAMILIES[int8_mmla.FAMILY].generic and FAMILIES[conv2d.FAMILY].generic
