@@ -11,7 +11,7 @@ of the two adds their 2 x 2 products into one register of 4 int32 sums, pixel-ma
 
 Register tile: ``xt`` pixels x ``4 * ob`` channels, ``xt * ob`` accumulators; per step
 ``xt / 2`` input and ``2 * ob`` weight loads feed ``xt * ob`` ``smmla``
-(:func:`register_tile`). On cores without i8mm the same schedule runs as plain vector code
+(:func:`register_tile`). On cores without i8mm the same loops run as plain scalar code
 (the host tests check the layout there; the emulated ``neoverse-n2`` runs the ``smmla``).
 """
 
@@ -64,7 +64,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict, group: int = 4) -> tuple[int, i
     loads per ``smmla``, whose accumulators, one step's inputs and one weight register fit
     in ``registers`` (two spare). Writing int8 in groups of 8 channels (``group``), a tile
     holds whole groups: each pixel's 8 bytes then store at once (a tile of 12 channels
-    stored them a byte at a time: 2.4x the instructions of MobileNetV2's expand convs)."""
+    stored them a byte at a time: docs/kernels.md)."""
     best, cost = None, float("inf")
     for xt, ob in tiles(spec, knobs, group):
         if xt * ob + xt // 2 + 1 > knobs["registers"] - 2:
@@ -86,7 +86,7 @@ def tiles(spec: Conv2dSpec, knobs: dict, group: int = 4) -> list[tuple[int, int]
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """Hand-written schedule; ``knobs``: ``ow_tile`` / ``oc_blocks`` / ``registers`` (see
-    :func:`register_tile`) and ``mmla`` (``smmla``, or ``""``: plain vector code)."""
+    :func:`register_tile`) and ``mmla`` (``smmla``, or ``""``: plain scalar code)."""
     sch = tvm.s_tir.Schedule(func)
     apply(sch, knobs)
     return sch.mod["main"]

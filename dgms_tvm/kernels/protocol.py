@@ -153,7 +153,7 @@ class KernelFamily:
     generic : bool
         Whether tuning also searches TVM's generic schedules of it beside its own design
         space: not for a family whose arithmetic is a tensor intrinsic they cannot reach
-        (the smmla conv's: 30 to 60x its instructions, every trial spent there lost).
+        (the smmla conv's: every trial spent there is lost, docs/results.md).
     knobs : bool
         Whether every schedule file must hold its knob section.
     fusion : Fusion or None
