@@ -284,7 +284,6 @@ def with_quantized_output(func: tvm.tirx.PrimFunc,
             compute(spec, epilogue=ep, out=out, depth=depth, **made))
 
 
-#: No sampled design space yet: tuning leaves the int8 conv to its hand schedule.
 def peak(profile, bits: int):
     """``sdot``: 16 multiply-adds (4 lanes x 4 bytes); x86 ``vpdpbusd`` on 512 bits: 64."""
     del bits
@@ -293,6 +292,7 @@ def peak(profile, bits: int):
     return ("vpdpbusd", 64) if profile.vnni else None
 
 
+#: No sampled design space yet: tuning leaves the sdot conv to its hand schedule.
 KERNEL = KernelFamily(FAMILY, Conv2dSpec, compute, schedule, reference, supports, apply=apply,
                       knobs=True, peak=peak, fusion=Fusion(with_epilogue, scale=("D",)),
                       int8_out=Int8Out(bound, why_not_quantized, with_quantized_output))

@@ -68,18 +68,10 @@ class Int8ConvLowering:
                 self._kernel(kdecode.compute, ds), [*consts, sx],
                 out_ty=relax.TensorType(ds.shape, "int8")))]
         if depth == 16:
-            kname = self._long(spec).name
+            self._note(rec, cw, self._long(spec))
             gv = self._kernel(klong.compute, self._long(spec))
         else:
-            kname = dot.name(spec, predecoded=predecoded, unsigned=unsigned)
-            if kname not in self.kernels:
-                self.kernels[kname] = self.builder_.add_func(
-                    dot.compute(spec, predecoded=predecoded, unsigned=unsigned), kname)
-            gv = self.kernels[kname]
-        if cw is None:
-            rec.fp32_kernel = kname
-        else:
-            rec.kernel = kname
+            gv = self._dot_kernel(dot, spec, rec, cw, predecoded, unsigned)
         self.made = rec  # the epilogue pass fuses the ops after it
         return relax.call_tir(gv, [*operands, relax.const(d, "float32"), *corr],
                               out_ty=out_ty)
@@ -93,7 +85,7 @@ class Int8ConvLowering:
         rec.strategy, rec.reason = "int8", ""
         mmla = strategies.int8_conv(self.policy.profile) == kmmla.FAMILY
         ispec = kim2col.Im2colSpec(spec, kmmla.DEPTH if mmla else klong.DEPTH)
-        lspec = self._long(ispec.pointwise)
+        lspec = None if mmla else self._long(ispec.pointwise)
         wq, d = self._int8_weight(cw, value, spec, 127 if mmla else lspec.limit)
         ds = kdecode.DecodeSpec.of(ispec.pointwise, ispec.depth)
         w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
@@ -102,17 +94,8 @@ class Int8ConvLowering:
             self._kernel(kim2col.compute, ispec), [xq],
             out_ty=relax.TensorType(ispec.out.out_shape, "int8")))
         self.made = rec
-        if mmla:  # the 1x1 conv's kernel made as the lowering makes the others (its weight
-            # int8, laid out here)
-            kname = kmmla.name(ispec.pointwise, predecoded=True)
-            if kname not in self.kernels:
-                self.kernels[kname] = self.builder_.add_func(
-                    kmmla.compute(ispec.pointwise, predecoded=True), kname)
-            gv = self.kernels[kname]
-            if cw is None:
-                rec.fp32_kernel = kname
-            else:
-                rec.kernel = kname
+        if mmla:  # (its weight int8, laid out here)
+            gv = self._dot_kernel(kmmla, ispec.pointwise, rec, cw)
         else:
             self._note(rec, cw, lspec)
             gv = self._kernel(klong.compute, lspec)
@@ -179,6 +162,16 @@ class Int8ConvLowering:
         xq, sx = self._quantize(x, dspec.inp)
         return relax.call_tir(self._kernel(module.compute, dspec),
                               [xq, sx, *(relax.const(c) for c in consts)], out_ty=out_ty)
+
+    def _dot_kernel(self, module, spec, rec, cw, predecoded=True, unsigned=False):
+        """The sdot or smmla conv (``module``: kernels.int8, kernels.int8_mmla) of ``spec``,
+        made once per name, and named in ``rec``."""
+        kname = module.name(spec, predecoded=predecoded, unsigned=unsigned)
+        if kname not in self.kernels:
+            self.kernels[kname] = self.builder_.add_func(
+                module.compute(spec, predecoded=predecoded, unsigned=unsigned), kname)
+        self._note(rec, cw, kname)
+        return self.kernels[kname]
 
     @staticmethod
     def _depth(family: str) -> int:

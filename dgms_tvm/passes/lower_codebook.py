@@ -129,10 +129,13 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         return cw
 
     def _note(self, rec, cw, spec):
+        """Name the layer's kernel in its record: ``spec``'s (or the name itself), its FP32
+        kernel where the layer is no codebook."""
+        name = spec if isinstance(spec, str) else spec.name
         if cw is None:
-            rec.fp32_kernel = spec.name
+            rec.fp32_kernel = name
         else:
-            rec.kernel = spec.name
+            rec.kernel = name
 
     def visit_call_(self, call):
         call = super().visit_call_(call)
