@@ -4,7 +4,7 @@ figures.
 
 On the host (an x86 build run where it is compiled) the other is ``exact`` and the measure
 is time: each strategy's build is lowered and scheduled as it would be compiled, and every
-kernel of ``main`` timed alone on random operands (:func:`dgms_tvm.bench.host_layers.ours`:
+kernel of ``main`` timed alone on random operands (:func:`dgms_tvm.measure.host.layers`:
 a layer's input quantize and weight decode count with its conv). The kernels after a conv up
 to the next conv (a BatchNorm, relu or add that one build runs in the conv's epilogue and
 the other alone) count with it, so that both builds' rows hold the same ops. Each layer is
@@ -15,7 +15,7 @@ alternately with the build without them, is faster (:func:`confirm`).
 
 On an ARM core with the lookup-table conv (cortex-a53 / a72) the other is ``int8-widening``
 (the same int8 build without it) and the measure is the cycle estimate: every kernel run
-alone on emulated devices of the core (:func:`dgms_tvm.bench.device_layers.ours`; the
+alone on emulated devices of the core (:func:`dgms_tvm.measure.devices.layers`; the
 counts are deterministic). Both convs read the same int8 input and write the same int8
 output, so a layer's choice changes nothing around it, and no whole-model check is needed.
 """
@@ -38,7 +38,7 @@ def other(profile, strategy: str) -> str | None:
     nothing here to choose between)."""
     if profile.is_x86:
         return OTHER if strategy != OTHER else None
-    if strategy == "int8" and strategies.int8_lut(profile):
+    if strategy == "int8" and strategies.for_core(strategies.INT8_LUT, profile):
         return "int8-widening"
     return None
 
@@ -56,9 +56,9 @@ def check(profile, strategy: str = "int8") -> None:
 def layer_times(lowered, profile, repeat: int = 5, number: int = 20) -> dict[str, float]:
     """{conv layer name: ms per call of its kernels and the ops after it} in the build
     ``lowered`` (a :class:`~dgms_tvm.compiler.Lowered`) for ``profile`` (this host)."""
-    from .bench import host_layers
+    from .measure import host
 
-    rows = host_layers.ours(compiler.prepare(lowered, profile), profile, repeat, number)
+    rows = host.layers(compiler.prepare(lowered, profile), profile, repeat, number)
     return per_layer(lowered, rows, "ms")
 
 
@@ -117,15 +117,15 @@ def by_cycles(lowered, alt, profile, strategy: str, tracker, key: str, workdir: 
     conv layer of ``lowered`` (``strategy``'s build) and ``alt`` (the ``other`` one), each
     kernel run alone on the emulated devices under ``key``: the fewer estimated cycles win
     (``strategy`` on a tie, and where both builds run the same conv kernel)."""
-    from .bench import device_layers
+    from .measure import devices
 
     alt_name = other(profile, strategy)
     figures = {}
     for s, build in ((strategy, lowered), (alt_name, alt)):
         if log:
             log(f"counting each layer of the {s} build on the emulated {profile.name}")
-        rows = device_layers.ours(compiler.prepare(build, profile), profile, tracker, key,
-                                  workdir / s, workers)
+        rows = devices.layers(compiler.prepare(build, profile), profile, tracker, key,
+                              workdir / s, workers)
         figures[s] = {m: per_layer(build, rows, m) for m in ("mcycles", "minstr")}
     # a layer whose conv is the same kernel in both builds keeps the strategy's: the
     # estimates of one code placed in two libraries differ by a few percent

@@ -22,7 +22,7 @@ STRATEGIES = ("auto", "exact", "int8", "int8-full", "lut")
 #: ``auto``: the first rule whose capability the core has. The int8 conv wins where the core
 #: has a dot-product instruction (``sdot``: 16 multiply-adds per instruction against 4 for an
 #: FP32 ``fmla``; x86 ``vpdpbusd``: 64 against 16 for an AVX-512 FMA), and on aarch64 cores
-#: without one (the widening kernel, :mod:`.kernels.int8_long`: 32 multiply-adds in 5
+#: without one (the widening kernel, :mod:`.kernels.int8.widening`: 32 multiply-adds in 5
 #: instructions and a quarter of the input bytes to load); elsewhere the generic int8
 #: vector code has no such advantage.
 AUTO = (
@@ -61,7 +61,7 @@ CONV2D = {
 }
 
 #: The int8 conv of a core: the first rule whose capability it has. i8mm cores take the
-#: ``smmla`` conv (32 multiply-adds per instruction, :mod:`.kernels.int8_mmla`); aarch64
+#: ``smmla`` conv (32 multiply-adds per instruction, :mod:`.kernels.int8.smmla`); aarch64
 #: cores without ``sdot`` the widening kernel (the generic int8 conv is slower than FP32
 #: there: docs/kernels.md); ``sdot`` and x86 VNNI cores the 4x4x4 micro-kernel, others its
 #: generic vector form.
@@ -73,7 +73,7 @@ INT8_CONV = (
 )
 
 
-#: The lookup-table int8 conv of 1- and 2-bit codebook layers (:mod:`.kernels.int8_lut`): on
+#: The lookup-table int8 conv of 1- and 2-bit codebook layers (:mod:`.kernels.int8.lut`): on
 #: aarch64 cores without ``sdot``, where one ``tbl`` + ``sadalp`` make 32 (2-bit) or 64
 #: (1-bit) multiply-adds against the widening conv's 32 in 5 instructions. With ``sdot``
 #: (16 in one) it would gain little.
@@ -86,7 +86,7 @@ INT8_LUT = (
 
 #: The int8 conv of few input channels (the 3-channel stem), where the core's int8 conv
 #: would pad them: on aarch64 cores without ``sdot``, the window's taps gathered into the
-#: 16-channel groups of the widening kernel's 1x1 conv (:mod:`.kernels.int8_im2col`), on
+#: 16-channel groups of the widening kernel's 1x1 conv (:mod:`.kernels.int8.gathered`), on
 #: i8mm cores into the 8-channel groups of the smmla conv's. The sdot conv pads 3 channels
 #: to 4 only, and x86 VNNI's to 4 as well: they take the stem themselves.
 INT8_IM2COL = (
@@ -100,7 +100,7 @@ INT8_IM2COL = (
 #: The int8 depthwise conv: on the cores whose int8 conv writes its input int8 (the sdot
 #: conv, the widening conv of the other aarch64 cores, x86 VNNI's rows form; int8 between
 #: layers: :mod:`.passes.int8_chain`): ``smull`` / ``smlal`` on aarch64, ``vpdpbusd`` over
-#: 4 taps per lane on x86 (:mod:`.kernels.int8_dw_rows`). Elsewhere a run-time quantize in
+#: 4 taps per lane on x86 (:mod:`.kernels.int8.depthwise_rows`). Elsewhere a run-time quantize in
 #: front of it would cost about what it saves, and depthwise convs stay FP32.
 INT8_DW = (
     ("neon", "q8_dw_conv2d"),
@@ -112,7 +112,7 @@ INT8_DW = (
 #: Whether the int8 conv keeps its weight decoded (int8, tiled in the conv's order at compile
 #: time) instead of decoding the packed indices on each call: on x86 VNNI hosts, whose memory
 #: holds 8 bits a weight (2x a 4-bit layer's packed indices, 4x a 2-bit one's) and where
-#: the decode kernels cost a call each per inference (docs/results.md); on the aarch64
+#: the decode kernels cost a call each per inference (docs/log.md); on the aarch64
 #: boards the packed indices stay the model's form in memory.
 KEEP_INT8_WEIGHTS = (
     ("vnni", True),
@@ -120,48 +120,20 @@ KEEP_INT8_WEIGHTS = (
 )
 
 
-def keeps_int8_weights(profile) -> bool:
-    """Whether int8 convs for ``profile``'s core keep their weights decoded (see
-    :data:`KEEP_INT8_WEIGHTS`)."""
+def for_core(table: tuple, profile):
+    """The value of the first rule of ``table`` (``(capability, value)`` pairs, the last for
+    every core) whose capability ``profile``'s core has; without a profile, the last rule's."""
     if profile is None:
-        return False
-    return next(k for cap, k in KEEP_INT8_WEIGHTS if cap is None or profile.has(cap))
-
-
-def int8_depthwise(profile) -> str:
-    """The int8 depthwise family for ``profile``'s core, or ``""`` where there is none."""
-    if profile is None:
-        return ""
-    return next(f for cap, f in INT8_DW if cap is None or profile.has(cap))
-
-
-def int8_lut(profile) -> str:
-    """The lookup-table int8 conv for ``profile``'s core, or ``""`` where there is none."""
-    if profile is None:
-        return ""
-    return next(f for cap, f in INT8_LUT if cap is None or profile.has(cap))
-
-
-def int8_im2col(profile) -> str:
-    """The gathered-taps int8 conv for ``profile``'s core, or ``""`` where there is none."""
-    if profile is None:
-        return ""
-    return next(f for cap, f in INT8_IM2COL if cap is None or profile.has(cap))
-
-
-def int8_conv(profile) -> str:
-    """The int8 conv family for ``profile``'s core (the generic one without a profile)."""
-    if profile is None:
-        return "q8_conv2d"
-    return next(f for cap, f in INT8_CONV if cap is None or profile.has(cap))
+        return table[-1][1]
+    return next(v for cap, v in table if cap is None or profile.has(cap))
 
 
 def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
     """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
     fams = CONV2D[strategy if strategy in CONV2D else "exact"]
-    resolved = {"int8": int8_conv(profile), "int8_lut": int8_lut(profile),
-                "int8_im2col": int8_im2col(profile),
-                "int8_dw": int8_depthwise(profile)}
+    resolved = {"int8": for_core(INT8_CONV, profile), "int8_lut": for_core(INT8_LUT, profile),
+                "int8_im2col": for_core(INT8_IM2COL, profile),
+                "int8_dw": for_core(INT8_DW, profile)}
     return tuple(f for f in (resolved.get(f, f) for f in fams) if f)
 
 
@@ -178,7 +150,7 @@ def resolve(requested: str, profile) -> str:
     check(requested)
     if requested != "auto":
         return requested
-    return next(s for cap, s in AUTO if cap is None or profile.has(cap))
+    return for_core(AUTO, profile)
 
 
 def is_int8(strategy: str) -> bool:

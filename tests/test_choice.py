@@ -10,9 +10,9 @@ import pytest
 import torch
 
 from dgms_tvm import choice, compiler, frontend, pipeline
-from dgms_tvm.bench import device_layers, report
 from dgms_tvm.commands import compile as compile_cli
 from dgms_tvm.errors import UserError
+from dgms_tvm.measure import devices, sites
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile
 from tests.passes.graphs import Block
@@ -105,7 +105,7 @@ def test_choose_on_a_target_it_cannot_measure_is_one_line(tmp_path, capsys):
 
 def test_on_an_arm_core_each_conv_takes_the_kernel_of_fewer_estimated_cycles(monkeypatch):
     """cortex-a72: the lookup-table build against the widening one, per layer by the cycle
-    estimate of its kernels (device_layers.ours, faked here; run for real on the emulated
+    estimate of its kernels (measure.devices.layers, faked here; run for real on the emulated
     core in tests/device): a layer that loses is lowered to the widening conv and says so."""
     torch.manual_seed(0)
     net = Block().eval()
@@ -126,15 +126,15 @@ def test_on_an_arm_core_each_conv_takes_the_kernel_of_fewer_estimated_cycles(mon
         calls.append(prepared)
         other = 2.5 if len(calls) == 1 else 2.0  # one code, two libraries: estimates differ
         out = []
-        for kernels in report.group_sites(compiler.call_sites(prepared)):
-            layer = report.group_layer(compiler.site_layers(prepared), kernels)
+        for kernels in sites.group_sites(compiler.call_sites(prepared)):
+            layer = sites.group_layer(compiler.site_layers(prepared), kernels)
             lut = kernels[-1].startswith("q8t")
             out.append({"kernels": " + ".join(kernels), "minstr": 1.0,
                         "mcycles": 3.0 if lut else other,
                         "key": layer if isinstance(layer, tuple) else None})
         return out
 
-    monkeypatch.setattr(device_layers, "ours", rows)
+    monkeypatch.setattr(devices, "layers", rows)
     got = choice.by_cycles(lut, wide, a72, "int8", None, "cortex-a72", Path("unused"))
     assert got["c2.weight"]["chosen"] == "int8-widening"
     assert got["c2.weight"]["mcycles"]["int8-widening"] == 2.0

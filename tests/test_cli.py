@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dgms_tvm import frontend, zoo
-from dgms_tvm.kernels import int8
+from dgms_tvm.kernels.int8 import sdot
 from dgms_tvm.targets import get_profile
 from tests.helpers import rel_err
 
@@ -213,7 +213,7 @@ def test_compile_strategy_is_recorded_per_layer(tmp_path, capsys):
     code, _ = _cli(compile_cli.main, ["--model", MODEL, "--target", "x86", "--output",
                                       str(tmp_path / "auto"), "--quiet"], capsys)
     m = json.loads((tmp_path / "auto" / "manifest.json").read_text())
-    vnni = int8.unsigned_input(get_profile("x86"))
+    vnni = sdot.unsigned_input(get_profile("x86"))
     assert code == 0 and m["strategy"]["resolved"] == ("int8" if vnni else "exact")
 
 

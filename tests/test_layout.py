@@ -1,5 +1,6 @@
 """The package's structure: no import circle, the compile core below tuning, benchmarks and
-the device harness, small files, CPU features named in one place."""
+the device harness, the measurement layer below choice, benchmarks and tuning, small files,
+CPU features named in one place."""
 
 import ast
 from pathlib import Path
@@ -14,6 +15,12 @@ CORE = ("format", "detect", "frontend", "targets", "strategies", "errors", "kern
         "passes", "schedules", "compiler")
 #: What the core must never import.
 ABOVE_CORE = ("tune", "bench", "device", "pipeline", "cli")
+#: The compile path above the core (``compile``, ``run`` and ``compile --choose``): it
+#: measures kernels through :mod:`dgms_tvm.measure`, never through the benchmarks.
+COMPILE_PATH = ("choice", "pipeline", "calibration", "artifact", "outputs", "commands.compile",
+                "commands.run")
+#: What the measurement layer stands below (it measures for them, never the reverse).
+ABOVE_MEASURE = ("bench", "tune", "choice", "pipeline", "commands", "cli")
 MAX_LINES = 400
 #: The modules that may name CPU features: the capability table, and the strategy table
 #: (``auto``'s rules name the capability each one needs).
@@ -95,7 +102,8 @@ def _cycle() -> list[str] | None:
 def test_the_import_graph_is_read():
     # (the checks below are only as good as the graph: it holds the known edges)
     assert "schedules.hand" in GRAPH["compiler"]
-    assert "kernels.int8" in GRAPH["passes.int8_conv"]
+    assert "kernels.int8.sdot" in GRAPH["passes.int8_conv"]
+    assert "measure.host" in GRAPH["choice"] and "measure.jobs" in GRAPH["bench.on_device"]
     assert "tune.tuner" in GRAPH["tune.driver"] and "device.insn" in GRAPH["tune.tuner"]
 
 
@@ -110,6 +118,22 @@ def _is_core(name: str) -> bool:
 @pytest.mark.parametrize("name", sorted(n for n in MODULES if _is_core(n)))
 def test_the_compile_core_imports_nothing_above_it(name):
     above = sorted(m for m in GRAPH[name] if m.split(".")[0] in ABOVE_CORE)
+    assert not above, f"{name} imports {above}"
+
+
+def _under(name: str, places) -> bool:
+    return any(name == p or name.startswith(p + ".") for p in places)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _under(n, COMPILE_PATH)))
+def test_the_compile_path_never_climbs_into_the_benchmarks(name):
+    bench = sorted(m for m in GRAPH[name] if _under(m, ("bench",)))
+    assert not bench, f"{name} imports {bench}"
+
+
+@pytest.mark.parametrize("name", sorted(n for n in MODULES if _under(n, ("measure",))))
+def test_the_measurement_layer_imports_nothing_it_serves(name):
+    above = sorted(m for m in GRAPH[name] if _under(m, ABOVE_MEASURE))
     assert not above, f"{name} imports {above}"
 
 

@@ -59,10 +59,20 @@ def test_gemv_candidates():
 ])
 def test_int8_depthwise_gather_and_kept_weights_follow_the_capabilities(caps, family, kept,
                                                                         gather):
-    assert strategies.int8_depthwise(_Core(*caps)) == family
-    assert strategies.keeps_int8_weights(_Core(*caps)) == kept
-    assert not strategies.keeps_int8_weights(None)
-    assert strategies.int8_im2col(_Core(*caps)) == gather
+    assert strategies.for_core(strategies.INT8_DW, _Core(*caps)) == family
+    assert strategies.for_core(strategies.KEEP_INT8_WEIGHTS, _Core(*caps)) == kept
+    assert not strategies.for_core(strategies.KEEP_INT8_WEIGHTS, None)
+    assert strategies.for_core(strategies.INT8_IM2COL, _Core(*caps)) == gather
     want = ("q8t_conv2d", "q8l_conv2d", gather) if gather else ()  # (the lookup tables first)
     assert strategies.conv2d_candidates("int8", _Core(*caps))[:len(want)] == want
-    assert strategies.int8_lut(_Core(*caps)) == ("q8t_conv2d" if gather else "")
+    lut = "q8t_conv2d" if gather else ""
+    assert strategies.for_core(strategies.INT8_LUT, _Core(*caps)) == lut
+
+
+def test_every_capability_table_ends_with_the_rule_for_every_core():
+    # (for_core reads the last rule for a build without a profile, and no core falls through)
+    tables = (strategies.AUTO, strategies.INT8_CONV, strategies.INT8_LUT,
+              strategies.INT8_IM2COL, strategies.INT8_DW, strategies.KEEP_INT8_WEIGHTS)
+    for table in tables:
+        assert table[-1][0] is None and all(cap for cap, _ in table[:-1])
+    assert strategies.for_core(strategies.INT8_CONV, None) == "q8_conv2d"

@@ -10,7 +10,7 @@ weighed: the input's quantize and the weight's decode before it are in the per-l
 from __future__ import annotations
 
 from ..kernels import FAMILIES
-from ..kernels.conv2d import Conv2dSpec
+from ..kernels.conv import Conv2dSpec
 from ..targets import get_profile
 
 

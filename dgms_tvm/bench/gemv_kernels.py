@@ -290,9 +290,9 @@ def device_counts(target: str, shapes, bits_list, log=None) -> dict:
     numbers are checked against the oracles in ``tests/device``."""
     from ..device import manager
     from ..device.sysroot import run_dir
-    from ..kernels import dense
+    from ..kernels.fp32 import dense
+    from ..measure.jobs import Device, Job, kernel_job
     from ..schedules.hand import load_knobs
-    from .device_jobs import Device, Job, kernel_job
 
     log = log or (lambda m: print(m, file=sys.stderr, flush=True))
     profile = get_profile(target)

@@ -2,8 +2,8 @@
 the same conv (its profiler), so that a gap between two whole-model times is traced to the
 layers, and the kind of layer, that make it (``bench_x86.py --per-layer``).
 
-Ours: every PrimFunc ``main`` calls, built for the host and timed alone on random operands
-(an int8 layer's input quantize and weight decode count in its row). onnxruntime: a session
+Ours: :func:`dgms_tvm.measure.host.layers` (every PrimFunc ``main`` calls, built for the
+host and timed alone on random operands). onnxruntime: a session
 with profiling on, the median over the timed runs of each node's kernel time. The two pair
 by the conv's shape as onnxruntime reports it (input and output channels and sizes: its
 profile names no weight shape); among convs of one shape, by layer name where the export
@@ -18,48 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .operands import random_inputs
+from ..measure.host import conv_key
 
 #: onnxruntime's conv nodes (after its graph fusions, QDQ included).
 ORT_CONVS = ("Conv", "FusedConv", "QLinearConv", "ConvInteger", "NhwcConv", "NhwcFusedConv")
-
-
-def conv_key(batch, in_c, h, w, out_c, oh, ow) -> tuple:
-    return (int(batch), int(in_c), int(h), int(w), int(out_c), int(oh), int(ow))
-
-
-def ours(prepared, profile, repeat: int, number: int,
-         names: dict[str, str] | None = None) -> list[dict]:
-    """Each layer of ``main`` in order: its kernels, median ms, the conv's key (None for
-    a layer that runs no conv), and its layer's name where ``names`` ({conv kernel: layer
-    name}, from the lowering's records) has it."""
-    import tvm
-
-    from .. import compiler
-    from ..kernels import conv2d
-    from .report import group_layer, group_sites, kind_of
-
-    lib = tvm.compile(compiler.kernel_module(prepared), target=profile.tvm_target()).mod
-    dev = tvm.cpu()
-    rows = []
-    layers = compiler.site_layers(prepared)
-    for kernels in group_sites(compiler.call_sites(prepared)):
-        parts = []
-        for name in kernels:
-            args = [tvm.runtime.tensor(a, dev) for a in random_inputs(prepared[name])]
-            res = lib.time_evaluator(name, dev, number=number, repeat=repeat)(*args)
-            parts.append(1e3 * float(np.median(res.results)))
-        layer = group_layer(layers, kernels)
-        key = None
-        if isinstance(layer, tuple):
-            n, c, h, w, o, kernel, stride, padding, dilation, groups = layer
-            spec = conv2d.Conv2dSpec(n, c, h, w, o, tuple(kernel), tuple(stride),
-                                     tuple(padding), tuple(dilation), groups, bits=8)
-            key = conv_key(n, c, h, w, o, spec.out_h, spec.out_w)
-        rows.append({"kernels": " + ".join(kernels), "ms": sum(parts), "parts": parts,
-                     "key": key, "kind": kind_of(layer),
-                     "layer": (names or {}).get(kernels[-1])})
-    return rows
 
 
 def onnxruntime(onnx_model: bytes, x: np.ndarray, runs: int) -> list[dict]:

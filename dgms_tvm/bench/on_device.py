@@ -18,10 +18,10 @@ from .. import artifact, compiler, pipeline
 from ..device.client import Tracker, check_compatible
 from ..device.cycles import model_of
 from ..errors import UserError
+from ..measure.jobs import NO_CYCLES, Device, Job, kernel_job, run_jobs
+from ..measure.jobs import log as _log
 from ..targets import get_profile
 from . import ort_int8
-from .device_jobs import NO_CYCLES, Device, Job, kernel_job, run_jobs
-from .device_jobs import log as _log
 from .ort_int8 import PEER_CONFIGS, PEERS
 from .report import layers as _layers
 from .report import sparsity as _sparsity
@@ -95,9 +95,11 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
         output: Path, repeat: int = 5, number: int = 1, seed: int = 0,
         emulated: bool = True, counting: bool = True, peers: bool = True,
         per_layer: bool = True, workers: int | None = None,
-        tuning_logs: Path | None = None, strategy: str = "auto") -> dict:
+        tuning_logs: Path | None = None, strategy: str = "auto",
+        provenance: dict | None = None) -> dict:
     """Compile both builds, run them (and their kernels one by one) on every free device
-    under the key, write the report files."""
+    under the key, write the report files (with ``provenance``: the command that ran it,
+    :func:`.provenance.record`)."""
     import tvm
 
     profile = check_args(model, bits, target, output, repeat, number, emulated)
@@ -187,6 +189,7 @@ def run(model: str, bits: int, target: str, tracker: Tracker, key: str | None,
     int8_peers = {r.label: (r.minstr if counted else r.median_ms) for r in rows
                   if r.label in PEER_CONFIGS}
     report = {
+        **(provenance or {}),
         "model": model, "bits": bits, "target": profile.name, "device_key": key,
         "tracker": str(tracker), "emulated": emulated, "repeat": repeat, "number": number,
         "devices": workers,

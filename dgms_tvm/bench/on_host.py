@@ -129,13 +129,14 @@ def compare(model: str, bits: int, repeat: int = 10, number: int = 5, seed: int 
                 np.argmax(outs[f"codebook {bits}-bit"]))
     layers = None
     if per_layer and blobs:
+        from ..measure import host
         from . import host_layers
 
         ours = f"codebook {bits}-bit int8" + (" tuned" if db is not None else "")
         peer = fastest_int8_peer(rows)
         print(f"  per layer: {ours} vs {peer}", file=sys.stderr, flush=True)
         layers = {"ours": ours, "peer": peer, **host_layers.pair(
-            host_layers.ours(prepared[ours], profile, repeat, number, names[ours]),
+            host.layers(prepared[ours], profile, repeat, number, names[ours]),
             host_layers.onnxruntime(blobs[peer], x, repeat * number))}
     return {"model": model, "bits": bits, "target": profile.description, "rows": rows,
             "layers": layers,

@@ -8,19 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..measure.sites import group_layer, group_sites, kind_of
 from . import floor, ort_int8
 from .ort_int8 import PEER_CONFIGS
-
-
-def kind_of(layer) -> str:
-    """The kind of a layer (:func:`dgms_tvm.compiler.site_layers`): ``depthwise``, ``1x1``,
-    ``3x3 s2`` ... for a conv, ``other`` for the rest."""
-    if not isinstance(layer, tuple):
-        return "other"
-    _, c, _, _, _, kernel, stride, _, _, groups = layer
-    if groups > 1 and groups == c:
-        return "depthwise"
-    return f"{kernel[0]}x{kernel[1]}" + (f" s{stride[0]}" if max(stride) > 1 else "")
 
 
 def layers(sites: dict, by: dict, keys: dict | None = None) -> list[dict]:
@@ -87,28 +77,6 @@ def sparsity(manifest: dict) -> dict | None:
     return {"overall": zeros / sum(sizes),
             "layers": {r["name"]: r["sparsity"] for r in layers},
             "zero_inputs": sum(r.get("zero_inputs", 0) for r in layers)}
-
-
-def group_sites(names: list[str]) -> list[list[str]]:
-    """Call sites as layers: an int8 layer's quantize, decode and gather kernels join the
-    site after them."""
-    from ..kernels import int8_decode, int8_im2col, int8_quant
-
-    out, pending = [], []
-    for name in names:
-        pending.append(name)
-        if not name.startswith((int8_quant.FAMILY, int8_decode.FAMILY, int8_im2col.FAMILY)):
-            out.append(pending)
-            pending = []
-    return out + ([pending] if pending else [])
-
-
-def group_layer(layers: dict, group: list[str]):
-    """The layer a group of call sites (:func:`group_sites`) runs: the first conv shape that
-    ``layers`` (:func:`dgms_tvm.compiler.site_layers`) gives one of its kernels (a gathered
-    conv's gather names the conv, its 1x1 conv does not), else its last kernel's entry."""
-    return next((v for nm in group if isinstance(v := layers.get(nm), tuple)),
-                layers.get(group[-1], group[-1]))
 
 
 def _entry(names: list[str], label: str, by: dict) -> dict:

@@ -45,7 +45,7 @@ def main(argv=None):
     args = parse(argv)
     import contextlib
 
-    from ..bench import on_device, report
+    from ..bench import on_device, provenance, report
     from ..device import client, manager
 
     # Every argument is checked before any device starts (that takes a minute).
@@ -69,7 +69,9 @@ def main(argv=None):
                             counting=counting, peers=not args.no_peers,
                             per_layer=not args.no_per_layer,
                             tuning_logs=logs_root(args.tuning_logs),
-                            strategy=args.strategy)
+                            strategy=args.strategy,
+                            provenance=provenance.record(
+                                "bench", sys.argv[1:] if argv is None else argv))
     print(report.format_markdown(rep))
     print(f"report: {args.output}/report.md, report.json, report.png")
 

@@ -31,9 +31,6 @@ from .sysroot import cache_dir, run_dir
 MARKER_BASE = 0x44470000
 MARKER_SPAN = 0x10000  # as the plugin's range
 PLUGIN_SOURCE = Path(__file__).with_name("insn_plugin.c")
-#: Instructions per call below which a count is averaged over more calls: the serving
-#: process adds a few thousand around any call.
-SMALL_KERNEL = 2e6
 
 
 def blocks_path(counts: Path) -> Path:

@@ -2,35 +2,26 @@
 compute, a NumPy oracle, a hand schedule and what it supports, bound by the protocol of
 :mod:`.protocol`; :data:`FAMILIES` is the registry."""
 
-from . import (
-    conv2d,
-    dense,
-    depthwise,
-    gemv,
-    int8,
-    int8_decode,
-    int8_dw,
-    int8_dw_rows,
-    int8_im2col,
-    int8_long,
-    int8_lut,
-    int8_mmla,
-    int8_quant,
-)
+from . import gemv
 from .common import KERNEL_ATTR, SPEC_ATTR
-from .conv2d import Conv2dSpec
+from .conv import Conv2dSpec
+from .fp32 import conv2d, dense, depthwise
+from .int8 import depthwise as int8_depthwise
+from .int8 import depthwise_rows as int8_depthwise_rows
+from .int8 import gathered, lut, sdot, smmla, widening
+from .int8.operands import decode, quantize
 from .protocol import KernelFamily, Spec
 
 #: Kernel family (the value of the ``dgms.kernel`` function attribute) -> its protocol.
 FAMILIES: dict[str, KernelFamily] = {m.KERNEL.family: m.KERNEL for m in (
-    conv2d, dense, depthwise, gemv, int8, int8_long, int8_quant, int8_decode, int8_dw,
-    int8_dw_rows, int8_im2col, int8_lut, int8_mmla)}
+    conv2d, dense, depthwise, gemv, sdot, widening, quantize, decode, int8_depthwise,
+    int8_depthwise_rows, gathered, lut, smmla)}
 
 
 
 def conv_layer(func) -> tuple | None:
     """The conv a kernel PrimFunc runs, by its shape alone (its spec's
-    :class:`~.conv2d.Conv2dSpec` without the weight's width): the same layer in any build,
+    :class:`~.conv.Conv2dSpec` without the weight's width): the same layer in any build,
     strategy or epilogue; None for a kernel that runs no conv (or no codebook kernel)."""
     attrs = func.attrs
     if attrs is None or KERNEL_ATTR not in attrs or str(attrs[KERNEL_ATTR]) not in FAMILIES:
@@ -43,7 +34,4 @@ def conv_layer(func) -> tuple | None:
             conv.kernel, conv.stride, conv.padding, conv.dilation, conv.groups)
 
 
-__all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv2d",
-           "conv_layer", "dense", "depthwise", "gemv", "int8", "int8_decode", "int8_dw",
-           "int8_dw_rows", "int8_im2col", "int8_long", "int8_lut", "int8_mmla",
-           "int8_quant"]
+__all__ = ["FAMILIES", "KERNEL_ATTR", "SPEC_ATTR", "KernelFamily", "Spec", "conv_layer"]

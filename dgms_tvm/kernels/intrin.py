@@ -123,7 +123,7 @@ def _smmla_impl(a: T.handle, b: T.handle, c: T.handle) -> None:
 def smmla_2x2x8() -> str:
     """Name of the registered ``smmla`` micro-kernel: ``C[x, o] += sum_k A[x, k] * B[o, k]``
     for 2 pixels x 2 channels x 8 inputs, each operand one 16-byte load, ``C`` one register
-    (the 2 x 2 block's 4 sums, pixel-major: :mod:`.int8_mmla`)."""
+    (the 2 x 2 block's 4 sums, pixel-major: :mod:`.int8.smmla`)."""
     if TensorIntrin.get(SMMLA_2X2X8, allow_missing=True) is None:
         TensorIntrin.register(SMMLA_2X2X8, _smmla_desc, _smmla_impl)
     return SMMLA_2X2X8

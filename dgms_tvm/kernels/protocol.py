@@ -106,7 +106,7 @@ class Int8Out:
         (relu6 in its epilogue: 6), or None where it is not known at compile time.
     why_not : callable
         ``why_not(func, out) -> str``: why ``func`` cannot write the quantized layout ``out``
-        (a :class:`~.int8_quant.QuantSpec`), or ``""``.
+        (a :class:`~.int8.operands.quantize.QuantSpec`), or ``""``.
     make : callable
         ``make(func, out) -> (name, PrimFunc)``: ``func`` made again to write its outputs
         ``y`` rounded and clamped to int8 (``[0, 127]`` after a relu) in ``out``'s layout,
@@ -153,7 +153,7 @@ class KernelFamily:
     generic : bool
         Whether tuning also searches TVM's generic schedules of it beside its own design
         space: not for a family whose arithmetic is a tensor intrinsic they cannot reach
-        (the smmla conv's: every trial spent there is lost, docs/results.md).
+        (the smmla conv's: every trial spent there is lost, docs/log.md).
     knobs : bool
         Whether every schedule file must hold its knob section.
     fusion : Fusion or None

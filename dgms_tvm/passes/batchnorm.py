@@ -4,7 +4,7 @@ folded at compile time.
 
 TVM legalizes ``batch_norm`` as ``(x - mean) / sqrt(var + eps) * gamma + beta``: the root
 folds to a constant, the division per element stays, and a division costs many times a
-multiply on every Cortex-A (docs/results.md: where the two measures part). Here::
+multiply on every Cortex-A (docs/log.md: where the two measures part). Here::
 
     y = x * s + t,   s = gamma / sqrt(var + eps),   t = beta - mean * s
 

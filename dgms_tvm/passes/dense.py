@@ -8,9 +8,9 @@ import numpy as np
 from tvm import relax
 
 from .. import strategies
-from ..kernels import dense as kdense
 from ..kernels import gemv as kgemv
 from ..kernels.common import FP32_WEIGHT
+from ..kernels.fp32 import dense as kdense
 from .ops import OP, float32_out, static_shape
 from .records import LayerRecord
 from .zero_skip import skip_zero_inputs

@@ -30,7 +30,7 @@ from tvm import relax
 from tvm.relax.expr_functor import PyExprMutator, mutator
 
 from ..kernels import FAMILIES, KERNEL_ATTR
-from ..kernels.int8_quant import QuantSpec
+from ..kernels.int8.operands.quantize import QuantSpec
 from ..kernels.protocol import APPENDED_SHIFT
 from .ops import rewrite_functions, uses
 

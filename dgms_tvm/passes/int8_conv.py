@@ -1,22 +1,23 @@
 """Lowering of a codebook conv2d under the int8 strategy: the input's quantize, the weight's
-decode and the int8 conv (:mod:`dgms_tvm.kernels.int8`, or the widening conv of
-:mod:`dgms_tvm.kernels.int8_long` on aarch64 cores without ``sdot``, with its taps gathered
-by :mod:`dgms_tvm.kernels.int8_im2col` where the input has few channels), or the int8
-depthwise conv (:mod:`dgms_tvm.kernels.int8_dw`, :mod:`dgms_tvm.kernels.int8_dw_rows`)."""
+decode and the int8 conv (:mod:`dgms_tvm.kernels.int8.sdot`, or the widening conv of
+:mod:`dgms_tvm.kernels.int8.widening` on aarch64 cores without ``sdot``, with its taps
+gathered by :mod:`dgms_tvm.kernels.int8.gathered` where the input has few channels), or the
+int8 depthwise conv (:mod:`dgms_tvm.kernels.int8.depthwise`,
+:mod:`dgms_tvm.kernels.int8.depthwise_rows`)."""
 
 from __future__ import annotations
 
 from tvm import relax
 
 from .. import strategies
-from ..kernels import int8 as kint8
-from ..kernels import int8_decode as kdecode
-from ..kernels import int8_im2col as kim2col
-from ..kernels import int8_long as klong
-from ..kernels import int8_lut as klut
-from ..kernels import int8_mmla as kmmla
-from ..kernels import int8_quant as kquant
-from ..kernels import int8_weights as kweights
+from ..kernels.int8 import gathered as kgathered
+from ..kernels.int8 import lut as klut
+from ..kernels.int8 import sdot as ksdot
+from ..kernels.int8 import smmla as ksmmla
+from ..kernels.int8 import widening as kwidening
+from ..kernels.int8.operands import decode as kdecode
+from ..kernels.int8.operands import quantize as kquant
+from ..kernels.int8.operands import weights as kweights
 from ..schedules import load_knobs
 
 
@@ -26,22 +27,24 @@ class Int8ConvLowering:
     def _int8_conv2d(self, x, cw, value, spec, rec, out_ty, family):
         """Quantize the input, decode the weight (kernels of their own where they can, or once
         at compile time where the core keeps int8 weights: strategies.KEEP_INT8_WEIGHTS),
-        then the int8 conv ``family`` (the core's: see kernels.int8 and kernels.int8_long). A
-        layer that is no codebook (``cw`` None: the stem) gets its float32 weight
-        quantized per output channel, tiled in the conv's order at compile time. The ops
+        then the int8 conv ``family`` (the core's: see kernels.int8.sdot and
+        kernels.int8.widening). A layer that is no codebook (``cw`` None: the stem) gets its
+        float32 weight quantized per output channel, tiled in the conv's order at compile
+        time. The ops
         after it (BatchNorm, add, relu) are the epilogue pass's (:mod:`.epilogue`)."""
         rec.strategy, rec.reason = "int8", ""
-        if family == klong.FAMILY and cw is not None and spec.bits in (1, 2) and \
+        if family == kwidening.FAMILY and cw is not None and spec.bits in (1, 2) and \
                 klut.FAMILY in strategies.conv2d_candidates(self.policy.strategy,
                                                             self.policy.profile):
             rec.reason = f"widening int8 conv: {klut.supports(spec)}"  # why not the tables
         depth = self._depth(family)
-        dot = kmmla if family == kmmla.FAMILY else kint8
+        dot = ksmmla if family == ksmmla.FAMILY else ksdot
         limit = self._long(spec).limit if depth == 16 else 127  # its weights' range
         ds = kdecode.DecodeSpec.of(spec, depth)
-        unsigned = kint8.unsigned_input(self.policy.profile)
+        unsigned = ksdot.unsigned_input(self.policy.profile)
         predecoded = cw is None or ds.supported()
-        kept = cw is not None and strategies.keeps_int8_weights(self.policy.profile)
+        kept = cw is not None and strategies.for_core(strategies.KEEP_INT8_WEIGHTS,
+                                                      self.policy.profile)
         if cw is None:
             wq, d = kweights.quantize_weight(value, limit)
             consts = [relax.const(kdecode.conv_order(ds, wq), "int8")]
@@ -69,7 +72,7 @@ class Int8ConvLowering:
                 out_ty=relax.TensorType(ds.shape, "int8")))]
         if depth == 16:
             self._note(rec, cw, self._long(spec))
-            gv = self._kernel(klong.compute, self._long(spec))
+            gv = self._kernel(kwidening.compute, self._long(spec))
         else:
             gv = self._dot_kernel(dot, spec, rec, cw, predecoded, unsigned)
         self.made = rec  # the epilogue pass fuses the ops after it
@@ -79,32 +82,32 @@ class Int8ConvLowering:
     def _int8_im2col(self, x, cw, value, spec, rec, out_ty):
         """A conv of few input channels on the core's int8 conv (the widening kernel, or the
         smmla conv): the input quantized (4 channels innermost), its window's taps gathered
-        into the channels of a 1x1 conv (:mod:`dgms_tvm.kernels.int8_im2col`), the weight
+        into the channels of a 1x1 conv (:mod:`dgms_tvm.kernels.int8.gathered`), the weight
         laid out in the same order at compile time (per output channel for a layer that is
         no codebook, the stem)."""
         rec.strategy, rec.reason = "int8", ""
-        mmla = strategies.int8_conv(self.policy.profile) == kmmla.FAMILY
-        ispec = kim2col.Im2colSpec(spec, kmmla.DEPTH if mmla else klong.DEPTH)
+        mmla = strategies.for_core(strategies.INT8_CONV, self.policy.profile) == ksmmla.FAMILY
+        ispec = kgathered.Im2colSpec(spec, ksmmla.DEPTH if mmla else kwidening.DEPTH)
         lspec = None if mmla else self._long(ispec.pointwise)
         wq, d = self._int8_weight(cw, value, spec, 127 if mmla else lspec.limit)
         ds = kdecode.DecodeSpec.of(ispec.pointwise, ispec.depth)
-        w = kdecode.conv_order(ds, kim2col.columns(ispec, wq))
+        w = kdecode.conv_order(ds, kgathered.columns(ispec, wq))
         xq, sx = self._quantize(x, ispec.inp)
         cols = self.builder_.emit(relax.call_tir(
-            self._kernel(kim2col.compute, ispec), [xq],
+            self._kernel(kgathered.compute, ispec), [xq],
             out_ty=relax.TensorType(ispec.out.out_shape, "int8")))
         self.made = rec
         if mmla:  # (its weight int8, laid out here)
-            gv = self._dot_kernel(kmmla, ispec.pointwise, rec, cw)
+            gv = self._dot_kernel(ksmmla, ispec.pointwise, rec, cw)
         else:
             self._note(rec, cw, lspec)
-            gv = self._kernel(klong.compute, lspec)
+            gv = self._kernel(kwidening.compute, lspec)
         return relax.call_tir(gv, [cols, sx, relax.const(w, "int8"), relax.const(d, "float32")],
                               out_ty=out_ty)
 
     def _int8_lut(self, x, cw, spec, rec, out_ty):
         """A 1- or 2-bit codebook conv on the lookup-table kernel
-        (:mod:`dgms_tvm.kernels.int8_lut`): the input quantized as for the widening conv
+        (:mod:`dgms_tvm.kernels.int8.lut`): the input quantized as for the widening conv
         (so int8 between layers reaches it), the indices packed into table indices and the
         codebook's int8 entries into the tables' operand at compile time."""
         rec.strategy, rec.reason = "int8", ""
@@ -154,7 +157,7 @@ class Int8ConvLowering:
         rec.strategy, rec.reason = "int8", ""
         # the channel groups of the core's int8 conv, which writes its input and reads its
         # output (aarch64)
-        conv = strategies.int8_conv(self.policy.profile)
+        conv = strategies.for_core(strategies.INT8_CONV, self.policy.profile)
         wq, d = self._int8_weight(cw, value, spec)
         dspec, consts = module.lowered(spec, wq, d, self._depth(conv))
         self._note(rec, cw, dspec)
@@ -164,7 +167,7 @@ class Int8ConvLowering:
                               [xq, sx, *(relax.const(c) for c in consts)], out_ty=out_ty)
 
     def _dot_kernel(self, module, spec, rec, cw, predecoded=True, unsigned=False):
-        """The sdot or smmla conv (``module``: kernels.int8, kernels.int8_mmla) of ``spec``,
+        """The sdot or smmla conv (``module``: kernels.int8.sdot, kernels.int8.smmla) of ``spec``,
         made once per name, and named in ``rec``."""
         kname = module.name(spec, predecoded=predecoded, unsigned=unsigned)
         if kname not in self.kernels:
@@ -177,7 +180,7 @@ class Int8ConvLowering:
     def _depth(family: str) -> int:
         """The input channels per group of the int8 conv ``family``: the widening kernel
         (cores without sdot) reads 16 at a time, the smmla conv 8, the sdot conv 4."""
-        return {klong.FAMILY: klong.DEPTH, kmmla.FAMILY: kmmla.DEPTH}.get(family, 4)
+        return {kwidening.FAMILY: kwidening.DEPTH, ksmmla.FAMILY: ksmmla.DEPTH}.get(family, 4)
 
     @property
     def _int8(self) -> bool:
@@ -185,5 +188,5 @@ class Int8ConvLowering:
 
     def _long(self, spec):
         """The widening kernel's spec: 7-bit weights, or 8-bit ones for ``int8-full``."""
-        return klong.LongSpec(spec, limit=(
-            127 if self.policy.strategy == "int8-full" else klong.WEIGHT_LIMIT))
+        return kwidening.LongSpec(spec, limit=(
+            127 if self.policy.strategy == "int8-full" else kwidening.WEIGHT_LIMIT))

@@ -29,13 +29,13 @@ from tvm.relax.expr_functor import PyExprMutator, mutator
 from .. import interrupt, strategies
 from ..detect import NotACodebook, find_codebook
 from ..kernels import FAMILIES
-from ..kernels import conv2d as kconv
-from ..kernels import depthwise as kdw
-from ..kernels import int8_dw as kdw8
-from ..kernels import int8_dw_rows as kdwr
-from ..kernels import int8_im2col as kim2col
-from ..kernels import int8_lut as klut
 from ..kernels.common import FP32_WEIGHT
+from ..kernels.fp32 import conv2d as kconv
+from ..kernels.fp32 import depthwise as kdw
+from ..kernels.int8 import depthwise as kdw8
+from ..kernels.int8 import depthwise_rows as kdwr
+from ..kernels.int8 import gathered as kgathered
+from ..kernels.int8 import lut as klut
 from .dense import DenseLowering
 from .epilogue import fuse_epilogues
 from .int8_conv import Int8ConvLowering
@@ -208,7 +208,7 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             return self._depthwise(x, cw, value, spec, rec, out_ty)
         if family in INT8_DW:
             return self._int8_depthwise(x, cw, value, spec, rec, out_ty, INT8_DW[family])
-        if family == kim2col.FAMILY:
+        if family == kgathered.FAMILY:
             return self._int8_im2col(x, cw, value, spec, rec, out_ty)
         if family == klut.FAMILY:
             return self._int8_lut(x, cw, spec, rec, out_ty)
@@ -226,7 +226,8 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         form for some layers only, as the lookup-table conv). The FP32 build's convs are
         exact whatever the strategy."""
         strategy = (chosen or self.policy.strategy) if self.policy.codebooks else "exact"
-        main = strategies.int8_conv(self.policy.profile)  # whose reason a record keeps
+        # the core's int8 conv, whose reason a record keeps
+        main = strategies.for_core(strategies.INT8_CONV, self.policy.profile)
         first = ""
         for family in strategies.conv2d_candidates(strategy, self.policy.profile):
             why = FAMILIES[family].supports(spec, self.policy.profile)
@@ -236,7 +237,7 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         raise AssertionError(f"no kernel takes {spec.name}")  # cb_conv2d takes any conv
 
     def _depthwise(self, x, cw, value, spec, rec, out_ty):
-        """A depthwise conv (any strategy, FP32 arithmetic: see kernels.depthwise), with
+        """A depthwise conv (any strategy, FP32 arithmetic: see kernels.fp32.depthwise), with
         ``M`` (the layer's scale) and ``B`` (zero) for the epilogue pass to fold the BatchNorm
         / bias after it into."""
         o = spec.out_channels

@@ -78,7 +78,7 @@ class LoweringPolicy:
         weight (True), or leave them to TVM's default lowering (False).
     strategy : str
         ``exact`` (float32 activations, weights decoded to float32) or ``int8`` (activations
-        quantized per tensor at run time, int8 codebook, int32 sums: ``kernels.int8``) for
+        quantized per tensor at run time, int8 codebook, int32 sums: ``kernels.int8.sdot``) for
         every codebook conv2d that the int8 kernel takes; the rest stay exact, and the record
         says why. With ``int8``, a conv2d that is no codebook (the stem) runs the int8 kernel
         too, its float32 weight quantized per output channel (as int8 deployments and

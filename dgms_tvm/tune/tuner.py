@@ -89,20 +89,17 @@ def count_evaluator(session, rt_mod, device, evaluator_config, repeated_args) ->
     sets up says ``cycles``, estimated cycles) per call on an emulated device (the key and
     marker library come from that environment too)."""
     from ..device.cycles import estimate
-    from ..device.insn import SMALL_KERNEL, Counter
+    from ..device.insn import Counter
+    from ..measure.counts import per_call as count_per_call
 
     counter = Counter.from_env(session)
     args = repeated_args[0]
-    n2 = 1 + max(1, evaluator_config.number)
 
     def factory(n):
         ev = rt_mod.time_evaluator(rt_mod.entry_name, device, number=n, repeat=1)
         return lambda: ev(*args)
 
-    per_call = counter.per_call(factory, 1, n2)
-    if per_call < SMALL_KERNEL:  # a few thousand instructions of RPC noise: average more
-        per_call = counter.per_call(factory, 1, 1 + min(100, int(SMALL_KERNEL / max(per_call,
-                                                                                   1e4))))
+    per_call = count_per_call(counter, factory, 1 + max(1, evaluator_config.number))
     mcpu = os.environ.get(Counter.ENV_CYCLES)
     if mcpu:
         if counter.executions is None:

@@ -2,6 +2,7 @@
 kernels with the conv after them, and the table shows each part beside the sum."""
 
 from dgms_tvm.bench import report
+from dgms_tvm.measure import sites
 
 
 def test_int8_layer_rows_group_their_kernels_and_show_the_split():
@@ -76,7 +77,7 @@ def test_a_gathered_stem_pairs_with_the_fp32_stem():
         ("fp32_stem", "q8_quant_s + q8_im2col_s + q8l_conv2d_pw_bias_relu"),
         ("fused_batch_norm_relu", "(in a conv's epilogue)"), ("pool", "pool")]
     assert layers[0]["kind"] == "3x3 s2"
-    assert report.group_layer(keys["DGMS"], ["pool"]) == "pool"
+    assert sites.group_layer(keys["DGMS"], ["pool"]) == "pool"
 
 
 def test_site_layers_name_the_conv_whatever_its_kernel():
@@ -108,7 +109,7 @@ def test_layers_sum_by_kind_with_their_epilogues():
     dw = (1, 8, 8, 8, 8, (3, 3), (1, 1), (1, 1, 1, 1), (1, 1), 8)
     pw = (1, 8, 8, 8, 16, (1, 1), (1, 1), (0, 0, 0, 0), (1, 1), 1)
     s2 = (1, 16, 8, 8, 16, (3, 3), (2, 2), (1, 1, 1, 1), (1, 1), 1)
-    assert [report.kind_of(k) for k in (dw, pw, s2, "max_pool2d")] == [
+    assert [sites.kind_of(k) for k in (dw, pw, s2, "max_pool2d")] == [
         "depthwise", "1x1", "3x3 s2", "other"]
     fp32 = ["f_dw", "f_bn", "f_pw", "f_s2", "max_pool2d"]
     dgms = ["d_dw", "q8_quant_a", "d_pw", "d_s2", "max_pool2d"]

@@ -14,23 +14,24 @@ import tvm
 from dgms_tvm import choice, compiler, frontend, pipeline, zoo
 from dgms_tvm.device import client, manager, state
 from dgms_tvm.errors import UserError
-from dgms_tvm.kernels import (
-    conv2d,
-    dense,
-    depthwise,
-    gemv,
-    int8,
-    int8_decode,
-    int8_dw,
-    int8_im2col,
-    int8_long,
-    int8_lut,
-    int8_mmla,
-    int8_quant,
-    int8_weights,
-)
+from dgms_tvm.kernels import gemv
 from dgms_tvm.kernels.common import FP32_WEIGHT
 from dgms_tvm.kernels.epilogue import Epilogue
+from dgms_tvm.kernels.fp32 import conv2d, dense, depthwise
+from dgms_tvm.kernels.int8 import (
+    depthwise as int8_dw,
+)
+from dgms_tvm.kernels.int8 import (
+    gathered,
+    sdot,
+    smmla,
+    widening,
+)
+from dgms_tvm.kernels.int8 import (
+    lut as int8_lut,
+)
+from dgms_tvm.kernels.int8.operands import decode, quantize
+from dgms_tvm.kernels.int8.operands import weights as int8_weights
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
@@ -89,8 +90,8 @@ def _decoded_weight(rng, spec, ds, knobs, calls, limit=127):
     the quantize (call 0, whose ``s_x`` it reads)."""
     cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
     q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels, limit)
-    calls.append((int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-                  [int8_decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
+    calls.append((decode.schedule(decode.compute(ds), knobs["q8_decode"]),
+                  [decode.pack_for_decode(ds, cw.indices()), int8_weights.q16(q),
                    (0, 2), np.zeros(ds.shape, np.int8)]))
     return q[cw.indices()], d, [(len(calls) - 1, 3)]
 
@@ -172,9 +173,9 @@ def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cp
     dw = conv2d.Conv2dSpec(1, 32, 14, 14, 32, (3, 3), (2, 2), (1, 1, 1, 1), groups=32, bits=4)
     pw = conv2d.Conv2dSpec(1, 32, 7, 7, 16, (1, 1), bits=4)
     wide = cpu == CPU  # the widening conv (no sdot)
-    ls = int8_long.LongSpec(pw, Epilogue(True, False, ""))
-    qs = ls.quant if wide else int8_quant.QuantSpec.of(pw)
-    ds = int8_decode.DecodeSpec.of(pw, 16 if wide else 4)
+    ls = widening.LongSpec(pw, Epilogue(True, False, ""))
+    qs = ls.quant if wide else quantize.QuantSpec.of(pw)
+    ds = decode.DecodeSpec.of(pw, 16 if wide else 4)
     spec = depthwise.DepthwiseSpec(dw, act="relu6", out=qs)
     x = rng.normal(size=(1, 32, 14, 14)).astype(np.float32)
     cw = random_codebook_weight(rng, dw.weight_shape, 4)
@@ -184,13 +185,13 @@ def test_depthwise_writing_int8_feeds_the_int8_conv_on_emulated_cores(device, cp
     pcw = random_codebook_weight(rng, pw.weight_shape, 4)
     q, d = int8_weights.quantize_codebook(pcw.codebook, None, 16, ls.limit if wide else 127)
     bias = rng.normal(size=16).astype(np.float32)
-    conv = (int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]) if wide else
-            int8.schedule(int8.compute(pw, predecoded=True, epilogue=Epilogue(True)),
+    conv = (widening.schedule(widening.compute(ls), knobs["q8l_conv2d"]) if wide else
+            sdot.schedule(sdot.compute(pw, predecoded=True, epilogue=Epilogue(True)),
                           knobs["q8_conv2d"]))
     calls = [(depthwise.schedule(depthwise.compute(spec), knobs["dw_conv2d"]),
               [x, cw.packed, cw.codebook, m, b, np.zeros(qs.out_shape, qs.dtype)]),
-             (int8_decode.schedule(int8_decode.compute(ds), knobs["q8_decode"]),
-              [int8_decode.pack_for_decode(ds, pcw.indices()), int8_weights.q16(q),
+             (decode.schedule(decode.compute(ds), knobs["q8_decode"]),
+              [decode.pack_for_decode(ds, pcw.indices()), int8_weights.q16(q),
                np.array([scale], np.float32), np.zeros(ds.shape, np.int8)]),
              (conv, [(0, 5), np.array([scale], np.float32), (1, 3), d, bias,
                      np.zeros(pw.out_shape, np.float32)])]
@@ -222,15 +223,15 @@ def test_int8_chain_through_the_int8_depthwise_on_emulated_cores(device, cpu, tm
     before's output."""
     tracker, _ = device
     knobs, wide = load_knobs(cpu), cpu == CPU
-    depth, limit = (16, int8_long.WEIGHT_LIMIT) if wide else (4, 127)
+    depth, limit = (16, widening.WEIGHT_LIMIT) if wide else (4, 127)
     pw1 = conv2d.Conv2dSpec(1, 16, 14, 14, 32, (1, 1), bits=4)
     dwc = conv2d.Conv2dSpec(1, 32, 14, 14, 32, (3, 3), (1, 1), (1, 1, 1, 1), groups=32, bits=4)
     pw2 = conv2d.Conv2dSpec(1, 32, 14, 14, 16, (1, 1), bits=2)
     mid = int8_dw.Int8DwSpec(dwc, act="relu6", depth=depth).inp
     spec = int8_dw.Int8DwSpec(dwc, act="relu6", depth=depth,
-                              out=int8_quant.QuantSpec.of(pw2, depth=depth))
+                              out=quantize.QuantSpec.of(pw2, depth=depth))
     x = rng.normal(size=(1, 16, 14, 14)).astype(np.float32)
-    xq, sx = int8_quant.reference(int8_quant.QuantSpec.of(pw1, depth=depth), x)
+    xq, sx = quantize.reference(quantize.QuantSpec.of(pw1, depth=depth), x)
     s1, s2 = np.float32(0.02), np.float32(0.03)  # calibrated scales: outputs clamped
     cw1, cw2 = (random_codebook_weight(rng, p.weight_shape, p.bits) for p in (pw1, pw2))
     q1, d1 = int8_weights.quantize_codebook(cw1.codebook, None, 32, limit)
@@ -243,11 +244,11 @@ def test_int8_chain_through_the_int8_depthwise_on_emulated_cores(device, cpu, tm
 
     def conv(pw, cw, q, epilogue, out=None):  # (kernel, its weight operands)
         if wide:
-            ls = int8_long.LongSpec(pw, epilogue, out=out)
-            w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, 16), q[cw.indices()])
-            return int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]), [w]
-        func = int8.compute(pw, epilogue=epilogue, out=out)
-        return int8.schedule(func, knobs["q8_conv2d"]), [cw.packed, q]
+            ls = widening.LongSpec(pw, epilogue, out=out)
+            w = decode.conv_order(decode.DecodeSpec.of(pw, 16), q[cw.indices()])
+            return widening.schedule(widening.compute(ls), knobs["q8l_conv2d"]), [w]
+        func = sdot.compute(pw, epilogue=epilogue, out=out)
+        return sdot.schedule(func, knobs["q8_conv2d"]), [cw.packed, q]
 
     (k1, w1), (k2, w2) = conv(pw1, cw1, q1, ep, mid), conv(pw2, cw2, q2, Epilogue(True))
     calls = [(k1, [xq, np.array([sx]), *w1, d1 / s1, b1 / s1,
@@ -262,8 +263,8 @@ def test_int8_chain_through_the_int8_depthwise_on_emulated_cores(device, cpu, tm
         diff = np.abs(a.astype(np.int64) - b.astype(np.int64))
         return diff.max() <= 1 and (diff > 0).mean() < 2e-3
 
-    y1 = int8.reference(pw1, x, cw1.indices(), q1, d1) + b1[None, :, None, None]
-    want1 = int8_quant.quantize_fixed(np.maximum(y1, 0), s1)
+    y1 = sdot.reference(pw1, x, cw1.indices(), q1, d1) + b1[None, :, None, None]
+    want1 = quantize.quantize_fixed(np.maximum(y1, 0), s1)
     assert near(_planes(got1, mid), want1) and (want1 == 127).any()
     x2 = _planes(got1, mid)
     want2 = int8_dw.reference(spec, x2, s1, wq, dd / s2, bd / s2)
@@ -348,20 +349,20 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
                  conv2d.Conv2dSpec(1, 3, 17, 17, 16, (7, 7), (2, 2), (3, 3, 3, 3),
                                    bits=FP32_WEIGHT)):
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        qs, ds = int8_quant.QuantSpec.of(spec), int8_decode.DecodeSpec.of(spec)
-        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
+        qs, ds = quantize.QuantSpec.of(spec), decode.DecodeSpec.of(spec)
+        calls = [(quantize.schedule(quantize.compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
             wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape))
-            weights, predecoded = [int8_decode.conv_order(ds, wq)], True
+            weights, predecoded = [decode.conv_order(ds, wq)], True
         else:
             cw = random_codebook_weight(rng, spec.weight_shape, spec.bits, scaled=spec.scaled)
             q, d = int8_weights.quantize_codebook(cw.codebook, cw.scale, spec.out_channels)
             wq, predecoded = q[cw.indices()], ds.supported()
         if spec.bits != FP32_WEIGHT and predecoded:  # 4-bit: the NEON tbl decode kernel
             assert load_knobs(cpu)["q8_decode"]["lookup"] == "tbl"
-            calls.append((int8_decode.schedule(int8_decode.compute(ds), load_knobs(cpu)[
-                "q8_decode"]), [int8_decode.pack_for_decode(ds, cw.indices()),
+            calls.append((decode.schedule(decode.compute(ds), load_knobs(cpu)[
+                "q8_decode"]), [decode.pack_for_decode(ds, cw.indices()),
                                 int8_weights.q16(q), (0, 2), np.zeros(ds.shape, np.int8)]))
             weights = [(1, 3)]
         elif spec.bits != FP32_WEIGHT:  # 3-bit: decoded inside the conv
@@ -371,12 +372,12 @@ def test_int8_kernels_run_on_the_emulated_dotprod_core(device, tmp_path, rng):
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
-        calls.append((int8.schedule(int8.compute(spec, predecoded=predecoded, epilogue=ep),
+        calls.append((sdot.schedule(sdot.compute(spec, predecoded=predecoded, epilogue=ep),
                                     knobs),
                       [(0, 1), (0, 2), *weights, d, *extra,
                        np.zeros(spec.out_shape, np.float32)]))
         got = _run_kernels_remote(tracker, calls, tmp_path, cpu)[-1]
-        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        want = ep.numpy(sdot.reference_int8(spec, x, wq, d), b, r)
         assert rel_err(got, want) < 1e-6, spec.name
 
 
@@ -398,7 +399,7 @@ def test_lookup_table_conv_runs_on_emulated_cores(device, cpu, tmp_path, rng):
              (S(1, 24, 9, 9, 8, (3, 3), (2, 2), (1, 1, 1, 1), bits=1), Epilogue(), None),
              (S(1, 512, 2, 4, 16, (1, 1), bits=2), Epilogue(), "max")]
     for spec, ep, extreme in cases:
-        out = int8_quant.QuantSpec(*spec.out_shape, depth=16) if extreme else None
+        out = quantize.QuantSpec(*spec.out_shape, depth=16) if extreme else None
         ls = int8_lut.LutSpec.of(spec, knobs["q8t_conv2d"]["tile"], epilogue=ep, out=out)
         qs = ls.quant
         if extreme:
@@ -419,7 +420,7 @@ def test_lookup_table_conv_runs_on_emulated_cores(device, cpu, tmp_path, rng):
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
         y = np.zeros(spec.out_shape, np.float32) if out is None else np.full(
             out.out_shape, 77, np.int8)
-        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
+        calls = [(quantize.schedule(quantize.compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)]),
                  (int8_lut.schedule(int8_lut.compute(ls), knobs["q8t_conv2d"]),
                   [(0, 1), (0, 2), int8_lut.pack(ls, idx),
@@ -429,7 +430,7 @@ def test_lookup_table_conv_runs_on_emulated_cores(device, cpu, tmp_path, rng):
         if out is None:
             assert rel_err(got, want) < 1e-6, ls.name
         else:
-            assert np.array_equal(got, int8.reference_out(out, want, False)), ls.name
+            assert np.array_equal(got, sdot.reference_out(out, want, False)), ls.name
             assert (got == 127).all()
 
 
@@ -462,7 +463,7 @@ def test_choice_by_the_cycle_estimate_on_the_emulated_a72(device, tmp_path):
 
 
 def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
-    """The int8 conv of a core without sdot (kernels.int8_long: smull / smlal(2) / sadalp
+    """The int8 conv of a core without sdot (kernels.int8.widening: smull / smlal(2) / sadalp
     over 32 input channels, weights within +-63; and with 8-bit weights, int8-full), with
     its depth-16 quantize and tbl decode in front: a 4-bit codebook with the epilogue, a
     2-bit one with stride 2 over 16 channels (one group of 16 alone), 24 channels padded to
@@ -470,7 +471,7 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
     48 channels of 8-bit weights."""
     tracker, _ = device
     knobs = load_knobs(CPU)
-    lim = int8_long.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
+    lim = widening.WEIGHT_LIMIT  # the weights' range: 4 products in a 16-bit lane
     for spec, ep, limit in (
             (conv2d.Conv2dSpec(1, 32, 8, 8, 8, (1, 1), bits=4, scaled=True),
              Epilogue(True, True, "relu"), lim),
@@ -483,29 +484,29 @@ def test_widening_int8_kernels_run_on_the_emulated_a72(device, tmp_path, rng):
             # int8-full: 8-bit weights, one group of 16 per step
             (conv2d.Conv2dSpec(1, 48, 6, 6, 8, (3, 3), (1, 1), (1, 1, 1, 1), bits=4),
              Epilogue(True, False, "relu"), 127)):
-        ls = int8_long.LongSpec(spec, ep, limit=limit)
-        qs, ds = ls.quant, int8_decode.DecodeSpec.of(spec, depth=16)
+        ls = widening.LongSpec(spec, ep, limit=limit)
+        qs, ds = ls.quant, decode.DecodeSpec.of(spec, depth=16)
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        calls = [(int8_quant.schedule(int8_quant.compute(qs), knobs["q8_quant"]),
+        calls = [(quantize.schedule(quantize.compute(qs), knobs["q8_quant"]),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
             wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape), limit)
-            weights = [int8_decode.conv_order(ds, wq)]
+            weights = [decode.conv_order(ds, wq)]
         else:
             wq, d, weights = _decoded_weight(rng, spec, ds, knobs, calls, limit)
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
-        calls.append((int8_long.schedule(int8_long.compute(ls), knobs["q8l_conv2d"]),
+        calls.append((widening.schedule(widening.compute(ls), knobs["q8l_conv2d"]),
                       [(0, 1), (0, 2), *weights, d, *extra,
                        np.zeros(spec.out_shape, np.float32)]))
         got = _run_kernels_remote(tracker, calls, tmp_path, CPU)[-1]
-        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        want = ep.numpy(sdot.reference_int8(spec, x, wq, d), b, r)
         assert rel_err(got, want) < 1e-6, spec.name
 
 
 def test_gathered_int8_stem_runs_on_the_emulated_a72(device, tmp_path, rng):
-    """The 3-channel stem on a core without sdot (kernels.int8_im2col): its quantize (4
+    """The 3-channel stem on a core without sdot (kernels.int8.gathered): its quantize (4
     channels innermost), the gather of its 3x3 / 7x7 window's taps into 16-channel groups,
     and the widening 1x1 conv over them (with relu6, and writing float32), against the int8
     oracle of the conv itself."""
@@ -515,23 +516,23 @@ def test_gathered_int8_stem_runs_on_the_emulated_a72(device, tmp_path, rng):
                       Epilogue(True, False, "relu6")),
                      (conv2d.Conv2dSpec(1, 3, 15, 13, 4, (7, 7), (2, 2), (3, 3, 3, 3)),
                       Epilogue())):
-        ic = int8_im2col.Im2colSpec(spec)
+        ic = gathered.Im2colSpec(spec)
         pw = ic.pointwise
         x = rng.normal(size=(1, 3, spec.height, spec.width)).astype(np.float32)
         wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape),
-                                           int8_long.WEIGHT_LIMIT)
-        w = int8_decode.conv_order(int8_decode.DecodeSpec.of(pw, depth=16),
-                                   int8_im2col.columns(ic, wq))
+                                             widening.WEIGHT_LIMIT)
+        w = decode.conv_order(decode.DecodeSpec.of(pw, depth=16),
+                              gathered.columns(ic, wq))
         b = rng.normal(size=spec.out_channels).astype(np.float32)
-        calls = [(int8_quant.schedule(int8_quant.compute(ic.inp), knobs["q8_quant"]),
+        calls = [(quantize.schedule(quantize.compute(ic.inp), knobs["q8_quant"]),
                   [x, np.zeros(ic.inp.out_shape, np.int8), np.zeros(1, np.float32)]),
-                 (int8_im2col.compute(ic), [(0, 1), np.zeros(ic.out.out_shape, np.int8)]),
-                 (int8_long.schedule(int8_long.compute(int8_long.LongSpec(pw, ep)),
-                                     knobs["q8l_conv2d"]),
+                 (gathered.compute(ic), [(0, 1), np.zeros(ic.out.out_shape, np.int8)]),
+                 (widening.schedule(widening.compute(widening.LongSpec(pw, ep)),
+                                    knobs["q8l_conv2d"]),
                   [(1, 1), (0, 2), w, d, *([b] if ep.bias else []),
                    np.zeros(spec.out_shape, np.float32)])]
         got = _run_kernels_remote(tracker, calls, tmp_path, CPU)[-1]
-        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, None)
+        want = ep.numpy(sdot.reference_int8(spec, x, wq, d), b, None)
         assert rel_err(got, want) < 1e-6, spec.name
 
 
@@ -553,31 +554,31 @@ def test_smmla_kernels_run_on_the_emulated_i8mm_core(device, tmp_path, rng):
             (S(1, 32, 6, 8, 16, (3, 3), (1, 1), (1, 1, 1, 1), bits=FP32_WEIGHT),
              Epilogue(bias=True), True)):
         x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
-        qs = int8_quant.QuantSpec.of(spec, depth=int8_mmla.DEPTH)
-        ds = int8_decode.DecodeSpec.of(spec, int8_mmla.DEPTH)
+        qs = quantize.QuantSpec.of(spec, depth=smmla.DEPTH)
+        ds = decode.DecodeSpec.of(spec, smmla.DEPTH)
         if extreme:
             x = np.where(x < 0, -1.0, 1.0).astype(np.float32)
             wq, d = np.where(rng.random(spec.weight_shape) < 0.5, -127, 127).astype(
                 np.int8), np.full(spec.out_channels, 0.1, np.float32)
         elif spec.bits == FP32_WEIGHT:
             wq, d = int8_weights.quantize_weight(rng.normal(size=spec.weight_shape))
-        calls = [(int8_quant.schedule(int8_quant.compute(qs), {}),
+        calls = [(quantize.schedule(quantize.compute(qs), {}),
                   [x, np.zeros(qs.out_shape, np.int8), np.zeros(1, np.float32)])]
         if spec.bits == FP32_WEIGHT:
-            weights = [int8_decode.conv_order(ds, wq)]
+            weights = [decode.conv_order(ds, wq)]
         else:
             wq, d, weights = _decoded_weight(rng, spec, ds, knobs, calls)
         b = rng.normal(size=spec.out_channels).astype(np.float32)
         r = rng.normal(size=spec.out_shape).astype(np.float32)
         extra = ([b] if ep.bias else []) + ([r] if ep.residual else [])
-        func = int8_mmla.compute(spec, predecoded=True, epilogue=ep)
-        want = ep.numpy(int8.reference_int8(spec, x, wq, d), b, r)
+        func = smmla.compute(spec, predecoded=True, epilogue=ep)
+        want = ep.numpy(sdot.reference_int8(spec, x, wq, d), b, r)
         out = None
         if extreme:  # int8 for the next smmla conv: sums of +-127 * 127 * 288 clamp
-            out = int8_quant.QuantSpec(1, 16, 6, 8, depth=int8_mmla.DEPTH)
-            func = int8_mmla.KERNEL.int8_out.make(func, out)[1]
-            want = int8.reference_out(out, want, relu=False)
-        calls.append((int8_mmla.schedule(func, knobs["q8m_conv2d"]),
+            out = quantize.QuantSpec(1, 16, 6, 8, depth=smmla.DEPTH)
+            func = smmla.KERNEL.int8_out.make(func, out)[1]
+            want = sdot.reference_out(out, want, relu=False)
+        calls.append((smmla.schedule(func, knobs["q8m_conv2d"]),
                        [(0, 1), (0, 2), *weights, d, *extra,
                         np.zeros(spec.out_shape if out is None else out.out_shape,
                                  np.float32 if out is None else np.int8)]))
@@ -805,12 +806,12 @@ def test_a_kernel_with_an_instruction_the_core_lacks_is_named(device, tmp_path):
     """The smmla conv sent to the neoverse-n1 device (no i8mm) past the artifact check: the
     device dies of SIGILL on both tries, and the run names the kernel and why; the
     supervisor brings the device back."""
-    from dgms_tvm.bench.device_jobs import Job, kernel_job, run_jobs
+    from dgms_tvm.measure.jobs import Job, kernel_job, run_jobs
 
     tracker, _ = device
     spec = conv2d.Conv2dSpec(1, 16, 6, 8, 16, (3, 3), padding=(1, 1, 1, 1), bits=FP32_WEIGHT)
-    func = int8_mmla.schedule(int8_mmla.compute(spec, predecoded=True),
-                              load_knobs(I8MM)["q8m_conv2d"]).with_attr("global_symbol", "k0")
+    func = smmla.schedule(smmla.compute(spec, predecoded=True),
+                          load_knobs(I8MM)["q8m_conv2d"]).with_attr("global_symbol", "k0")
     n2 = get_profile(I8MM)
     path = tmp_path / "smmla.so"
     tvm.compile(tvm.IRModule({"k0": func}), target=n2.tvm_target()).export_library(

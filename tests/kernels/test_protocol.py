@@ -10,21 +10,13 @@ import pytest
 import tvm
 
 from dgms_tvm import kernels
-from dgms_tvm.kernels import (
-    conv2d,
-    dense,
-    depthwise,
-    gemv,
-    int8_decode,
-    int8_dw,
-    int8_im2col,
-    int8_long,
-    int8_lut,
-    int8_quant,
-    int8_weights,
-)
+from dgms_tvm.kernels import gemv
 from dgms_tvm.kernels.common import KERNEL_ATTR, standalone
 from dgms_tvm.kernels.epilogue import Epilogue
+from dgms_tvm.kernels.fp32 import conv2d, dense, depthwise
+from dgms_tvm.kernels.int8 import depthwise as int8_dw
+from dgms_tvm.kernels.int8 import gathered, lut, widening
+from dgms_tvm.kernels.int8.operands import decode, quantize, weights
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, run_kernel
 
@@ -35,17 +27,17 @@ SPECS = [
     depthwise.DepthwiseSpec(C(1, 8, 9, 9, 8, (3, 3), padding=(1, 1, 1, 1), groups=8),
                             act="relu6", lanes=8, rows=4),
     gemv.GemvSpec(1, 64, 128, 4, arith="lut", rows=32, form="tbl"),
-    int8_long.LongSpec(C(1, 32, 8, 8, 16, (3, 3), padding=(1, 1, 1, 1)),
-                       Epilogue(True, True, "relu"), sadalp=True, limit=127),
-    int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1), extra=3, phases=2, offset=128),
-    int8_decode.DecodeSpec(16, 6, (3, 3), 2, depth=16),
+    widening.LongSpec(C(1, 32, 8, 8, 16, (3, 3), padding=(1, 1, 1, 1)),
+                      Epilogue(True, True, "relu"), sadalp=True, limit=127),
+    quantize.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1), extra=3, phases=2, offset=128),
+    decode.DecodeSpec(16, 6, (3, 3), 2, depth=16),
     int8_dw.Int8DwSpec(C(1, 16, 9, 9, 16, (3, 3), (2, 2), (1, 1, 1, 1), groups=16),
                        act="relu", depth=16,
-                       out=int8_quant.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)),
-    int8_im2col.Im2colSpec(C(1, 3, 16, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), bits=2)),
-    int8_lut.LutSpec(C(1, 32, 9, 9, 16, (3, 3), padding=(1, 1, 1, 1), bits=1),
-                     Epilogue(True, False, "relu6"), blocks=2, neon=True,
-                     out=int8_quant.QuantSpec(1, 16, 9, 9, depth=16)),
+                       out=quantize.QuantSpec(1, 16, 5, 5, (1, 1, 1, 1), depth=16)),
+    gathered.Im2colSpec(C(1, 3, 16, 16, 8, (7, 7), (2, 2), (3, 3, 3, 3), bits=2)),
+    lut.LutSpec(C(1, 32, 9, 9, 16, (3, 3), padding=(1, 1, 1, 1), bits=1),
+                Epilogue(True, False, "relu6"), blocks=2, neon=True,
+                out=quantize.QuantSpec(1, 16, 9, 9, depth=16)),
 ]
 
 
@@ -71,11 +63,11 @@ def test_a_kernel_names_its_family_and_spec():
     assert C.from_func(func) == spec
 
 
-QUANT = [int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1)),
-         int8_quant.QuantSpec.of(C(1, 16, 9, 11, 24, (3, 3), (2, 2), (1, 1, 1, 1))),
-         int8_quant.QuantSpec.of(C(2, 8, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1)),
-                                 unsigned=True),
-         int8_quant.QuantSpec.of(C(1, 20, 6, 6, 16, (1, 1)), depth=16)]
+QUANT = [quantize.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1)),
+         quantize.QuantSpec.of(C(1, 16, 9, 11, 24, (3, 3), (2, 2), (1, 1, 1, 1))),
+         quantize.QuantSpec.of(C(2, 8, 7, 7, 8, (3, 3), padding=(1, 1, 1, 1)),
+                               unsigned=True),
+         quantize.QuantSpec.of(C(1, 20, 6, 6, 16, (1, 1)), depth=16)]
 
 
 @pytest.mark.parametrize("qs", QUANT, ids=lambda q: q.name)
@@ -83,12 +75,12 @@ QUANT = [int8_quant.QuantSpec(1, 6, 9, 11, (1, 0, 2, 1)),
 def test_quantize_kernel_matches_its_oracle(qs, vector, rng):
     x = rng.normal(size=(qs.batch, qs.channels, qs.height, qs.width)).astype(np.float32)
     x[0, 0, 0, 0] = 40.0  # an extreme value sets the scale
-    lib = tvm.compile(standalone(int8_quant.schedule(int8_quant.compute(qs, vector), {})),
+    lib = tvm.compile(standalone(quantize.schedule(quantize.compute(qs, vector), {})),
                       target=get_profile("x86").tvm_target())
     xq = tvm.runtime.tensor(np.zeros(qs.out_shape, qs.dtype))
     sx = tvm.runtime.tensor(np.zeros(1, np.float32))
     lib["main"](tvm.runtime.tensor(x), xq, sx)
-    want, want_sx = int8_quant.reference(qs, x)
+    want, want_sx = quantize.reference(qs, x)
     np.testing.assert_array_equal(xq.numpy(), want)
     assert sx.numpy()[0] == want_sx
 
@@ -96,12 +88,12 @@ def test_quantize_kernel_matches_its_oracle(qs, vector, rng):
 @pytest.mark.parametrize("bits", [1, 2, 4])
 @pytest.mark.parametrize("depth", [4, 16])
 def test_decode_kernel_matches_its_oracle(bits, depth, rng):
-    ds = int8_decode.DecodeSpec(16, 24, (3, 3), bits, depth)
+    ds = decode.DecodeSpec(16, 24, (3, 3), bits, depth)
     assert ds.supported()
     cw = random_codebook_weight(rng, (16, 24, 3, 3), bits)
-    q, _ = int8_weights.quantize_codebook(cw.codebook, cw.scale, 16)
+    q, _ = weights.quantize_codebook(cw.codebook, cw.scale, 16)
     q[-1] = -127  # the extreme entry
-    got = run_kernel(int8_decode.compute(ds), [int8_decode.pack_for_decode(ds, cw.indices()),
-                                               int8_weights.q16(q), np.zeros(1, np.float32),
-                                               np.zeros(ds.shape, np.int8)])
-    np.testing.assert_array_equal(got, int8_decode.reference(ds, cw.indices(), q))
+    got = run_kernel(decode.compute(ds), [decode.pack_for_decode(ds, cw.indices()),
+                                          weights.q16(q), np.zeros(1, np.float32),
+                                          np.zeros(ds.shape, np.int8)])
+    np.testing.assert_array_equal(got, decode.reference(ds, cw.indices(), q))

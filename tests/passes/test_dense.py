@@ -10,7 +10,7 @@ from tvm import relax
 
 from dgms_tvm import compiler
 from dgms_tvm.detect import find_codebook
-from dgms_tvm.kernels import dense as kdense
+from dgms_tvm.kernels.fp32 import dense as kdense
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err

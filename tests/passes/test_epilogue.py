@@ -12,9 +12,9 @@ from tvm import relax
 
 from dgms_tvm import compiler, frontend
 from dgms_tvm.kernels import KERNEL_ATTR
-from dgms_tvm.kernels import depthwise as kdw
 from dgms_tvm.kernels.common import FP32_WEIGHT
-from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.kernels.conv import Conv2dSpec
+from dgms_tvm.kernels.fp32 import depthwise as kdw
 from dgms_tvm.passes import LoweringPolicy, fuse_epilogues, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile

@@ -13,9 +13,9 @@ from torch import nn
 
 from dgms_tvm import calibration, compiler, frontend, strategies
 from dgms_tvm.kernels import KERNEL_ATTR
-from dgms_tvm.kernels import depthwise as kdw
-from dgms_tvm.kernels import int8_dw as kdw8
-from dgms_tvm.kernels import int8_dw_rows as kdwr
+from dgms_tvm.kernels.fp32 import depthwise as kdw
+from dgms_tvm.kernels.int8 import depthwise as kdw8
+from dgms_tvm.kernels.int8 import depthwise_rows as kdwr
 from dgms_tvm.passes import int8_chain
 from dgms_tvm.quant.hard import kmeans_codebook
 from dgms_tvm.targets import get_profile
@@ -189,7 +189,8 @@ def test_a_depthwise_output_read_elsewhere_stays_float(tmp_path):
     host = get_profile("x86")
     lowered = compiler.lower(imported, strategy="int8", profile=host,
                              calibration=calibration.samples(x.numpy(), 2))
-    family = strategies.int8_depthwise(host) or kdw.FAMILY  # int8 with VNNI, else FP32
+    # int8 with VNNI, else FP32
+    family = strategies.for_core(strategies.INT8_DW, host) or kdw.FAMILY
     dws = [r for r in lowered.records if r.kernel and r.kernel.startswith(family)]
     assert [bool(r.output) for r in dws] == [True, True, False]
 

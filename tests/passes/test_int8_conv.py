@@ -13,11 +13,11 @@ from dgms_tvm import compiler, frontend, strategies
 from dgms_tvm.detect import find_codebook
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
-from dgms_tvm.kernels import int8 as kint8
-from dgms_tvm.kernels import int8_decode as kdecode
-from dgms_tvm.kernels import int8_quant as kquant
-from dgms_tvm.kernels import int8_weights as kweights
-from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.kernels.conv import Conv2dSpec
+from dgms_tvm.kernels.int8 import sdot as ksdot
+from dgms_tvm.kernels.int8.operands import decode as kdecode
+from dgms_tvm.kernels.int8.operands import quantize as kquant
+from dgms_tvm.kernels.int8.operands import weights as kweights
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.quant import hard_quantize
 from dgms_tvm.targets import get_profile
@@ -58,13 +58,13 @@ def test_int8_strategy_lowers_the_layers_it_can_and_says_why_not_the_rest():
 
     host = get_profile("x86")
     for_host = compiler.lower(imported, 4, strategy="int8", profile=host)
-    unsigned = kint8.unsigned_input(host)
+    unsigned = ksdot.unsigned_input(host)
     recs = {r.name: r for r in for_host.records}
     assert ("_u8" in recs["conv.weight"].kernel) == unsigned
     # x86 VNNI keeps the int8 weights decoded at compile time: no decode kernel per call
     called = [str(f.attrs[KERNEL_ATTR]) for op, f in main_calls(for_host.mod)
               if op == "call_tir"]
-    assert ("q8_decode" in called) != strategies.keeps_int8_weights(host)
+    assert ("q8_decode" in called) != strategies.for_core(strategies.KEEP_INT8_WEIGHTS, host)
     assert "_pre" in recs["conv.weight"].kernel
     assert (recs["fc.weight"].strategy == "int8") == (unsigned or host_has("avx2"))
     got_host = compiler.run_local(compiler.build(for_host, target), [x.numpy()])[0]
@@ -77,7 +77,7 @@ def test_strategy_choice():
     assert strategies.resolve("exact", a72) == "exact"
     host = get_profile("x86")  # VNNI where this host has it
     assert (strategies.resolve("auto", host) == "int8") == \
-        kint8.unsigned_input(host)
+        ksdot.unsigned_input(host)
     assert strategies.resolve("lut", n1) == "lut"  # asked for: never chosen by auto
     with pytest.raises(UserError, match=r"'fast'.*auto, exact, int8, int8-full, lut"):
         strategies.resolve("fast", n1)
@@ -158,7 +158,7 @@ def test_before_and_expected():
     spec = Conv2dSpec(1, 8, 6, 6, 16, (3, 3), padding=(1, 1, 1, 1), bits=cw.bits)
     qs, ds = kquant.QuantSpec.of(spec), kdecode.DecodeSpec.of(spec)
     qcb, d = kweights.quantize_codebook(cw.codebook, cw.scale, 16, 127, indices=cw.indices())
-    name = kint8.name(spec, predecoded=True)
+    name = ksdot.name(spec, predecoded=True)
 
     def expected(bb, x, _w):
         q = bb.emit(relax.call_tir(bb.add_func(kquant.compute(qs), qs.name), [x], out_ty=[
@@ -168,7 +168,7 @@ def test_before_and_expected():
             relax.const(kdecode.pack_for_decode(ds, cw.indices()), "uint8"),
             relax.const(kweights.q16(qcb), "int8"), sx],
             out_ty=relax.TensorType(ds.shape, "int8")))
-        conv = bb.add_func(kint8.compute(spec, predecoded=True), name)
+        conv = bb.add_func(ksdot.compute(spec, predecoded=True), name)
         return bb.emit(relax.call_tir(conv, [xq, sx, wq, relax.const(d, "float32")],
                                       out_ty=relax.TensorType(spec.out_shape, "float32")))
 
@@ -186,7 +186,7 @@ def test_before_and_expected():
 def test_a_stem_of_3_channels_takes_the_gathered_int8_conv_without_sdot(codebook_stem):
     """For cortex-a72 the 3-channel stem (float32, quantized per channel; or a 2-bit codebook
     that the user quantized too) runs the widening kernel's 1x1 conv over its gathered taps
-    (kernels.int8_im2col: 27 values in 2 groups of 16), its BatchNorm + relu fused after it;
+    (kernels.int8.gathered: 27 values in 2 groups of 16), its BatchNorm + relu fused after it;
     for neoverse-n1 the sdot conv takes it as it is. Built for this host, close to the exact
     build."""
     net, _ = quantized_net()

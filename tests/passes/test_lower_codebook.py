@@ -13,7 +13,7 @@ from dgms_tvm import compiler, frontend
 from dgms_tvm.detect import find_codebook
 from dgms_tvm.errors import UserError
 from dgms_tvm.kernels import KERNEL_ATTR, SPEC_ATTR
-from dgms_tvm.kernels import conv2d as kconv
+from dgms_tvm.kernels.fp32 import conv2d as kconv
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err

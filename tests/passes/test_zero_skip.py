@@ -12,8 +12,8 @@ from dgms_tvm import compiler
 from dgms_tvm.detect import find_codebook
 from dgms_tvm.format import CodebookWeight
 from dgms_tvm.frontend import from_torch
-from dgms_tvm.kernels import conv2d as kconv
-from dgms_tvm.kernels.conv2d import Conv2dSpec
+from dgms_tvm.kernels.conv import Conv2dSpec
+from dgms_tvm.kernels.fp32 import conv2d as kconv
 from dgms_tvm.passes import LoweringPolicy, lower_codebook_layers
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err

@@ -303,7 +303,7 @@ def test_the_board_path_bench_and_tune_through_a_tracker(run_dir, tmp_path):
 
 def _tune_one_kernel_by_time(tracker: str, key: str, tmp_path: Path) -> None:
     from dgms_tvm.device.client import Tracker, parse_tracker
-    from dgms_tvm.kernels import dense
+    from dgms_tvm.kernels.fp32 import dense
     from dgms_tvm.schedules import load_knobs, tuning_db
     from dgms_tvm.targets import get_profile
     from dgms_tvm.tune import tuner

@@ -16,7 +16,7 @@ import tvm
 import tvm_ffi
 
 from dgms_tvm import pipeline
-from dgms_tvm.kernels import dense
+from dgms_tvm.kernels.fp32 import dense
 from dgms_tvm.schedules import apply_records, load_knobs, tuning_db
 from dgms_tvm.targets import get_profile
 from dgms_tvm.tune import driver, remeasure, tuner

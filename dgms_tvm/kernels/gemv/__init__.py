@@ -27,8 +27,8 @@ import dataclasses
 import numpy as np
 import tvm
 
-from ..int8_quant import quantize_input
-from ..int8_weights import quantize_codebook
+from ..int8.operands.quantize import quantize_input
+from ..int8.operands.weights import quantize_codebook
 from ..protocol import KernelFamily
 from . import exact, fp32, int8, lut
 from .packing import (

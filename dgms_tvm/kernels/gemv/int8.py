@@ -1,6 +1,6 @@
 """The int8 GEMV: the int8 strategy's arithmetic at batch 1 (x86).
 
-The int8 strategy (see :mod:`dgms_tvm.kernels.int8_quant`): the codebook as int8 entries
+The int8 strategy (see :mod:`dgms_tvm.kernels.int8.operands.quantize`): the codebook as int8 entries
 with one scale, ``X`` quantized per call symmetrically per tensor. The int8 codebook sits in
 a 16-byte table (repeated in each 128-bit lane) and ``vpshufb`` turns 64 indices into 64
 int8 weights; ``vpdpbusd`` (VNNI) does 64 multiply-adds. ``vpdpbusd`` multiplies unsigned by
@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from tvm.script import tirx as T
 
-from ..int8_quant import TINY
+from ..int8.operands.quantize import TINY
 from .spec import GemvSpec
 
 

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 
-from ..int8_weights import quantize_codebook
+from ..int8.operands.weights import quantize_codebook
 from .spec import GemvSpec
 
 
