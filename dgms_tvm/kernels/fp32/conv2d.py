@@ -143,8 +143,9 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         sch.compute_at(dec, oo)
         sch.parallel(sch.fuse(n, oo))
         sch.unroll(xi)
-        tile.vectorize(lambda: oi, lambda: sch.get_loops(dec)[-1],
-                       lambda: sch.get_loops(acc)[-1])
+        if ot > 1:  # (a 1-channel tile's loops are gone: the innermost is another)
+            tile.vectorize(lambda: oi, lambda: sch.get_loops(dec)[-1],
+                           lambda: sch.get_loops(acc)[-1])
     else:
         # Step 2b. Depthwise / narrow groups: channels do not share inputs, so vectorise
         # along output columns instead, one channel at a time.
@@ -155,7 +156,8 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         sch.reverse_compute_at(acc, xo)
         sch.compute_at(dec, o)
         sch.parallel(sch.fuse(n, o))
-        tile.vectorize(lambda: xi, lambda: sch.get_loops(acc)[-1])
+        if xt > 1:  # (a prime width over the tile: 1 column, whose loop is gone)
+            tile.vectorize(lambda: xi, lambda: sch.get_loops(acc)[-1])
     # Step 4. Split off the accumulator initialisation last (see tvm-notes: parallel after
     # decompose_reduction is rejected).
     tile.finish(conv, ri)

@@ -132,7 +132,9 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     sch.parallel(no)
     sch.unroll(ki)
     sch.unroll(mi)
-    tile.vectorize(lambda: ni, lambda: sch.get_loops(dec)[-1], lambda: sch.get_loops(acc)[-1])
+    if nt > 1:  # (a 1-feature tile's loops are gone: the innermost is another)
+        tile.vectorize(lambda: ni, lambda: sch.get_loops(dec)[-1],
+                       lambda: sch.get_loops(acc)[-1])
     # Step 3. Accumulator initialisation split off last.
     tile.finish(dense, ko)
 

@@ -25,6 +25,9 @@ CASES = [
     (S(1, 16, 7, 7, 32, (3, 3), (1, 1), (1, 1, 1, 1), groups=2), "2 groups, ocg 16"),
     (S(1, 12, 7, 7, 24, (3, 1), (1, 2), (1, 0, 1, 0), groups=4), "4 groups, ocg 6, 3x1"),
     (S(1, 3, 15, 15, 10, (5, 5), (3, 3), (2, 2, 2, 2)), "5x5 stride 3, 10 channels"),
+    # tiles of 1 (no divisor of the width / channels up to the tile): the vector loop is gone
+    (S(1, 48, 5, 17, 72, (1, 1), groups=3), "3 groups of 24, 17 wide (prime)"),
+    (S(1, 8, 4, 19, 37, (3, 3), (1, 1), (1, 1, 1, 1)), "37 channels, 19 wide (primes)"),
 ]
 
 

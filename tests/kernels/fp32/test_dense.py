@@ -11,7 +11,9 @@ from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err, run_kernel
 
 D = dense.DenseSpec
-SHAPES = [(1, 10, 37), (1, 64, 64), (3, 48, 100), (8, 33, 17), (1, 1000, 512)]
+#: ... and prime feature counts over the tile (83, 37: tiles of 1, the vector loop gone)
+SHAPES = [(1, 10, 37), (1, 64, 64), (3, 48, 100), (8, 33, 17), (1, 1000, 512), (169, 83, 32),
+          (5, 37, 41)]
 
 
 def _check(spec, rng, schedule):
