@@ -26,6 +26,7 @@ import numpy as np
 import tvm
 from tvm import relax
 
+from . import onnx_shapes
 from .errors import UserError
 from .passes.onnx_clip import onnx_clips
 
@@ -206,6 +207,7 @@ def load_onnx(path: Path) -> ImportedModel:
         if dynamic := [d.dim_param or f"dimension {i}" for i, d in enumerate(dims)
                        if not d.HasField("dim_value")]:
             notes.append(_fixed_note(inp.name, dynamic, shapes[inp.name]))
+    model = onnx_shapes.fold(model, shapes)  # x.size() and chunk bounds: constants
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
