@@ -45,7 +45,8 @@ GEMV = {
 
 
 #: Conv2d layers: strategy -> the kernel families it tries in order (``int8``: the int8 conv
-#: of the core, :data:`INT8_CONV`; ``int8_im2col``: its form for convs of few input
+#: of the core, :data:`INT8_CONV`; ``int8_sdot``: the sdot conv for the grouped convs the
+#: smmla conv refuses, :data:`INT8_SDOT`; ``int8_im2col``: its form for convs of few input
 #: channels where the core has one, :data:`INT8_IM2COL`; ``int8_dw``: the int8 depthwise
 #: conv where the core has one, :data:`INT8_DW`). The first whose ``supports`` takes the
 #: layer wins; an int8 layer that lands on a later (exact) one keeps the int8 conv's reason
@@ -53,11 +54,13 @@ GEMV = {
 CONV2D = {
     "exact": ("dw_conv2d", "cb_conv2d"),
     "lut": ("dw_conv2d", "cb_conv2d"),
-    "int8": ("int8_lut", "int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
-    "int8-full": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8": ("int8_lut", "int8", "int8_im2col", "int8_sdot", "int8_dw", "dw_conv2d",
+             "cb_conv2d"),
+    "int8-full": ("int8", "int8_im2col", "int8_sdot", "int8_dw", "dw_conv2d", "cb_conv2d"),
     # int8 without the lookup-table conv: what ``compile --choose`` measures it against
     # per layer (dgms_tvm.choice); no --strategy value
-    "int8-widening": ("int8", "int8_im2col", "int8_dw", "dw_conv2d", "cb_conv2d"),
+    "int8-widening": ("int8", "int8_im2col", "int8_sdot", "int8_dw", "dw_conv2d",
+                      "cb_conv2d"),
 }
 
 #: The int8 conv of a core: the first rule whose capability it has. i8mm cores take the
@@ -70,6 +73,14 @@ INT8_CONV = (
     ("dotprod", "q8_conv2d"),
     ("neon", "q8l_conv2d"),
     (None, "q8_conv2d"),
+)
+
+
+#: The sdot conv where the core's int8 conv is the smmla conv and refuses a layer: groups of
+#: 4 input channels (ResNeXt's), which ``smmla``'s 8-channel reads would pad to 8.
+INT8_SDOT = (
+    ("i8mm", "q8_conv2d"),
+    (None, ""),
 )
 
 
@@ -132,6 +143,7 @@ def conv2d_candidates(strategy: str, profile) -> tuple[str, ...]:
     """The kernel families a codebook conv2d tries under ``strategy`` on ``profile``."""
     fams = CONV2D[strategy if strategy in CONV2D else "exact"]
     resolved = {"int8": for_core(INT8_CONV, profile), "int8_lut": for_core(INT8_LUT, profile),
+                "int8_sdot": for_core(INT8_SDOT, profile),
                 "int8_im2col": for_core(INT8_IM2COL, profile),
                 "int8_dw": for_core(INT8_DW, profile)}
     return tuple(f for f in (resolved.get(f, f) for f in fams) if f)

@@ -71,7 +71,7 @@ def test_int8_depthwise_gather_and_kept_weights_follow_the_capabilities(caps, fa
 
 def test_every_capability_table_ends_with_the_rule_for_every_core():
     # (for_core reads the last rule for a build without a profile, and no core falls through)
-    tables = (strategies.AUTO, strategies.INT8_CONV, strategies.INT8_LUT,
+    tables = (strategies.AUTO, strategies.INT8_CONV, strategies.INT8_LUT, strategies.INT8_SDOT,
               strategies.INT8_IM2COL, strategies.INT8_DW, strategies.KEEP_INT8_WEIGHTS)
     for table in tables:
         assert table[-1][0] is None and all(cap for cap, _ in table[:-1])

@@ -205,14 +205,19 @@ def test_no_calibration_or_no_int8_conv_keeps_float_outputs(user_model):
 
 
 def test_a_depthwise_conv_feeding_an_exact_conv_is_no_candidate():
-    """The shared test graph's depthwise conv feeds a grouped conv, which stays exact (no
-    int8 conv reads it): no probe, no change."""
-    from tests.passes.graphs import quantized_net
+    """A depthwise conv feeding a conv of 6 output channels (no int8 conv takes it: it stays
+    exact, no int8 conv reads the depthwise conv's output): no probe, no change."""
+    from dgms_tvm.quant import hard_quantize
 
-    net, _ = quantized_net()
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
+                        nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
+                        nn.Conv2d(16, 6, 1)).eval()
+    hard_quantize(net, 4)
     x = torch.randn(1, 3, 12, 12)
     imported = frontend.from_torch(net, (x,))
     lowered = compiler.lower(imported, 4, strategy="int8")
+    assert {r.name: r.strategy for r in lowered.records}["4.weight"] == "exact"
     assert int8_chain.probe(lowered.mod)[1] == 0
     again = compiler.lower(imported, 4, strategy="int8",
                            calibration=calibration.samples(x.numpy(), 2))

@@ -52,11 +52,17 @@ DEPTHS = (4, 8)
 DEPTH_ATTR = "dgms.depth"
 
 
-def supports(spec: Conv2dSpec, profile=None) -> str:
-    """Empty when the int8 conv can take ``spec`` (on any core), else why not."""
+def supports(spec: Conv2dSpec, profile=None, depth: int = 4) -> str:
+    """Empty when the int8 conv can take ``spec`` (on any core) reading its input in groups
+    of ``depth`` channels, else why not: output channels in 4s; a grouped conv's groups in
+    whole blocks of ``depth`` input and 4 output channels (ResNeXt's 32 groups of 4, RegNet's
+    group widths of 8 and more), not depthwise (the int8 depthwise conv's)."""
     del profile
-    if spec.groups != 1:
-        return "grouped / depthwise conv (int8 strategy needs groups == 1)"
+    if spec.groups > 1 and spec.icg == 1:
+        return "depthwise conv (the int8 depthwise conv's)"
+    if spec.groups > 1 and (spec.icg % depth or spec.ocg % 4):
+        return (f"{spec.groups} groups of {spec.icg} input and {spec.ocg} output channels "
+                f"(the int8 conv takes groups of whole {depth}-channel blocks, 4 outputs)")
     if spec.out_channels % 4:
         return f"{spec.out_channels} output channels (int8 strategy needs a multiple of 4)"
     return ""
@@ -129,8 +135,8 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     if out is not None and why_not_out(spec, epilogue, out, unsigned):
         raise ValueError(why_not_out(spec, epilogue, out, unsigned))
     s = spec
-    if supports(s):
-        raise ValueError(supports(s))
+    if supports(s, depth=depth):
+        raise ValueError(supports(s, depth=depth))
     if s.bits == FP32_WEIGHT and not predecoded:
         raise ValueError("a float32 weight reaches the int8 conv quantized and tiled "
                          "(predecoded=True: quantize_weight, conv_order)")
@@ -138,11 +144,12 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
     if depth not in DEPTHS:
         raise ValueError(f"input channels in groups of {depth} (the int8 conv reads {DEPTHS})")
     qs = QuantSpec.of(s, unsigned, depth)
-    c4 = qs.c4
+    # input channel blocks a sum runs over (a group's, where the conv is grouped)
+    blocks = qs.c4 // depth if s.groups == 1 else s.icg // depth
     xq = te.placeholder(tuple(map(i64, qs.out_shape)), qs.dtype, "Xq")
     sx = te.placeholder((i64(1),), "float32", "SX")
     d = te.placeholder((i64(s.out_channels),), "float32", "D")
-    wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, c4 // depth, 4, depth)))
+    wshape = tuple(map(i64, (s.out_channels // 4, kh, kw, blocks, 4, depth)))
     if predecoded:
         wq = te.placeholder(wshape, "int8", "W")
         weights = [wq]
@@ -155,21 +162,26 @@ def compute(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
         def weight(oo, r, q, cb, o4, cc):
             c = cb * depth + cc
             k = (c * kh + r) * kw + q
-            return tvm.tirx.if_then_else(c < s.in_channels,
+            return tvm.tirx.if_then_else(c < s.icg,
                                          qcb[decode_index(p, oo * 4 + o4, k, s.bits)],
                                          tvm.tirx.const(0, "int8"))
 
         wq = te.compute(wshape, weight, name="decode")
     rr = te.reduce_axis((i64(0), i64(kh)), "rr")
     rq = te.reduce_axis((i64(0), i64(kw)), "rq")
-    rb = te.reduce_axis((i64(0), i64(c4 // depth)), "rb")
+    rb = te.reduce_axis((i64(0), i64(blocks)), "rb")
     rc = te.reduce_axis((i64(0), i64(depth)), "rc")
     (sh, sw), (dh, dw) = s.stride, s.dilation
+
+    def block(o, rb):  # the input channel block: the group's own blocks, where grouped
+        # (by o // 4 first: the same for a micro-kernel's 4 outputs, as tensorize sees it)
+        return rb if s.groups == 1 else o // 4 // (s.ocg // 4) * blocks + rb
+
     acc = te.compute(
         tuple(map(i64, (s.batch, s.out_channels, s.out_h, padded_out_w(s, unsigned)))),
         lambda n, o, yy, xx: te.sum(
-            xq[n, yy * sh + rr * dh, rb, (xx * sw + rq * dw) % sw, (xx * sw + rq * dw) // sw,
-               rc].astype("int32")
+            xq[n, yy * sh + rr * dh, block(o, rb), (xx * sw + rq * dw) % sw,
+               (xx * sw + rq * dw) // sw, rc].astype("int32")
             * wq[o // 4, rr, rq, rb, o % 4, rc].astype("int32"),
             axis=[rr, rq, rb, rc]),
         name="acc")

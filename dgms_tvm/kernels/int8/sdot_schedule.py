@@ -39,7 +39,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
     column (per 4 columns with the micro-kernel); once per tile it dequantizes its outputs
     (about 1.5 instructions per output in 4-column vectors, 3.5 otherwise), which weighs on
     layers with a short reduction (a 1x1 conv over 16 channels has 4 ``sdot`` per output)."""
-    steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
+    steps = (spec.icg + 3) // 4 * spec.kernel[0] * spec.kernel[1]  # sdot per output/4
     if rows_form(spec, knobs, unsigned):
         return vnni.register_tile(spec, knobs)
     width, per = padded_out_w(spec, unsigned), (4 if quad(spec, knobs, unsigned) else 1)
@@ -68,7 +68,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict, unsigned: bool = False) -> tupl
 CHANNEL_MAJOR_BLOCKS = 16
 
 def channel_major(spec: Conv2dSpec) -> bool:
-    return (spec.in_channels + 3) // 4 >= CHANNEL_MAJOR_BLOCKS
+    return (spec.icg + 3) // 4 >= CHANNEL_MAJOR_BLOCKS
 
 def schedule(func: tvm.tirx.PrimFunc, knobs: dict) -> tvm.tirx.PrimFunc:
     """Hand-written CPU schedule; ``knobs`` come from ``schedules/<target>.json``.
@@ -124,7 +124,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
         xo, xi, x4 = sch.split(xx, [None, xt // 4, 4])
         # Two reduction steps per loop trip (the loop's own 3 to 4 instructions count
         # against 16 to 24 sdot otherwise).
-        rbo, rbi = sch.split(rb, [None, 2 if (spec.in_channels + 3) // 4 % 2 == 0 else 1])
+        rbo, rbi = sch.split(rb, [None, 2 if (spec.icg + 3) // 4 % 2 == 0 else 1])
         # The window's rows and columns unrolled inside the channel loop: the accumulators
         # then stay in registers for the whole reduction (LLVM keeps a tile in registers
         # across one loop, and would load and store it around each window position).

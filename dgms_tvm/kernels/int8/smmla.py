@@ -42,7 +42,7 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
     if spec.in_channels < MIN_CHANNELS and spec.groups == 1:
         return (f"{spec.in_channels} input channels (the smmla conv reads 8 at a time: its "
                 "taps gathered into a 1x1 conv pad less)")
-    return sdot.supports(spec, profile)
+    return sdot.supports(spec, profile, DEPTH)
 
 
 def name(spec: Conv2dSpec, predecoded: bool = False, unsigned: bool = False,
@@ -122,7 +122,7 @@ def apply(sch, knobs: dict, sample: bool = False) -> None:
     else:
         oo, oi, op, o2 = sch.split(o, [None, ob, 2, 2])
         xo, xi, x2 = sch.split(xx, [None, xt // 2, 2])
-    steps = (spec.in_channels + DEPTH - 1) // DEPTH
+    steps = (spec.icg + DEPTH - 1) // DEPTH
     rbo, rbi = sch.split(rb, [None, 2 if steps % 2 == 0 else 1])
     sch.reorder(n, oo, yy, xo, rbo, rr, rq, rbi, oi, op, xi, x2, o2, rc)
     smmla = knobs.get("mmla") == "smmla"

@@ -53,7 +53,7 @@ def register_tile(spec: Conv2dSpec, knobs: dict) -> tuple[int, int]:
     whose accumulators and one input vector per column vector fit in ``registers``."""
     n = LANES
     vectors = padded_width(spec) // n
-    steps = (spec.in_channels + 3) // 4 * spec.kernel[0] * spec.kernel[1]
+    steps = (spec.icg + 3) // 4 * spec.kernel[0] * spec.kernel[1]
     best, cost = (n, 1), float("inf")
     whole = spec.out_w % n and spec.out_w <= WHOLE_ROW
     for p in (d for d in range(1, vectors + 1)

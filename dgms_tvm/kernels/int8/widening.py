@@ -63,11 +63,15 @@ def supports(spec: Conv2dSpec, profile=None) -> str:
     """Empty when this kernel takes ``spec``, else why not. Input channels are padded to a
     multiple of 16 with zeros; where that would add more than a third to the arithmetic (the
     3-channel stem) the layer is better served otherwise."""
-    if spec.groups != 1:
-        return "grouped / depthwise conv (int8 strategy needs groups == 1)"
+    if spec.groups > 1 and spec.icg == 1:
+        return "depthwise conv (the int8 depthwise conv's)"
+    if spec.groups > 1 and (spec.icg % DEPTH or spec.ocg % CHANNELS):
+        return (f"{spec.groups} groups of {spec.icg} input and {spec.ocg} output channels "
+                f"(the widening int8 conv takes groups of whole {DEPTH}-channel blocks, "
+                f"{CHANNELS} outputs)")
     if spec.out_channels % CHANNELS:
         return f"{spec.out_channels} output channels (int8 strategy needs a multiple of 4)"
-    return padding_refusal(spec.in_channels, "widening int8 conv")
+    return padding_refusal(spec.icg, "widening int8 conv")
 
 
 def takes(spec: Conv2dSpec, profile=None) -> str:
@@ -108,9 +112,16 @@ class LongSpec(Spec):
         return QuantSpec.of(self.conv, depth=DEPTH)
 
     @property
+    def groups16(self) -> int:
+        """Groups of 16 input channels an output's sum runs over (its group's, where the
+        conv is grouped)."""
+        s = self.conv
+        return self.quant.c4 // DEPTH if s.groups == 1 else s.icg // DEPTH
+
+    @property
     def weight_shape(self) -> tuple[int, ...]:
         s = self.conv
-        return (s.out_channels // 4, *s.kernel, self.quant.c4 // DEPTH, 4, DEPTH)
+        return (s.out_channels // 4, *s.kernel, self.groups16, 4, DEPTH)
 
     @property
     def name(self) -> str:
@@ -159,7 +170,8 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     kh, kw = s.kernel
     (sh, sw), (dh, dw) = s.stride, s.dilation
     xshape = tuple(int(v) for v in qs.out_shape)
-    _, hp, cbs, _, wq, _ = xshape
+    _, hp, xcbs, _, wq, _ = xshape
+    cbs = spec.groups16  # the weight's groups of 16, an output's sum
     wshape = spec.weight_shape
     nx, nw, ny = int(np.prod(xshape)), int(np.prod(wshape)), n_ * o_ * s.out_h * s.out_w
     blocks = o_ // CHANNELS
@@ -173,11 +185,13 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     n32 = max(nyo // 4, 1)
     store = tiles.store(CHANNELS)
 
-    def pixel(xf, n, pos, xi, lanes, r, cb, q):
-        """Input channels ``cb*16 ..`` of the input pixel of the tile's pixel ``xi`` at window
-        position ``(r, q)``."""
+    def pixel(xf, n, pos, xi, lanes, r, cb, q, b):
+        """Input channels ``cb*16 ..`` (of the group of output block ``b``, where grouped)
+        of the input pixel of the tile's pixel ``xi`` at window position ``(r, q)``."""
         yy, x = coords(pos, xi, lanes)
-        return xf[T.Ramp((((n * hp + yy * sh + r * dh) * cbs + cb) * wq + x * sw + q * dw)
+        if s.groups > 1:
+            cb = b * CHANNELS // s.ocg * cbs + cb
+        return xf[T.Ramp((((n * hp + yy * sh + r * dh) * xcbs + cb) * wq + x * sw + q * dw)
                          * DEPTH, 1, DEPTH)]
 
     def weight(wf, b, r, q, cb, oi):
@@ -191,7 +205,7 @@ def compute(spec: LongSpec) -> tvm.tirx.PrimFunc:
     def products(xf, wf, n, b, pos, lanes, r, q, oi, xi, groups):
         """(input, weight) vectors of the tile's pixel ``xi`` and channel ``oi`` at window
         position ``(r, q)``, one pair per group of 16 input channels in ``groups``."""
-        return [(pixel(xf, n, pos, xi, lanes, r, cb, q), weight(wf, b, r, q, cb, oi))
+        return [(pixel(xf, n, pos, xi, lanes, r, cb, q, b), weight(wf, b, r, q, cb, oi))
                 for cb in groups]
 
     @T.macro

@@ -274,7 +274,7 @@ def test_epilogue_in_the_dequantize_step(ep, dot, rng):
 
 
 def test_layers_the_int8_kernel_does_not_take():
-    assert "groups" in sdot.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "depthwise" in sdot.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
     assert "multiple of 4" in sdot.supports(S(1, 16, 8, 8, 10, (1, 1)))
     with pytest.raises(ValueError):
         sdot.compute(S(1, 16, 8, 8, 10, (1, 1)))
@@ -370,3 +370,37 @@ def test_quantize_kernel_layout_and_values(qs, vector, rng):
     want = nhwc.reshape(qs.batch, -1, wq, ph, qs.c4 // d, d).transpose(0, 1, 4, 3, 2, 5)
     np.testing.assert_array_equal(xq.numpy(), want)
     assert sx.numpy()[0] == want_sx
+
+
+#: Grouped convs: ResNeXt's groups of 4 input / 4 output channels, a RegNet-like group width
+#: of 8 with stride 2 and odd sizes, a grouped 1x1 of 16 inputs and 8 outputs a group.
+GROUPED = [
+    (S(1, 32, 9, 9, 32, (3, 3), padding=(1, 1, 1, 1), groups=8), "32 groups of 4 (ResNeXt)"),
+    (S(1, 48, 11, 9, 48, (3, 3), (2, 2), (1, 1, 1, 1), groups=6), "group width 8, stride 2"),
+    (S(2, 64, 6, 6, 32, (1, 1), groups=4), "1x1, 16 in and 8 out a group, batch 2"),
+]
+
+
+@pytest.mark.parametrize("spec,why", GROUPED, ids=[c[1] for c in GROUPED])
+@pytest.mark.parametrize("bits", [2, 4])
+def test_grouped_int8_conv_matches_its_oracle(spec, why, bits, rng):
+    """Each output block of 4 reads its own group's input channel blocks; the sdot form
+    builds for a dotprod core."""
+    spec = dataclasses.replace(spec, bits=bits, scaled=bits == 4)
+    cw, q, d = _weights(spec, rng)
+    x = rng.normal(size=(spec.batch, spec.in_channels, spec.height, spec.width))
+    x = x.astype(np.float32)
+    want = sdot.reference(spec, x, cw.indices(), q, d)
+    for knobs in (None, load_knobs("x86")["q8_conv2d"]):
+        assert rel_err(run_int8(spec, x, cw, q, d, knobs), want) < 1e-6, spec.name
+    assert rel_err(want, conv2d.reference(spec, x, cw.dense())) < 0.03
+    func = sdot.schedule(sdot.compute(spec), load_knobs("neoverse-n1")["q8_conv2d"])
+    lib = tvm.compile(standalone(func), target=get_profile("neoverse-n1").tvm_target())
+    assert "sdot\t" in lib.mod.inspect_source("s")
+
+
+def test_grouped_convs_the_int8_conv_does_not_take():
+    assert "4-channel blocks" in sdot.supports(S(1, 12, 8, 8, 12, (3, 3), groups=4))  # 3 in
+    assert "4-channel blocks" in sdot.supports(S(1, 16, 8, 8, 8, (3, 3), groups=4))  # 2 out
+    assert "depthwise" in sdot.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert not sdot.supports(S(1, 16, 8, 8, 16, (3, 3), groups=4))

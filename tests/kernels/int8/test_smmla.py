@@ -147,7 +147,32 @@ def test_only_i8mm_cores_take_it():
         assert strategies.for_core(strategies.INT8_CONV, get_profile(target)) != int8_mmla.FAMILY
     assert load_knobs(N2)[int8_mmla.FAMILY]["mmla"] == "smmla"
     assert load_knobs("neoverse-n1")[int8_mmla.FAMILY]["mmla"] == ""
-    assert "groups" in int8_mmla.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "depthwise" in int8_mmla.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+
+
+def test_grouped_smmla_conv_and_the_sdot_conv_for_groups_of_4(rng):
+    """Groups of 8 input channels run on smmla; ResNeXt's groups of 4 would be padded to 8,
+    so an i8mm core gives them the sdot conv (strategies.INT8_SDOT)."""
+    spec = S(1, 32, 7, 9, 16, (3, 3), (1, 2), (1, 1, 1, 1), groups=4, bits=4)
+    cw, q, d = _weights(spec, rng)
+    x = _input(spec, rng)
+    xq, sx = quantized(spec, x)
+    func = int8_mmla.schedule(int8_mmla.compute(spec), _knobs())
+    got = run_kernel(func, [xq, sx, cw.packed, q, d, np.zeros(spec.out_shape, np.float32)])
+    assert rel_err(got, sdot.reference(spec, x, cw.indices(), q, d)) < 1e-6
+    lib = tvm.compile(standalone(int8_mmla.schedule(int8_mmla.compute(spec),
+                                                    load_knobs(N2)[int8_mmla.FAMILY])),
+                      target=get_profile(N2).tvm_target())
+    assert "smmla\t" in lib.mod.inspect_source("s")
+    resnext = S(1, 128, 8, 8, 128, (3, 3), padding=(1, 1, 1, 1), groups=32)
+    assert "8-channel blocks" in int8_mmla.supports(resnext)
+    n2 = get_profile(N2)
+    # (after the gathered stem's form, which takes the 3-channel stem first)
+    assert strategies.conv2d_candidates("int8", n2)[:3] == (int8_mmla.FAMILY, "q8_im2col",
+                                                            sdot.FAMILY)
+    assert not sdot.supports(resnext, n2)
+    assert strategies.conv2d_candidates("int8", get_profile("neoverse-n1")).count(
+        sdot.FAMILY) == 1
 
 
 def test_smmla_loop_on_an_i8mm_core():

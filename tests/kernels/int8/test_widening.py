@@ -19,6 +19,7 @@ from dgms_tvm.kernels.int8.operands import decode, quantize, weights
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import check_int8_out, random_codebook_weight, rel_err, run_kernel
+from tests.kernels.int8.test_sdot import quantize_on_host
 
 S = conv2d.Conv2dSpec
 E = Epilogue
@@ -112,7 +113,8 @@ def test_layers_the_widening_kernel_does_not_take():
     assert "input channels" in widening.supports(S(1, 3, 8, 8, 16, (7, 7)))  # a stem
     assert "input channels" in widening.supports(S(1, 20, 8, 8, 16, (1, 1)))  # 20 -> 32
     assert not widening.supports(S(1, 24, 8, 8, 16, (1, 1)))  # 24 -> 32: a third more
-    assert "groups" in widening.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "depthwise" in widening.supports(S(1, 16, 8, 8, 16, (3, 3), groups=16))
+    assert "16-channel blocks" in widening.supports(S(1, 32, 8, 8, 32, (3, 3), groups=8))
     assert "output channels" in widening.supports(S(1, 16, 8, 8, 6, (1, 1)))
     a72, n1 = (get_profile(t) for t in ("cortex-a72", "neoverse-n1"))
     assert strategies.for_core(strategies.INT8_CONV, a72) == widening.FAMILY
@@ -201,3 +203,19 @@ def test_widening_int8_conv_output_refusals():
     name, made = out8.make(func, q)
     assert name.endswith("_bias_relu6_to_" + q.name)
     assert widening.LongSpec.from_func(made).out == q
+
+
+@pytest.mark.parametrize("spec", [S(1, 64, 9, 9, 32, (3, 3), padding=(1, 1, 1, 1), groups=4),
+                                  S(1, 96, 10, 7, 48, (3, 3), (2, 2), (1, 1, 1, 1), groups=3)],
+                         ids=["groups of 16 in, 8 out", "groups of 32 in, 16 out, stride 2"])
+def test_grouped_widening_int8_conv_matches_the_int8_oracle(spec, rng):
+    """Each output block of 4 sums its own group's 16-channel groups of the input."""
+    ls = widening.LongSpec(spec)
+    cw = random_codebook_weight(rng, spec.weight_shape, 4)
+    q, d = weights.quantize_codebook(cw.codebook, None, spec.out_channels, ls.limit)
+    x = rng.normal(size=(1, spec.in_channels, spec.height, spec.width)).astype(np.float32)
+    xq, sx = quantize_on_host(ls.quant, x)
+    w = decode.conv_order(decode.DecodeSpec.of(spec, widening.DEPTH), q[cw.indices()])
+    got = run_kernel(widening.compute(ls), [xq, sx, w, d, np.zeros(spec.out_shape,
+                                                                    np.float32)])
+    assert rel_err(got, sdot.reference_int8(spec, x, q[cw.indices()], d)) < 1e-6

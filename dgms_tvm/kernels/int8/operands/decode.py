@@ -33,7 +33,8 @@ class DecodeSpec(Spec):
 
     @classmethod
     def of(cls, spec: Conv2dSpec, depth: int = 4) -> DecodeSpec:
-        return cls(spec.out_channels, spec.in_channels, tuple(spec.kernel), spec.bits, depth)
+        """A conv's weight ``[O, C/groups, kh, kw]``: its input channels are a group's."""
+        return cls(spec.out_channels, spec.icg, tuple(spec.kernel), spec.bits, depth)
 
     @property
     def shape(self) -> tuple[int, ...]:
