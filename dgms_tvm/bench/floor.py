@@ -20,9 +20,8 @@ def macs(layer) -> int | None:
     if not isinstance(layer, tuple):
         return None
     n, c, h, w, o, kernel, stride, padding, dilation, groups = layer
-    s = Conv2dSpec(n, c, h, w, o, tuple(kernel), tuple(stride), tuple(padding),
-                   tuple(dilation), groups)
-    return n * s.out_h * s.out_w * o * (c // groups) * kernel[0] * kernel[1]
+    return Conv2dSpec(n, c, h, w, o, tuple(kernel), tuple(stride), tuple(padding),
+                      tuple(dilation), groups).macs
 
 
 def family_of(kernel: str) -> str | None:

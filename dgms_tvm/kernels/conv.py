@@ -73,6 +73,11 @@ class Conv2dSpec(Spec):
         return (self.batch, self.out_channels, self.out_h, self.out_w)
 
     @property
+    def macs(self) -> int:
+        """Multiply-adds of the conv (its own: padded channels and columns not counted)."""
+        return self.batch * self.out_channels * self.out_h * self.out_w * self.reduction
+
+    @property
     def name(self) -> str:
         """Kernel name carrying every specialised parameter."""
         s = self

@@ -167,9 +167,18 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         if not float32_out(a.out_dtype):
             rec.reason = f"out_dtype {a.out_dtype}"
             return call
+        rec.macs = kconv.Conv2dSpec(
+            *xshape, value.shape[0], tuple(value.shape[2:]),
+            stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
+            dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups)).macs
         cw = self._weight_form(name, value, rec)
         if cw is False:
             return call
+        if whole_input(a, xshape, value.shape):
+            spec = kconv.Conv2dSpec(*xshape, value.shape[0], tuple(value.shape[2:]),
+                                    stride=tuple(int(v) for v in a.strides),
+                                    bits=FP32_WEIGHT if cw is None else cw.bits)
+            return self._conv_as_dense(x, cw, value, spec, rec)
         if int(a.groups) == 1:
             n_, c_, h_, w_ = xshape
             o_, _, kh, kw = value.shape
@@ -253,6 +262,13 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         consts.append(np.zeros(o, np.float32))
         return relax.call_tir(gv, [x, *(relax.const(np.ascontiguousarray(c)) for c in consts)],
                               out_ty=out_ty)
+
+
+def whole_input(attrs, xshape, wshape) -> bool:
+    """Whether a conv's window is its whole input, once (groups 1, no padding): a dense
+    layer over the flattened input."""
+    return (int(attrs.groups) == 1 and tuple(xshape[2:]) == tuple(wshape[2:])
+            and not any(int(v) for v in attrs.padding))
 
 
 def lower_codebook_layers(policy: LoweringPolicy, records: list[LayerRecord]):

@@ -38,6 +38,9 @@ class LayerRecord:
     zero_inputs: int = 0
     # set where the layer is packed wider than its values need (no layout of that width)
     widened: str = ""
+    # multiply-adds per inference (its own, from its shape: what the share of a build's
+    # arithmetic on each kind of kernel is counted in)
+    macs: int = 0
     # how it writes its outputs where not float32 (int8 for the next int8 conv: int8_chain)
     output: str = ""
     reason: str = ""
