@@ -24,6 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from dgms_tvm.bench import accuracy
 from dgms_tvm.cli import one_line_errors, run_script
 
 GOAL = 0.99
@@ -50,81 +51,6 @@ def parse(argv):
     return p.parse_args(argv)
 
 
-def _builds(imported, bits, target, int8="int8", example=None):
-    """exact, int8 with every conv's input quantized at run time, and int8 as compile
-    builds it (int8 between layers, calibrated on ``example`` and inputs around it)."""
-    from dgms_tvm import calibration, compiler
-    from dgms_tvm.targets import get_profile
-
-    host = get_profile("x86")
-    out = {}
-    cal = calibration.samples(example)
-    for key, strategy, inputs in (("exact", "exact", None), ("int8", int8, None),
-                                  ("int8 chained", int8, cal)):
-        lowered = compiler.lower(imported, bits, strategy=strategy,
-                                 profile=get_profile(target), calibration=inputs)
-        out[key] = (compiler.build(lowered, host),
-                    sum(r.strategy == "int8" for r in lowered.records),
-                    sum(bool(r.output) for r in lowered.records))
-    return out
-
-
-def _compare(builds, inputs, labels=None) -> dict:
-    import numpy as np
-
-    from dgms_tvm import compiler, pipeline
-
-    sides = [s for s in builds if s != "exact"]
-    agree, errs = dict.fromkeys(sides, 0), {s: [] for s in sides}
-    right = dict.fromkeys(builds, 0)
-    for i, x in enumerate(inputs):
-        ys = {s: compiler.run_local(b[0], [x])[0] for s, b in builds.items()}
-        for s in sides:
-            agree[s] += int(np.argmax(ys["exact"]) == np.argmax(ys[s]))
-            errs[s].append(pipeline.rel_err(ys[s], ys["exact"]))
-        if labels is not None:
-            for s in right:
-                right[s] += int(np.argmax(ys[s]) == labels[i])
-    n = len(inputs)
-    row = {"inputs": n, "top1_agreement": agree["int8"] / n,
-           "median_rel_err": float(np.median(errs["int8"])),
-           "max_rel_err": float(np.max(errs["int8"])), "int8_layers": builds["int8"][1],
-           "chained": {"top1_agreement": agree["int8 chained"] / n,
-                       "median_rel_err": float(np.median(errs["int8 chained"])),
-                       "max_rel_err": float(np.max(errs["int8 chained"])),
-                       "int8_outputs": builds["int8 chained"][2]}}
-    if labels is not None:
-        row.update({f"accuracy_{s}": right[s] / n for s in right})
-    return row
-
-
-def _peer_errors(loaded, name, builds, inputs) -> dict:
-    """onnxruntime's static int8 in each configuration (calibrated as ours: the example input
-    and 7 around it) against our exact build on the same inputs: median / max relative
-    error and top-1 agreement."""
-    import numpy as np
-    import onnxruntime as ort
-
-    from dgms_tvm import compiler, pipeline
-    from dgms_tvm.bench import ort_int8
-
-    x = loaded.example()
-    model = pipeline.onnx_of(loaded, name, x)
-    exact = [compiler.run_local(builds["exact"][0], [t])[0] for t in inputs]
-    out = {}
-    for config in ort_int8.CONFIGS:
-        sess = ort.InferenceSession(ort_int8.quantize(model, x, config),
-                                    providers=["CPUExecutionProvider"])
-        feed = sess.get_inputs()[0].name
-        ys = [sess.run(None, {feed: t})[0] for t in inputs]
-        errs = [pipeline.rel_err(y, e) for y, e in zip(ys, exact)]
-        out[config.name] = {
-            "median_rel_err": float(np.median(errs)), "max_rel_err": float(np.max(errs)),
-            "top1_agreement": float(np.mean([np.argmax(y) == np.argmax(e)
-                                             for y, e in zip(ys, exact)]))}
-    return out
-
-
 def _random_rows(models, bits, count, seed, target, int8, peers=True):
     import numpy as np
 
@@ -135,11 +61,11 @@ def _random_rows(models, bits, count, seed, target, int8, peers=True):
         _, shape, dtype = loaded.imported.inputs[0]
         rng = np.random.default_rng(seed)
         inputs = [rng.normal(size=shape).astype(dtype) for _ in range(count)]
-        builds = _builds(loaded.imported, bits, target, int8, loaded.example())
+        builds = accuracy.builds(loaded.imported, bits, target, int8, loaded.example())
         row = {"model": name, "data": f"{count} random normal inputs",
-               **_compare(builds, inputs)}
+               **accuracy.compare(builds, inputs)}
         if peers:
-            row["onnxruntime_int8"] = _peer_errors(loaded, name, builds, inputs)
+            row["onnxruntime_int8"] = accuracy.peer_errors(loaded, name, builds, inputs)
         yield row
 
 
@@ -164,7 +90,8 @@ def _digits_row(bits, seed, target, int8):
         torch_acc = float((model(data.x_test).argmax(1) == data.y_test).float().mean())
     return {"model": "digitnet (trained, DGMS)", "data": f"digits test set ({len(inputs)})",
             "accuracy_torch": torch_acc,
-            **_compare(_builds(imported, bits, target, int8, inputs[0]), inputs, labels)}
+            **accuracy.compare(accuracy.builds(imported, bits, target, int8, inputs[0]), inputs,
+                               labels)}
 
 
 @one_line_errors

@@ -67,13 +67,26 @@ def quantize(onnx_model: bytes, x: np.ndarray, config: Int8Config, samples: int 
         with tempfile.TemporaryDirectory() as tmp:
             src, dst = Path(tmp) / "fp32.onnx", Path(tmp) / "int8.onnx"
             src.write_bytes(onnx_model)
-            quantize_static(
-                str(src), str(dst), Reader(),
-                quant_format=QuantFormat.QDQ if config.fmt == "QDQ" else QuantFormat.QOperator,
-                per_channel=True,
-                activation_type=QuantType.QUInt8 if config.activations == "uint8"
-                else QuantType.QInt8,
-                weight_type=QuantType.QInt8)
+
+            def run(path):
+                quantize_static(
+                    str(path), str(dst), Reader(),
+                    quant_format=QuantFormat.QDQ if config.fmt == "QDQ"
+                    else QuantFormat.QOperator,
+                    per_channel=True,
+                    activation_type=QuantType.QUInt8 if config.activations == "uint8"
+                    else QuantType.QInt8,
+                    weight_type=QuantType.QInt8)
+
+            try:
+                run(src)
+            except Exception:  # (e.g. a bias it cannot find as an initializer)
+                # the guide's pre-processing (shape inference, constants folded), then again
+                from onnxruntime.quantization.shape_inference import quant_pre_process
+
+                pre = Path(tmp) / "pre.onnx"
+                quant_pre_process(str(src), str(pre))
+                run(pre)
             return dst.read_bytes()
     finally:
         root.setLevel(level)
