@@ -314,7 +314,7 @@ def compute(spec: LutSpec) -> tvm.tirx.PrimFunc:
         if spec.out is not None and tiles.writer.prefill:
             fill(yf)
         for t in T.parallel(n_ * nblk):
-            # stack arrays LLVM keeps in registers (see int8_long)
+            # stack arrays LLVM keeps in registers (see int8.widening)
             acc16 = T.alloc_buffer((cells * LANES,), "int16")
             acc32 = T.alloc_buffer((cells * LANES,), "int32")
             ob = T.alloc_buffer((px,), "int32")

@@ -48,7 +48,7 @@ class QuantSpec(Spec):
     extra: int = 0  # zero columns beyond the right padding (see padded_out_w)
     phases: int = 1  # columns stored deinterleaved by column % phases (the conv's stride)
     offset: int = 0  # 128: stored as uint8 q + 128 (x86 VNNI multiplies unsigned by signed)
-    depth: int = 4  # channels per group, innermost (16: the widening conv, .int8_long)
+    depth: int = 4  # channels per group, innermost (16: the widening conv, int8.widening)
 
     @classmethod
     def of(cls, spec: Conv2dSpec, unsigned: bool = False, depth: int = 4) -> QuantSpec:
