@@ -3,13 +3,15 @@
 Run by :mod:`dgms_tvm.device.manager` as ``python -m dgms_tvm.device.supervisor ...`` in a
 session of its own. Each server runs in its own process group (TVM's server forks a child per
 session that outlives its parent), so a stop kills whole groups. A server that exits (a
-crashed kernel, a killed process) is restarted and the event is logged; so is one that stays
-missing from the tracker for ``--grace`` seconds while its process lives (a crashed session
-child can leave the parent alive but unregistered). Each device's process group is written
-into this supervisor's entry of the state file as it starts (:mod:`dgms_tvm.device.state`),
-so that a stop finds the devices even after the supervisor itself was killed. The
-supervisor holds the claims on its devices' ports (descriptors inherited from the manager,
-see :mod:`dgms_tvm.device.ports`) for as long as it runs.
+crashed kernel, a killed process) is restarted and the event is logged; so is one whose
+serving loop ended (TVM's server raises in its listening thread when a session's child dies
+of a signal, and the process lives on, serving nothing: its log says so, :data:`LOOP_ENDED`),
+and one that stays missing from the tracker for ``--grace`` seconds while its process lives.
+Each device's process group is written into this supervisor's entry of the state file as it
+starts (:mod:`dgms_tvm.device.state`), so that a stop finds the devices even after the
+supervisor itself was killed. The supervisor holds the claims on its devices' ports
+(descriptors inherited from the manager, see :mod:`dgms_tvm.device.ports`) for as long as it
+runs.
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ def counts_path(folder_file: Path, key: str, supervisor: int, index: int) -> Pat
 
 
 _STOPPING = False
+#: What TVM's RPC server logs as its listening thread ends on a session child that failed.
+LOOP_ENDED = b"exited unsuccessfully with error code"
 POLL_S = 5.0  # how often the tracker is asked which devices it knows
 
 
@@ -69,6 +73,9 @@ class Device:
         self.port = args.port_base + index
         self.proc: subprocess.Popen | None = None
         self.missing_since: float | None = None
+        self.log = Path(args.log).with_name(f"device-{args.key}-{index}.log")
+        self.log_seen = 0  # how far loop_ended has read its log
+        self.log_tail = b""  # the end of what it read (a message cut between two reads)
 
     def _logs(self) -> tuple[Path, Path]:
         """Its instruction-count file and block log (what ran: the cycle estimate, insn.py).
@@ -95,11 +102,25 @@ class Device:
         cmd = [a.guest_python, "-m", "tvm.exec.rpc_server", "--tracker", a.tracker,
                "--key", a.key, "--host", "127.0.0.1", "--port", str(self.port),
                "--port-end", str(self.port + 1), "--load-library", a.runtime_extra]
-        log = open(Path(a.log).with_name(f"device-{a.key}-{self.index}.log"), "a")
+        log = open(self.log, "a")
+        self.log_seen, self.log_tail = log.tell(), b""
         self.proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
                                      start_new_session=True)
         self.missing_since = None
         _record_devices(self.args.devices)
+
+    def loop_ended(self) -> bool:
+        """Whether its server's log says, since it started, that its serving loop ended."""
+        try:
+            with open(self.log, "rb") as f:
+                f.seek(self.log_seen)
+                new = f.read()
+        except OSError:
+            return False
+        seen = self.log_tail + new
+        self.log_seen += len(new)
+        self.log_tail = seen[-len(LOOP_ENDED):]
+        return LOOP_ENDED in seen
 
     def kill(self) -> None:
         if self.proc is not None:
@@ -160,6 +181,13 @@ def main(argv=None) -> int:
             if code is not None:
                 _log(Path(args.log), f"device {args.key}#{d.index} (port {d.port}) exited with "
                                      f"code {code}; restarting")
+                d.kill()
+                d.start()
+                continue
+            if d.loop_ended():
+                _log(Path(args.log), f"device {args.key}#{d.index} (port {d.port}): its "
+                                     "serving loop ended (a session's process died); "
+                                     "restarting")
                 d.kill()
                 d.start()
                 continue

@@ -10,6 +10,9 @@ Layout of the cache folder (``.cache/device/sysroot`` in the project, or ``$DGMS
 
     root/            unpacked Debian packages (usr/bin/python3.11, lib/ld-linux-aarch64...)
     root/site/       guest site-packages (tvm, tvm_ffi, numpy, ..., sitecustomize.py)
+                     (its and the standard library's bytecode compiled here: the guest
+                     never writes any, and compiling under emulation at every start
+                     doubled a device's start)
     bin/guest-python wrapper: QEMU_LD_PREFIX, PYTHONPATH, exec qemu-aarch64 python3.11
     stamp            what was built (a rebuild happens when the recipe changes)
 """
@@ -37,13 +40,17 @@ DEBIAN_PACKAGES = (
     "libgssapi-krb5-2 libk5crypto3 libkeyutils1 libkrb5-3 libkrb5support0 libcom-err2 "
     "libzstd1 libmd0"
 ).split()
-#: PyPI aarch64 wheels for the guest (the device needs TVM's runtime only).
-WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy", "ml_dtypes",
+#: PyPI aarch64 wheels for the guest (the device needs TVM's runtime only). Not ml_dtypes:
+#: TVM and tvm_ffi import it only if present, and its extension took 10 of the 24 s a guest
+#: Python took to import TVM under qemu (at every device start and restart).
+WHEELS = ("apache-tvm==0.27.0.post1", "apache-tvm-ffi==0.1.14.post1", "numpy",
           "onnxruntime==1.32.0",  # the peer measured beside us on the same emulated core
           "typing_extensions", "psutil", "cloudpickle")
 #: Parts of the TVM wheel a runtime-only device does not need (about 260 MB).
 TRIM = ("tvm/lib/libtvm_compiler.so", "tvm/lib/libtvm_runtime_cuda.so", "tvm/3rdparty",
         "tvm/include", "tvm/src", "tvm_ffi/include", "tvm_ffi/src", "tvm_ffi/3rdparty")
+#: The guest interpreter's version (Debian bookworm's python3.11).
+GUEST_PYTHON = (3, 11)
 QEMU = "qemu-aarch64"
 QEMU_PACKAGE = "qemu-user"
 
@@ -74,7 +81,8 @@ def run_dir() -> Path:
 
 def _recipe_hash() -> str:
     return hashlib.sha256(json.dumps([DEBIAN_PACKAGES, WHEELS, TRIM, SITECUSTOMIZE,
-                                      _wrapper_text(Path("/x"))]).encode()).hexdigest()[:16]
+                                      _wrapper_text(Path("/x")), "bytecode"]
+                                     ).encode()).hexdigest()[:16]
 
 
 def _wrapper_text(folder: Path) -> str:
@@ -118,6 +126,19 @@ def _run(cmd: list[str], what: str, cwd: Path | None = None) -> None:
     if proc.returncode:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no output"]
         raise UserError(f"{what} failed: {tail[0]}")
+
+
+def _compile_bytecode(root: Path, final: Path) -> None:
+    """The guest's Python files compiled to bytecode by this host's interpreter where it is
+    the guest's version (the same bytecode; else the guest compiles them as it imports), named
+    by their final paths (``root`` is renamed to ``final``)."""
+    import compileall
+
+    if sys.version_info[:2] != GUEST_PYTHON:
+        return
+    for d in (root / "usr" / "lib" / "python3.11", root / "site"):
+        compileall.compile_dir(d, quiet=2, workers=0, stripdir=str(root),
+                               prependdir=str(final))
 
 
 def _ensure_arm64_apt() -> None:
@@ -173,6 +194,7 @@ def ensure_sysroot(folder: Path | None = None, log=print) -> Sysroot:
             p = site / rel
             shutil.rmtree(p) if p.is_dir() else p.unlink(missing_ok=True)
         (site / "sitecustomize.py").write_text(SITECUSTOMIZE)
+        _compile_bytecode(root, folder / "root")
         shutil.rmtree(debs)
         shutil.rmtree(wheels)
         if folder.exists():
