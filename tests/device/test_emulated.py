@@ -36,6 +36,7 @@ from dgms_tvm.quant import hard_quantize
 from dgms_tvm.schedules import load_knobs
 from dgms_tvm.targets import get_profile
 from tests.helpers import random_codebook_weight, rel_err
+from tests.models.blocks import BLOCKS, user_onnx
 from tests.passes.graphs import Block
 
 CPU = "cortex-a72"
@@ -49,14 +50,18 @@ def device(tmp_path_factory):
     run = tmp_path_factory.mktemp("devices")
     old = os.environ.get("DGMS_TVM_RUN_DIR")
     os.environ["DGMS_TVM_RUN_DIR"] = str(run)
-    info = manager.start(CPU, count=2, log=lambda *_: None)  # two devices under one key
-    # ... and a dotprod core under its own key, for the sdot kernels.
-    manager.start(DOTPROD, count=1, tracker=info["tracker"], log=lambda *_: None)
-    # ... and the in-order core of the Raspberry Pi 3, for the lookup-table conv.
-    manager.start(IN_ORDER, count=1, tracker=info["tracker"], log=lambda *_: None)
-    # ... and an i8mm core (QEMU's max CPU), for the smmla conv.
-    manager.start(I8MM, count=1, tracker=info["tracker"], log=lambda *_: None)
+    # Two devices under one key; a dotprod core under its own key, for the sdot kernels; the
+    # in-order core of the Raspberry Pi 3, for the lookup-table conv; an i8mm core (QEMU's
+    # max CPU), for the smmla conv. All start at once, then are waited for.
+    counts = {CPU: 2, DOTPROD: 1, IN_ORDER: 1, I8MM: 1}
+    info = manager.start(CPU, count=2, log=lambda *_: None, wait=False)
+    for key, n in counts.items():
+        if key != CPU:
+            manager.start(key, count=n, tracker=info["tracker"], log=lambda *_: None,
+                          wait=False)
     tracker = client.Tracker(*client.parse_tracker(info["tracker"]))
+    for key, n in counts.items():
+        manager.wait_for_devices(tracker, key, n, registered=True)
     yield tracker, run
     pids = [e["pid"] for e in state.load()]
     groups = set(pids)
@@ -635,6 +640,30 @@ def test_int8_model_on_the_emulated_a72_matches_its_host_build(device, tmp_path)
     assert rel_err(got, host) < 1e-4 and np.argmax(got) == np.argmax(host)
     want = loaded.torch_model(torch.from_numpy(x)).detach().numpy()
     assert np.argmax(got) == np.argmax(want) and rel_err(got, want) < 0.15  # int8 rounding
+
+
+#: Each block of the models users bring (tests/models/blocks.py) on one of two cores, in
+#: turn: cortex-a72 (the widening conv) and neoverse-n1 (the sdot conv).
+BLOCK_CORES = [(name, (CPU, DOTPROD)[i % 2]) for i, name in enumerate(sorted(BLOCKS))]
+
+
+@pytest.mark.parametrize("name,cpu", BLOCK_CORES)
+def test_blocks_of_the_models_users_bring_run_on_the_emulated_cores(device, tmp_path, name,
+                                                                     cpu):
+    """Each block exported as a user exports it, built by default (int8) for the core, runs
+    on the emulated core and gives the numbers of the same lowering built for this host."""
+    tracker, _ = device
+    blob, x = user_onnx(name)
+    (tmp_path / "m.onnx").write_bytes(blob)
+    profile = get_profile(cpu)
+    build = pipeline.build_model(pipeline.load_model(str(tmp_path / "m.onnx"), 4), profile,
+                                 4, False, strategy="auto")
+    assert any((r.strategy or "").startswith("int8") for r in build.lowered.records), name
+    pipeline.write_artifact(build, profile, tmp_path / "art")
+    x = x.numpy()
+    (got,) = pipeline.run_artifact(tmp_path / "art", [x], tracker=str(tracker))
+    host = compiler.run_local(compiler.build(build.lowered, get_profile("x86")), [x])[0]
+    assert rel_err(got, host) < 1e-4, (name, cpu)
 
 
 @pytest.mark.parametrize("cpu,conv", [(DOTPROD, "q8_conv2d_"), (CPU, "q8l_conv2d_")])

@@ -16,7 +16,7 @@ from dgms_tvm.targets import get_profile
 from tests.helpers import rel_err
 from tests.models.random_graphs import random_model
 
-SEEDS = list(range(12)) + list(range(100, 100 + int(os.environ.get("DGMS_PROPERTY_CASES",
+SEEDS = list(range(8)) + list(range(100, 100 + int(os.environ.get("DGMS_PROPERTY_CASES",
                                                                     "0"))))
 #: A bound for the builds that quantize activations or round codebooks (int8: the
 #: per-tensor rounding of each layer's input, compounded over a few layers).
