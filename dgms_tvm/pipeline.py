@@ -331,16 +331,19 @@ def format_table(manifest: dict) -> str:
     return "\n".join(lines)
 
 
-def run_artifact(folder: Path, inputs: list[np.ndarray], tracker: str | None = None,
-                 key: str | None = None, timeout: float = 120.0) -> list[np.ndarray]:
-    """Run an artifact on ``inputs``: x86 ones here, aarch64 ones on a device from a tracker
-    (``tracker``/``key``; by default the emulated devices started by scripts/device.py, under
-    the artifact's target name)."""
+def run_artifact(folder: Path, inputs: list[np.ndarray] | dict[str, np.ndarray],
+                 tracker: str | None = None, key: str | None = None, timeout: float = 120.0,
+                 allow_nonfinite: bool = False) -> list[np.ndarray]:
+    """Run an artifact on ``inputs`` (in the model's order, or by its input names): x86 ones
+    here, aarch64 ones on a device from a tracker (``tracker``/``key``; by default the
+    emulated devices started by scripts/device.py, under the artifact's target name). Input
+    with NaN or Inf is refused unless ``allow_nonfinite``."""
     import tvm
 
     manifest = artifact.load(folder)
     tgt = manifest["target"]
-    _check_inputs(manifest, inputs)
+    inputs = _by_name(manifest, inputs) if isinstance(inputs, dict) else inputs
+    _check_inputs(manifest, inputs, allow_nonfinite)
     if not tgt["triple"].startswith("x86_64"):
         from .device.client import Tracker, default_tracker, parse_tracker, run_remote
 
@@ -355,7 +358,20 @@ def run_artifact(folder: Path, inputs: list[np.ndarray], tracker: str | None = N
     return compiler.run_local(lib, inputs)
 
 
-def _check_inputs(manifest: dict, inputs: list[np.ndarray]) -> None:
+def _by_name(manifest: dict, inputs: dict[str, np.ndarray]) -> list[np.ndarray]:
+    """Named arrays in the model's input order: every name one of its inputs, none missing."""
+    names = [s["name"] for s in manifest["inputs"]]
+    unknown = [k for k in inputs if k not in names]
+    missing = [n for n in names if n not in inputs]
+    said = ([f"names {', '.join(unknown)}, which the model lacks"] if unknown else []) + (
+        [f"lacks {', '.join(missing)}"] if missing else [])
+    if said:
+        raise UserError(f"the input file {' and '.join(said)} (the model's inputs: "
+                        f"{', '.join(names)})")
+    return [inputs[n] for n in names]
+
+
+def _check_inputs(manifest: dict, inputs: list[np.ndarray], allow_nonfinite: bool) -> None:
     specs = manifest["inputs"]
     if len(inputs) != len(specs):
         raise UserError(f"model takes {len(specs)} input(s), got {len(inputs)}")
@@ -363,3 +379,8 @@ def _check_inputs(manifest: dict, inputs: list[np.ndarray]) -> None:
         if list(a.shape) != s["shape"] or str(a.dtype) != s["dtype"]:
             raise UserError(f"input {s['name']} must be {s['dtype']}{s['shape']}, "
                             f"got {a.dtype}{list(a.shape)}")
+        bad = 0 if allow_nonfinite or a.dtype.kind != "f" else int((~np.isfinite(a)).sum())
+        if bad:
+            raise UserError(f"input {s['name']} holds {bad} NaN or Inf value(s): the kernels' "
+                            "clamps and int8 rounding would give finite, meaningless outputs "
+                            "(--allow-nonfinite runs it anyway)")

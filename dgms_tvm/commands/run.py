@@ -1,5 +1,7 @@
 """Run an artifact: x86 ones here, aarch64 ones on a device through a TVM tracker.
-Inputs from .npy (one input) or .npz (several, in order)."""
+Inputs from .npy (one input) or .npz (several: by the model's input names, or in order where
+NumPy named them arr_0, arr_1, ...). Input with NaN or Inf is refused unless
+--allow-nonfinite (the kernels' clamps and int8 rounding turn it into finite numbers)."""
 
 from __future__ import annotations
 
@@ -20,6 +22,8 @@ def parse(argv):
     p.add_argument("--tracker", help="HOST:PORT for aarch64 artifacts (default: the devices "
                                      "scripts/device.py started, else $TVM_TRACKER_HOST:PORT)")
     p.add_argument("--key", help="device key (default: the artifact's target name)")
+    p.add_argument("--allow-nonfinite", action="store_true",
+                   help="run input holding NaN or Inf (refused by default)")
     return p.parse_args(argv)
 
 
@@ -27,7 +31,9 @@ def parse(argv):
 MAGIC = {".npy": b"\x93NUMPY", ".npz": b"PK"}
 
 
-def load_inputs(path: Path, flag: str = "--input"):
+def load_inputs(path: Path, flag: str = "--input", named: bool = False):
+    """The arrays of ``path``, in order; ``named``: a dict by name where an .npz names them
+    (not NumPy's default ``arr_0``, ``arr_1``, ...: those are positional)."""
     import numpy as np
 
     what = flag.lstrip("-")  # "input", "calibration"
@@ -49,7 +55,13 @@ def load_inputs(path: Path, flag: str = "--input"):
                         f"({str(err).splitlines()[0]})") from None
     if isinstance(data, np.ndarray):
         return [data]
-    return [data[k] for k in data.files]
+    try:
+        arrays = {k: data[k] for k in data.files}
+    except (ValueError, OSError) as err:  # an object array inside the zip
+        raise UserError(f"{path}: not a readable {path.suffix} file of arrays "
+                        f"({str(err).splitlines()[0]})") from None
+    positional = all(k == f"arr_{i}" for i, k in enumerate(arrays))
+    return arrays if named and not positional else list(arrays.values())
 
 
 def check_output(path: Path) -> None:
@@ -70,8 +82,12 @@ def main(argv=None):
     from .. import pipeline
 
     check_output(args.output)
-    inputs = load_inputs(args.input)
-    results = pipeline.run_artifact(args.artifact, inputs, args.tracker, args.key)
+    if args.output.resolve() == args.input.resolve():
+        raise UserError(f"--output {args.output} is the --input file: the run would overwrite "
+                        "it; give another name")
+    inputs = load_inputs(args.input, named=True)
+    results = pipeline.run_artifact(args.artifact, inputs, args.tracker, args.key,
+                                    allow_nonfinite=args.allow_nonfinite)
     if args.output.suffix == ".npz":
         outputs.write_atomic(args.output, lambda tmp: np.savez(tmp, *results))
     else:
