@@ -21,6 +21,8 @@ Everything else is left for TVM to lower. Each candidate layer gets a
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import tvm
 from tvm import relax
@@ -206,6 +208,9 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         family, why = self._choose(spec, chosen)
         if why and cw is not None and self._int8:  # the int8 conv could not take it
             rec.reason = f"exact: {why}"
+            padded = self._padded_outputs(x, cw, value, spec, rec, chosen)
+            if padded is not None:
+                return padded
         out = self._lower(family, x, cw, value, spec, rec, out_ty)
         if chosen is not None and cw is not None:
             rec.reason = f"{chosen}: chosen by measurement"
@@ -225,6 +230,33 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
             return self._int8_conv2d(x, cw, value, spec, rec, out_ty, family)
         gv = self._kernel(kconv.compute, spec)
         return relax.call_tir(gv, self._operands(x, cw, value), out_ty=out_ty)
+
+    def _padded_outputs(self, x, cw, value, spec, rec, chosen):
+        """A conv whose output channels no int8 conv takes (ShuffleNetV2's 58: the convs take
+        whole blocks of 4 or 8) done as one with zero weights up to the block (index 0 is
+        exactly zero), its extra channels sliced off; None where that does not help."""
+        o = spec.out_channels
+        if spec.groups != 1:
+            return None
+        for block in (4, 8):
+            wide = dataclasses.replace(spec, out_channels=-(-o // block) * block)
+            family, why = self._choose(wide, chosen)
+            if not why and family not in (kconv.FAMILY, kdw.FAMILY):
+                break
+        else:
+            return None
+        pad = wide.out_channels - o
+        value = np.pad(value, [(0, pad)] + [(0, 0)] * (value.ndim - 1))
+        cw = dataclasses.replace(
+            cw, shape=(wide.out_channels, *cw.shape[1:]),
+            packed=np.pad(cw.packed, ((0, pad), (0, 0))),
+            scale=None if cw.scale is None else np.pad(
+                cw.scale, (0, pad), constant_values=1).astype(np.float32))
+        conv = self.builder_.emit(self._lower(family, x, cw, value, wide, rec, relax.TensorType(
+            wide.out_shape, "float32")))
+        rec.reason = f"{o} output channels computed as {wide.out_channels} (zero weights)"
+        self.made = None  # (the slice is no conv: no epilogue is fused after it)
+        return relax.op.strided_slice(conv, axes=[1], begin=[0], end=[o])
 
     def _choose(self, spec, chosen: str | None = None) -> tuple[str, str]:
         """(the family of the first candidate of the strategy (``chosen``, where the layer's

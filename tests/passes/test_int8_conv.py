@@ -295,3 +295,32 @@ def test_int8_on_an_i8mm_core_takes_the_smmla_conv():
     exact = compiler.run_local(compiler.build(compiler.lower(imported, 4), host),
                                [x.numpy()])[0]
     assert 0 < rel_err(got, exact) < 0.05
+
+
+@pytest.mark.parametrize("target,family", [("neoverse-n1", "q8_conv2d_"),
+                                           ("neoverse-n2", "q8m_conv2d_"),
+                                           ("x86", "q8_conv2d_")])
+def test_output_channels_not_in_whole_blocks_are_padded_with_zero_weights(target, family):
+    """ShuffleNetV2's 58-channel convs (the int8 convs write whole blocks of 4 or 8): 6 and
+    10 output channels computed as 8 and 12 (index 0 is exactly zero), the extra channels
+    sliced off; the bias and relu after it still apply; the numbers stay near exact."""
+    net = torch.nn.Sequential(torch.nn.Conv2d(16, 6, 3, 2, 1), torch.nn.ReLU(),
+                              torch.nn.Conv2d(6, 10, 1), torch.nn.ReLU())
+    hard_quantize(net, 3, skip=())
+    x = torch.randn(1, 16, 11, 11)
+    imported = frontend.from_torch(net, (x,))
+    profile = get_profile(target)
+    lowered = compiler.lower(imported, 3, strategy="int8", profile=profile)
+    recs = [r for r in lowered.records if r.lowered]
+    assert [r.strategy for r in recs] == ["int8", "int8"]
+    assert [r.reason for r in recs] == ["6 output channels computed as 8 (zero weights)",
+                                        "10 output channels computed as 12 (zero weights)"]
+    assert all(r.kernel.startswith(family) for r in recs), recs
+    if target != "x86":
+        compiler.prepare(lowered, profile)
+    host = get_profile("x86")
+    got = compiler.run_local(compiler.build(lowered, host), [x.numpy()])[0]
+    exact = compiler.lower(imported, 3, strategy="exact", profile=host)
+    want = compiler.run_local(compiler.build(exact, host), [x.numpy()])[0]
+    assert got.shape == want.shape == (1, 10, 6, 6)
+    assert (got >= 0).all() and 0 < rel_err(got, want) < 0.05
