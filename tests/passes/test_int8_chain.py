@@ -205,14 +205,15 @@ def test_no_calibration_or_no_int8_conv_keeps_float_outputs(user_model):
 
 
 def test_a_depthwise_conv_feeding_an_exact_conv_is_no_candidate():
-    """A depthwise conv feeding a conv of 6 output channels (no int8 conv takes it: it stays
-    exact, no int8 conv reads the depthwise conv's output): no probe, no change."""
+    """A depthwise conv feeding a conv of 2 groups of 3 output channels (no int8 conv takes
+    it: it stays exact, no int8 conv reads the depthwise conv's output): no probe, no
+    change."""
     from dgms_tvm.quant import hard_quantize
 
     torch.manual_seed(0)
     net = nn.Sequential(nn.Conv2d(3, 16, 3, padding=1), nn.ReLU(),
                         nn.Conv2d(16, 16, 3, padding=1, groups=16), nn.ReLU(),
-                        nn.Conv2d(16, 6, 1)).eval()
+                        nn.Conv2d(16, 6, 1, groups=2)).eval()
     hard_quantize(net, 4)
     x = torch.randn(1, 3, 12, 12)
     imported = frontend.from_torch(net, (x,))
