@@ -169,35 +169,28 @@ class _Rewriter(PyExprMutator, DenseLowering, Int8ConvLowering):
         if not float32_out(a.out_dtype):
             rec.reason = f"out_dtype {a.out_dtype}"
             return call
-        rec.macs = kconv.Conv2dSpec(
+        # the layer's geometry, read from its attributes once (bits, scale and a zero-skipped
+        # input's channels are set on it below)
+        shape = kconv.Conv2dSpec(
             *xshape, value.shape[0], tuple(value.shape[2:]),
             stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
-            dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups)).macs
+            dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups))
+        rec.macs = shape.macs
         cw = self._weight_form(name, value, rec)
         if cw is False:
             return call
+        bits = FP32_WEIGHT if cw is None else cw.bits
         if whole_input(a, xshape, value.shape):
-            spec = kconv.Conv2dSpec(*xshape, value.shape[0], tuple(value.shape[2:]),
-                                    stride=tuple(int(v) for v in a.strides),
-                                    bits=FP32_WEIGHT if cw is None else cw.bits)
-            return self._conv_as_dense(x, cw, value, spec, rec)
-        if int(a.groups) == 1:
+            return self._conv_as_dense(x, cw, value, dataclasses.replace(shape, bits=bits), rec)
+        if shape.groups == 1:
             n_, c_, h_, w_ = xshape
             o_, _, kh, kw = value.shape
-            out_px = int(np.prod(kconv.Conv2dSpec(
-                *xshape, o_, (kh, kw), stride=tuple(int(v) for v in a.strides),
-                padding=tuple(int(v) for v in a.padding),
-                dilation=tuple(int(v) for v in a.dilation)).out_shape[2:]))
+            out_px = int(np.prod(shape.out_shape[2:]))
             x, cw, value = skip_zero_inputs(
                 self, x, cw, value, rec,
                 lambda d: (n_ * d * o_ * kh * kw * out_px, n_ * (c_ - d) * h_ * w_))
-            xshape = (n_, value.shape[1], h_, w_)
-        spec = kconv.Conv2dSpec(
-            *xshape, value.shape[0], tuple(value.shape[2:]),
-            stride=tuple(int(v) for v in a.strides), padding=tuple(int(v) for v in a.padding),
-            dilation=tuple(int(v) for v in a.dilation), groups=int(a.groups),
-            bits=FP32_WEIGHT if cw is None else cw.bits,
-            scaled=cw is not None and cw.scale is not None)
+        spec = dataclasses.replace(shape, in_channels=value.shape[1] * shape.groups, bits=bits,
+                                   scaled=cw is not None and cw.scale is not None)
         self._note(rec, cw, spec)
         out_ty = relax.TensorType(spec.out_shape, "float32")
         if cw is not None:
